@@ -1,0 +1,114 @@
+"""The one place where configuration is read: environment variables with embedded defaults.
+
+Every stage receives what it needs from a `Settings` object built here; no other module reads
+the environment. The README's configuration table lists each variable below.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(_env(name, str(default)))
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(_env(name, str(default)))
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration. Build with `Settings.from_env()`; override fields in tests."""
+
+    home: Path  # root of all run outputs (data, quarantine, artifacts, serving)
+    mlflow_tracking_uri: str
+    mlflow_artifact_root: str
+    model_name: str
+    bad_row_threshold: float  # fraction of rejected rows above which validation fails closed
+    window_days: int  # days of events the nightly run trains on (ending at the logical date)
+    train_epochs: int
+    train_batch_size: int
+    train_device: str  # "auto", "cpu", "cuda"
+    triton_http_port: int
+    triton_grpc_port: int
+    triton_host: str
+    triton_model_name: str
+    database_url: str
+    ratelimit_storage_uri: str
+    ratelimit_default: str
+    api_keys: str  # "key:role,key:role"; empty = auth off (embedded default)
+    deploy_target: str  # "local" or "sagemaker"
+    aws_endpoint_url: str  # empty = real AWS; a moto server URL in tests
+    aws_region: str
+    sagemaker_bucket: str
+    sagemaker_role_arn: str
+    sagemaker_image_uri: str
+    sagemaker_instance_type: str
+    sagemaker_endpoint_name: str
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = Path(_env("RECSYS_HOME", str(_repo_root() / "var"))).resolve()
+        return cls(
+            home=home,
+            mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
+            mlflow_artifact_root=_env("RECSYS_MLFLOW_ARTIFACT_ROOT", (home / "mlartifacts").as_uri()),
+            model_name=_env("RECSYS_MODEL_NAME", "dlrm-ranker"),
+            bad_row_threshold=_env_float("RECSYS_BAD_ROW_THRESHOLD", 0.05),
+            window_days=_env_int("RECSYS_WINDOW_DAYS", 14),
+            train_epochs=_env_int("RECSYS_TRAIN_EPOCHS", 3),
+            train_batch_size=_env_int("RECSYS_TRAIN_BATCH_SIZE", 4096),
+            train_device=_env("RECSYS_TRAIN_DEVICE", "auto"),
+            triton_http_port=_env_int("RECSYS_TRITON_HTTP_PORT", 8000),
+            triton_grpc_port=_env_int("RECSYS_TRITON_GRPC_PORT", 8001),
+            triton_host=_env("RECSYS_TRITON_HOST", "127.0.0.1"),
+            triton_model_name=_env("RECSYS_TRITON_MODEL", "dlrm"),
+            database_url=_env("RECSYS_DATABASE_URL", f"sqlite:///{home / 'api.db'}"),
+            ratelimit_storage_uri=_env("RECSYS_RATELIMIT_STORAGE", "memory://"),
+            ratelimit_default=_env("RECSYS_RATELIMIT_DEFAULT", "600 per minute"),
+            api_keys=_env("RECSYS_API_KEYS", ""),
+            deploy_target=_env("RECSYS_DEPLOY_TARGET", "local"),
+            aws_endpoint_url=_env("AWS_ENDPOINT_URL", ""),
+            aws_region=_env("AWS_DEFAULT_REGION", "us-east-1"),
+            sagemaker_bucket=_env("RECSYS_SAGEMAKER_BUCKET", ""),
+            sagemaker_role_arn=_env("RECSYS_SAGEMAKER_ROLE_ARN", ""),
+            sagemaker_image_uri=_env("RECSYS_SAGEMAKER_IMAGE_URI", ""),
+            sagemaker_instance_type=_env("RECSYS_SAGEMAKER_INSTANCE_TYPE", "ml.g4dn.xlarge"),
+            sagemaker_endpoint_name=_env("RECSYS_SAGEMAKER_ENDPOINT", ""),
+        )
+
+    # Where each stage writes; stage outputs are versioned by run date (YYYY-MM-DD).
+    @property
+    def raw_dir(self) -> Path:
+        return self.home / "raw"
+
+    def run_dir(self, run_date: str) -> Path:
+        return self.home / "runs" / run_date
+
+    @property
+    def serving_dir(self) -> Path:
+        return self.home / "serving"
+
+    @property
+    def triton_http_url(self) -> str:
+        return f"{self.triton_host}:{self.triton_http_port}"
+
+    @property
+    def triton_grpc_url(self) -> str:
+        return f"{self.triton_host}:{self.triton_grpc_port}"
+
+
+def get_settings() -> Settings:
+    return Settings.from_env()
