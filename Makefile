@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast clean stop airflow-ui mlflow-ui
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,3 +25,12 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf var .pytest_cache
+
+stop: $(STAMP)
+	$(BIN)/python -m cli stop
+
+airflow-ui: $(STAMP)
+	$(BIN)/python -m cli airflow standalone
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/var/mlflow.db --port 5001

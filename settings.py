@@ -46,6 +46,7 @@ class Settings:
     triton_host: str
     triton_model_name: str
     database_url: str
+    api_port: int
     ratelimit_storage_uri: str
     ratelimit_default: str
     api_keys: str  # "key:role,key:role"; empty = auth off (embedded default)
@@ -76,6 +77,7 @@ class Settings:
             triton_host=_env("RECSYS_TRITON_HOST", "127.0.0.1"),
             triton_model_name=_env("RECSYS_TRITON_MODEL", "dlrm"),
             database_url=_env("RECSYS_DATABASE_URL", f"sqlite:///{home / 'api.db'}"),
+            api_port=_env_int("RECSYS_API_PORT", 5000),
             ratelimit_storage_uri=_env("RECSYS_RATELIMIT_STORAGE", "memory://"),
             ratelimit_default=_env("RECSYS_RATELIMIT_DEFAULT", "600 per minute"),
             api_keys=_env("RECSYS_API_KEYS", ""),

@@ -1,0 +1,147 @@
+"""The deploy run's stages: resolve a registered model, package it for Triton, deploy, smoke-test, record.
+
+Called by `dags/deploy_model.py` and by `python -m cli deploy`. A local deploy keeps the previous
+bundle and restarts it when the new one fails its smoke test (rollback); `serving_dir/current`
+points at the bundle the local Triton serves, and the API reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+Stage = dict[str, Any]
+TARGETS = ("local", "sagemaker")
+
+
+class DeployError(RuntimeError):
+    """A deploy could not complete; the message says what was rolled back."""
+
+
+def resolve(version: str, settings: Settings) -> Stage:
+    """Download the model behind a version number or an alias (`champion`, `challenger`)."""
+    from registry import download_model, resolve_version
+
+    number = resolve_version(settings.mlflow_tracking_uri, settings.model_name, version)
+    model_dir = download_model(
+        settings.mlflow_tracking_uri,
+        f"models:/{settings.model_name}/{number}",
+        settings.serving_dir / "downloads" / str(number),
+    )
+    log.info("resolve: %s -> version %s at %s", version, number, model_dir)
+    return {"version": str(number), "model_dir": str(model_dir)}
+
+
+def package(resolved: Stage, settings: Settings) -> Stage:
+    """Export to ONNX (parity-checked), build the Triton repository and the serving bundle."""
+    from serving.bundle import build_bundle
+
+    bundle = build_bundle(
+        Path(resolved["model_dir"]),
+        settings.serving_dir / f"v{resolved['version']}",
+        version=resolved["version"],
+        model_name=settings.triton_model_name,
+    )
+    return {"version": resolved["version"], "bundle": str(bundle), "repo": str(bundle / "triton_repo")}
+
+
+def deploy(packaged: Stage, target: str, settings: Settings) -> Stage:
+    """Deploy the bundle to `target` and smoke-test it; roll back on failure."""
+    if target not in TARGETS:
+        raise DeployError(f"unknown deploy target {target!r}; use one of {', '.join(TARGETS)}")
+    if target == "sagemaker":
+        return _deploy_sagemaker(packaged, settings)
+    return _deploy_local(packaged, settings)
+
+
+def record(deployed: Stage, settings: Settings) -> Stage:
+    """Tag the model version in MLflow with where it now runs."""
+    from registry import set_deployment_tag
+
+    set_deployment_tag(
+        settings.mlflow_tracking_uri,
+        settings.model_name,
+        deployed["version"],
+        target=deployed["target"],
+        endpoint=deployed["endpoint"],
+    )
+    return deployed
+
+
+def _deploy_local(packaged: Stage, settings: Settings) -> Stage:
+    from serving.local_triton import start_server
+
+    current = settings.serving_dir / "current"
+    previous = current.resolve() if current.exists() else None
+    state_dir = settings.serving_dir / "triton"
+    handle = start_server(
+        Path(packaged["bundle"]),
+        http_port=settings.triton_http_port,
+        grpc_port=settings.triton_grpc_port,
+        state_dir=state_dir,
+        model_name=settings.triton_model_name,
+    )
+    try:
+        smoke_test(Path(packaged["bundle"]), handle.http_url, settings.triton_model_name)
+    except Exception as exc:
+        if previous is not None and previous != Path(packaged["bundle"]).resolve():
+            start_server(
+                previous,
+                http_port=settings.triton_http_port,
+                grpc_port=settings.triton_grpc_port,
+                state_dir=state_dir,
+                model_name=settings.triton_model_name,
+            )
+            raise DeployError(f"smoke test failed ({exc}); rolled back to {previous.name}") from exc
+        raise DeployError(f"smoke test failed ({exc}); no previous deployment to roll back to") from exc
+    _point_current(current, Path(packaged["bundle"]))
+    return {"version": packaged["version"], "target": "local", "endpoint": handle.http_url}
+
+
+def _deploy_sagemaker(packaged: Stage, settings: Settings) -> Stage:
+    from serving.sagemaker import SageMakerConfig, deploy as sagemaker_deploy
+
+    result = sagemaker_deploy(
+        Path(packaged["repo"]), packaged["version"], SageMakerConfig.from_settings(settings)
+    )
+    return {"version": packaged["version"], "target": "sagemaker", "endpoint": result.endpoint_name}
+
+
+def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64) -> None:
+    """Score a random valid batch through Triton and compare with onnxruntime on the same file."""
+    import onnxruntime as ort
+
+    from serving.triton_client import Ranker
+
+    schema = json.loads((bundle_dir / "schema.json").read_text())
+    columns = {c["name"]: c for c in schema["columns"]}
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(rows, len(schema["continuous"]))).astype(np.float32)
+    sparse = np.stack(
+        [rng.integers(0, columns[name]["cardinality"], rows) for name in schema["categorical"]], axis=1
+    ).astype(np.int64)
+    served = Ranker(url, model_name).score(dense, sparse)
+    session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"dense": dense, "sparse": sparse})[0].reshape(-1)
+    if not np.allclose(served, expected, atol=1e-5):
+        worst = float(np.max(np.abs(served - expected)))
+        raise DeployError(f"Triton scores differ from the exported model by up to {worst:.2e}")
+    log.info("smoke test: %d rows scored by Triton at %s match onnxruntime", rows, url)
+
+
+def _point_current(link: Path, target: Path) -> None:
+    """Swap the `current` symlink atomically so the API never sees a missing bundle."""
+    tmp = link.with_name(link.name + ".tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(target.resolve(), target_is_directory=True)
+    os.replace(tmp, link)
