@@ -12,9 +12,11 @@ from datetime import timedelta
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
+from airflow.sdk.definitions.deadline import AsyncCallback, DeadlineAlert, DeadlineReference
 from airflow.sdk.exceptions import AirflowFailException
 
 from plugins import nightly
+from plugins.alerts import nightly_deadline_missed
 from settings import get_settings
 
 
@@ -25,6 +27,12 @@ from settings import get_settings
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
     dagrun_timeout=timedelta(hours=6),
+    # The old SLA: alert when a run is not done 4 hours after it was queued.
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(hours=4),
+        callback=AsyncCallback(nightly_deadline_missed),
+    ),
     params={"deploy": True},
     tags=["recsys", "training"],
     doc_md=__doc__,
