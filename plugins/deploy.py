@@ -45,12 +45,16 @@ def package(resolved: Stage, settings: Settings) -> Stage:
     """Export to ONNX (parity-checked), build the Triton repository and the serving bundle."""
     from serving.bundle import build_bundle
 
-    bundle = build_bundle(
-        Path(resolved["model_dir"]),
-        settings.serving_dir / f"v{resolved['version']}",
-        version=resolved["version"],
-        model_name=settings.triton_model_name,
-    )
+    bundle = settings.serving_dir / resolved["version"]
+    if (bundle / "deployment.json").exists():  # a retried or repeated deploy reuses the bundle
+        log.info("package: bundle %s already built", bundle)
+    else:
+        bundle = build_bundle(
+            Path(resolved["model_dir"]),
+            settings.serving_dir,
+            version=resolved["version"],
+            model_name=settings.triton_model_name,
+        )
     return {"version": resolved["version"], "bundle": str(bundle), "repo": str(bundle / "triton_repo")}
 
 

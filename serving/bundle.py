@@ -1,0 +1,166 @@
+"""Serving bundles: `<serving_dir>/<version>/` with the ONNX model, schema, ETL workflow and Triton repo.
+
+A bundle is everything the ranking path needs at request time: the fitted workflow turns raw
+(customer, product) pairs into model inputs; Triton scores them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.errors import BundleError
+from serving.schema import FeatureSchema, read_schema
+
+log = logging.getLogger(__name__)
+
+# `dlrm.pt` is what the registry logs; `model.pt` what training writes.
+WEIGHT_FILE_NAMES = ("dlrm.pt", "model.pt")
+ONNX_FILE = "model.onnx"
+SCHEMA_FILE = "schema.json"
+WORKFLOW_DIR = "workflow"
+REPO_DIR = "triton_repo"
+DEPLOYMENT_FILE = "deployment.json"
+PAIR_COLUMNS = ("user_id", "product_id", "category_id", "brand", "price")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """deployment.json: what a bundle serves and when it was built."""
+
+    version: str
+    created_at: str  # ISO 8601, UTC
+    model_name: str  # Triton model name
+    triton_version: int  # version directory inside triton_repo/<model_name>/
+    n_dense: int
+    n_sparse: int
+    continuous: list[str]
+    categorical: list[str]
+    source: str  # the model directory the bundle was built from
+
+
+def find_weights(model_dir: Path) -> Path:
+    """The DLRM weights file of a model directory (`dlrm.pt`, `model.pt` or the only `*.pt`)."""
+    for name in WEIGHT_FILE_NAMES:
+        if (model_dir / name).is_file():
+            return model_dir / name
+    candidates = sorted(model_dir.glob("*.pt"))
+    if len(candidates) == 1:
+        return candidates[0]
+    raise BundleError(
+        f"{model_dir} holds {[p.name for p in candidates] or 'no *.pt files'}; expected one of "
+        f"{WEIGHT_FILE_NAMES} written by training.save_model"
+    )
+
+
+def build_bundle(
+    model_dir: Path,
+    out_dir: Path,
+    version: str | int,
+    model_name: str = "dlrm",
+    triton_version: int | None = None,
+    **repository_options: Any,
+) -> Path:
+    """Build `out_dir/<version>/` from a model dir (weights, schema.json, workflow/); returns it.
+
+    The Triton model version is `triton_version`, else `version` when it is a positive integer
+    (a registry version), else 1.
+    `repository_options` go to `serving.triton_repo.build_repository` (max_batch_size, ...).
+    """
+    from serving.export import export_onnx
+    from serving.triton_repo import build_repository
+
+    model_dir = Path(model_dir)
+    schema_path = model_dir / SCHEMA_FILE
+    workflow_dir = model_dir / WORKFLOW_DIR
+    missing = [p.name for p in (schema_path, workflow_dir) if not p.exists()]
+    if missing:
+        raise BundleError(f"{model_dir} lacks {missing}; download the registered model with its artifacts")
+    weights = find_weights(model_dir)
+    if triton_version is None:
+        triton_version = int(version) if str(version).isdigit() and int(version) > 0 else 1
+    schema = read_schema(schema_path)
+    bundle_dir = Path(out_dir) / str(version)
+    if bundle_dir.exists():
+        raise BundleError(f"bundle {bundle_dir} already exists; bundles are immutable, use a new version")
+    staging = bundle_dir.with_name(f".{bundle_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        onnx_path = export_onnx(weights, schema_path, staging / ONNX_FILE)
+        shutil.copyfile(schema_path, staging / SCHEMA_FILE)
+        shutil.copytree(workflow_dir, staging / WORKFLOW_DIR)
+        build_repository(onnx_path, schema_path, staging / REPO_DIR, model_name=model_name,
+                         version=triton_version, **repository_options)
+        deployment = Deployment(
+            version=str(version),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            model_name=model_name,
+            triton_version=triton_version,
+            n_dense=schema.n_dense,
+            n_sparse=schema.n_sparse,
+            continuous=list(schema.continuous),
+            categorical=list(schema.categorical),
+            source=str(model_dir),
+        )
+        (staging / DEPLOYMENT_FILE).write_text(json.dumps(asdict(deployment), indent=2))
+        # A rename, so a reader never sees a half-written bundle.
+        staging.rename(bundle_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("serving bundle %s built from %s", bundle_dir, model_dir)
+    return bundle_dir
+
+
+class ServingBundle:
+    """A built bundle, loaded for request-time feature encoding."""
+
+    def __init__(self, path: Path, deployment: Deployment, schema: FeatureSchema, workflow: Any) -> None:
+        self.path = path
+        self.deployment = deployment
+        self.schema = schema
+        self.workflow = workflow
+
+    @classmethod
+    def load(cls, path: Path) -> "ServingBundle":
+        path = Path(path)
+        deployment_path = path / DEPLOYMENT_FILE
+        if not deployment_path.is_file():
+            raise BundleError(f"{path} is not a serving bundle (no {DEPLOYMENT_FILE}); build it with build_bundle")
+        deployment = Deployment(**json.loads(deployment_path.read_text()))
+        schema = read_schema(path / SCHEMA_FILE)
+        import etl
+
+        workflow = etl.Workflow.load(path / WORKFLOW_DIR)
+        return cls(path, deployment, schema, workflow)
+
+    @property
+    def repository(self) -> Path:
+        return self.path / REPO_DIR
+
+    def encode(self, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Raw pairs (user_id, product_id, category_id, brand, price[, event_time]) ->
+        dense float32 (B, n_dense), sparse int64 (B, n_sparse), rows in input order."""
+        missing = [c for c in PAIR_COLUMNS if c not in pairs.columns]
+        if missing:
+            raise BundleError(f"pairs lack columns {missing}; expected {list(PAIR_COLUMNS)}")
+        features = self.workflow.transform(pairs.reset_index(drop=True))
+        if hasattr(features, "compute"):  # a Dask frame
+            features = features.compute()
+        absent = [c for c in (*self.schema.continuous, *self.schema.categorical) if c not in features.columns]
+        if absent:
+            raise BundleError(f"the workflow in {self.path / WORKFLOW_DIR} did not produce columns {absent}")
+        if len(features) != len(pairs):
+            raise BundleError(f"the workflow returned {len(features)} rows for {len(pairs)} pairs; it must keep every row")
+        dense = features[list(self.schema.continuous)].to_numpy(dtype=np.float32).reshape(len(features), -1)
+        sparse = features[list(self.schema.categorical)].to_numpy(dtype=np.int64)
+        return dense, sparse

@@ -1,0 +1,124 @@
+"""Scores (dense, sparse) batches on a Triton server over HTTP or gRPC."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Literal
+
+import numpy as np
+
+from serving.errors import RankerUnavailable
+
+log = logging.getLogger(__name__)
+
+Protocol = Literal["http", "grpc"]
+
+
+class Ranker:
+    """Client of the Triton `dlrm` model: dense (B, n_dense), sparse (B, n_sparse) -> scores (B,).
+
+    Requests larger than the model's max_batch_size are split; every transport or server error
+    becomes `RankerUnavailable` so callers can fall back. Safe to share between threads (the API's
+    gunicorn workers): each thread gets its own connection, as the gevent-based HTTP client is
+    not thread-safe.
+    """
+
+    def __init__(self, url: str, model_name: str = "dlrm", protocol: Protocol = "http", timeout_s: float = 5.0) -> None:
+        if protocol not in ("http", "grpc"):
+            raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+        # tritonclient takes host:port; accept a URL with a scheme too.
+        self.url = url.split("://", 1)[-1].rstrip("/")
+        self.model_name = model_name
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+        self._max_batch_size: int | None = None
+
+    def _module(self) -> Any:
+        if self.protocol == "http":
+            import tritonclient.http as module
+        else:
+            import tritonclient.grpc as module
+        return module
+
+    def _connect(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            module = self._module()
+            if self.protocol == "http":
+                client = module.InferenceServerClient(
+                    self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+                )
+            else:
+                client = module.InferenceServerClient(self.url)
+            self._local.client = client
+        return client
+
+    def _unavailable(self, exc: BaseException) -> RankerUnavailable:
+        # A broken connection may leave the client unusable; rebuild it on the next call.
+        self.close()
+        return RankerUnavailable(self.url, self.model_name, f"{type(exc).__name__}: {exc}")
+
+    def max_batch_size(self) -> int:
+        """The served model's max_batch_size, read once from its config."""
+        if self._max_batch_size is None:
+            try:
+                if self.protocol == "http":
+                    config = self._connect().get_model_config(self.model_name)
+                else:
+                    config = self._connect().get_model_config(self.model_name, as_json=True, client_timeout=self.timeout_s)["config"]
+            except Exception as exc:  # transport errors differ per protocol; all mean "unavailable"
+                raise self._unavailable(exc) from exc
+            self._max_batch_size = int(config.get("max_batch_size", 0)) or 1
+        return self._max_batch_size
+
+    def is_ready(self) -> bool:
+        """Whether the server is up and the model loaded (never raises)."""
+        try:
+            return bool(self._connect().is_server_ready() and self._connect().is_model_ready(self.model_name))
+        except Exception:
+            self.close()
+            return False
+
+    def score(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        """Purchase probabilities, float32 (B,), in row order."""
+        dense = np.ascontiguousarray(dense, dtype=np.float32)
+        sparse = np.ascontiguousarray(sparse, dtype=np.int64)
+        if dense.ndim != 2 or sparse.ndim != 2 or len(dense) != len(sparse):
+            raise ValueError(f"expected dense (B, n_dense) and sparse (B, n_sparse), got {dense.shape} and {sparse.shape}")
+        if len(dense) == 0:
+            return np.empty(0, dtype=np.float32)
+        step = self.max_batch_size()
+        parts = [self._infer(dense[i : i + step], sparse[i : i + step]) for i in range(0, len(dense), step)]
+        return np.concatenate(parts)
+
+    def _infer(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        module = self._module()
+        inputs = [module.InferInput("dense", list(dense.shape), "FP32"), module.InferInput("sparse", list(sparse.shape), "INT64")]
+        inputs[0].set_data_from_numpy(dense)
+        inputs[1].set_data_from_numpy(sparse)
+        outputs = [module.InferRequestedOutput("score")]
+        try:
+            if self.protocol == "http":
+                result = self._connect().infer(self.model_name, inputs, outputs=outputs)
+            else:
+                result = self._connect().infer(self.model_name, inputs, outputs=outputs, client_timeout=self.timeout_s)
+        except Exception as exc:  # transport errors differ per protocol; all mean "unavailable"
+            raise self._unavailable(exc) from exc
+        return result.as_numpy("score").reshape(-1)
+
+    def close(self) -> None:
+        """Drop this thread's connection (a later call reconnects)."""
+        client, self._local.client = getattr(self._local, "client", None), None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing a dead connection may fail; nothing to do about it
+                log.debug("closing triton client for %s failed", self.url, exc_info=True)
+
+    def __enter__(self) -> "Ranker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
