@@ -1,0 +1,54 @@
+"""The validation report: counts, reasons, table-level failures, drift, and where outputs went."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class FileResult:
+    """What happened to one input file."""
+
+    path: str
+    n_in: int = 0
+    n_passed: int = 0
+    n_quarantined: int = 0
+    table_failures: list[str] = field(default_factory=list)
+    copied_to: str | None = None  # set when the whole file went to quarantine/files/
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of `validate_events`; `n_in == n_passed + n_quarantined` always holds."""
+
+    n_in: int
+    n_passed: int
+    n_quarantined: int
+    reasons: dict[str, int]  # reason code -> rows carrying it (a row may carry several)
+    success: bool
+    bad_fraction: float
+    bad_row_threshold: float
+    suite_name: str
+    suite_version: str
+    window_start: str
+    window_end: str
+    table_failures: list[str]  # "<file>: <reason>" and "drift: <what>" entries
+    files: list[FileResult]
+    expectations: dict[str, dict]  # reason code -> expectation type and kwargs
+    profile: dict
+    drift: dict | None
+    failure_message: str | None
+    valid_path: str
+    quarantine_path: str
+    quarantine_files_dir: str
+    profile_path: str
+    data_docs_path: str
+    report_path: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def save(self) -> None:
+        Path(self.report_path).write_text(json.dumps(self.to_json(), indent=2, default=str))
