@@ -1,1 +1,50 @@
-"""registry package."""
+"""MLflow registry layer: run logging with lineage, registration, the promotion gate, downloads."""
+
+from registry.errors import (
+    EvalSetMismatch,
+    MetricMissing,
+    MissingArtifact,
+    ModelNotFound,
+    RegistryError,
+)
+from registry.lineage import Lineage, data_hash, git_sha
+from registry.models import download_model, set_deployment_tag
+from registry.promotion import (
+    CHALLENGER,
+    CHAMPION,
+    PromotionDecision,
+    promote,
+    register_model,
+    resolve_version,
+)
+from registry.tracking import (
+    SCHEMA_FILE,
+    WEIGHTS_FILE,
+    WORKFLOW_DIR,
+    log_training_run,
+    model_signature,
+)
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "EvalSetMismatch",
+    "Lineage",
+    "MetricMissing",
+    "MissingArtifact",
+    "ModelNotFound",
+    "PromotionDecision",
+    "RegistryError",
+    "SCHEMA_FILE",
+    "WEIGHTS_FILE",
+    "WORKFLOW_DIR",
+    "data_hash",
+    "download_model",
+    "git_sha",
+    "log_training_run",
+    "model_signature",
+    "promote",
+    "register_model",
+    "resolve_version",
+    "set_deployment_tag",
+]

@@ -195,6 +195,20 @@ def triton_request(dense: list[list[float]], sparse: list[list[int]]) -> bytes:
     return json.dumps(body).encode()
 
 
+def schema_smoke_request(schema_path: Path, rows: int = 2) -> Callable[[], bytes]:
+    """A request builder for `rows` rows shaped by schema.json: dense zeros, sparse index 0
+    (missing/OOV, valid in every table), so it scores under any fitted workflow."""
+    try:
+        schema = json.loads(Path(schema_path).read_text())
+        n_dense, n_sparse = len(schema["continuous"]), len(schema["categorical"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise SageMakerError(
+            f"cannot build the smoke request from {schema_path}: {exc}; pass build_request= or "
+            f"deploy a bundle's triton_repo (schema.json sits next to it)"
+        ) from exc
+    return lambda: triton_request([[0.0] * n_dense] * rows, [[0] * n_sparse] * rows)
+
+
 def triton_scores_ok(body: bytes) -> bool:
     """True when `body` is a KServe v2 reply whose `score` output holds probabilities."""
     try:
@@ -390,10 +404,12 @@ def _roll_back(
 ) -> DeployFailed:
     sm = clients["sagemaker"]
     if previous is None:
-        logger.error("deploy of new endpoint %s failed (%s); deleting it", config.endpoint_name, cause)
+        logger.error("new endpoint %s failed (%s); deleting it", config.endpoint_name, cause)
         sm.delete_endpoint(EndpointName=config.endpoint_name)
         return DeployFailed(f"{cause}; the new endpoint was deleted", rolled_back_to=None)
-    logger.error("deploy to %s failed (%s); rolling back to %s", config.endpoint_name, cause, previous)
+    logger.error(
+        "deploy to %s failed (%s); rolling back to %s", config.endpoint_name, cause, previous
+    )
     _switch(sm, config, previous)
     wait_in_service(sm, config)
     register_autoscaling(clients["application-autoscaling"], config)
@@ -404,16 +420,19 @@ def deploy(
     repo_dir: Path,
     version: str,
     config: SageMakerConfig,
-    build_request: Callable[[], bytes],
+    build_request: Callable[[], bytes] | None = None,
     check_response: Callable[[bytes], bool] = triton_scores_ok,
 ) -> DeployResult:
     """Deploy the Triton repository `repo_dir` as model `version`; see the module docstring.
 
-    build_request: body of the smoke-test request (e.g. `triton_request(...)` for one row).
+    build_request: body of the smoke-test request; default `schema_smoke_request` on the
+    bundle's schema.json (`repo_dir/../schema.json`, the serving bundle layout).
     check_response: True when the endpoint's reply is acceptable (default `triton_scores_ok`).
     Raises `SageMakerNotConfigured` before touching AWS, `DeployFailed` after rolling back.
     """
     config.require()
+    if build_request is None:
+        build_request = schema_smoke_request(Path(repo_dir).parent / "schema.json")
     clients = _clients(config)
     sm = clients["sagemaker"]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S%f")[:-3]
@@ -433,7 +452,14 @@ def deploy(
         switch = "create"
     else:
         _deregister_autoscaling(clients["application-autoscaling"], config)
-        switch = _switch(sm, config, name)
+        try:
+            switch = _switch(sm, config, name)
+        except ClientError as exc:
+            # The endpoint still serves `previous`; give it its scaling back before failing.
+            register_autoscaling(clients["application-autoscaling"], config)
+            raise DeployFailed(
+                f"could not point {config.endpoint_name} at {name}: {exc}", rolled_back_to=previous
+            ) from exc
     logger.info("endpoint %s -> config %s (%s)", config.endpoint_name, name, switch)
 
     try:

@@ -1,0 +1,70 @@
+"""CLI: `python -m registry {register,promote,download,tag-deployment}` with settings from env."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from registry.errors import RegistryError
+from registry.models import download_model, set_deployment_tag
+from registry.promotion import promote, register_model
+from settings import get_settings
+
+
+def _parser(default_name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m registry", description=__doc__)
+    parser.add_argument("--name", default=default_name, help="registered model name")
+    commands = parser.add_subparsers(dest="command", required=True)
+    register = commands.add_parser("register", help="register a run's model as challenger")
+    register.add_argument("run_id")
+    prom = commands.add_parser("promote", help="move champion to a version if it wins")
+    prom.add_argument("version")
+    prom.add_argument("--metric", default="ndcg_at_10")
+    prom.add_argument("--etl-dir", type=Path, help="re-evaluate the champion on this ETL output")
+    download = commands.add_parser("download", help="fetch a model for deployment")
+    download.add_argument("ref", help="alias or version, e.g. champion or 3")
+    download.add_argument("dst", type=Path)
+    tag = commands.add_parser("tag-deployment", help="record where a version is deployed")
+    tag.add_argument("version")
+    tag.add_argument("target", choices=["local", "sagemaker"])
+    tag.add_argument("endpoint")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = get_settings()
+    args = _parser(settings.model_name).parse_args(argv)
+    uri = settings.mlflow_tracking_uri
+    try:
+        if args.command == "register":
+            print(register_model(uri, args.run_id, args.name))
+        elif args.command == "promote":
+            reevaluate = None
+            if args.etl_dir is not None:
+                from registry.reevaluate import reevaluator
+                from training.evaluate import EvalInputs
+
+                reevaluate = reevaluator(uri, EvalInputs.from_etl_dir(args.etl_dir))
+            decision = promote(uri, args.name, args.version, args.metric, reevaluate)
+            print(json.dumps(asdict(decision), indent=2))
+        elif args.command == "download":
+            print(download_model(uri, f"models:/{args.name}@{args.ref}"
+                                 if not args.ref.isdigit() else f"models:/{args.name}/{args.ref}",
+                                 args.dst))
+        else:
+            set_deployment_tag(uri, args.name, args.version, args.target, args.endpoint)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Matplotlib figures logged with each run: learning curves and model-vs-baseline bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless workers (Airflow, CI) have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _numeric_series(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    series: dict[str, list[tuple[int, float]]] = {}
+    for i, row in enumerate(history):
+        step = int(row.get("epoch", i))
+        for key, value in row.items():
+            if key == "epoch" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            series.setdefault(key, []).append((step, float(value)))
+    return series
+
+
+def learning_curves(history: list[dict], path: Path) -> Path | None:
+    """One panel per metric in the per-epoch history; None when the history is empty."""
+    series = _numeric_series(history)
+    if not series:
+        return None
+    fig, axes = plt.subplots(len(series), 1, figsize=(6, 2.4 * len(series)), squeeze=False)
+    for ax, (name, points) in zip(axes[:, 0], sorted(series.items())):
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o")
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def baseline_pairs(eval_metrics: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Metrics that have a `baseline_<name>` counterpart: name -> (model, baseline)."""
+    return {
+        name: (float(value), float(eval_metrics[f"baseline_{name}"]))
+        for name, value in sorted(eval_metrics.items())
+        if not name.startswith("baseline_") and f"baseline_{name}" in eval_metrics
+    }
+
+
+def model_vs_baseline(eval_metrics: dict[str, float], path: Path) -> Path | None:
+    """Grouped bars of each metric for the model and the popularity baseline."""
+    pairs = baseline_pairs(eval_metrics)
+    if not pairs:
+        return None
+    names = list(pairs)
+    xs = range(len(names))
+    width = 0.38
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(names)), 3.2))
+    ax.bar([x - width / 2 for x in xs], [pairs[n][0] for n in names], width, label="model")
+    ax.bar([x + width / 2 for x in xs], [pairs[n][1] for n in names], width, label="baseline")
+    ax.set_xticks(list(xs), names, rotation=20)
+    ax.legend()
+    ax.set_title("model vs popularity baseline")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
