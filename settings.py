@@ -50,6 +50,7 @@ class Settings:
     ratelimit_storage_uri: str
     ratelimit_default: str
     api_keys: str  # "key:role,key:role"; empty = auth off (embedded default)
+    api_key_pepper: str  # secret mixed into stored API-key hashes
     deploy_target: str  # "local" or "sagemaker"
     aws_endpoint_url: str  # empty = real AWS; a moto server URL in tests
     aws_region: str
@@ -81,6 +82,7 @@ class Settings:
             ratelimit_storage_uri=_env("RECSYS_RATELIMIT_STORAGE", "memory://"),
             ratelimit_default=_env("RECSYS_RATELIMIT_DEFAULT", "600 per minute"),
             api_keys=_env("RECSYS_API_KEYS", ""),
+            api_key_pepper=_env("RECSYS_API_KEY_PEPPER", ""),
             deploy_target=_env("RECSYS_DEPLOY_TARGET", "local"),
             aws_endpoint_url=_env("AWS_ENDPOINT_URL", ""),
             aws_region=_env("AWS_DEFAULT_REGION", "us-east-1"),

@@ -1,0 +1,107 @@
+"""API keys with roles (read < ingest < admin): hashing, parsing, creation and the per-request check."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+
+from flask import Flask, current_app, g, request
+from sqlalchemy import select
+
+from api.errors import Forbidden, InvalidRequest, Unauthorized
+from api.store import ApiKey, Store
+
+log = logging.getLogger(__name__)
+
+ROLES = ("read", "ingest", "admin")
+RANK = {role: i for i, role in enumerate(ROLES)}
+HEADER = "X-API-Key"
+PUBLIC_ENDPOINTS = {"health.health", "openapi.spec", "static"}
+# Writes need ingest; deletes change the catalogue irreversibly, so they need admin.
+METHOD_ROLE = {"GET": "read", "HEAD": "read", "OPTIONS": "read", "POST": "ingest", "PUT": "ingest",
+               "PATCH": "ingest", "DELETE": "admin"}
+
+
+def hash_key(key: str, pepper: str) -> str:
+    """HMAC-SHA256 of the key under a server-side pepper; keys are random, so no per-key salt is needed."""
+    return hmac.new(pepper.encode(), key.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """Hashes of the keys given in configuration, mapped to their roles."""
+
+    hashes: dict[str, str]
+    pepper: str
+
+    @classmethod
+    def parse(cls, spec: str, pepper: str) -> "KeyRing":
+        """Parse "key:role,key:role"; a bad entry raises ValueError (showing only the key's first characters)."""
+        hashes: dict[str, str] = {}
+        for entry in filter(None, (e.strip() for e in spec.split(","))):
+            key, sep, role = entry.rpartition(":")
+            if not sep or not key or role not in RANK:
+                raise ValueError(f"api_keys entry {entry[:4]}...: expected 'key:role' with role in {ROLES}")
+            hashes[hash_key(key, pepper)] = role
+        return cls(hashes, pepper)
+
+
+def create_key(store: Store, role: str, pepper: str) -> str:
+    """Create a random key with `role`, store its hash, and return the key (shown once)."""
+    if role not in RANK:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    key = secrets.token_urlsafe(32)
+    with store.session() as session:
+        session.add(ApiKey(key_hash=hash_key(key, pepper), role=role))
+    return key
+
+
+def _stored_role(store: Store, key_hash: str) -> str | None:
+    with store.session() as session:
+        return session.scalar(select(ApiKey.role).where(ApiKey.key_hash == key_hash))
+
+
+def _any_stored_key(store: Store) -> bool:
+    with store.session() as session:
+        return session.scalar(select(ApiKey.key_hash).limit(1)) is not None
+
+
+def authenticate() -> None:
+    """before_request hook: no keys configured anywhere -> auth off; else require a key of enough role."""
+    if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
+        return
+    ring: KeyRing = current_app.extensions["recsys_keyring"]
+    store: Store = current_app.extensions["recsys_store"]
+    if not ring.hashes and not _any_stored_key(store):
+        g.role = "admin"
+        return
+    presented = request.headers.get(HEADER)
+    if not presented:
+        raise Unauthorized(f"missing {HEADER} header", field=HEADER)
+    digest = hash_key(presented, ring.pepper)
+    role = ring.hashes.get(digest) or _stored_role(store, digest)
+    if role is None:
+        raise Unauthorized(f"unknown API key in {HEADER}", field=HEADER)
+    needed = METHOD_ROLE.get(request.method)
+    if needed is None:
+        raise InvalidRequest(f"method {request.method} not supported")
+    if RANK[role] < RANK[needed]:
+        raise Forbidden(f"key role {role!r} cannot {request.method}; needs {needed!r} or higher", field=HEADER)
+    g.role = role
+
+
+def rate_limit_key() -> str:
+    """Per-key buckets (the hash, never the raw key); anonymous callers share a bucket per address."""
+    presented = request.headers.get(HEADER)
+    if presented:
+        ring: KeyRing = current_app.extensions["recsys_keyring"]
+        return "key:" + hash_key(presented, ring.pepper)[:32]
+    return "ip:" + (request.remote_addr or "unknown")
+
+
+def init_app(app: Flask, ring: KeyRing) -> None:
+    app.extensions["recsys_keyring"] = ring
+    app.before_request(authenticate)

@@ -1,0 +1,147 @@
+"""Candidate retrieval from the interactions table: popularity, the customer's categories, session co-occurrence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Select, String, case, cast, func, literal, select
+from sqlalchemy.orm import Session, aliased
+
+from api.store import Interaction, Product
+
+# How much each event says about interest; a removal from the cart says nothing positive.
+EVENT_WEIGHT = case(
+    (Interaction.event_type == "purchase", 4.0),
+    (Interaction.event_type == "cart", 2.0),
+    (Interaction.event_type == "view", 1.0),
+    else_=0.0,
+)
+MAX_SESSIONS = 1000  # sessions scanned for co-occurrence, bounding the query on busy products
+
+
+@dataclass(frozen=True)
+class ProductFilter:
+    """Constraints every returned product must satisfy."""
+
+    category_id: int | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+
+    def apply(self, stmt: Select) -> Select:
+        stmt = stmt.where(Product.available.is_(True))
+        if self.category_id is not None:
+            stmt = stmt.where(Product.category_id == self.category_id)
+        if self.min_price is not None:
+            stmt = stmt.where(Product.price >= self.min_price)
+        if self.max_price is not None:
+            stmt = stmt.where(Product.price <= self.max_price)
+        return stmt
+
+
+def _popularity():  # type: ignore[no-untyped-def]
+    """Weighted event count per product, aggregated over the (product_id, event_type) index alone."""
+    return (
+        select(Interaction.product_id.label("product_id"), func.sum(EVENT_WEIGHT).label("score"))
+        .group_by(Interaction.product_id)
+        .subquery()
+    )
+
+
+def popular(session: Session, limit: int, where: ProductFilter = ProductFilter(),
+            exclude: set[int] = frozenset()) -> list[tuple[int, float]]:
+    """Available products by weighted interaction count, then (for a cold store) by id; (product_id, score)."""
+    pop = _popularity()
+    score = func.coalesce(pop.c.score, 0.0).label("score")
+    stmt = (
+        select(Product.id, score)
+        .outerjoin(pop, pop.c.product_id == Product.id)
+        .order_by(score.desc(), Product.id)
+    )
+    if exclude:
+        stmt = stmt.where(Product.id.not_in(exclude))
+    stmt = where.apply(stmt).limit(limit)
+    return [(int(pid), float(s)) for pid, s in session.execute(stmt)]
+
+
+def purchased(session: Session, customer_id: int) -> set[int]:
+    stmt = select(Interaction.product_id).where(
+        Interaction.customer_id == customer_id, Interaction.event_type == "purchase"
+    ).distinct()
+    return {int(p) for p in session.scalars(stmt)}
+
+
+def has_history(session: Session, customer_id: int) -> bool:
+    stmt = select(Interaction.id).where(Interaction.customer_id == customer_id).limit(1)
+    return session.scalar(stmt) is not None
+
+
+def in_customer_categories(session: Session, customer_id: int, limit: int, where: ProductFilter) -> list[int]:
+    """Popular products from the categories the customer interacted with."""
+    categories = (
+        select(Product.category_id)
+        .join(Interaction, Interaction.product_id == Product.id)
+        .where(Interaction.customer_id == customer_id, Product.category_id.is_not(None))
+        .distinct()
+    )
+    pop = _popularity()
+    score = func.coalesce(pop.c.score, 0.0)
+    stmt = (
+        select(Product.id)
+        .outerjoin(pop, pop.c.product_id == Product.id)
+        .where(Product.category_id.in_(categories))
+        .order_by(score.desc(), Product.id)
+    )
+    return [int(p) for p in session.scalars(where.apply(stmt).limit(limit))]
+
+
+def co_occurring(session: Session, customer_id: int, limit: int, where: ProductFilter) -> list[int]:
+    """Products seen in the same sessions as the customer's products, by number of shared sessions."""
+    mine = aliased(Interaction)
+    other = aliased(Interaction)
+    # Products the customer touched, then other products that share any session with them.
+    touched = select(mine.product_id).where(mine.customer_id == customer_id).distinct().subquery()
+    sessions_with_touched = (
+        select(other.session)
+        .where(other.product_id.in_(select(touched.c.product_id)), other.session.is_not(None))
+        .distinct()
+        .limit(MAX_SESSIONS)
+        .subquery()
+    )
+    shared = func.count(func.distinct(Interaction.session))
+    stmt = (
+        select(Product.id)
+        .join(Interaction, Interaction.product_id == Product.id)
+        .where(
+            Interaction.session.in_(select(sessions_with_touched.c.session)),
+            Product.id.not_in(select(touched.c.product_id)),
+        )
+        .group_by(Product.id)
+        .order_by(shared.desc(), Product.id)
+    )
+    return [int(p) for p in session.scalars(where.apply(stmt).limit(limit))]
+
+
+def similar_products(session: Session, product_id: int, limit: int) -> list[tuple[int, float]]:
+    """Item-item similarity: products sharing sessions or customers with `product_id`; (product_id, shared)."""
+    anchor = aliased(Interaction)
+    by_session = (
+        select(Interaction.product_id.label("pid"), (literal("s:") + anchor.session).label("ctx"))
+        .join(anchor, (anchor.session == Interaction.session) & anchor.session.is_not(None))
+        .where(anchor.product_id == product_id, Interaction.product_id != product_id)
+    )
+    by_customer = (
+        select(Interaction.product_id.label("pid"), (literal("c:") + cast(anchor.customer_id, String)).label("ctx"))
+        .join(anchor, anchor.customer_id == Interaction.customer_id)
+        .where(anchor.product_id == product_id, Interaction.product_id != product_id)
+    )
+    pairs = by_session.union(by_customer).subquery()
+    shared = func.count().label("shared")
+    stmt = (
+        select(Product.id, shared)
+        .join(pairs, pairs.c.pid == Product.id)
+        .where(Product.available.is_(True))
+        .group_by(Product.id)
+        .order_by(shared.desc(), Product.id)
+        .limit(limit)
+    )
+    return [(int(p), float(s)) for p, s in session.execute(stmt)]

@@ -1,0 +1,37 @@
+"""Customers blueprint: CRUD plus `GET /customers/<id>/recommendations`."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+from flask.typing import ResponseReturnValue
+
+from api import recommend
+from api.candidates import ProductFilter
+from api.resources import parse_query, register_crud, store
+from api.schemas import CustomerBulk, CustomerCreate, CustomerOut, CustomerUpdate, RecommendQuery, Recommendations
+from api.store import Customer
+
+bp = Blueprint("customers", __name__, url_prefix="/customers")
+register_crud(bp, Customer, CustomerOut, CustomerCreate, CustomerBulk, CustomerUpdate)
+
+
+@bp.get("/<int:ident>/recommendations")
+def recommendations(ident: int) -> ResponseReturnValue:
+    """Top-k products for a customer; unknown customers get popular items, a down ranker sets `fallback`."""
+    query = parse_query(RecommendQuery)
+    req = recommend.Request(
+        customer_id=ident,
+        k=query.k,
+        where=ProductFilter(query.category_id, query.min_price, query.max_price),
+        exclude_purchased=query.exclude_purchased,
+    )
+    ranker = current_app.extensions["recsys_ranker"].get()
+    with store().session() as session:
+        result = recommend.recommend(session, req, ranker)
+    body = Recommendations(
+        customer_id=ident,
+        items=[{"product_id": p, "score": s} for p, s in result.items],
+        ranker=result.ranker,
+        fallback=result.fallback,
+    )
+    return jsonify(body.model_dump())

@@ -1,0 +1,52 @@
+"""Interactions blueprint: CRUD of events; a reference to a missing customer or product is a 409 conflict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from flask import Blueprint
+
+from api.errors import Conflict
+from api.resources import register_crud
+from api.schemas import InteractionBulk, InteractionCreate, InteractionOut, InteractionPageQuery, InteractionUpdate
+from api.store import Customer, Interaction, Product, utcnow
+
+bp = Blueprint("interactions", __name__, url_prefix="/interactions")
+
+
+def _references_exist(session: Session, items: list[BaseModel]) -> None:
+    single = len(items) == 1
+    for attr, orm in (("customer_id", Customer), ("product_id", Product)):
+        wanted = {getattr(item, attr) for item in items}
+        known = set(session.scalars(select(orm.id).where(orm.id.in_(wanted))))
+        missing = wanted - known
+        if missing:
+            index = next(i for i, item in enumerate(items) if getattr(item, attr) in missing)
+            field = attr if single else f"items.{index}.{attr}"
+            raise Conflict(f"{attr} {getattr(items[index], attr)} does not exist; create it first", field=field)
+
+
+def _event_time_defaults(row: dict[str, Any]) -> dict[str, Any]:
+    if "event_time" in row and row["event_time"] is None:
+        row["event_time"] = utcnow()
+    return row
+
+
+def _filters(query: Any) -> list[Any]:
+    where = []
+    if query.customer_id is not None:
+        where.append(Interaction.customer_id == query.customer_id)
+    if query.product_id is not None:
+        where.append(Interaction.product_id == query.product_id)
+    return where
+
+
+register_crud(
+    bp, Interaction, InteractionOut, InteractionCreate, InteractionBulk, InteractionUpdate,
+    page=InteractionPageQuery, numbered=False, precheck=_references_exist, defaults=_event_time_defaults,
+    filters=_filters,
+)

@@ -1,0 +1,34 @@
+"""Products blueprint: CRUD plus popular and similar products."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+from api import candidates
+from api.resources import get_or_404, parse_query, register_crud, store
+from api.schemas import ProductBulk, ProductCreate, ProductList, ProductOut, ProductUpdate, TopKQuery
+from api.store import Product
+
+bp = Blueprint("products", __name__, url_prefix="/products")
+register_crud(bp, Product, ProductOut, ProductCreate, ProductBulk, ProductUpdate)
+
+
+def _scored(items: list[tuple[int, float]]) -> dict:
+    return ProductList(items=[{"product_id": p, "score": s} for p, s in items]).model_dump()
+
+
+@bp.get("/popular")
+def popular() -> ResponseReturnValue:
+    query = parse_query(TopKQuery)
+    with store().session() as session:
+        return jsonify(_scored(candidates.popular(session, query.k)))
+
+
+@bp.get("/<int:ident>/similar")
+def similar(ident: int) -> ResponseReturnValue:
+    """Products that share sessions or customers with this one, most shared first."""
+    query = parse_query(TopKQuery)
+    with store().session() as session:
+        get_or_404(session, Product, ident)
+        return jsonify(_scored(candidates.similar_products(session, ident, query.k)))

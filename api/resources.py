@@ -1,0 +1,167 @@
+"""Shared request plumbing for the resource blueprints: body/query parsing, lookups, pagination and CRUD routes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import itertools
+from typing import Any, TypeVar
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.errors import Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType
+from api.schemas import MAX_ID, BulkResult, PageQuery
+from api.store import Base, Store
+
+M = TypeVar("M", bound=BaseModel)
+# Hook run on validated items before insert (e.g. checking that referenced rows exist).
+Precheck = Callable[[Session, list[BaseModel]], None]
+
+
+def store() -> Store:
+    return current_app.extensions["recsys_store"]
+
+
+def parse_body(model: type[M]) -> M:
+    """Validate the JSON body against `model` (strict, no unknown fields); errors become 400/415/422."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType(f"send the body as application/json, not {request.mimetype or 'nothing'!r}")
+    return model.model_validate_json(request.get_data(cache=False) or b"")
+
+
+def parse_query(model: type[M]) -> M:
+    return model.model_validate(request.args.to_dict())
+
+
+def get_or_404(session: Session, orm: type[Base], ident: int) -> Any:
+    found = session.get(orm, ident) if 1 <= ident <= MAX_ID else None
+    if found is None:
+        raise NotFound(f"{orm.__tablename__[:-1]} {ident} does not exist", field="id")
+    return found
+
+
+def to_json(out: type[BaseModel], obj: Any) -> dict[str, Any]:
+    data = out.model_validate(obj).model_dump(mode="json")
+    return {k: _utc(v) if k.endswith("_at") or k.endswith("_time") else v for k, v in data.items()}
+
+
+def _utc(value: Any) -> Any:
+    # SQLite drops the zone of stored timestamps; everything is stored in UTC.
+    if isinstance(value, str) and len(value) >= 19 and not (value.endswith("Z") or "+" in value[19:]):
+        return value + "Z"
+    return value
+
+
+def paginate(session: Session, orm: type[Base], out: type[BaseModel], query: PageQuery,
+             where: list[Any] | None = None) -> dict[str, Any]:
+    conditions = where or []
+    total = session.scalar(select(func.count()).select_from(orm).where(*conditions)) or 0
+    stmt = select(orm).where(*conditions).order_by(orm.id).limit(query.limit).offset(query.offset)  # type: ignore[attr-defined]
+    items = [to_json(out, row) for row in session.scalars(stmt)]
+    return {"items": items, "total": total, "limit": query.limit, "offset": query.offset}
+
+
+def check_bulk_size(n: int) -> None:
+    limit = int(current_app.config["BULK_LIMIT"])
+    if n > limit:
+        raise PayloadTooLarge(f"{n} items in one request; send at most {limit} per request", field="items")
+
+
+def insert_rows(session: Session, orm: type[Base], items: list[BaseModel], numbered: bool,
+                defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[int]:
+    """Insert validated items; client ids must be new and distinct, missing ids follow the current maximum."""
+    rows = [item.model_dump() for item in items]
+    if numbered:
+        given = [r["id"] for r in rows if r.get("id") is not None]
+        seen: set[int] = set()
+        for i, r in enumerate(rows):
+            if r.get("id") is not None:
+                if r["id"] in seen:
+                    raise Conflict(f"id {r['id']} appears twice in this request", field=f"items.{i}.id")
+                seen.add(r["id"])
+        if given:
+            taken = set(session.scalars(select(orm.id).where(orm.id.in_(given))))  # type: ignore[attr-defined]
+            if taken:
+                first = next(i for i, r in enumerate(rows) if r.get("id") in taken)
+                field = "id" if len(rows) == 1 else f"items.{first}.id"
+                raise Conflict(f"{orm.__tablename__} with ids {sorted(taken)[:10]} already exist", field=field)
+        top = max(session.scalar(select(func.max(orm.id))) or 0, max(seen, default=0))  # type: ignore[attr-defined]
+        fresh = itertools.count(top + 1)
+        for r in rows:
+            if r.get("id") is None:
+                r["id"] = next(fresh)
+                if r["id"] > MAX_ID:
+                    raise Conflict(f"no id left above the current maximum {top}; send explicit ids", field="id")
+    objs = [orm(**(defaults(r) if defaults else r)) for r in rows]
+    session.add_all(objs)
+    session.flush()
+    return [int(o.id) for o in objs]  # type: ignore[attr-defined]
+
+
+def register_crud(bp: Blueprint, orm: type[Base], out: type[BaseModel], create: type[BaseModel],
+                  bulk: type[BaseModel], update: type[BaseModel], page: type[PageQuery] = PageQuery,
+                  numbered: bool = True, precheck: Precheck | None = None,
+                  defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                  filters: Callable[[PageQuery], list[Any]] | None = None) -> None:
+    """Register create (single, bulk), read, replace, patch, delete and list routes for one resource."""
+
+    def create_one() -> ResponseReturnValue:
+        item = parse_body(create)
+        with store().session() as session:
+            if precheck:
+                precheck(session, [item])
+            (new_id,) = insert_rows(session, orm, [item], numbered, defaults)
+            body = to_json(out, session.get(orm, new_id))
+        return jsonify(body), 201
+
+    def create_bulk() -> ResponseReturnValue:
+        # Check the count before validating items so a huge batch is refused cheaply.
+        raw = request.get_json(silent=True) if request.mimetype == "application/json" else None
+        if isinstance(raw, dict) and isinstance(raw.get("items"), list):
+            check_bulk_size(len(raw["items"]))
+        payload = parse_body(bulk)
+        items = payload.items  # type: ignore[attr-defined]
+        check_bulk_size(len(items))
+        with store().session() as session:
+            if precheck:
+                precheck(session, items)
+            ids = insert_rows(session, orm, items, numbered, defaults)
+        return jsonify(BulkResult(created=len(ids), ids=ids).model_dump()), 201
+
+    def read(ident: int) -> ResponseReturnValue:
+        with store().session() as session:
+            return jsonify(to_json(out, get_or_404(session, orm, ident)))
+
+    def modify(ident: int) -> ResponseReturnValue:
+        changes = parse_body(update)
+        fields = changes.model_fields_set if request.method == "PATCH" else set(type(changes).model_fields)
+        values = changes.model_dump()
+        if defaults:
+            values = defaults(values)
+        with store().session() as session:
+            obj = get_or_404(session, orm, ident)
+            for name in fields:
+                setattr(obj, name, values[name])
+            session.flush()
+            body = to_json(out, obj)
+        return jsonify(body)
+
+    def delete(ident: int) -> ResponseReturnValue:
+        with store().session() as session:
+            session.delete(get_or_404(session, orm, ident))
+        return "", 204
+
+    def listing() -> ResponseReturnValue:
+        query = parse_query(page)
+        with store().session() as session:
+            return jsonify(paginate(session, orm, out, query, filters(query) if filters else None))
+
+    bp.add_url_rule("", "create", create_one, methods=["POST"])
+    bp.add_url_rule("/bulk", "create_bulk", create_bulk, methods=["POST"])
+    bp.add_url_rule("", "list", listing, methods=["GET"])
+    bp.add_url_rule("/<int:ident>", "read", read, methods=["GET"])
+    bp.add_url_rule("/<int:ident>", "modify", modify, methods=["PUT", "PATCH"])
+    bp.add_url_rule("/<int:ident>", "delete", delete, methods=["DELETE"])

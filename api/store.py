@@ -1,0 +1,179 @@
+"""SQLAlchemy 2 store of customers, products and interactions (SQLite by default, PostgreSQL by URL)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+if TYPE_CHECKING:
+    from api.seed import SeedResult
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase")
+# SQLite only autoincrements a column declared exactly INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    name: Mapped[str | None] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Product(Base):
+    __tablename__ = "products"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    name: Mapped[str | None] = mapped_column(String(300))
+    category_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    category_code: Mapped[str | None] = mapped_column(String(200))
+    brand: Mapped[str | None] = mapped_column(String(200))
+    price: Mapped[float] = mapped_column(Float, default=0.0)  # in the catalogue's currency
+    available: Mapped[bool] = mapped_column(Boolean, default=True)
+    __table_args__ = (CheckConstraint("price >= 0", name="ck_products_price_nonneg"),)
+
+
+class Interaction(Base):
+    __tablename__ = "interactions"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    customer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("customers.id", ondelete="CASCADE"))
+    product_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("products.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(20))
+    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    session: Mapped[str | None] = mapped_column(String(100))
+    __table_args__ = (
+        CheckConstraint(
+            "event_type IN ('view','cart','remove_from_cart','purchase')", name="ck_interactions_event_type"
+        ),
+        # Recommendations read a customer's history, a product's popularity and session co-occurrence.
+        Index("ix_interactions_customer_event", "customer_id", "event_type", "product_id"),
+        Index("ix_interactions_product_event", "product_id", "event_type"),
+        Index("ix_interactions_session_product", "session", "product_id"),
+    )
+
+
+class ApiKey(Base):
+    """Keys created by `python -m api create-key`; only the peppered hash is stored."""
+
+    __tablename__ = "api_keys"
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+RESOURCES: dict[str, type[Base]] = {"customers": Customer, "products": Product, "interactions": Interaction}
+
+
+class Store:
+    """Owns the engine and hands out sessions; `schema` puts all tables in one PostgreSQL schema."""
+
+    def __init__(self, url: str, schema: str | None = None) -> None:
+        self.url = url
+        self.schema = schema
+        engine = create_engine(url, pool_pre_ping=True, future=True)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        if schema:
+            engine = engine.execution_options(schema_translate_map={None: schema})
+        self.engine: Engine = engine
+        self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def init_db(self) -> None:
+        """Create the schema (PostgreSQL) and all tables if missing; safe to call repeatedly."""
+        for attempt in (1, 2):
+            try:
+                with self.engine.begin() as conn:
+                    if self.schema:
+                        conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+                    Base.metadata.create_all(conn)
+                break
+            except (OperationalError, ProgrammingError, IntegrityError) as exc:
+                # Several gunicorn workers start at once; the loser of a CREATE race retries once.
+                if attempt == 2:
+                    raise
+                log.info("concurrent schema creation (%s); retrying", exc.orig)
+        log.info("store initialised at %s (schema=%s)", self.engine.url.render_as_string(), self.schema)
+
+    def drop_all(self) -> None:
+        with self.engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+            if self.schema:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: commits on success, rolls back on any exception."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception as exc:  # any driver error means "unreachable" for /health
+            log.warning("database ping failed: %s", exc)
+            return False
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def seed_from_events(database_url: str, events: Path, schema: str | None = None) -> "SeedResult":
+    """Create the tables if needed and load REES46 events (a file or a directory of them) into the store."""
+    from api.seed import seed  # api.seed builds on this module
+
+    store = Store(database_url, schema=schema)
+    try:
+        store.init_db()
+        return seed(store, Path(events))
+    finally:
+        store.dispose()

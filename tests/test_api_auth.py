@@ -1,0 +1,108 @@
+"""API keys and roles (auth off when none are configured) and per-key rate limits on memory and Redis."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from api import create_app
+from api.auth import KeyRing, create_key, hash_key
+from api.store import ApiKey
+from tests.test_api_support import REDIS_URL, app, client, make_config  # noqa: F401
+
+KEYS = "r-key-123:read,i-key-456:ingest,a-key-789:admin"
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> FlaskClient:
+    return create_app(make_config(tmp_path, API_KEYS=KEYS)).test_client()
+
+
+def test_auth_is_off_when_no_keys_are_configured(client: FlaskClient) -> None:
+    assert client.post("/customers", json={"id": 1}).status_code == 201
+    assert client.delete("/customers/1").status_code == 204
+
+
+def test_missing_or_unknown_key_is_401_naming_the_header(secured: FlaskClient) -> None:
+    for headers in ({}, {"X-API-Key": "guess"}):
+        resp = secured.get("/customers", headers=headers)
+        assert resp.status_code == 401 and resp.json["error"]["field"] == "X-API-Key"
+
+
+def test_health_and_spec_are_public(secured: FlaskClient) -> None:
+    assert secured.get("/health").status_code == 200
+    assert secured.get("/openapi.json").status_code == 200
+
+
+@pytest.mark.parametrize(("key", "method", "path", "body", "status"), [
+    ("r-key-123", "get", "/customers", None, 200),
+    ("r-key-123", "post", "/customers", {"id": 5}, 403),
+    ("i-key-456", "post", "/customers", {"id": 5}, 201),
+    ("i-key-456", "delete", "/customers/1", None, 403),
+    ("a-key-789", "delete", "/customers/1", None, 204),
+    ("a-key-789", "get", "/customers/1", None, 200),
+])
+def test_roles_gate_methods(secured: FlaskClient, key: str, method: str, path: str, body: dict | None,
+                            status: int) -> None:
+    secured.post("/customers", json={"id": 1}, headers={"X-API-Key": "a-key-789"})
+    resp = getattr(secured, method)(path, json=body, headers={"X-API-Key": key})
+    assert resp.status_code == status
+    if status == 403:
+        assert "needs" in resp.json["error"]["detail"]
+
+
+def test_created_keys_are_stored_hashed_and_turn_auth_on(app: Flask) -> None:
+    client = app.test_client()
+    store = app.extensions["recsys_store"]
+    key = create_key(store, "ingest", "test-pepper")
+    with store.session() as session:
+        stored = session.scalars(select(ApiKey.key_hash)).all()
+    assert stored == [hash_key(key, "test-pepper")] and key not in stored
+    assert client.get("/customers").status_code == 401
+    assert client.post("/customers", json={}, headers={"X-API-Key": key}).status_code == 201
+    assert client.delete("/customers/1", headers={"X-API-Key": key}).status_code == 403
+
+
+def test_key_spec_with_unknown_role_is_rejected() -> None:
+    with pytest.raises(ValueError, match="role"):
+        KeyRing.parse("k:superuser", "p")
+    assert len(KeyRing.parse("a:read, b:admin", "p").hashes) == 2
+
+
+def test_rate_limit_is_per_key_and_answers_429_json(tmp_path: Path) -> None:
+    c = create_app(make_config(tmp_path, API_KEYS=KEYS, RATELIMIT_DEFAULT="3 per minute")).test_client()
+    for _ in range(3):
+        assert c.get("/customers", headers={"X-API-Key": "r-key-123"}).status_code == 200
+    limited = c.get("/customers", headers={"X-API-Key": "r-key-123"})
+    assert limited.status_code == 429 and limited.json["error"]["status"] == 429
+    assert "Retry-After" in limited.headers
+    # Another key has its own bucket.
+    assert c.get("/customers", headers={"X-API-Key": "a-key-789"}).status_code == 200
+
+
+def test_rate_limit_is_shared_through_redis(tmp_path: Path) -> None:
+    redis = pytest.importorskip("redis")
+    conn = redis.Redis.from_url(REDIS_URL)
+    try:
+        conn.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("Redis not reachable at " + REDIS_URL)
+    prefix = f"recsys-test-{uuid.uuid4().hex}"
+    config = make_config(tmp_path, RATELIMIT_STORAGE_URI=REDIS_URL, RATELIMIT_DEFAULT="2 per minute",
+                         RATELIMIT_KEY_PREFIX=prefix)
+    try:
+        # Two app instances (think: two gunicorn workers) draw on one Redis bucket.
+        first = create_app(config).test_client()
+        second = create_app(config).test_client()
+        assert first.get("/customers").status_code == 200
+        assert second.get("/customers").status_code == 200
+        assert first.get("/customers").status_code == 429
+        assert any(conn.scan_iter(match=f"*{prefix}*"))
+    finally:
+        for key in conn.scan_iter(match=f"*{prefix}*"):
+            conn.delete(key)

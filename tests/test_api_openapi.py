@@ -1,0 +1,44 @@
+"""The served OpenAPI document matches the app: schemathesis drives every operation in-process (WSGI)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import hypothesis.configuration
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from api import create_app
+from tests.test_api_support import PriceRanker, add_catalogue, make_config
+
+_DIR = Path(tempfile.mkdtemp(prefix="recsys-api-openapi-"))
+# Hypothesis keeps caches in ./.hypothesis by default; keep the repo clean.
+hypothesis.configuration.set_hypothesis_home_dir(_DIR / "hypothesis")
+# One app for the whole run: schemathesis loads the schema at import time to parametrize the test.
+APP = create_app(make_config(_DIR), ranker=PriceRanker())
+add_catalogue(APP.test_client())
+schema = schemathesis.openapi.from_wsgi("/openapi.json", APP)
+# A bulk request over maxItems is refused with 413 (Payload Too Large), which is a rejection too.
+_rejection = schema.config.checks.negative_data_rejection
+_rejection.expected_statuses = [*_rejection.expected_statuses, "413"]
+
+
+def test_spec_lists_every_route_of_the_app() -> None:
+    spec = APP.test_client().get("/openapi.json").json
+    documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops
+                  if method != "parameters"}
+    served = set()
+    for rule in APP.url_map.iter_rules():
+        if rule.endpoint in {"static", "openapi.spec"}:
+            continue
+        path = rule.rule.replace("<int:ident>", "{ident}")
+        served |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    assert documented == served
+
+
+@schema.parametrize()
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+          database=None)
+def test_api_conforms_to_its_openapi_spec(case: schemathesis.Case) -> None:
+    case.call_and_validate()

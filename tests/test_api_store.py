@@ -1,0 +1,190 @@
+"""The store on SQLite and PostgreSQL: CRUD through the app, constraints, seeding from events and export."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
+
+from api import create_app
+from api.__main__ import main as cli_main
+from api.seed import REES46_COLUMNS, export_interactions, seed
+from api.store import Product, Store
+from tests.test_api_support import PG_URL, PriceRanker, add_catalogue, make_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _postgres_reachable() -> bool:
+    try:
+        with create_engine(PG_URL, connect_args={"connect_timeout": 3}).connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def pg_available() -> bool:
+    return _postgres_reachable()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict]:
+    """App config on SQLite, or on the local PostgreSQL in a throw-away schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield make_config(tmp_path)
+        return
+    if not request.getfixturevalue("pg_available"):
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    schema = f"recsys_api_test_{uuid.uuid4().hex[:12]}"
+    config = make_config(tmp_path, DATABASE_URL=PG_URL, DATABASE_SCHEMA=schema)
+    try:
+        yield config
+    finally:
+        store = Store(PG_URL, schema=schema)
+        store.drop_all()
+        store.dispose()
+
+
+@pytest.fixture
+def store_client(store_config: dict) -> Iterator[FlaskClient]:
+    app = create_app(store_config, ranker=PriceRanker())
+    yield app.test_client()
+    app.extensions["recsys_store"].dispose()
+
+
+def test_crud_and_recommendations_behave_the_same_on_each_database(store_client: FlaskClient) -> None:
+    add_catalogue(store_client)
+    assert store_client.get("/health").json["database"] == "ok"
+    assert store_client.get("/interactions").json["total"] == 10
+    body = store_client.get("/customers/2/recommendations?k=3").json
+    ids = [i["product_id"] for i in body["items"]]
+    assert len(set(ids)) == 3 and 3 not in ids and 10 not in ids
+    assert [i["product_id"] for i in store_client.get("/products/popular?k=2").json["items"]] == [6, 1]
+    assert {i["product_id"] for i in store_client.get("/products/1/similar").json["items"]} == {2, 3, 5, 6}
+    # Deleting a customer removes their interactions (ON DELETE CASCADE).
+    assert store_client.delete("/customers/3").status_code == 204
+    assert store_client.get("/interactions?customer_id=3").json["total"] == 0
+    assert store_client.post("/customers", json={"id": 9_000_000_000}).status_code == 201  # BIGINT ids
+
+
+def test_database_rejects_negative_price_even_past_the_api(store_config: dict) -> None:
+    store = Store(store_config["DATABASE_URL"], schema=store_config.get("DATABASE_SCHEMA"))
+    store.init_db()
+    with pytest.raises(IntegrityError):
+        with store.session() as session:
+            session.add(Product(id=1, price=-1.0))
+    store.dispose()
+
+
+def _events(n: int, seed_: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed_)
+    products = rng.integers(100, 160, n)
+    return pd.DataFrame({
+        "event_time": pd.Timestamp("2026-11-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 86400 * 3, n), "s"),
+        "event_type": rng.choice(["view", "view", "cart", "purchase", "remove_from_cart"], n),
+        "product_id": products.astype("int64"),
+        "category_id": (products // 10).astype("int64"),
+        "category_code": np.where(products % 2 == 0, "electronics.phone", None),
+        "brand": np.where(products % 3 == 0, None, "acme"),
+        "price": (products % 17).astype("float64") + 0.5,
+        "user_id": rng.integers(1, 40, n).astype("int64"),
+        "user_session": [f"s{x}" for x in rng.integers(0, 200, n)],
+    })
+
+
+def test_seed_then_export_round_trips_the_events(store_config: dict, tmp_path: Path) -> None:
+    events = _events(3000)
+    bad = events.iloc[:2].copy()
+    bad["event_type"] = "like"  # unknown types are skipped and counted
+    src = tmp_path / "events" / "date=2026-11-01"
+    src.mkdir(parents=True)
+    pd.concat([events, bad]).to_parquet(src / "events.parquet")
+    store = Store(store_config["DATABASE_URL"], schema=store_config.get("DATABASE_SCHEMA"))
+    store.init_db()
+    result = seed(store, tmp_path / "events")
+    assert (result.customers, result.products, result.interactions, result.skipped) == (
+        events.user_id.nunique(), events.product_id.nunique(), 3000, 2)
+    assert seed(store, tmp_path / "events").customers == 0  # existing customers are not duplicated
+
+    out = tmp_path / "export" / "interactions.parquet"
+    assert export_interactions(store, out) == 6000
+    exported = pd.read_parquet(out)
+    assert list(exported.columns) == REES46_COLUMNS
+    assert str(exported.event_time.dtype) == "datetime64[us, UTC]"
+    original = events.sort_values(["user_session", "product_id", "event_time", "event_type"])
+    once = exported.drop_duplicates().sort_values(["user_session", "product_id", "event_time", "event_type"])
+    assert len(once) == len(events.drop_duplicates())
+    pd.testing.assert_series_equal(once.event_type.reset_index(drop=True),
+                                   original.drop_duplicates().event_type.reset_index(drop=True))
+    store.dispose()
+
+
+def test_cli_init_seed_export_and_create_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "cli.db"
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RECSYS_DATABASE_URL", f"sqlite:///{db}")
+    events = tmp_path / "events.csv"
+    _events(200).to_csv(events, index=False)
+
+    def run(*args: str) -> str:
+        assert cli_main(list(args)) == 0
+        return capsys.readouterr().out.strip()
+
+    assert "initialised" in run("init-db")
+    assert "interactions=200" in run("seed", "--events", str(events))
+    run("export-interactions", "--out", str(tmp_path / "out.csv"))
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 200
+    key = run("create-key", "--role", "read")
+    assert len(key) >= 32
+    assert cli_main(["seed", "--events", str(tmp_path / "missing-dir")]) == 2
+    app = create_app({"DATABASE_URL": f"sqlite:///{db}", "API_KEY_PEPPER": "", "API_KEYS": "",
+                      "SERVING_DIR": str(tmp_path / "serving")})
+    c = app.test_client()
+    assert c.get("/customers").status_code == 401
+    assert c.get("/customers", headers={"X-API-Key": key}).json["total"] > 0
+
+
+def test_python_dash_m_api_shows_the_commands() -> None:
+    done = subprocess.run([sys.executable, "-m", "api", "--help"], cwd=REPO, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0
+    for command in ("serve", "init-db", "seed", "export-interactions", "create-key"):
+        assert command in done.stdout
+
+
+def test_unreachable_database_is_503_not_500(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/test"
+    client = create_app(make_config(tmp_path, DATABASE_URL=url, INIT_DB=False)).test_client()
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json["database"] == "unreachable"
+    resp = client.get("/customers")
+    assert resp.status_code == 503 and resp.json["error"]["title"] == "Service Unavailable"
+
+
+def test_seed_from_events_loads_a_store_the_app_then_serves(tmp_path: Path) -> None:
+    from api.store import seed_from_events
+
+    events = _events(500)
+    events.to_parquet(tmp_path / "events.parquet")
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    result = seed_from_events(url, tmp_path / "events.parquet")
+    assert result.interactions == 500
+    client = create_app(make_config(tmp_path, DATABASE_URL=url)).test_client()
+    buyer = int(events[events.event_type == "purchase"].user_id.iloc[0])
+    bought = set(events[(events.user_id == buyer) & (events.event_type == "purchase")].product_id)
+    ids = [i["product_id"] for i in client.get(f"/customers/{buyer}/recommendations?k=10").json["items"]]
+    assert len(ids) == len(set(ids)) == 10 and not bought & set(ids)
