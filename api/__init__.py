@@ -34,7 +34,7 @@ def default_config() -> dict[str, Any]:
         "RATELIMIT_KEY_PREFIX": "recsys-api",
         "RATELIMIT_ENABLED": True,
         "API_KEYS": st.api_keys,
-        "API_KEY_PEPPER": getattr(st, "api_key_pepper", ""),
+        "API_KEY_PEPPER": st.api_key_pepper,
         "TRITON_URL": st.triton_http_url,
         "SERVING_DIR": str(st.serving_dir),
         "BULK_LIMIT": 1000,
