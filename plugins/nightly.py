@@ -79,8 +79,14 @@ def fit_workflow(run_date: str, validated: Stage, settings: Settings) -> Stage:
 
     out_dir = settings.run_dir(run_date) / "features"
     outputs = run_etl(Path(validated["events"]), out_dir, EtlConfig())
-    return {k: str(v) for k, v in asdict(outputs).items() if isinstance(v, (str, Path))} | {
-        "dir": str(out_dir)
+    return {
+        "dir": str(out_dir),
+        "train": str(outputs.train_dir),
+        "valid": str(outputs.valid_dir),
+        "test": str(outputs.test_dir),
+        "schema": str(outputs.schema_path),
+        "workflow": str(outputs.workflow_dir),
+        "rows": _jsonable(outputs.rows),
     }
 
 
@@ -131,7 +137,7 @@ def register(
     settings: Settings,
 ) -> Stage:
     """Log the run to MLflow (params, curves, metrics, lineage, artifacts) and register a version."""
-    from registry import data_hash, git_sha, log_training_run, register_model
+    from registry import Lineage, data_hash, git_sha, log_training_run, register_model
 
     artifacts = {
         "schema.json": Path(features["schema"]),
@@ -139,6 +145,14 @@ def register(
         "validation/report.json": Path(validated["report"]),
         "validation/data_docs": Path(validated["data_docs"]),
     }
+    lineage = Lineage(
+        git_sha=git_sha(),
+        data_hash=data_hash([Path(validated["events"])]),
+        # Promotion compares logged metrics only between runs evaluated on the same test set.
+        eval_set_hash=data_hash(sorted(Path(features["test"]).glob("*.parquet"))),
+        run_date=run_date,
+        input_paths=validated["events"],
+    )
     run_id = log_training_run(
         tracking_uri=settings.mlflow_tracking_uri,
         experiment=settings.model_name,
@@ -147,23 +161,31 @@ def register(
         eval_metrics=evaluated,
         model_path=Path(trained["model_path"]),
         artifacts=artifacts,
-        tags={
-            "git_sha": git_sha(),
-            "data_hash": data_hash([Path(validated["events"])]),
-            "run_date": run_date,
-            "n_in": str(validated["n_in"]),
-            "n_quarantined": str(validated["n_quarantined"]),
-        },
+        lineage=lineage,
+        artifact_root=settings.mlflow_artifact_root,
+        tags={"n_in": str(validated["n_in"]), "n_quarantined": str(validated["n_quarantined"])},
     )
     version = register_model(settings.mlflow_tracking_uri, run_id, settings.model_name)
     return {"run_id": run_id, "version": str(version)}
 
 
-def promote(registered: Stage, settings: Settings) -> Stage:
-    """Move alias `champion` to the new version only if it beats champion and popularity baseline."""
-    from registry import promote as promote_version
+def promote(features: Stage, registered: Stage, settings: Settings) -> Stage:
+    """Move alias `champion` to the new version only if it beats champion and popularity baseline.
 
-    decision = promote_version(settings.mlflow_tracking_uri, settings.model_name, registered["version"])
+    A champion evaluated on another test set is re-scored on this run's test set first.
+    """
+    from registry import promote as promote_version
+    from registry.reevaluate import reevaluator
+    from training import EvalInputs
+
+    data = _train_inputs(features)
+    eval_inputs = EvalInputs(train_dir=data["train_dir"], test_dir=Path(features["test"]), schema_path=data["schema_path"])
+    decision = promote_version(
+        settings.mlflow_tracking_uri,
+        settings.model_name,
+        registered["version"],
+        reevaluate=reevaluator(settings.mlflow_tracking_uri, eval_inputs),
+    )
     log.info("promote: %s", decision.reason)
     return _jsonable(asdict(decision)) | {"version": registered["version"]}
 
