@@ -78,6 +78,8 @@ def build_workflow(config: EtlConfig) -> Workflow:
         ColumnGroup(["user_id"], tags=["user"]) >> target_rate() >> Normalize(),
         ColumnGroup(["product_id", "category_id"], tags=["item"]) >> target_rate() >> Normalize(),
         ColumnGroup(["user_id", "product_id"]) >> Rename("_raw"),
+        # Sessions group the evaluation's candidates; absent at serving time.
+        ColumnGroup(["user_session"], optional=True) >> Rename("_raw"),
         ColumnGroup(["event_type"], optional=True) >> LabelFromEventType(["purchase"], "label"),
     ]
     return Workflow(groups, row_key=["user_session", "product_id"])

@@ -29,7 +29,7 @@ def test_nightly_dag_runs_the_stages_in_order(dagbag) -> None:
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.catchup is False
-    assert dag.deadline is not None  # the SLA of Airflow 2, as a Deadline Alert
+    assert dag.dagrun_timeout is not None
     assert dag.get_task("train").retries >= 1
     assert dag.get_task("validate").retries == 0  # fail closed, no retry on bad data
 
