@@ -91,7 +91,7 @@ def run_nightly(settings: Settings, run_date: str) -> dict:
     trained = nightly.train(run_date, features, settings)
     evaluated = nightly.evaluate(run_date, features, trained, settings)
     registered = nightly.register(run_date, validated, features, trained, evaluated, settings)
-    return nightly.promote(registered, settings)
+    return nightly.promote(features, registered, settings)
 
 
 def run_deploy(settings: Settings, version: str, target: str) -> dict:
