@@ -50,11 +50,23 @@ def run_airflow(settings: Settings, *args: str, check: bool = True) -> subproces
     return subprocess.run(cmd, env=airflow_env(settings), check=check)
 
 
-def generate(settings: Settings, events: int, end: date, days: int, seed: int, corrupt: int) -> dict:
+def generate(
+    settings: Settings,
+    events: int,
+    end: date,
+    days: int,
+    seed: int,
+    corrupt: int,
+    users: int | None = None,
+    products: int | None = None,
+) -> dict:
     """Synthetic raw events for `days` days ending the day before `end`, `corrupt` rows spoiled."""
     from etl.synthetic import SyntheticConfig, generate as generate_events, write_events
 
-    config = SyntheticConfig(n_events=events, start_date=end - timedelta(days=days), days=days, seed=seed)
+    config = SyntheticConfig(
+        n_events=events, n_users=users, n_products=products,
+        start_date=end - timedelta(days=days), days=days, seed=seed,
+    )
     data = generate_events(config)
     files = write_events(data.events, settings.raw_dir, config=config)
     n_bad = corrupt_rows(Path(files[-1]), corrupt, seed) if corrupt else 0
@@ -147,7 +159,8 @@ def demo(settings: Settings, events: int) -> None:
     run_date = today.isoformat()
     started = time.time()
     print(f"[1/6] generating {events:,} synthetic events (planted truth) into {settings.raw_dir}")
-    made = generate(settings, events, today, settings.window_days, seed=7, corrupt=30)
+    made = generate(settings, events, today, settings.window_days, seed=7, corrupt=30,
+                    users=max(200, events // 500), products=max(100, events // 1000))
     print(f"      {made['events']:,} events in {len(made['files'])} day files, {made['corrupted']} rows corrupted on purpose")
     print("[2/6] Airflow metadata DB")
     run_airflow(settings, "db", "migrate")
@@ -201,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--days", type=int, default=None)
     gen.add_argument("--seed", type=int, default=7)
     gen.add_argument("--corrupt", type=int, default=0)
+    gen.add_argument("--users", type=int, default=None, help="default: the generator's, by size")
+    gen.add_argument("--products", type=int, default=None)
     night = sub.add_parser("nightly")
     night.add_argument("--date", default=date.today().isoformat())
     dep = sub.add_parser("deploy")
@@ -217,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     settings.home.mkdir(parents=True, exist_ok=True)
     if args.command == "generate":
         days = args.days or settings.window_days
-        print(json.dumps(generate(settings, args.events, args.end, days, args.seed, args.corrupt), indent=2))
+        print(json.dumps(generate(settings, args.events, args.end, days, args.seed, args.corrupt,
+                                         args.users, args.products), indent=2))
     elif args.command == "nightly":
         print(json.dumps(run_nightly(settings, args.date), indent=2, default=str))
     elif args.command == "deploy":
