@@ -1,0 +1,126 @@
+"""End to end through the real parts: Airflow runs both DAGs on a small data set, MLflow holds
+the champion, a real Triton serves it, and the API ranks with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.integration
+
+RUN_DATE = date(2026, 11, 20)
+CORRUPTED = 12
+
+
+@pytest.fixture(scope="module")
+def pipeline_home(tmp_path_factory: pytest.TempPathFactory):
+    """Generate data, run the nightly and the deploy DAG with `airflow dags test`; stop Triton after."""
+    home = tmp_path_factory.mktemp("e2e")
+    env = os.environ | {
+        "RECSYS_HOME": str(home),
+        "RECSYS_WINDOW_DAYS": "6",
+        "RECSYS_TRAIN_EPOCHS": "4",
+        "RECSYS_TRITON_HTTP_PORT": str(free_port()),
+        "RECSYS_TRITON_GRPC_PORT": str(free_port()),
+    }
+    for name in ("MLFLOW_TRACKING_URI", "RECSYS_DATABASE_URL", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER", "AIRFLOW_HOME"):
+        env.pop(name, None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=900)
+
+    made = cli("generate", "--events", "80000", "--users", "300", "--products", "150",
+               "--end", RUN_DATE.isoformat(), "--days", "6", "--corrupt", str(CORRUPTED))
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert cli("airflow", "db", "migrate").returncode == 0
+    nightly = cli("airflow", "dags", "test", "nightly_training", RUN_DATE.isoformat(),
+                  "-c", json.dumps({"deploy": False}))
+    deploy = cli("airflow", "dags", "test", "deploy_model", RUN_DATE.isoformat(),
+                 "-c", json.dumps({"version": "champion", "target": "local"}))
+    try:
+        yield {"home": home, "env": env, "nightly": nightly, "deploy": deploy}
+    finally:
+        cli("stop")
+
+
+def _settings(env: dict[str, str]):
+    from settings import Settings
+
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        return Settings.from_env()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def test_both_dags_succeed_under_airflow(pipeline_home) -> None:
+    for name in ("nightly", "deploy"):
+        result = pipeline_home[name]
+        assert result.returncode == 0, f"{name} DAG failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+
+
+def test_quarantine_holds_exactly_the_corrupted_rows(pipeline_home) -> None:
+    run = pipeline_home["home"] / "runs" / RUN_DATE.isoformat() / "validation"
+    report = json.loads((run / "report.json").read_text())
+    assert report["n_quarantined"] == CORRUPTED
+    assert report["n_in"] == report["n_passed"] + report["n_quarantined"]
+    assert len(pd.read_parquet(run / "quarantine" / "events.parquet")) == CORRUPTED
+
+
+def test_champion_is_registered_with_its_metrics(pipeline_home) -> None:
+    from mlflow import MlflowClient
+
+    settings = _settings(pipeline_home["env"])
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    champion = client.get_model_version_by_alias(settings.model_name, "champion")
+    run = client.get_run(champion.run_id)
+    assert run.data.metrics["ndcg_at_10"] > run.data.metrics["baseline_ndcg_at_10"]
+    assert 0.5 < run.data.metrics["auc"] <= 1.0
+    assert run.data.tags["lineage.data_hash"]
+    assert run.data.tags["lineage.eval_set_hash"]
+
+
+def test_triton_serves_the_champion_and_the_api_ranks_with_it(pipeline_home) -> None:
+    from api import create_app
+
+    settings = _settings(pipeline_home["env"])
+    validated = pd.read_parquet(
+        pipeline_home["home"] / "runs" / RUN_DATE.isoformat() / "validation" / "valid" / "events.parquet"
+    )
+    old = dict(os.environ)
+    os.environ.update(pipeline_home["env"])
+    try:
+        app = create_app({"TESTING": True})
+        from api.store import seed_from_events
+
+        seed_from_events(settings.database_url, pipeline_home["home"] / "runs" / RUN_DATE.isoformat()
+                         / "validation" / "valid" / "events.parquet")
+        client = app.test_client()
+        purchases = validated[validated.event_type == "purchase"]
+        customer = int(purchases.user_id.value_counts().index[0])
+        bought = set(purchases.loc[purchases.user_id == customer, "product_id"].astype(int))
+        response = client.get(f"/customers/{customer}/recommendations?k=10")
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    ids = [item["product_id"] for item in body["items"]]
+    assert body["ranker"] == "triton" and body["fallback"] is False
+    assert len(ids) == 10 == len(set(ids))
+    assert not bought & set(ids)
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
