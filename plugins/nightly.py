@@ -33,13 +33,10 @@ def run_window(run_date: str, settings: Settings) -> tuple[datetime, datetime]:
 
 def ingest(run_date: str, settings: Settings) -> Stage:
     """Pick the raw day partitions (`date=YYYY-MM-DD/`) inside the run window."""
+    from etl.readers import select_partitions
+
     start, end = run_window(run_date, settings)
-    files: list[str] = []
-    day = start.date()
-    while day < end.date():
-        part = settings.raw_dir / f"date={day.isoformat()}"
-        files += sorted(str(p) for p in part.glob("*") if p.suffix in {".parquet", ".csv", ".gz"})
-        day += timedelta(days=1)
+    files = [str(f) for f in select_partitions(settings.raw_dir, start, end)] if settings.raw_dir.is_dir() else []
     if not files:
         raise NoInputData(
             f"no raw events under {settings.raw_dir} for {start.date()}..{end.date()} "
@@ -50,16 +47,30 @@ def ingest(run_date: str, settings: Settings) -> Stage:
 
 
 def validate(run_date: str, ingested: Stage, settings: Settings) -> Stage:
-    """Great Expectations on the raw events; bad rows quarantined; raises ValidationFailed (fail closed)."""
-    from validation import ValidationConfig, validate_events
+    """Great Expectations on the raw events; bad rows quarantined; raises ValidationFailed (fail closed).
+
+    Drift is measured against the profile of the latest earlier run. A failure is also logged to
+    MLflow as a FAILED run carrying the reason, the report and the Data Docs.
+    """
+    from validation import ValidationConfig, ValidationFailed, validate_events
 
     config = ValidationConfig(
         window_start=datetime.fromisoformat(ingested["window_start"]),
         window_end=datetime.fromisoformat(ingested["window_end"]),
         bad_row_threshold=settings.bad_row_threshold,
+        previous_profile=previous_profile(run_date, settings),
     )
     out_dir = settings.run_dir(run_date) / "validation"
-    report = validate_events([Path(f) for f in ingested["files"]], out_dir, config)
+    try:
+        report = validate_events([Path(f) for f in ingested["files"]], out_dir, config)
+    except ValidationFailed as exc:
+        from registry import log_rejected_data
+
+        log_rejected_data(
+            settings.mlflow_tracking_uri, settings.model_name, str(exc), out_dir / "report.json",
+            out_dir / "data_docs", artifact_root=settings.mlflow_artifact_root, tags={"run_date": run_date},
+        )
+        raise
     log.info(
         "validate: in=%d passed=%d quarantined=%d", report.n_in, report.n_passed, report.n_quarantined
     )
@@ -71,6 +82,14 @@ def validate(run_date: str, ingested: Stage, settings: Settings) -> Stage:
         "n_passed": report.n_passed,
         "n_quarantined": report.n_quarantined,
     }
+
+
+def previous_profile(run_date: str, settings: Settings) -> Path | None:
+    """The data profile of the latest run before `run_date` that passed validation, if any."""
+    runs = settings.home / "runs"
+    earlier = sorted(p for p in runs.glob("*/validation/profile.json") if p.parts[-3] < run_date) if runs.is_dir() else []
+    passed = [p for p in earlier if json.loads((p.parent / "report.json").read_text()).get("success")]
+    return passed[-1] if passed else None
 
 
 def fit_workflow(run_date: str, validated: Stage, settings: Settings) -> Stage:

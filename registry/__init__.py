@@ -21,6 +21,7 @@ from registry.tracking import (
     SCHEMA_FILE,
     WEIGHTS_FILE,
     WORKFLOW_DIR,
+    log_rejected_data,
     log_training_run,
     model_signature,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "data_hash",
     "download_model",
     "git_sha",
+    "log_rejected_data",
     "log_training_run",
     "model_signature",
     "promote",

@@ -8,6 +8,7 @@ model, the files deployment needs (`dlrm.pt` from `training.save_model`, `schema
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -231,3 +232,31 @@ def log_training_run(
                 info.model_uri,
             )
             return run.info.run_id
+
+
+def log_rejected_data(
+    tracking_uri: str,
+    experiment: str,
+    reason: str,
+    report_path: Path,
+    data_docs: Path | None,
+    artifact_root: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Record a run that validation stopped: status FAILED, the reason, the report and Data Docs.
+
+    Data scientists see in the MLflow UI why a night produced no model, next to the runs that did.
+    """
+    with tracking(tracking_uri) as client:
+        experiment_id = _experiment_id(client, experiment, artifact_root)
+        with mlflow.start_run(experiment_id=experiment_id, run_name="validation-failed") as run:
+            mlflow.set_tags({"stage": "validate", "validation.reason": reason[:5000], **(tags or {})})
+            report = json.loads(Path(report_path).read_text())
+            mlflow.log_metrics(
+                {k: float(report[k]) for k in ("n_in", "n_passed", "n_quarantined") if k in report}
+            )
+            mlflow.log_artifact(str(report_path), artifact_path="validation")
+            if data_docs is not None and Path(data_docs).is_dir():
+                mlflow.log_artifacts(str(data_docs), artifact_path="validation/data_docs")
+            mlflow.end_run(status="FAILED")
+        return run.info.run_id

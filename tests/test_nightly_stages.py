@@ -1,0 +1,63 @@
+"""The nightly stage functions outside Airflow: the window, fail-closed validation seen in MLflow,
+drift measured against the previous run's profile."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+import cli
+from plugins import nightly
+from settings import Settings
+
+RUN_DATE = "2026-03-10"
+
+
+@pytest.fixture
+def settings(recsys_home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("RECSYS_WINDOW_DAYS", "4")
+    settings = Settings.from_env()
+    cli.generate(settings, 6000, date.fromisoformat(RUN_DATE), days=4, seed=3, corrupt=0)
+    return settings
+
+
+def test_ingest_takes_the_days_before_the_logical_date(settings: Settings) -> None:
+    ingested = nightly.ingest(RUN_DATE, settings)
+    days = sorted({Path(f).parent.name for f in ingested["files"]})
+    assert days == ["date=2026-03-06", "date=2026-03-07", "date=2026-03-08", "date=2026-03-09"]
+    assert ingested["window_end"].startswith(RUN_DATE)
+
+
+def test_no_partitions_in_the_window_is_a_clear_error(settings: Settings) -> None:
+    with pytest.raises(nightly.NoInputData, match="no raw events"):
+        nightly.ingest("2025-01-01", settings)
+
+
+def test_failed_validation_is_recorded_in_mlflow_with_its_reason(settings: Settings) -> None:
+    from mlflow import MlflowClient
+
+    from validation import ValidationFailed
+
+    ingested = nightly.ingest(RUN_DATE, settings)
+    spoiled = cli.corrupt_rows(Path(ingested["files"][-1]), 400, seed=1)  # far above 5 %
+    with pytest.raises(ValidationFailed):
+        nightly.validate(RUN_DATE, ingested, settings)
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(settings.model_name)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED"
+    assert "bad" in run.data.tags["validation.reason"].lower() or "threshold" in run.data.tags["validation.reason"]
+    assert run.data.metrics["n_quarantined"] == spoiled
+    assert run.data.metrics["n_in"] == run.data.metrics["n_passed"] + spoiled
+
+
+def test_drift_is_measured_against_the_latest_passing_run(settings: Settings) -> None:
+    assert nightly.previous_profile(RUN_DATE, settings) is None
+    first = nightly.validate(RUN_DATE, nightly.ingest(RUN_DATE, settings), settings)
+    later = "2026-03-11"
+    assert nightly.previous_profile(later, settings) == Path(first["report"]).parent / "profile.json"
+    report = json.loads(Path(nightly.validate(later, nightly.ingest(later, settings), settings)["report"]).read_text())
+    assert report["drift"]  # compared with the first run's profile
