@@ -21,11 +21,36 @@ RUN_DATE = date(2026, 11, 20)
 CORRUPTED = 12
 
 
+ENDPOINT = "recsys-dlrm"
+BUCKET = "recsys-models"
+
+
 @pytest.fixture(scope="module")
-def pipeline_home(tmp_path_factory: pytest.TempPathFactory):
-    """Generate data, run the nightly and the deploy DAG with `airflow dags test`; stop Triton after."""
+def pipeline_home(tmp_path_factory: pytest.TempPathFactory, moto_url: str):
+    """Generate data, run the nightly DAG, then the deploy DAG to both targets (local Triton, and
+    SageMaker on a moto server), all with `airflow dags test`; stop Triton after."""
+    import boto3
+    import requests
+
     home = tmp_path_factory.mktemp("e2e")
-    env = os.environ | {
+    aws = {
+        "AWS_ENDPOINT_URL": moto_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "RECSYS_SAGEMAKER_BUCKET": BUCKET,
+        "RECSYS_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/recsys-sagemaker",
+        "RECSYS_SAGEMAKER_ENDPOINT": ENDPOINT,
+    }
+    boto3.client("s3", region_name="us-east-1", endpoint_url=moto_url,
+                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+    # moto's runtime answers invoke_endpoint from this queue: one valid Triton reply for the smoke test.
+    reply = {"model_name": "dlrm", "outputs": [{"name": "score", "datatype": "FP32", "shape": [2, 1],
+                                                "data": [0.2, 0.7]}]}
+    requests.post(f"{moto_url}/moto-api/static/sagemaker/endpoint-results", timeout=5,
+                  json={"region": "us-east-1", "results": [{"Body": json.dumps(reply),
+                                                            "ContentType": "application/json"}]})
+    env = os.environ | aws | {
         "RECSYS_HOME": str(home),
         "RECSYS_WINDOW_DAYS": "6",
         "RECSYS_TRAIN_EPOCHS": "4",
@@ -48,8 +73,11 @@ def pipeline_home(tmp_path_factory: pytest.TempPathFactory):
                   "-c", json.dumps({"deploy": False}))
     deploy = cli("airflow", "dags", "test", "deploy_model", RUN_DATE.isoformat(),
                  "-c", json.dumps({"version": "champion", "target": "local"}))
+    sagemaker = cli("airflow", "dags", "test", "deploy_model", RUN_DATE.isoformat(),
+                    "-c", json.dumps({"version": "champion", "target": "sagemaker"}))
     try:
-        yield {"home": home, "env": env, "nightly": nightly, "deploy": deploy}
+        yield {"home": home, "env": env, "nightly": nightly, "deploy": deploy, "sagemaker": sagemaker,
+               "moto_url": moto_url}
     finally:
         cli("stop")
 
@@ -67,7 +95,7 @@ def _settings(env: dict[str, str]):
 
 
 def test_both_dags_succeed_under_airflow(pipeline_home) -> None:
-    for name in ("nightly", "deploy"):
+    for name in ("nightly", "deploy", "sagemaker"):
         result = pipeline_home[name]
         assert result.returncode == 0, f"{name} DAG failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
 
@@ -124,3 +152,22 @@ def test_triton_serves_the_champion_and_the_api_ranks_with_it(pipeline_home) -> 
     assert not bought & set(ids)
     scores = [item["score"] for item in body["items"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_sagemaker_target_serves_the_champion_and_is_recorded_in_mlflow(pipeline_home) -> None:
+    import boto3
+    from mlflow import MlflowClient
+
+    settings = _settings(pipeline_home["env"])
+    sm = boto3.client("sagemaker", region_name="us-east-1", endpoint_url=pipeline_home["moto_url"],
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    endpoint = sm.describe_endpoint(EndpointName=ENDPOINT)
+    assert endpoint["EndpointStatus"] == "InService"
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    champion = client.get_model_version_by_alias(settings.model_name, "champion")
+    assert champion.tags["deployment.sagemaker.endpoint"] == ENDPOINT
+    assert champion.tags["deployment.local.endpoint"].endswith(settings.triton_http_port.__str__())
+    config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    archive = model["PrimaryContainer"]["ModelDataUrl"]
+    assert archive.startswith(f"s3://{BUCKET}/") and archive.endswith("model.tar.gz")

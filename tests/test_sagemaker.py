@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import tarfile
-import time
-from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
 
@@ -32,35 +27,6 @@ BUCKET = "recsys-models"
 GOOD_REPLY = {"model_name": "dlrm", "outputs": [
     {"name": "score", "datatype": "FP32", "shape": [2, 1], "data": [0.25, 0.75]}]}
 _bodies = count()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                requests.get(f"{url}/moto-api/", timeout=1)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None:
-                    pytest.fail(f"moto server exited with {proc.returncode}")
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture()

@@ -1,0 +1,143 @@
+"""Per-worker caches of the API: catalogue index freshness, agreement with the SQL reference, key lookups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import delete
+
+from api import candidates, create_app
+from api.auth import create_key
+from api.candidates import ProductFilter
+from api.seed import seed
+from api.store import ApiKey, Interaction
+from etl.synthetic import SyntheticConfig, generate
+from tests.test_api_support import PriceRanker, add_catalogue, make_config
+
+
+class Clock:
+    """A clock the test moves by hand, so TTLs are tested without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _app(tmp_path: Path, ranker: PriceRanker | None = None, **config: object) -> tuple[Flask, FlaskClient, Clock]:
+    app = create_app(make_config(tmp_path, CATALOGUE_TTL_S=60, INTERACTIONS_TTL_S=10, CATALOGUE_REBUILD_S=600,
+                                 **config), ranker=ranker)
+    clock = Clock()
+    app.extensions["recsys_catalogue"].clock = clock
+    client = app.test_client()
+    add_catalogue(client)
+    return app, client, clock
+
+
+def _ids(resp) -> list[int]:  # type: ignore[no-untyped-def]
+    return [item["product_id"] for item in resp.json["items"]]
+
+
+def test_a_new_purchase_is_excluded_on_the_very_next_request_whatever_the_ttl(tmp_path: Path) -> None:
+    _, client, _ = _app(tmp_path, PriceRanker())
+    assert 5 in _ids(client.get("/customers/2/recommendations?k=20"))
+    assert client.post("/interactions", json={"customer_id": 2, "product_id": 5,
+                                              "event_type": "purchase"}).status_code == 201
+    assert 5 not in _ids(client.get("/customers/2/recommendations?k=20"))  # clock not moved: cache is stale
+
+
+def test_a_first_interaction_switches_a_customer_from_popular_to_ranked_at_once(tmp_path: Path) -> None:
+    _, client, _ = _app(tmp_path, PriceRanker())
+    assert client.get("/customers/4/recommendations").json["ranker"] == "popular"
+    client.post("/interactions", json={"customer_id": 4, "product_id": 7, "event_type": "view", "session": "s9"})
+    body = client.get("/customers/4/recommendations?k=20").json
+    assert body["ranker"] == "triton" and body["fallback"] is False and body["items"]
+
+
+def test_a_new_product_appears_after_the_catalogue_ttl(tmp_path: Path) -> None:
+    _, client, clock = _app(tmp_path)
+    assert 11 not in _ids(client.get("/products/popular?k=20"))
+    assert client.post("/products", json={"id": 11, "category_id": 1, "price": 1.0}).status_code == 201
+    assert client.post("/interactions", json={"customer_id": 4, "product_id": 11,
+                                              "event_type": "purchase"}).status_code == 201
+    assert 11 not in _ids(client.get("/products/popular?k=20"))  # within both TTLs: the cached catalogue
+    clock.now += 60
+    popular = client.get("/products/popular?k=20").json["items"]
+    assert {"product_id": 11, "score": 4.0} in popular
+
+
+def test_new_interactions_change_popularity_after_their_ttl(tmp_path: Path) -> None:
+    _, client, clock = _app(tmp_path)
+    assert _ids(client.get("/products/popular?k=1")) == [6]
+    items = [{"customer_id": 4, "product_id": 8, "event_type": "purchase"} for _ in range(3)]
+    assert client.post("/interactions/bulk", json={"items": items}).status_code == 201
+    assert _ids(client.get("/products/popular?k=1")) == [6]
+    clock.now += 10
+    assert client.get("/products/popular?k=1").json["items"] == [{"product_id": 8, "score": 12.0}]
+
+
+def test_unavailable_products_leave_once_the_catalogue_refreshes(tmp_path: Path) -> None:
+    _, client, clock = _app(tmp_path)
+    assert client.patch("/products/6", json={"available": False}).status_code == 200
+    clock.now += 60
+    assert 6 not in _ids(client.get("/products/popular?k=20"))
+
+
+def test_deleted_interactions_leave_popularity_at_the_full_rebuild(tmp_path: Path) -> None:
+    app, client, clock = _app(tmp_path)
+    assert _ids(client.get("/products/popular?k=1")) == [6]
+    with app.extensions["recsys_store"].session() as session:
+        session.execute(delete(Interaction).where(Interaction.product_id == 6))
+    clock.now += 60  # increments are folded in, deletions are not
+    assert _ids(client.get("/products/popular?k=1")) == [6]
+    clock.now += 600
+    popular = client.get("/products/popular?k=20").json["items"]
+    assert popular[0]["product_id"] != 6 and {"product_id": 6, "score": 0.0} in popular
+
+
+@pytest.fixture(scope="module")
+def synthetic_app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
+    """A store seeded from synthetic events: enough sessions and categories for the sources to disagree."""
+    root = tmp_path_factory.mktemp("synthetic")
+    events = generate(SyntheticConfig(n_events=4000, n_users=60, n_products=150, days=3, seed=3)).events
+    events.to_parquet(root / "events.parquet")
+    app = create_app(make_config(root))
+    seed(app.extensions["recsys_store"], root / "events.parquet")
+    return app
+
+
+@pytest.mark.parametrize("where", [ProductFilter(), ProductFilter(min_price=20.0, max_price=200.0)])
+def test_catalogue_index_agrees_with_the_sql_candidate_queries(synthetic_app: Flask, where: ProductFilter) -> None:
+    store = synthetic_app.extensions["recsys_store"]
+    index = synthetic_app.extensions["recsys_catalogue"].index()
+    with store.session() as session:
+        assert index.popular(40, where) == candidates.popular(session, 40, where)
+        customers = sorted(index.customers)[:15]
+        for customer_id in customers:
+            touched = {i.product_id for i in session.query(Interaction).filter_by(customer_id=customer_id)}
+            bought = candidates.purchased(session, customer_id)
+            assert index.popular(30, where, bought) == candidates.popular(session, 30, where, bought)
+            assert index.in_categories(index.categories_of(touched), 500, where) == \
+                candidates.in_customer_categories(session, customer_id, 500, where)
+            # Sessions here number far below the cap, so both count every shared session.
+            assert index.co_occurring(touched, 500, where) == candidates.co_occurring(session, customer_id, 500, where)
+
+
+def test_stored_key_lookups_are_cached_for_their_ttl(tmp_path: Path) -> None:
+    app = create_app(make_config(tmp_path, API_KEY_CACHE_TTL_S=5))
+    clock = Clock()
+    app.extensions["recsys_stored_keys"].clock = clock
+    key = create_key(app.extensions["recsys_store"], "read", "test-pepper")
+    client = app.test_client()
+    assert client.get("/customers", headers={"X-API-Key": key}).status_code == 200
+    with app.extensions["recsys_store"].session() as session:
+        session.execute(delete(ApiKey))
+    assert client.get("/customers", headers={"X-API-Key": key}).status_code == 200  # cached role
+    clock.now += 5
+    # No key anywhere any more: auth is off again, as in the embedded setup.
+    assert client.get("/customers").status_code == 200
+    assert app.extensions["recsys_stored_keys"].role("0" * 64) is None
