@@ -37,6 +37,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "RECSYS_HOME": str(settings.home),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{state / 'airflow.db'}",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(state / "logs"),
+        "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(state / "logs" / "dag_processor"),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(state / "passwords.json"),
         # `airflow standalone` starts its components as `airflow ...` from PATH.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),

@@ -1,8 +1,8 @@
 """The DLRM ranking model (Naumov et al., 2019): bottom MLP, embeddings, dot interaction, top MLP.
 
 Built from small modules in the torchrec manner so each part can be read and tested alone:
-`DenseArch` (bottom MLP), `SparseArch` (embedding tables), `InteractionArch` (pairwise dots),
-`OverArch` (top MLP).
+`DenseArch` (bottom MLP), `SparseArch` (embedding tables), `InteractionArch` (pairwise dots) or
+`CrossNetArch` (DCN-v2 cross layers), `OverArch` (top MLP).
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ class DLRMConfig:
     embedding_dim: int = 16
     bottom_mlp: list[int] = field(default_factory=lambda: [64, 32])
     top_mlp: list[int] = field(default_factory=lambda: [64, 32])
+    interaction: str = "dot"  # "dot" (pairwise dots) or "dcn" (DCN-v2 cross layers)
+    n_cross_layers: int = 2  # only used by "dcn"
+
+    def __post_init__(self) -> None:
+        if self.interaction not in ("dot", "dcn"):
+            raise ValueError(f"interaction must be 'dot' or 'dcn', got {self.interaction!r}")
 
 
 class DenseArch(nn.Module):
@@ -60,30 +66,113 @@ class SparseArch(nn.Module):
         self.embedding = nn.Embedding(int(sum(cardinalities)), dim)
         nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
 
+    def ids(self, sparse: torch.Tensor) -> torch.Tensor:
+        """Per-feature indices (B, n_sparse) -> rows of the fused table (B, n_sparse)."""
+        return sparse + self.offsets
+
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
-        return self.embedding(sparse + self.offsets)
+        return self.embedding(self.ids(sparse))
+
+
+class _DotInteraction(torch.autograd.Function):
+    """Forward as `InteractionArch`; backward in one batched product per input.
+
+    With X = [dense; embedded] (B, F, dim) and Z = X X^T, dX = (dZ + dZ^T) X. Autograd's bmm
+    backward would write dZ X and dZ^T X separately, add them, then copy the embedded slice into
+    a fresh gradient; here the gradient of `embedded` is written once, contiguous, by one bmm.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, dense: torch.Tensor, embedded: torch.Tensor, pairs: torch.Tensor, pairs_t: torch.Tensor, n_pad: int
+    ) -> torch.Tensor:
+        # `n_pad` zero rows make F a multiple of 8, so the (F, F) products have aligned leading
+        # dimensions and cuBLAS picks its Hopper tensor-core kernels (F=27 fell back to sm75 ones).
+        batch, _, dim = embedded.shape
+        parts = [dense.unsqueeze(1), embedded.to(dense.dtype)]
+        if n_pad:
+            parts.append(dense.new_zeros(batch, n_pad, dim))
+        features = torch.cat(parts, dim=1)  # (B, width, dim), width = F + n_pad
+        dots = torch.bmm(features, features.transpose(1, 2))  # (B, width, width)
+        ctx.save_for_backward(features, pairs, pairs_t)
+        ctx.dtypes = (dense.dtype, embedded.dtype)
+        ctx.n_sparse = embedded.shape[1]
+        return torch.cat([dense, dots.flatten(1).index_select(1, pairs)], dim=1)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        features, pairs, pairs_t = ctx.saved_tensors
+        batch, width, dim = features.shape
+        # dZ + dZ^T written straight into one buffer: `pairs` (upper triangle) and `pairs_t` (its
+        # mirror) are disjoint and skip the diagonal, so every entry is one copied value, no adds.
+        grad_pairs = grad_out[:, dim:].to(features.dtype)
+        sym = grad_pairs.new_zeros(batch, width * width)
+        sym.index_copy_(1, pairs, grad_pairs).index_copy_(1, pairs_t, grad_pairs)
+        sym = sym.view(batch, width, width)
+        grad_embedded = torch.bmm(sym[:, 1 : 1 + ctx.n_sparse], features)  # (B, n_sparse, dim), contiguous
+        grad_dense = torch.bmm(sym[:, :1], features).squeeze(1) + grad_out[:, :dim]
+        dense_dtype, embedded_dtype = ctx.dtypes
+        return grad_dense.to(dense_dtype), grad_embedded.to(embedded_dtype), None, None, None
 
 
 class InteractionArch(nn.Module):
     """Pairwise dot products of the dense vector and all embeddings (upper triangle).
 
     (B, dim) and (B, n_sparse, dim) -> (B, dim + F*(F-1)/2) with F = n_sparse + 1.
+    In training mode the backward is `_DotInteraction`'s (same math, fewer passes over memory);
+    set `fused_backward = False` to use autograd's.
     """
+
+    fused_backward: bool = True
+    # Fused path only: pad F to a multiple of 8 with zero rows; None = only when dim > 32 (measured
+    # on an H100: +33% samples/s at dim 128, -9% at dim 16 where the padding bytes cost more).
+    pad: bool | None = None
 
     def __init__(self, n_features: int) -> None:
         super().__init__()
         rows, cols = torch.triu_indices(n_features, n_features, offset=1)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
+        # Flat positions in the (F, F) dot matrix: index_select's backward is a cheap index_add,
+        # while advanced indexing `dots[:, rows, cols]` backpropagates through a sort.
+        self.register_buffer("pairs", rows * n_features + cols, persistent=False)
+        self.register_buffer("pairs_t", cols * n_features + rows, persistent=False)
+        width = -(-n_features // 8) * 8
+        self.n_pad = width - n_features
+        self.register_buffer("pairs_padded", rows * width + cols, persistent=False)
+        self.register_buffer("pairs_padded_t", cols * width + rows, persistent=False)
 
     @property
     def n_pairs(self) -> int:
-        return int(self.rows.numel())
+        return int(self.pairs.numel())
 
     def forward(self, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        if self.fused_backward and self.training and torch.is_grad_enabled():
+            pad = embedded.shape[-1] > 32 if self.pad is None else self.pad
+            if pad and self.n_pad:
+                return _DotInteraction.apply(dense, embedded, self.pairs_padded, self.pairs_padded_t, self.n_pad)
+            return _DotInteraction.apply(dense, embedded, self.pairs, self.pairs_t, 0)
         features = torch.cat([dense.unsqueeze(1), embedded], dim=1)  # (B, F, dim)
         dots = torch.bmm(features, features.transpose(1, 2))  # (B, F, F)
-        return torch.cat([dense, dots[:, self.rows, self.cols]], dim=1)
+        return torch.cat([dense, dots.flatten(1).index_select(1, self.pairs)], dim=1)
+
+
+class CrossNetArch(nn.Module):
+    """DCN-v2 cross layers (Wang et al., 2021) over the concatenated features.
+
+    (B, dim) and (B, n_sparse, dim) -> (B, F*dim) with x_{l+1} = x0 * (W_l x_l + b_l) + x_l.
+    """
+
+    def __init__(self, n_features: int, dim: int, n_layers: int) -> None:
+        super().__init__()
+        width = n_features * dim
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(n_layers))
+        self.n_out = width
+
+    def forward(self, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        x0 = torch.cat([dense.unsqueeze(1), embedded], dim=1).flatten(1)  # (B, F*dim)
+        x = x0
+        for layer in self.layers:
+            x = x0 * layer(x) + x
+        return x
 
 
 class OverArch(nn.Module):
@@ -106,11 +195,26 @@ class DLRM(nn.Module):
         dim = config.embedding_dim
         self.dense_arch = DenseArch(config.n_dense, config.bottom_mlp, dim)
         self.sparse_arch = SparseArch(config.cardinalities, dim)
-        self.interaction = InteractionArch(len(config.cardinalities) + 1)
-        self.over_arch = OverArch(dim + self.interaction.n_pairs, config.top_mlp)
+        n_features = len(config.cardinalities) + 1
+        self.interaction: nn.Module
+        if config.interaction == "dcn":
+            self.interaction = CrossNetArch(n_features, dim, config.n_cross_layers)
+            n_over = self.interaction.n_out
+        else:
+            self.interaction = InteractionArch(n_features)
+            n_over = dim + self.interaction.n_pairs
+        self.over_arch = OverArch(n_over, config.top_mlp)
+
+    def forward_embedded(self, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """dense (B, n_dense) and already looked-up embeddings (B, n_sparse, dim) -> logits (B,).
+
+        The trainer calls this with a detached lookup so the sparse optimizer can update only the
+        touched rows instead of materialising a gradient for the whole table.
+        """
+        return self.over_arch(self.interaction(self.dense_arch(dense), embedded))
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return self.over_arch(self.interaction(self.dense_arch(dense), self.sparse_arch(sparse)))
+        return self.forward_embedded(dense, self.sparse_arch(sparse))
 
 
 def save_model(model: DLRM, path: Path) -> Path:
@@ -122,8 +226,14 @@ def save_model(model: DLRM, path: Path) -> Path:
 
 
 def load_model(path: Path, map_location: str | torch.device = "cpu") -> DLRM:
-    """Rebuild a model saved by `save_model`, in eval mode."""
+    """Rebuild a model saved by `save_model` (or `baselines.save_logreg`), in eval mode."""
     blob = torch.load(Path(path), map_location=map_location, weights_only=True)
+    if blob.get("kind") == "logreg":
+        from training.baselines import LogisticRegression, LogisticRegressionConfig
+
+        baseline = LogisticRegression(LogisticRegressionConfig(**blob["config"]))
+        baseline.load_state_dict(blob["state_dict"])
+        return baseline.eval()  # type: ignore[return-value]  # same forward signature as DLRM
     model = DLRM(DLRMConfig(**blob["config"]))
     model.load_state_dict(blob["state_dict"])
     return model.eval()

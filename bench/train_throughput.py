@@ -1,0 +1,417 @@
+"""Training throughput (samples/s) of our DLRM step against a facebookresearch/dlrm-style baseline.
+
+Each measurement is forward + backward + optimizer step on batches already on the device. The
+fast path uses one fused table, a detached lookup whose gradient feeds a row-wise Adagrad that
+touches only the looked-up rows (sort + segment sums, no host sync), fused Adam for the MLPs,
+bf16 autocast on GPU, and on CUDA the whole step captured in one CUDA graph. The baseline is built
+like the reference DLRM: one `nn.EmbeddingBag(mode="sum", sparse=True)` per table looked up in a
+Python loop, fp32, `torch.optim.SGD`, the same MLPs and data.
+
+Only torch and the standard library are imported (plus training.dlrm / training.optim), so it runs
+on the bare GPU machine. Usage:
+    python bench/train_throughput.py                # full Criteo-Kaggle sizes on CUDA, CPU sizes otherwise
+    python bench/train_throughput.py --quick        # small tables and batches, minutes on a laptop CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from training.dlrm import DLRM, DLRMConfig, mlp  # noqa: E402
+from training.optim import RowWiseAdagrad  # noqa: E402
+from training.step import StepOptions, TrainStep  # noqa: E402
+
+log = logging.getLogger("bench.train_throughput")
+
+# Criteo Kaggle (Display Advertising Challenge) categorical cardinalities, as counted by the
+# facebookresearch/dlrm preprocessing (day_fea_count); the largest table has ~10.1M rows.
+CRITEO_KAGGLE_CARDINALITIES = [
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+]
+N_DENSE = 13
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One model shape: dim, bottom MLP (13-...-dim) and top MLP (...-1)."""
+
+    name: str
+    embedding_dim: int
+    bottom_mlp: list[int]  # hidden widths between 13 and embedding_dim
+    top_mlp: list[int]  # hidden widths before the final 1
+    cardinalities: list[int]
+
+
+def configs(max_rows: int | None) -> dict[str, BenchConfig]:
+    cards = [min(c, max_rows) if max_rows else c for c in CRITEO_KAGGLE_CARDINALITIES]
+    return {
+        "a": BenchConfig("a_dim16", 16, [512, 256, 64], [512, 256], cards),
+        "b": BenchConfig("b_dim128", 128, [512, 256], [512, 256], cards),
+    }
+
+
+class ReferenceDLRM(nn.Module):
+    """The reference implementation's structure: EmbeddingBag per table, looked up in a loop."""
+
+    def __init__(self, cfg: BenchConfig) -> None:
+        super().__init__()
+        self.bot_l = mlp([N_DENSE, *cfg.bottom_mlp, cfg.embedding_dim])
+        self.emb_l = nn.ModuleList(nn.EmbeddingBag(n, cfg.embedding_dim, mode="sum", sparse=True) for n in cfg.cardinalities)
+        for table in self.emb_l:
+            nn.init.uniform_(table.weight, -(1 / table.num_embeddings) ** 0.5, (1 / table.num_embeddings) ** 0.5)
+        n_features = len(cfg.cardinalities) + 1
+        self.top_l = mlp([cfg.embedding_dim + n_features * (n_features - 1) // 2, *cfg.top_mlp, 1], last_activation=False)
+        li, lj = torch.tril_indices(n_features, n_features, offset=-1)
+        self.register_buffer("li", li, persistent=False)
+        self.register_buffer("lj", lj, persistent=False)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor, bag_offsets: torch.Tensor) -> torch.Tensor:
+        x = self.bot_l(dense)
+        ly = [table(sparse[:, k], bag_offsets) for k, table in enumerate(self.emb_l)]
+        t = torch.cat([x, *ly], dim=1).view(x.shape[0], -1, x.shape[1])
+        z = torch.bmm(t, t.transpose(1, 2))
+        return self.top_l(torch.cat([x, z[:, self.li, self.lj]], dim=1)).squeeze(-1)
+
+
+def reference_step(cfg: BenchConfig, device: torch.device, batch: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
+    with device:
+        model = ReferenceDLRM(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    bag_offsets = torch.arange(batch, device=device)
+
+    def step(dense: torch.Tensor, sparse: torch.Tensor, label: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = F.binary_cross_entropy_with_logits(model(dense, sparse, bag_offsets), label)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+VARIANTS = {
+    # name: (fused Triton row-wise Adagrad, fused interaction backward, pad F to a multiple of 8)
+    "fast": (True, True, None),  # what training.train() runs on CUDA (pads only when dim > 32)
+    "pad": (True, True, True),
+    "no_pad": (True, True, False),
+    "autograd_interaction": (True, False, False),
+    "torch_sparse": (False, False, False),  # the previous step: torch sort + scatter-add row-wise Adagrad
+}
+
+
+def fast_step(cfg: BenchConfig, device: torch.device, bf16: bool, compile_: bool, graph: bool,
+              variant: str = "fast") -> TrainStep:
+    """The trainer's own step (training.step.TrainStep) on a freshly initialised DLRM."""
+    fused_sparse, fused_interaction, pad = VARIANTS[variant]
+    torch.manual_seed(0)
+    with device:  # build the tables in place: a 10M-row table is slow to init on the host
+        model = DLRM(DLRMConfig(N_DENSE, cfg.cardinalities, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp))
+    model.interaction.fused_backward = fused_interaction
+    model.interaction.pad = pad
+    step = TrainStep(model, StepOptions(lr=1e-3, embedding_lr=0.05, bf16=bf16, compile=compile_, cuda_graph=graph),
+                     device)
+    if not fused_sparse:
+        step.sparse_opt = RowWiseAdagrad(step.table, lr=0.05, fused=False)
+    return step
+
+
+def make_batches(cfg: BenchConfig, batch: int, n: int, device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+    g = torch.Generator(device="cpu").manual_seed(1)
+    out = []
+    for _ in range(n):
+        dense = torch.randn(batch, N_DENSE, generator=g)
+        sparse = torch.stack([torch.randint(0, c, (batch,), generator=g) for c in cfg.cardinalities], dim=1)
+        label = (torch.rand(batch, generator=g) < 0.25).float()
+        out.append(tuple(t.to(device) for t in (dense, sparse, label)))
+    return out
+
+
+def _timed(step: Callable[..., None], batches: list[tuple[torch.Tensor, ...]], steps: int, cuda: bool) -> float:
+    """samples/s of `steps` consecutive steps."""
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+    began = time.perf_counter()
+    for i in range(steps):
+        step(*batches[i % len(batches)])
+    if cuda:
+        end.record()
+        torch.cuda.synchronize()
+        seconds = start.elapsed_time(end) / 1000
+    else:
+        seconds = time.perf_counter() - began
+    return steps * batches[0][0].shape[0] / seconds
+
+
+def measure(
+    steps_by_name: dict[str, Callable[..., None]],
+    batches: list[tuple[torch.Tensor, ...]],
+    warmup: int,
+    steps: int,
+    repeats: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Median samples/s per step function; repeats alternate between them so that load from
+    other processes (a shared CPU) hits both sides alike. Warm-up steps are not timed."""
+    cuda = device.type == "cuda"
+    for step in steps_by_name.values():
+        for i in range(warmup):
+            step(*batches[i % len(batches)])
+    rates: dict[str, list[float]] = {name: [] for name in steps_by_name}
+    for _ in range(repeats):
+        for name, step in steps_by_name.items():
+            rates[name].append(_timed(step, batches, steps, cuda))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 dot products, so oneDNN's bf16 GEMMs beat fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def git_sha() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training", "bench/train_throughput.py"],
+                               cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu-{torch.get_num_threads()}core"
+
+
+def append_results(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = json.loads(path.read_text()) if path.exists() and path.read_text().strip() else []
+    path.write_text(json.dumps(existing + rows, indent=2) + "\n")
+
+
+def release() -> None:
+    """Free a finished step's model: compiled code and captured graphs keep references to it."""
+    import gc
+
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def check_fused_adagrad(device: torch.device) -> list[dict]:
+    """The Triton row-wise Adagrad against an fp64 reference on the touched rows, incl. a table of
+    more than 2^31 elements (64-bit offsets) and hot ids; untouched rows must stay bit-identical."""
+    from training.rowwise_triton import FusedRowWiseAdagradKernel
+
+    out = []
+    g = torch.Generator(device="cpu").manual_seed(3)
+    for rows, dim, n, dtype in [(1000, 16, 50_000, torch.bfloat16), (3, 128, 70_001, torch.bfloat16),
+                                (20_000_000, 128, 1_703_936, torch.bfloat16), (5000, 12, 40_000, torch.float32)]:
+        weight = torch.empty(rows, dim, device=device).uniform_(-0.05, 0.05)
+        state = torch.rand(rows, device=device)
+        ids = torch.randint(0, rows, (n,), generator=g).to(device)
+        ids[: n // 4] = rows - 1  # a hot id at the far end of the table
+        grads = torch.randn(n, dim, generator=g).to(device, dtype)
+        uniq = torch.unique(ids)
+        probe = torch.randint(0, rows, (4096,), generator=g).to(device)
+        probe = probe[~torch.isin(probe, uniq)]
+        before_probe = weight[probe].clone()
+        w0, s0 = weight[uniq].double(), state[uniq].double()
+        inverse = torch.searchsorted(uniq, ids)
+        summed = torch.zeros(uniq.numel(), dim, dtype=torch.float64, device=device).index_add_(0, inverse, grads.double())
+        s_ref = s0 + summed.pow(2).mean(1)
+        w_ref = w0 - 0.05 * summed / (s_ref.sqrt() + 1e-8).unsqueeze(1)
+        kernel = FusedRowWiseAdagradKernel()
+        kernel(weight, state, ids, grads, 0.05, 1e-8)
+        err_w = float((weight[uniq].double() - w_ref).norm() / (w_ref - w0).norm())
+        err_s = float((state[uniq].double() - s_ref).norm() / s_ref.norm())
+        untouched_same = bool(torch.equal(weight[probe], before_probe))
+        scratch_zero = bool(kernel.summed.abs().max() == 0)
+        row = {"rows": rows, "dim": dim, "n": n, "dtype": str(dtype), "rel_err_update": err_w,
+               "rel_err_state": err_s, "untouched_rows_same": untouched_same, "scratch_zeroed": scratch_zero}
+        log.info("check fused adagrad %s", row)
+        assert err_w < 1e-4 and err_s < 1e-5 and untouched_same and scratch_zero, row
+        out.append(row)
+        del weight, state, summed
+        torch.cuda.empty_cache()
+    return out
+
+
+def check_step_equivalence(device: torch.device) -> list[dict]:
+    """TrainStep with compile + CUDA graph + fused kernels against the plain eager step (fp32)."""
+    cfg = BenchConfig("check", 16, [64, 32], [64, 32], [1000, 50, 3, 20000, 7])
+    batches = make_batches(cfg, 4096, 4, device)
+    out = []
+    for bf16 in (False, True):
+        results = []
+        for fast in (True, False):
+            step = fast_step(cfg, device, bf16=bf16, compile_=fast, graph=fast, variant="fast" if fast else "torch_sparse")
+            losses = [float(step(*batches[i % 4])) for i in range(12)]
+            results.append((losses, [p.detach().double().clone() for p in step.model.parameters()]))
+            del step
+            release()
+        (l_fast, p_fast), (l_ref, p_ref) = results
+        err = max(float((a - b).norm() / b.norm()) for a, b in zip(p_fast, p_ref))
+        loss_gap = max(abs(a - b) for a, b in zip(l_fast, l_ref))
+        row = {"bf16": bf16, "max_rel_param_err_after_12_steps": err, "max_loss_gap": loss_gap}
+        log.info("check step %s", row)
+        # In bf16 the two paths round differently and Adam turns tiny gradient differences into
+        # full-size steps on near-zero weights, so only fp32 must match parameter by parameter.
+        assert (bf16 or err < 1e-3) and loss_gap < (2e-3 if bf16 else 1e-4), row
+        out.append(row)
+    return out
+
+
+def profile_step(cfg: BenchConfig, batch: int, device: torch.device, bf16: bool, path: Path) -> str:
+    """Top kernels of the compiled step run eagerly (kernels inside a graph replay are not listed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+
+    batches = make_batches(cfg, batch, 2, device)
+    step = fast_step(cfg, device, bf16=bf16, compile_=True, graph=False)
+    for i in range(3):
+        step(*batches[i % 2])
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        for i in range(5):
+            step(*batches[i % 2])
+        torch.cuda.synchronize()
+    kernels = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
+    ops = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=40, max_shapes_column_width=90)
+    path.write_text(kernels + "\n\n" + ops)
+    del step, batches
+    release()
+    return kernels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--quick", action="store_true", help="CPU-sized tables (<=100k rows) and batches (2048, 16384)")
+    parser.add_argument("--configs", default="a,b", help="comma list of a (dim 16) and b (dim 128)")
+    parser.add_argument("--batch-sizes", default=None, help="comma list; default 2048,16384,65536 on GPU")
+    parser.add_argument("--variants", default="fast", help=f"comma list of {sorted(VARIANTS)}; the first is `value`")
+    parser.add_argument("--max-rows", type=int, default=None, help="cap every table at this many rows")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="fast path autocast; auto = bf16 on GPU and on CPUs with native bf16 dot products "
+                             "(avx512_bf16/AMX), else fp32")
+    parser.add_argument("--no-graph", action="store_true", help="CUDA: do not capture the step in a CUDA graph")
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--check", action="store_true", help="CUDA: check the fused kernels and step against references first")
+    parser.add_argument("--profile", default=None, type=Path, help="CUDA: write the top kernels of config b's step here")
+    parser.add_argument("--git-sha", default=None, help="recorded as git_sha (the GPU machine has no .git)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_throughput.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    cuda = device.type == "cuda"
+    quick = args.quick or not cuda
+    max_rows = args.max_rows or (100_000 if quick else None)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else (
+        [2048, 16384] if quick else [2048, 16384, 65536])
+    steps = args.steps or (20 if cuda else 5)
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)
+    compile_ = cuda if args.compile == "auto" else args.compile == "on"
+    use_graph = cuda and not args.no_graph
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and (cuda or cpu_has_bf16()))
+    variants = args.variants.split(",")
+    sha = args.git_sha or git_sha()
+    checks: dict[str, list[dict]] = {}
+    if args.check and cuda:
+        checks = {"fused_adagrad": check_fused_adagrad(device), "step_equivalence": check_step_equivalence(device)}
+    rows = []
+    for key in args.configs.split(","):
+        cfg = configs(max_rows)[key]
+        if args.profile is not None and cuda and key == "b":
+            print(profile_step(cfg, max(batch_sizes), device, bf16, args.profile))
+        for batch in batch_sizes:
+            batches = make_batches(cfg, batch, 4, device)
+            rates: dict[str, float] = {}
+            peaks: dict[str, int] = {}
+            for variant in variants:
+                if cuda:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                step = fast_step(cfg, device, bf16=bf16, compile_=compile_, graph=use_graph, variant=variant)
+                rates[variant] = measure({variant: step}, batches, warmup, steps, args.repeats, device)[variant]
+                if cuda:
+                    peaks[variant] = torch.cuda.max_memory_allocated()
+                del step
+                release()
+            baseline = None
+            if not args.no_baseline:
+                if cuda:
+                    torch.cuda.empty_cache()
+                baseline = measure({"baseline": reference_step(cfg, device, batch)}, batches, warmup, steps,
+                                   args.repeats, device)["baseline"]
+            value = rates[variants[0]]
+            config = asdict(cfg) | {
+                "batch_size": batch, "tables": "criteo-kaggle" + (f" capped at {max_rows} rows" if max_rows else ""),
+                "variant": variants[0], "precision": "bf16-autocast" if bf16 else "fp32",
+                "compile": compile_, "cuda_graph": use_graph,
+                "embedding_optimizer": "rowwise_adagrad (fused Triton kernel)" if cuda else "rowwise_adagrad",
+                "dense_optimizer": "adam", "baseline": "EmbeddingBag(sum, sparse=True) per table + SGD, fp32",
+                "steps": steps, "repeats": args.repeats, "torch": torch.__version__,
+                "other_variants_samples_per_s": {v: rates[v] for v in variants[1:]},
+            }
+            config.pop("cardinalities")
+            row = {
+                "benchmark": "train_throughput", "metric": "samples_per_s", "value": value, "unit": "samples/s",
+                "baseline": baseline, "ratio": value / baseline if baseline else None, "config": config,
+                "device": device_name(device), "command": "python " + " ".join(sys.argv),
+                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_sha": sha,
+            }
+            if cuda:
+                row["peak_gpu_mem_bytes"] = peaks[variants[0]]
+                config["other_variants_peak_gpu_mem_bytes"] = {v: peaks[v] for v in variants[1:]}
+            if checks:
+                row["correctness_checks"] = checks
+            log.info("%s batch %d: %s (baseline %s)", cfg.name, batch,
+                     ", ".join(f"{v} {r / 1e6:.2f}M" for v, r in rates.items()), f"{baseline / 1e6:.2f}M" if baseline else "-")
+            rows.append(row)
+            del batches
+    append_results(args.out, rows)
+    print(f"{'config':<10}{'batch':>7}  " + "".join(f"{v:>22}" for v in variants) + f"{'baseline':>12}{'ratio':>8}{'peak GiB':>10}")
+    for row in rows:
+        c = row["config"]
+        others = [row["value"], *c["other_variants_samples_per_s"].values()]
+        print(f"{c['name']:<10}{c['batch_size']:>7}  " + "".join(f"{r / 1e6:>21.2f}M" for r in others)
+              + (f"{row['baseline'] / 1e6:>11.2f}M{row['ratio']:>8.2f}" if row["baseline"] else f"{'-':>12}{'-':>8}")
+              + (f"{row['peak_gpu_mem_bytes'] / 2**30:>10.1f}" if "peak_gpu_mem_bytes" in row else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Sparse-friendly optimizers for the fused embedding table and the learning-rate schedule.
+
+The embedding table is updated only where a batch touched it: the trainer looks rows up from a
+detached table, takes the gradient of that lookup (n, dim) and hands it here with the row ids.
+On CUDA with Triton the row-wise Adagrad runs as two fused kernels (`training.rowwise_triton`:
+sort, segment-sum, one read-modify-write per distinct row); without Triton duplicate ids are
+merged with a sort plus fixed-size segment sums. Both have static shapes and never wait on the
+host (safe for CUDA graphs). On the CPU a sparse coalesce does the same job faster.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def fused_kernel_available(device: torch.device) -> bool:
+    """True when the Triton row-wise Adagrad can run on `device` (CUDA with Triton installed)."""
+    if device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401  # the CUDA wheels of torch ship it; source builds may not
+    except ImportError:
+        log.warning("triton is not installed: row-wise Adagrad falls back to torch scatter-adds")
+        return False
+    return True
+
+
+def merge_duplicate_rows(
+    ids: torch.Tensor, grads: torch.Tensor, n_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum the gradients of repeated ids. ids (n,), grads (n, dim) -> rows (n,), summed (n, dim).
+
+    The first `n_unique` slots hold each distinct id once with its summed gradient; the other
+    slots hold a zero gradient and point at spread-out rows of the `n_rows`-row table, so adding
+    them anywhere changes nothing and no single row becomes an atomic-add hot spot.
+    """
+    sorted_ids, order = torch.sort(ids)
+    is_first = torch.ones_like(sorted_ids, dtype=torch.bool)
+    is_first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    slot_sorted = torch.cumsum(is_first, 0) - 1
+    # Summing in input order (not sorted order) keeps neighbouring adds on different slots.
+    slot = torch.empty_like(slot_sorted).scatter_(0, order, slot_sorted)
+    summed = torch.zeros_like(grads).index_add_(0, slot, grads)
+    rows = torch.remainder(torch.arange(ids.numel(), device=ids.device), n_rows)
+    rows.scatter_(0, slot_sorted, sorted_ids)
+    return rows, summed
+
+
+class RowWiseAdagrad:
+    """Adagrad with one accumulator per table row (the mean of the squared row gradient).
+
+    Memory is one float per row instead of one per weight, as in FBGEMM's row-wise Adagrad.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        lr: float,
+        eps: float = 1e-8,
+        initial_accumulator: float = 0.0,
+        fused: bool | None = None,
+    ):
+        self.weight = weight
+        self.lr = lr
+        self.eps = eps
+        self.state_sum = torch.full((weight.shape[0],), initial_accumulator, dtype=torch.float32, device=weight.device)
+        if fused is None:
+            fused = fused_kernel_available(weight.device)
+        self._kernel = None
+        if fused:
+            from training.rowwise_triton import FusedRowWiseAdagradKernel
+
+            self._kernel = FusedRowWiseAdagradKernel()
+
+    @property
+    def fused(self) -> bool:
+        return self._kernel is not None
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor, grads: torch.Tensor, lr: float | torch.Tensor | None = None) -> None:
+        """ids (n,) int64 rows of the table, grads (n, dim) gradient of each looked-up row.
+
+        `lr` may be a 1-element tensor on the table's device, so a captured CUDA graph can follow
+        a learning-rate schedule by refilling it.
+        """
+        lr = self.lr if lr is None else lr
+        if self._kernel is not None:
+            self._kernel(self.weight, self.state_sum, ids, grads, lr, self.eps)
+            return
+        if ids.device.type == "cpu":
+            # On the CPU a host sync costs nothing and sparse coalesce is a parallel kernel,
+            # while index_add_ with many duplicates runs serially.
+            merged = torch.sparse_coo_tensor(
+                ids.unsqueeze(0), grads.float(), (self.weight.shape[0], grads.shape[1]), check_invariants=False
+            )
+            merged = merged.coalesce()
+            rows, summed = merged.indices()[0], merged.values()
+        else:
+            rows, summed = merge_duplicate_rows(ids, grads.float(), self.weight.shape[0])
+        self.state_sum.index_add_(0, rows, summed.pow(2).mean(dim=1))
+        scale = -lr / (self.state_sum[rows].sqrt() + self.eps)
+        self.weight.index_add_(0, rows, (summed * scale.unsqueeze(1)).to(self.weight.dtype))
+
+    def state_dict(self) -> dict[str, object]:
+        return {"kind": "rowwise_adagrad", "lr": self.lr, "eps": self.eps, "state_sum": self.state_sum}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.lr = float(state["lr"])  # type: ignore[arg-type]
+        self.eps = float(state["eps"])  # type: ignore[arg-type]
+        self.state_sum.copy_(state["state_sum"])  # type: ignore[arg-type]
+
+
+class SparseSGD:
+    """Plain SGD on the touched rows; duplicates simply add up, as in the reference DLRM."""
+
+    def __init__(self, weight: torch.Tensor, lr: float):
+        self.weight = weight
+        self.lr = lr
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor, grads: torch.Tensor, lr: float | torch.Tensor | None = None) -> None:
+        lr = self.lr if lr is None else lr
+        if isinstance(lr, torch.Tensor):
+            self.weight.index_add_(0, ids, (grads * -lr).to(self.weight.dtype))
+        else:
+            self.weight.index_add_(0, ids, grads.to(self.weight.dtype), alpha=-lr)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"kind": "sgd", "lr": self.lr}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.lr = float(state["lr"])  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Linear warm-up for `warmup_steps`, then `decay` ("none", "linear", "cosine") to `min_ratio`."""
+
+    warmup_steps: int
+    total_steps: int
+    decay: str = "cosine"
+    min_ratio: float = 0.1
+
+    def factor(self, step: int) -> float:
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.decay == "none":
+            return 1.0
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        if self.decay == "linear":
+            shape = 1.0 - progress
+        else:
+            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_ratio + (1.0 - self.min_ratio) * shape
