@@ -13,7 +13,8 @@ from flask_limiter import Limiter
 from sqlalchemy.engine import make_url
 
 from api import auth, customers, errors, health, interactions, openapi, products
-from api.recommend import Ranker
+from api.catalogue import CacheConfig, CatalogueCache
+from api.recommend import Ranker, Recommender
 from api.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ def default_config() -> dict[str, Any]:
         "BULK_LIMIT": 1000,
         "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
         "INIT_DB": True,
+        # Per-worker caches of the catalogue (seconds); 0 re-reads the database on every request.
+        "CATALOGUE_TTL_S": CacheConfig.products_ttl_s,
+        "INTERACTIONS_TTL_S": CacheConfig.interactions_ttl_s,
+        "CATALOGUE_REBUILD_S": CacheConfig.rebuild_s,
+        "API_KEY_CACHE_TTL_S": auth.KEY_CACHE_TTL_S,
     }
 
 
@@ -67,8 +73,9 @@ class RankerSlot:
             log.info("no serving bundle at %s; recommendations use popular items", bundle)
             return None
         try:
-            ranking = importlib.import_module("serving.ranking")
-            return ranking.TritonRankingService(bundle_dir=bundle, triton_url=self._triton_url)
+            # Imported here: the API runs (popular items only) where serving's dependencies are absent.
+            ranking = importlib.import_module("api.ranking")
+            return ranking.EncodedRanker.from_bundle(bundle, self._triton_url)
         except Exception as exc:  # a broken bundle must not take the API down; popular items still work
             log.error("could not build the Triton ranker from %s: %s", bundle, exc)
             return None
@@ -90,6 +97,13 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     app.extensions["recsys_ranker"] = RankerSlot(
         ranker, Path(app.config.get("SERVING_DIR", "var/serving")), app.config.get("TRITON_URL", "")
     )
+    cache = CatalogueCache(store, CacheConfig(
+        interactions_ttl_s=float(app.config["INTERACTIONS_TTL_S"]),
+        products_ttl_s=float(app.config["CATALOGUE_TTL_S"]),
+        rebuild_s=float(app.config["CATALOGUE_REBUILD_S"]),
+    ))
+    app.extensions["recsys_catalogue"] = cache
+    app.extensions["recsys_recommender"] = Recommender(store, cache)
 
     limiter = Limiter(
         key_func=auth.rate_limit_key,
@@ -102,7 +116,8 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     )
     limiter.init_app(app)
     app.extensions["recsys_limiter"] = limiter
-    auth.init_app(app, auth.KeyRing.parse(app.config.get("API_KEYS", ""), app.config.get("API_KEY_PEPPER", "")))
+    auth.init_app(app, auth.KeyRing.parse(app.config.get("API_KEYS", ""), app.config.get("API_KEY_PEPPER", "")),
+                  float(app.config["API_KEY_CACHE_TTL_S"]))
     errors.register_error_handlers(app)
     for module in (health, openapi, customers, products, interactions):
         app.register_blueprint(module.bp)

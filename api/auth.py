@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask, current_app, g, request
@@ -20,13 +24,20 @@ ROLES = ("read", "ingest", "admin")
 RANK = {role: i for i, role in enumerate(ROLES)}
 HEADER = "X-API-Key"
 PUBLIC_ENDPOINTS = {"health.health", "openapi.spec", "static"}
+# Stored keys (and their absence) are looked up once per this many seconds per worker, not per request:
+# a key created or deleted with the CLI takes effect within it.
+KEY_CACHE_TTL_S = 5.0
 # Writes need ingest; deletes change the catalogue irreversibly, so they need admin.
 METHOD_ROLE = {"GET": "read", "HEAD": "read", "OPTIONS": "read", "POST": "ingest", "PUT": "ingest",
                "PATCH": "ingest", "DELETE": "admin"}
 
 
+@functools.lru_cache(maxsize=4096)
 def hash_key(key: str, pepper: str) -> str:
-    """HMAC-SHA256 of the key under a server-side pepper; keys are random, so no per-key salt is needed."""
+    """HMAC-SHA256 of the key under a server-side pepper; keys are random, so no per-key salt is needed.
+
+    Memoised: a worker sees the same few keys on every request (auth and the rate-limit bucket).
+    """
     return hmac.new(pepper.encode(), key.encode(), hashlib.sha256).hexdigest()
 
 
@@ -59,14 +70,38 @@ def create_key(store: Store, role: str, pepper: str) -> str:
     return key
 
 
-def _stored_role(store: Store, key_hash: str) -> str | None:
-    with store.session() as session:
-        return session.scalar(select(ApiKey.role).where(ApiKey.key_hash == key_hash))
+class StoredKeys:
+    """TTL cache over the api_keys table: role per key hash (misses too) and whether any key exists."""
 
+    def __init__(self, store: Store, ttl_s: float = KEY_CACHE_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._roles: dict[str, tuple[float, str | None]] = {}
+        self._any: tuple[float, bool] | None = None
+        self._lock = threading.Lock()
 
-def _any_stored_key(store: Store) -> bool:
-    with store.session() as session:
-        return session.scalar(select(ApiKey.key_hash).limit(1)) is not None
+    def role(self, key_hash: str) -> str | None:
+        now = self.clock()
+        hit = self._roles.get(key_hash)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        with self.store.engine.connect() as conn:
+            role = conn.execute(select(ApiKey.role).where(ApiKey.key_hash == key_hash)).scalar()
+        with self._lock:
+            if len(self._roles) > 10_000:  # unknown keys must not grow the cache without bound
+                self._roles.clear()
+            self._roles[key_hash] = (now, role)
+        return role
+
+    def any(self) -> bool:
+        now = self.clock()
+        if self._any is not None and now - self._any[0] < self.ttl_s:
+            return self._any[1]
+        with self.store.engine.connect() as conn:
+            found = conn.execute(select(ApiKey.key_hash).limit(1)).scalar() is not None
+        self._any = (now, found)
+        return found
 
 
 def authenticate() -> None:
@@ -74,15 +109,15 @@ def authenticate() -> None:
     if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
         return
     ring: KeyRing = current_app.extensions["recsys_keyring"]
-    store: Store = current_app.extensions["recsys_store"]
-    if not ring.hashes and not _any_stored_key(store):
+    stored: StoredKeys = current_app.extensions["recsys_stored_keys"]
+    if not ring.hashes and not stored.any():
         g.role = "admin"
         return
     presented = request.headers.get(HEADER)
     if not presented:
         raise Unauthorized(f"missing {HEADER} header", field=HEADER)
     digest = hash_key(presented, ring.pepper)
-    role = ring.hashes.get(digest) or _stored_role(store, digest)
+    role = ring.hashes.get(digest) or stored.role(digest)
     if role is None:
         raise Unauthorized(f"unknown API key in {HEADER}", field=HEADER)
     needed = METHOD_ROLE.get(request.method)
@@ -102,6 +137,7 @@ def rate_limit_key() -> str:
     return "ip:" + (request.remote_addr or "unknown")
 
 
-def init_app(app: Flask, ring: KeyRing) -> None:
+def init_app(app: Flask, ring: KeyRing, cache_ttl_s: float = KEY_CACHE_TTL_S) -> None:
     app.extensions["recsys_keyring"] = ring
+    app.extensions["recsys_stored_keys"] = StoredKeys(app.extensions["recsys_store"], cache_ttl_s)
     app.before_request(authenticate)

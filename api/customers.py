@@ -7,7 +7,7 @@ from flask.typing import ResponseReturnValue
 
 from api import recommend
 from api.candidates import ProductFilter
-from api.resources import parse_query, register_crud, store
+from api.resources import parse_query, register_crud
 from api.schemas import CustomerBulk, CustomerCreate, CustomerOut, CustomerUpdate, RecommendQuery, Recommendations
 from api.store import Customer
 
@@ -26,8 +26,7 @@ def recommendations(ident: int) -> ResponseReturnValue:
         exclude_purchased=query.exclude_purchased,
     )
     ranker = current_app.extensions["recsys_ranker"].get()
-    with store().session() as session:
-        result = recommend.recommend(session, req, ranker)
+    result = current_app.extensions["recsys_recommender"].recommend(req, ranker)
     body = Recommendations(
         customer_id=ident,
         items=[{"product_id": p, "score": s} for p, s in result.items],

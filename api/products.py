@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from api import candidates
@@ -21,8 +21,7 @@ def _scored(items: list[tuple[int, float]]) -> dict:
 @bp.get("/popular")
 def popular() -> ResponseReturnValue:
     query = parse_query(TopKQuery)
-    with store().session() as session:
-        return jsonify(_scored(candidates.popular(session, query.k)))
+    return jsonify(_scored(current_app.extensions["recsys_recommender"].popular(query.k)))
 
 
 @bp.get("/<int:ident>/similar")

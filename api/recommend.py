@@ -1,24 +1,29 @@
-"""Recommendations: retrieve candidates -> filter -> rank with the ranker -> top k, popular items as fallback."""
+"""Recommendations: retrieve candidates -> filter -> rank with the ranker -> top k, popular items as fallback.
+
+Candidates come from the per-worker catalogue index (popularity, the customer's categories, session
+co-occurrence); the customer's own history is read from the database on every request, so a purchase
+is excluded from the very next recommendation.
+"""
 
 from __future__ import annotations
 
 import importlib
 import logging
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select
 
-from api import candidates
 from api.candidates import ProductFilter
-from api.store import Product
+from api.catalogue import CatalogueCache, CatalogueIndex, Products
+from api.store import Interaction, Store
 
 log = logging.getLogger(__name__)
 
-CANDIDATES_PER_SOURCE = 200
+CANDIDATES = 200  # products the ranker scores per request
 
 
 class Ranker(Protocol):
@@ -57,45 +62,103 @@ class Result:
     fallback: bool
 
 
-def recommend(session: Session, req: Request, ranker: Ranker | None) -> Result:
-    exclude = candidates.purchased(session, req.customer_id) if req.exclude_purchased else set()
-    if ranker is None or not candidates.has_history(session, req.customer_id):
-        return Result(candidates.popular(session, req.k, req.where, exclude), "popular", False)
+@dataclass(frozen=True)
+class History:
+    """What one customer did, read fresh per request through (customer_id, event_type, product_id)."""
 
+    touched: set[int]
+    purchased: set[int]
+
+
+HISTORY = select(Interaction.product_id, Interaction.event_type).where(
+    Interaction.customer_id == bindparam("customer_id"))
+
+
+def read_history(store: Store, customer_id: int) -> History:
+    touched: set[int] = set()
+    purchased: set[int] = set()
+    with store.engine.connect() as conn:
+        for product_id, event_type in conn.execute(HISTORY, {"customer_id": customer_id}).all():
+            touched.add(product_id)
+            if event_type == "purchase":
+                purchased.add(product_id)
+    return History(touched, purchased)
+
+
+def _pool(index: CatalogueIndex, history: History, req: Request, exclude: set[int]) -> list[int]:
+    """Up to CANDIDATES distinct products, taken from the three sources in turn (most personal first),
+    so each source is represented however long the others' lists are; excluded products left out."""
+    sources = [
+        index.co_occurring(history.touched, CANDIDATES, req.where),
+        index.in_categories(index.categories_of(history.touched), CANDIDATES, req.where),
+        [pid for pid, _ in index.popular(CANDIDATES, req.where, exclude)],
+    ]
     ids: dict[int, None] = {}  # insertion-ordered set keeps candidates distinct
-    for pid, _ in candidates.popular(session, CANDIDATES_PER_SOURCE, req.where, exclude):
-        ids[pid] = None
-    for pid in candidates.in_customer_categories(session, req.customer_id, CANDIDATES_PER_SOURCE, req.where):
-        ids[pid] = None
-    for pid in candidates.co_occurring(session, req.customer_id, CANDIDATES_PER_SOURCE, req.where):
-        ids[pid] = None
-    pool = [pid for pid in ids if pid not in exclude]
-    if not pool:
-        return Result([], "triton", False)
-
-    frame = _features(session, pool)
-    try:
-        scores = np.asarray(ranker.score(req.customer_id, frame), dtype=np.float64).reshape(-1)
-    except ranker_unavailable_error() as exc:
-        log.warning("ranker unavailable for customer %s, serving popular items: %s", req.customer_id, exc)
-        return Result(candidates.popular(session, req.k, req.where, exclude), "popular", True)
-    if scores.shape[0] != len(frame):
-        raise ValueError(f"ranker returned {scores.shape[0]} scores for {len(frame)} products")
-    order = np.argsort(-scores, kind="stable")[: req.k]
-    items = [(int(frame.product_id.iat[i]), float(scores[i])) for i in order]
-    return Result(items, "triton", False)
+    for batch in zip_longest(*sources):
+        for pid in batch:
+            if pid is not None and pid not in exclude:
+                ids[pid] = None
+        if len(ids) >= CANDIDATES:
+            break
+    return list(ids)[:CANDIDATES]
 
 
-def _features(session: Session, product_ids: list[int]) -> pd.DataFrame:
-    rows = session.execute(
-        select(Product.id, Product.category_id, Product.brand, Product.price).where(Product.id.in_(product_ids))
-    ).all()
-    frame = pd.DataFrame(rows, columns=["product_id", "category_id", "brand", "price"])
-    # Keep the retrieval order so equal scores break ties by candidate rank.
-    position = {pid: i for i, pid in enumerate(product_ids)}
-    frame["_pos"] = frame.product_id.map(position)
-    frame = frame.sort_values("_pos").drop(columns="_pos").reset_index(drop=True)
-    frame["product_id"] = frame.product_id.astype("int64")
-    frame["category_id"] = frame.category_id.astype("Int64")
-    frame["price"] = frame.price.astype("float64")
-    return frame
+class Recommender:
+    """Ties the catalogue cache, the customer's history and the ranker together for one app."""
+
+    def __init__(self, store: Store, cache: CatalogueCache) -> None:
+        self.store = store
+        self.cache = cache
+        self._prepared: set[int] = set()  # ids of rankers already listening to catalogue reloads
+
+    def _attach(self, ranker: Ranker | None) -> None:
+        """Let a ranker that caches encodings (api.ranking.EncodedRanker) prepare on each catalogue reload."""
+        prepare = getattr(ranker, "prepare", None)
+        if prepare is None or id(ranker) in self._prepared:
+            return
+        with self.cache.lock:
+            self._prepared.add(id(ranker))
+            self.cache.listeners.append(prepare)
+            try:
+                prepare(self.cache.index())
+            except Exception:  # unprepared, the ranker still encodes what it meets, request by request
+                log.exception("ranker %r could not prepare on the catalogue", ranker)
+
+    def popular(self, k: int, where: ProductFilter = ProductFilter(),
+                exclude: set[int] = frozenset()) -> list[tuple[int, float]]:
+        with self.cache.lock:
+            return self.cache.index().popular(k, where, exclude)
+
+    def recommend(self, req: Request, ranker: Ranker | None) -> Result:
+        history = read_history(self.store, req.customer_id)
+        exclude = history.purchased if req.exclude_purchased else set()
+        if ranker is None or not history.touched:
+            return Result(self.popular(req.k, req.where, exclude), "popular", False)
+        self._attach(ranker)
+        with self.cache.lock:
+            index = self.cache.index()
+            pool = _pool(index, history, req, exclude)
+            if not pool:
+                return Result([], "triton", False)
+            products = index.products  # an immutable snapshot: safe to use once the lock is released
+            rows, _ = products.rows_of(np.asarray(pool, dtype=np.int64))
+        try:
+            scores = self._score(ranker, req.customer_id, products, rows)
+        except ranker_unavailable_error() as exc:
+            log.warning("ranker unavailable for customer %s, serving popular items: %s", req.customer_id, exc)
+            return Result(self.popular(req.k, req.where, exclude), "popular", True)
+        if scores.shape[0] != len(rows):
+            raise ValueError(f"ranker returned {scores.shape[0]} scores for {len(rows)} products")
+        order = np.argsort(-scores, kind="stable")[: req.k]
+        ids = products.ids[rows]
+        return Result([(int(ids[i]), float(scores[i])) for i in order], "triton", False)
+
+    @staticmethod
+    def _score(ranker: Ranker, customer_id: int, products: Products, rows: np.ndarray) -> np.ndarray:
+        # A ranker that reads the catalogue arrays directly (EncodedRanker) skips building a DataFrame.
+        score_catalogue = getattr(ranker, "score_catalogue", None)
+        if score_catalogue is not None:
+            scores = score_catalogue(customer_id, products, rows)
+        else:
+            scores = ranker.score(customer_id, products.features(products.ids[rows]))
+        return np.asarray(scores, dtype=np.float64).reshape(-1)

@@ -105,10 +105,14 @@ def register_crud(bp: Blueprint, orm: type[Base], out: type[BaseModel], create: 
                   bulk: type[BaseModel], update: type[BaseModel], page: type[PageQuery] = PageQuery,
                   numbered: bool = True, precheck: Precheck | None = None,
                   defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                  filters: Callable[[PageQuery], list[Any]] | None = None) -> None:
-    """Register create (single, bulk), read, replace, patch, delete and list routes for one resource."""
+                  filters: Callable[[PageQuery], list[Any]] | None = None,
+                  create_one: Callable[[], ResponseReturnValue] | None = None) -> None:
+    """Register create (single, bulk), read, replace, patch, delete and list routes for one resource.
 
-    def create_one() -> ResponseReturnValue:
+    `create_one` replaces the generic single-item create (a resource with a hot write path brings its own).
+    """
+
+    def create_generic() -> ResponseReturnValue:
         item = parse_body(create)
         with store().session() as session:
             if precheck:
@@ -159,7 +163,7 @@ def register_crud(bp: Blueprint, orm: type[Base], out: type[BaseModel], create: 
         with store().session() as session:
             return jsonify(paginate(session, orm, out, query, filters(query) if filters else None))
 
-    bp.add_url_rule("", "create", create_one, methods=["POST"])
+    bp.add_url_rule("", "create", create_one or create_generic, methods=["POST"])
     bp.add_url_rule("/bulk", "create_bulk", create_bulk, methods=["POST"])
     bp.add_url_rule("", "list", listing, methods=["GET"])
     bp.add_url_rule("/<int:ident>", "read", read, methods=["GET"])

@@ -1,107 +1,436 @@
-"""Recommendation latency of the Flask API, in-process (WSGI test client, no network), on a seeded store.
+"""REST API latency and throughput under gunicorn, ranking on a real local Triton, against a bare-Flask floor.
 
-    python bench/api_latency.py --events 100000 --requests 300 --workdir /tmp/api_bench
+    python bench/api_latency.py --workdir /tmp/api_bench            # needs `wrk` (apt-get install wrk)
 
-Seeds SQLite from `etl.synthetic` events with the API's own seed(), then times
-GET /customers/<id>/recommendations?k=10 for random customers through the full path (candidates from
-popularity, categories and session co-occurrence -> filters -> an in-process numpy ranker -> top k).
-The baseline is the same request on an app without a ranker (popular items only), so the ratio
-(baseline/value) says what candidate retrieval and ranking cost on top of the popular fallback.
-Appends one JSON object per measurement to bench/results/api_latency.json.
+One run builds everything from `etl.synthetic` data: ETL workflow, a small DLRM trained for one epoch,
+a serving bundle, a local Triton (serving.local_triton) and a SQLite store with a 10k-product catalogue.
+Two gunicorn servers run with the same config (2 gthread workers x 4 threads, keep-alive): the API
+(auth on, rate limits on but raised) and a bare Flask app answering a fixed JSON list (the floor,
+`floor_app()` below).
+Measured, each on loopback:
+  - closed loop (wrk, --threads/--connections): the floor, GET /customers/<id>/recommendations
+    (200 candidates ranked by Triton) and POST /interactions (validation, auth, store write);
+    every accepted interaction is read back afterwards (count in the store + a sample through the API);
+  - open loop (a paced Python client, latency counted from each request's scheduled start):
+    recommendations and the floor at each of --rates requests/s.
+Writes one JSON object per measurement to bench/results/api_latency.json (replacing the file).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from api import create_app  # noqa: E402
-from api.seed import seed  # noqa: E402
-from api.store import Store  # noqa: E402
-from etl.synthetic import SyntheticConfig, generate  # noqa: E402
+FLOOR_BODY = [{"product_id": i, "score": 1.0 / (i + 1)} for i in range(10)]
+API_KEY = "bench-" + "k" * 32
+log = logging.getLogger("bench.api_latency")
 
 
-class NumpyRanker:
-    """Stands in for Triton: a fixed random linear score of the product features (cost ~ a vector op)."""
+def floor_app():  # type: ignore[no-untyped-def]
+    """The floor: a bare Flask app returning a fixed JSON list (gunicorn 'api_latency:floor_app()')."""
+    from flask import Flask, jsonify
 
-    def score(self, customer_id: int, products: pd.DataFrame) -> np.ndarray:
-        rng = np.random.default_rng(customer_id)
-        w = rng.normal(size=2)
-        return w[0] * np.log1p(products["price"].to_numpy(np.float64)) + w[1] * (products["product_id"] % 7)
+    app = Flask(__name__)
+
+    @app.get("/floor")
+    def floor():  # type: ignore[no-untyped-def]
+        return jsonify(FLOOR_BODY)
+
+    return app
 
 
-def _time_requests(client, customers: np.ndarray, k: int) -> np.ndarray:  # type: ignore[no-untyped-def]
-    client.get(f"/customers/{int(customers[0])}/recommendations?k={k}")  # warm caches and the pool
-    latencies = []
-    for cid in customers:
-        start = time.perf_counter()
-        resp = client.get(f"/customers/{int(cid)}/recommendations?k={k}")
-        latencies.append(time.perf_counter() - start)
-        assert resp.status_code == 200, resp.json
-    return np.asarray(latencies) * 1000.0
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------- building the data, model and store
+def build_world(workdir: Path, n_events: int, n_users: int, n_products: int) -> dict[str, Any]:
+    """Synthetic events -> ETL -> 1-epoch DLRM -> serving bundle; SQLite store seeded with every product."""
+    sys.path.insert(0, str(ROOT))
+    import pandas as pd
+    from sqlalchemy import insert, select
+
+    from api.seed import seed
+    from api.store import Product, Store
+    from etl import EtlConfig, SyntheticConfig, generate, run_etl
+    from serving.bundle import build_bundle
+    from training import TrainConfig, TrainInputs, train
+
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    data = generate(SyntheticConfig(n_events=n_events, n_users=n_users, n_products=n_products, days=4, seed=0))
+    events = workdir / "events.parquet"
+    data.events.to_parquet(events)
+    etl_out = run_etl(events, workdir / "etl", EtlConfig())
+    config = TrainConfig(embedding_dim=8, bottom_mlp=[32, 16], top_mlp=[32, 16], epochs=1, batch_size=4096,
+                         device="cpu")
+    result = train(TrainInputs(etl_out.train_dir, etl_out.valid_dir, etl_out.schema_path), config,
+                   workdir / "train")
+    model_dir = workdir / "model"
+    model_dir.mkdir()
+    shutil.copyfile(result.model_path, model_dir / "dlrm.pt")
+    shutil.copyfile(etl_out.schema_path, model_dir / "schema.json")
+    shutil.copytree(etl_out.workflow_dir, model_dir / "workflow")
+    serving_dir = workdir / "home" / "serving"
+    # Default repository options: max_batch_size 1024 lets Triton batch concurrent 200-row requests.
+    bundle = build_bundle(model_dir, serving_dir, version=1)
+    (serving_dir / "current").symlink_to(bundle.name)
+
+    db = workdir / "home" / "api.db"
+    store = Store(f"sqlite:///{db}")
+    store.init_db()
+    seeded = seed(store, events)
+    # Products never seen in an event are still in the catalogue.
+    with store.engine.begin() as conn:
+        known = set(conn.scalars(select(Product.id)))
+        rest = data.products[~data.products.product_id.isin(known)]
+        if len(rest):
+            conn.execute(insert(Product.__table__), [
+                {"id": int(r.product_id), "category_id": int(r.category_id), "category_code": r.category_code,
+                 "brand": None if pd.isna(r.brand) else str(r.brand), "price": float(r.price), "available": True}
+                for r in rest.itertuples()])
+        n_products_db = len(known) + len(rest)
+    store.dispose()
+    customers = sorted(int(u) for u in data.events.user_id.unique())
+    return {"bundle": bundle, "db": db, "home": workdir / "home", "customers": customers,
+            "products": sorted(int(p) for p in data.products.product_id), "n_products": n_products_db,
+            "interactions": seeded.interactions, "best_valid_auc": round(result.best_valid_auc, 4)}
+
+
+# ---------------------------------------------------------------- servers
+class Gunicorn:
+    """A gunicorn process group on a free port; stopped with SIGTERM to its group."""
+
+    def __init__(self, app_spec: str, workers: int, threads: int, env: dict[str, str], cwd: Path,
+                 log_path: Path) -> None:
+        self.port = free_port()
+        # gthread workers keep connections alive (sync ones close each) and overlap a request's wait
+        # on Triton with another request's work.
+        worker_class = ["--worker-class", "gthread", "--threads", str(threads)] if threads > 1 else ["--worker-class", "sync"]
+        self.command = [sys.executable, "-m", "gunicorn", "--workers", str(workers), *worker_class,
+                        "--bind", f"127.0.0.1:{self.port}", "--backlog", "2048", "--log-level", "warning",
+                        app_spec]
+        with open(log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, path: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn {self.command} exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"gunicorn on {self.url} not ready after {timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+# ---------------------------------------------------------------- load generators
+WRK_LUA = r"""
+local threads = {}
+local counter = 0
+function setup(thread)
+  thread:set("id", #threads + 1)
+  table.insert(threads, thread)
+end
+function init(args)
+  math.randomseed(id * 7919 + os.time())
+  created, ok, other = 0, 0, 0
+  mode = args[1]
+  run = args[2]
+  customers = {}
+  for c in io.lines(args[3]) do table.insert(customers, c) end
+  products = {}
+  for p in io.lines(args[4]) do table.insert(products, p) end
+  wrk.headers["X-API-Key"] = args[5]
+  wrk.headers["Content-Type"] = "application/json"
+  if mode == "interactions" then
+    ids = io.open(args[6] .. "/ids-" .. id .. ".txt", "w")
+    ids:setvbuf("line")
+  end
+end
+function request()
+  local c = customers[math.random(#customers)]
+  if mode == "floor" then
+    return wrk.format("GET", "/floor")
+  elseif mode == "recommend" then
+    return wrk.format("GET", "/customers/" .. c .. "/recommendations?k=10")
+  end
+  counter = counter + 1
+  local body = '{"customer_id": ' .. c .. ', "product_id": ' .. products[math.random(#products)] ..
+    ', "event_type": "view", "session": "' .. run .. '-' .. id .. '-' .. counter .. '"}'
+  return wrk.format("POST", "/interactions", nil, body)
+end
+function response(status, headers, body)
+  if status == 201 then
+    created = created + 1
+    ids:write(string.match(body, '"id":%s*(%d+)'), "\n")
+  elseif status == 200 then ok = ok + 1 else other = other + 1 end
+end
+function done(summary, latency, requests)
+  local c, o, x = 0, 0, 0
+  for _, t in ipairs(threads) do c = c + t:get("created"); o = o + t:get("ok"); x = x + t:get("other") end
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, ' ..
+    '"p99_us": %d, "max_us": %d, "created": %d, "ok": %d, "other_status": %d, "connect_errors": %d, ' ..
+    '"read_errors": %d, "write_errors": %d, "status_errors": %d, "timeouts": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, c, o, x, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def run_wrk(url: str, script: Path, mode: str, run_id: str, customers: Path, products: Path,
+            threads: int, connections: int, duration_s: int) -> dict[str, Any]:
+    """wrk with the Lua script above; `customers`/`products` are files of ids, one per line."""
+    command = ["wrk", f"--threads={threads}", f"--connections={connections}", f"--duration={duration_s}s",
+               "--timeout=5s", f"--script={script}", url, "--", mode, run_id, str(customers), str(products),
+               API_KEY, str(script.parent)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("WRKJSON "))
+    stats = json.loads(line.removeprefix("WRKJSON "))
+    stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
+    stats["errors"] = (stats["other_status"] + stats["connect_errors"] + stats["read_errors"]
+                       + stats["write_errors"] + stats["timeouts"])
+    stats["command"] = " ".join(command[:6] + [url, "--", mode, "..."])
+    log.info("wrk %s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, errors %d", mode, stats["rps"],
+             stats["p50_us"] / 1e3, stats["p99_us"] / 1e3, stats["errors"])
+    return stats
+
+
+def _get(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def open_loop(url_of: Any, rate: float, duration_s: float, check: Any, workers: int = 32) -> dict[str, Any]:
+    """Requests at a fixed `rate`; latency runs from each request's scheduled start (no coordinated omission)."""
+    import numpy as np
+
+    n = int(rate * duration_s)
+    latencies = np.full(n, np.nan)
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def one(i: int, scheduled: float) -> None:
+        status, body = _get(url_of(i), {"X-API-Key": API_KEY})
+        latencies[i] = time.perf_counter() - scheduled
+        problem = check(status, body)
+        if problem:
+            with lock:
+                failures.append(problem)
+
+    start = time.perf_counter() + 0.1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i in range(n):
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(one, i, scheduled)
+    elapsed = time.perf_counter() - start
+    ms = latencies * 1e3
+    stats = {"requests": n, "rps": n / elapsed, "p50_ms": float(np.percentile(ms, 50)),
+             "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
+             "max_ms": float(ms.max()), "errors": len(failures), "first_errors": failures[:5]}
+    log.info("open loop %.0f req/s: p50 %.2f ms, p99 %.2f ms, errors %d", rate, stats["p50_ms"],
+             stats["p99_ms"], stats["errors"])
+    return stats
+
+
+def _check_triton_ranked(status: int, body: bytes) -> str | None:
+    if status != 200:
+        return f"status {status}: {body[:200]!r}"
+    doc = json.loads(body)
+    if doc["ranker"] != "triton" or doc["fallback"] or len(doc["items"]) != 10:
+        return f"not ranked by triton: {body[:200]!r}"
+    return None
+
+
+def _check_ok(status: int, body: bytes) -> str | None:
+    return None if status == 200 else f"status {status}"
+
+
+def verify_interactions(db: Path, api_url: str, run_id: str, created: int, ids_dir: Path,
+                        sample: int = 200) -> dict[str, Any]:
+    """Every 201 left its row: each id the API answered with is in the store with this run's session,
+    their number is the count of 201s, and a sample reads back through the API."""
+    import sqlite3
+
+    answered = [int(line) for f in sorted(ids_dir.glob("ids-*.txt")) for line in f.read_text().split()]
+    with sqlite3.connect(db) as conn:
+        def count() -> int:
+            return conn.execute("SELECT count(*) FROM interactions WHERE session LIKE ?", (run_id + "-%",)).fetchone()[0]
+        # Requests still queued in gunicorn's backlog when wrk stopped are written after it exits.
+        before, now = -1, count()
+        while now != before:
+            time.sleep(1.0)
+            before, now = now, count()
+        stored = {r[0] for r in conn.execute("SELECT id FROM interactions WHERE session LIKE ?", (run_id + "-%",))}
+    missing = [i for i in answered if i not in stored]
+    picked = random.Random(0).sample(answered, min(sample, len(answered)))
+    readable = sum(_get(f"{api_url}/interactions/{i}", {"X-API-Key": API_KEY})[0] == 200 for i in picked)
+    result = {"accepted": created, "ids_answered": len(answered), "distinct_ids": len(set(answered)),
+              "missing_in_store": len(missing), "rows_in_store": len(stored),
+              "written_after_client_stopped": len(stored) - len(set(answered)), "sampled": len(picked),
+              "sample_readable": readable}
+    result["ok"] = (len(answered) == len(set(answered)) == created and not missing and readable == len(picked))
+    log.info("interactions read back: %s", result)
+    return result
+
+
+# ---------------------------------------------------------------- main
+def _row(common: dict[str, Any], metric: str, value: float, unit: str, baseline: float, config: dict[str, Any],
+         higher_is_better: bool) -> dict[str, Any]:
+    ratio = value / baseline if higher_is_better else baseline / value
+    return {"benchmark": "api_latency", "metric": metric, "value": round(value, 3), "unit": unit,
+            "baseline": round(baseline, 3), "ratio": round(ratio, 3), "config": config, **common}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/api_bench"))
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--products", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (API and floor alike)")
+    parser.add_argument("--worker-threads", type=int, default=4, help="threads per gunicorn worker; 1 = sync workers")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections (closed loop)")
+    parser.add_argument("--duration", type=int, default=20, help="seconds per closed-loop run")
+    parser.add_argument("--rates", default="200,50", help="open-loop requests/s for recommendations (comma list)")
+    parser.add_argument("--open-duration", type=float, default=30.0, help="seconds of the open-loop run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "api_latency.json")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rates = [float(r) for r in args.rates.split(",")]
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed; apt-get install wrk")
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    db = args.workdir / "api.db"
-    db.unlink(missing_ok=True)
-    events = generate(SyntheticConfig(n_events=args.events, seed=0)).events
-    events_path = args.workdir / "events.parquet"
-    events.to_parquet(events_path)
-    store = Store(f"sqlite:///{db}")
-    store.init_db()
-    t0 = time.perf_counter()
-    seeded = seed(store, events_path)
-    seed_s = time.perf_counter() - t0
-    store.dispose()
+    world = build_world(args.workdir, args.events, args.users, args.products)
+    # Other work on the machine shares the 2 cores; record how busy it was.
+    load_at_start = round(os.getloadavg()[0], 2)
+    log.info("world: %s", {k: v for k, v in world.items() if k not in ("customers", "products")})
+    sys.path.insert(0, str(ROOT))
+    from serving.local_triton import start_server, stop_server
 
-    config = {"DATABASE_URL": f"sqlite:///{db}", "API_KEYS": "", "RATELIMIT_ENABLED": False,
-              "SERVING_DIR": str(args.workdir / "serving")}
-    customers = np.random.default_rng(1).choice(events.user_id.unique(), size=args.requests)
-    ranked = _time_requests(create_app(config, ranker=NumpyRanker()).test_client(), customers, args.k)
-    popular = _time_requests(create_app(config).test_client(), customers, args.k)
+    state = args.workdir / "triton"
+    handle = start_server(world["bundle"], free_port(), free_port(), state)
+    triton_host, triton_port = handle.http_url.rsplit(":", 1)
+    env = {**os.environ, "RECSYS_HOME": str(world["home"]), "RECSYS_DATABASE_URL": f"sqlite:///{world['db']}",
+           "RECSYS_API_KEYS": f"{API_KEY}:ingest", "RECSYS_API_KEY_PEPPER": "bench-pepper",
+           "RECSYS_RATELIMIT_DEFAULT": "10000000 per minute", "RECSYS_RATELIMIT_STORAGE": "memory://",
+           "RECSYS_TRITON_HOST": triton_host, "RECSYS_TRITON_HTTP_PORT": triton_port,
+           "PYTHONPATH": str(ROOT)}
+    logs = args.workdir / "gunicorn.log"
+    api = Gunicorn("api.wsgi:app", args.workers, args.worker_threads, env, ROOT, logs)
+    floor = Gunicorn("api_latency:floor_app()", args.workers, args.worker_threads, env, ROOT / "bench", logs)
+    script = args.workdir / "load.lua"
+    script.write_text(WRK_LUA)
+    customers, products = args.workdir / "customers.txt", args.workdir / "products.txt"
+    customers.write_text("\n".join(map(str, world["customers"])) + "\n")
+    products.write_text("\n".join(map(str, world["products"])) + "\n")
+    run_id = "bench-" + uuid.uuid4().hex[:8]
+    try:
+        api.wait_ready("/health")
+        floor.wait_ready("/floor")
+        # Warm up: each worker builds its catalogue index and the ranker encodes the catalogue once.
+        run_wrk(api.url, script, "recommend", run_id, customers, products, args.threads, args.connections, 5)
+        wrk = {mode: run_wrk(api.url if mode != "floor" else floor.url, script, mode, run_id, customers, products,
+                             args.threads, args.connections, args.duration)
+               for mode in ("floor", "recommend")}
+        rng = random.Random(1)
+        paced = {}
+        for rate in rates:
+            rec_urls = [f"{api.url}/customers/{rng.choice(world['customers'])}/recommendations?k=10"
+                        for _ in range(int(rate * args.open_duration))]
+            paced[rate] = {
+                "recommend": open_loop(lambda i: rec_urls[i], rate, args.open_duration, _check_triton_ranked),
+                "floor": open_loop(lambda i: floor.url + "/floor", rate, args.open_duration, _check_ok)}
+        wrk["interactions"] = run_wrk(api.url, script, "interactions", run_id, customers, products, args.threads,
+                                      args.connections, args.duration)
+        readback = verify_interactions(world["db"], api.url, run_id, wrk["interactions"]["created"], args.workdir)
+    finally:
+        api.stop()
+        floor.stop()
+        stop_server(state)
 
-    common = {
-        "benchmark": "api_latency",
-        "unit": "ms",
-        "config": {"events": args.events, "requests": args.requests, "k": args.k, "database": "sqlite",
-                   "customers": seeded.customers, "products": seeded.products,
-                   "seed_rows_per_s": round(seeded.interactions / seed_s), "transport": "in-process WSGI"},
-        "device": "cpu-2core",
-        "command": " ".join([sys.executable, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                  text=True, check=False).stdout.strip(),
-    }
+    git_sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=False).stdout.strip()
+    common = {"device": "cpu-2core", "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha}
+    base = {"load_average_1m_at_start": load_at_start, "server": " ".join(api.command[3:-1]), "database": "sqlite (WAL)", "transport": "loopback",
+            "auth": "on", "rate_limit": "on (10000000 per minute, memory)", "catalogue_products": world["n_products"],
+            "customers": len(world["customers"]), "seed_interactions": world["interactions"], "candidates_per_request": 200,
+            "k": 10, "ranker": "local Triton (PyTriton, ONNX Runtime CPU), HTTP", "model_valid_auc":
+            world["best_valid_auc"], "baseline": "bare Flask GET returning a fixed JSON list, same gunicorn config"}
     rows = []
-    for q in (50, 95):
-        value, baseline = float(np.percentile(ranked, q)), float(np.percentile(popular, q))
-        rows.append({**common, "metric": f"recommendations_p{q}", "value": round(value, 3),
-                     "baseline": round(baseline, 3), "ratio": round(baseline / value, 3)})
-    existing = json.loads(args.out.read_text()) if args.out.exists() else []
+    for name, path in (("recommend", "GET /customers/<id>/recommendations"), ("interactions", "POST /interactions")):
+        w, f = wrk[name], wrk["floor"]
+        cfg = {**base, "endpoint": path, "load": f"closed loop, wrk {args.threads} threads {args.connections} "
+               f"connections {args.duration}s", "requests": w["requests"], "errors": w["errors"]}
+        if name == "interactions":
+            cfg["read_back"] = readback
+        rows.append(_row(common, f"{name}_throughput", w["rps"], "requests/s", f["rps"], cfg, True))
+        rows.append(_row(common, f"{name}_p50", w["p50_us"] / 1e3, "ms", f["p50_us"] / 1e3, cfg, False))
+        rows.append(_row(common, f"{name}_p99", w["p99_us"] / 1e3, "ms", f["p99_us"] / 1e3, cfg, False))
+    for rate in rates:
+        p, f = paced[rate]["recommend"], paced[rate]["floor"]
+        cfg = {**base, "endpoint": "GET /customers/<id>/recommendations", "load": f"open loop at {rate:.0f} "
+               f"requests/s for {args.open_duration:.0f}s (Python client, latency from scheduled start)",
+               "requests": p["requests"], "errors": p["errors"], "achieved_rps": round(p["rps"], 1)}
+        rows.append(_row(common, f"recommend_p50_at_{rate:.0f}rps", p["p50_ms"], "ms", f["p50_ms"], cfg, False))
+        rows.append(_row(common, f"recommend_p99_at_{rate:.0f}rps", p["p99_ms"], "ms", f["p99_ms"], cfg, False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(existing + rows, indent=2) + "\n")
+    args.out.write_text(json.dumps(rows, indent=2) + "\n")
     for row in rows:
-        print(f"{row['metric']}: {row['value']} ms (popular-only baseline {row['baseline']} ms)")
+        print(f"{row['metric']:>28}: {row['value']:>9} {row['unit']:<10} floor {row['baseline']:>9}  "
+              f"errors {row['config']['errors']}")
+    print(f"interactions read back: {readback}")
+    open_errors = [e for r in rates for e in paced[r]["recommend"]["first_errors"]]
+    if open_errors or any(w["errors"] for w in wrk.values()) or not readback["ok"]:
+        print(f"FAILURES: open loop {open_errors[:5]}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
