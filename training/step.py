@@ -52,8 +52,10 @@ class TrainStep:
         cuda = device.type == "cuda"
         self.table = model.sparse_arch.embedding.weight
         dense_params = [p for p in model.parameters() if p is not self.table]
-        # A device tensor lr lets the captured graph follow the schedule (refilled before replay).
-        self.dense_lr: float | torch.Tensor = torch.tensor(options.lr, device=device) if cuda else options.lr
+        # A device tensor lr lets the captured graph follow the schedule (refilled before replay);
+        # fused capturable Adam takes one, SGD reads its lr on the host, so SGD steps run eagerly.
+        tensor_lr = cuda and options.optimizer != "sgd"
+        self.dense_lr: float | torch.Tensor = torch.tensor(options.lr, device=device) if tensor_lr else options.lr
         if options.optimizer == "sgd":
             self.dense_opt: torch.optim.Optimizer = torch.optim.SGD(
                 dense_params, lr=self.dense_lr, weight_decay=options.weight_decay
@@ -80,7 +82,7 @@ class TrainStep:
         if options.compile:
             self._lookup_fn = torch.compile(self._lookup, dynamic=False)
             self._dense_fn = torch.compile(model.forward_embedded, dynamic=False)
-        self.use_graph = options.cuda_graph and cuda
+        self.use_graph = options.cuda_graph and tensor_lr
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_batch = -1
         self._static: tuple[torch.Tensor, ...] = ()
@@ -92,10 +94,11 @@ class TrainStep:
     def set_lr_factor(self, factor: float) -> None:
         """Scale both learning rates (the schedule's factor for the next step)."""
         lr, sparse_lr = self.options.lr * factor, self.options.embedding_lr * factor
-        if isinstance(self.dense_lr, torch.Tensor):
-            self.dense_lr.fill_(lr)
-        else:
-            for group in self.dense_opt.param_groups:
+        # Look the tensors up in the groups: loading a checkpoint's state dict replaces them.
+        for group in self.dense_opt.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
                 group["lr"] = lr
         if isinstance(self.sparse_lr, torch.Tensor):
             self.sparse_lr.fill_(sparse_lr)

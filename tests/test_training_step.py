@@ -1,0 +1,180 @@
+"""The training step's fast parts: fused interaction backward, tensor learning rates, fused kernel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.dlrm import DLRM, DLRMConfig, InteractionArch
+from training.optim import RowWiseAdagrad, SparseSGD
+from training.step import StepOptions, TrainStep
+
+REPO = Path(__file__).resolve().parents[1]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _grads(arch: InteractionArch, fused: bool, dense: torch.Tensor, embedded: torch.Tensor, weight: torch.Tensor):
+    arch.fused_backward = fused
+    d, e = dense.clone().requires_grad_(True), embedded.clone().requires_grad_(True)
+    out = arch(d, e)
+    (out * weight).sum().backward()
+    return out.detach(), d.grad, e.grad
+
+
+@pytest.mark.parametrize("n_sparse,dim,pad", [(4, 8, True), (4, 8, False), (26, 40, None), (7, 4, True)])
+def test_fused_interaction_backward_gives_autograds_gradients(n_sparse: int, dim: int, pad: bool | None) -> None:
+    torch.manual_seed(0)
+    arch = InteractionArch(n_sparse + 1).train()
+    arch.pad = pad
+    dense = torch.randn(5, dim, dtype=torch.float64)
+    embedded = torch.randn(5, n_sparse, dim, dtype=torch.float64)
+    weight = torch.randn(5, dim + arch.n_pairs, dtype=torch.float64)
+    fused = _grads(arch, True, dense, embedded, weight)
+    reference = _grads(arch, False, dense, embedded, weight)
+    for got, want in zip(fused, reference):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert fused[2].is_contiguous()  # the sparse optimizer reads it as (n, dim) without a copy
+
+
+def test_eval_mode_and_cpu_default_use_the_plain_interaction_that_onnx_exports() -> None:
+    arch = InteractionArch(3).eval()
+    arch.fused_backward = True
+    dense, embedded = torch.randn(2, 4, requires_grad=True), torch.randn(2, 2, 4)
+    assert "DotInteraction" not in arch(dense, embedded).grad_fn.name()
+    arch.train()
+    assert "DotInteraction" in arch(dense, embedded).grad_fn.name()
+    arch.fused_backward = None  # default: fused on CUDA tensors only
+    assert "DotInteraction" not in arch(dense, embedded).grad_fn.name()
+
+
+def _plain_step(model: DLRM, adam: torch.optim.Optimizer, sparse_opt: RowWiseAdagrad, batch, lr_factor: float):
+    """The step written out with autograd only: the math TrainStep must reproduce."""
+    dense, sparse, label = batch
+    for group in adam.param_groups:
+        group["lr"] = 1e-2 * lr_factor
+    ids = model.sparse_arch.ids(sparse)
+    embedded = F.embedding(ids, model.sparse_arch.embedding.weight.detach()).requires_grad_(True)
+    loss = F.binary_cross_entropy_with_logits(model.forward_embedded(dense, embedded), label)
+    adam.zero_grad()
+    loss.backward()
+    adam.step()
+    sparse_opt.step(ids.reshape(-1), embedded.grad.reshape(ids.numel(), -1), 0.1 * lr_factor)
+    return loss.detach()
+
+
+def test_train_step_follows_the_schedule_and_matches_the_plain_step_on_cpu() -> None:
+    torch.manual_seed(0)
+    config = DLRMConfig(3, [30, 5, 200], embedding_dim=8, bottom_mlp=[16], top_mlp=[16])
+    model, reference = DLRM(config), DLRM(config)
+    reference.load_state_dict(model.state_dict())
+    model.interaction.fused_backward = True  # the CUDA default, forced here to check it on the CPU
+    reference.interaction.fused_backward = False
+    step = TrainStep(model, StepOptions(lr=1e-2, embedding_lr=0.1), torch.device("cpu"))
+    table = reference.sparse_arch.embedding.weight
+    adam = torch.optim.Adam([p for p in reference.parameters() if p is not table], lr=1e-2)
+    sparse_opt = RowWiseAdagrad(table, 0.1)
+    g = torch.Generator().manual_seed(1)
+    for i, factor in enumerate([1.0, 0.5, 0.25, 0.1]):
+        batch = (torch.randn(64, 3, generator=g),
+                 torch.stack([torch.randint(0, c, (64,), generator=g) for c in (30, 5, 200)], 1),
+                 (torch.rand(64, generator=g) < 0.3).float())
+        step.set_lr_factor(factor)
+        loss = step(*batch)
+        want = _plain_step(reference, adam, sparse_opt, batch, factor)
+        torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)
+    for got, want in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(step.sparse_opt.state_sum, sparse_opt.state_sum)
+
+
+def test_sparse_optimizers_accept_a_tensor_learning_rate() -> None:
+    ids, grads = torch.tensor([0, 2, 2]), torch.ones(3, 2)
+    for opt_cls in (RowWiseAdagrad, SparseSGD):
+        a, b = torch.zeros(4, 2), torch.zeros(4, 2)
+        opt_cls(a, lr=0.3).step(ids, grads)
+        opt_cls(b, lr=99.0).step(ids, grads, lr=torch.tensor([0.3]))
+        torch.testing.assert_close(a, b)
+        assert a[1].abs().sum() == 0 and a[2].abs().sum() > 0
+
+
+_KERNEL_CHECK = textwrap.dedent(
+    """
+    import torch
+    from training.optim import RowWiseAdagrad
+    from training.rowwise_triton import FusedRowWiseAdagradKernel
+    torch.manual_seed(0)
+    for rows, dim, n in [(50, 16, 300), (7, 12, 500), (3, 32, 200)]:
+        weight = torch.randn(rows, dim)
+        ref_weight = weight.clone()
+        ref = RowWiseAdagrad(ref_weight, lr=0.1, fused=False)
+        state = torch.zeros(rows)
+        kernel = FusedRowWiseAdagradKernel()
+        for _ in range(2):
+            ids = torch.randint(0, rows, (n,))
+            ids[: n // 3] = rows - 1  # a hot id across several chunks
+            grads = torch.randn(n, dim)
+            ref.step(ids, grads)
+            kernel(weight, state, ids, grads, 0.1, 1e-8)
+            torch.testing.assert_close(weight, ref_weight, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(state, ref.state_sum, rtol=1e-5, atol=1e-6)
+            assert kernel.summed.abs().max() == 0
+    print("ok")
+    """
+)
+
+
+def test_fused_kernel_matches_the_torch_update_in_the_triton_interpreter() -> None:
+    pytest.importorskip("triton")
+    # The interpreter runs the Triton kernels on the CPU; it must be chosen before triton loads.
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
+    done = subprocess.run([sys.executable, "-c", _KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_fused_kernel_updates_only_touched_rows_like_the_reference_on_gpu() -> None:
+    from training.rowwise_triton import FusedRowWiseAdagradKernel
+
+    torch.manual_seed(0)
+    weight = torch.randn(100_000, 64, device="cuda")
+    ref_weight = weight.clone()
+    ref = RowWiseAdagrad(ref_weight, lr=0.05, fused=False)
+    state = torch.zeros(100_000, device="cuda")
+    kernel = FusedRowWiseAdagradKernel()
+    for _ in range(3):
+        ids = torch.randint(0, 100_000, (200_000,), device="cuda")
+        ids[:50_000] = 7
+        grads = torch.randn(200_000, 64, device="cuda")
+        ref.step(ids, grads)
+        kernel(weight, state, ids, grads, 0.05, 1e-8)
+    torch.testing.assert_close(weight, ref_weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(state, ref.state_sum, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_graphed_compiled_step_matches_the_eager_step_on_gpu() -> None:
+    config = DLRMConfig(3, [1000, 5, 20_000], embedding_dim=16, bottom_mlp=[32], top_mlp=[32])
+    g = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(512, 3, generator=g).cuda(),
+                torch.stack([torch.randint(0, c, (512,), generator=g) for c in (1000, 5, 20_000)], 1).cuda(),
+                (torch.rand(512, generator=g) < 0.3).float().cuda()) for _ in range(3)]
+    params = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        model = DLRM(config).cuda()
+        step = TrainStep(model, StepOptions(compile=fast, cuda_graph=fast), torch.device("cuda"))
+        for i in range(8):
+            step(*batches[i % 3])
+        params.append([p.detach().clone() for p in model.parameters()])
+    for got, want in zip(*params):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
