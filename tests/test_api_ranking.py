@@ -2,49 +2,33 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from flask import Flask
 
 from api import create_app
 from api.ranking import EncodedRanker
 from api.seed import seed
-from etl import EtlConfig, SyntheticConfig, generate, run_etl
 from serving.bundle import ServingBundle, build_bundle
 from serving.local_triton import start_server, stop_server
 from serving.ranking import TritonRankingService
 from tests.conftest import free_port
+from tests.serving_world import build_serving_world
 from tests.test_api_support import make_config
-from training import DLRM, DLRMConfig, save_model
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Synthetic events -> ETL -> an untrained DLRM -> bundle at serving/current; events for seeding a store."""
     root = tmp_path_factory.mktemp("ranking")
-    data = generate(SyntheticConfig(n_events=3000, days=4, seed=1))
-    data.events.to_parquet(root / "events.parquet")
-    out = run_etl(root / "events.parquet", root / "etl", EtlConfig())
-    schema = json.loads(out.schema_path.read_text())
-    cardinality = {c["name"]: c["cardinality"] for c in schema["columns"] if "cardinality" in c}
-    torch.manual_seed(0)
-    model = DLRM(DLRMConfig(n_dense=len(schema["continuous"]),
-                            cardinalities=[cardinality[name] for name in schema["categorical"]],
-                            embedding_dim=4, bottom_mlp=[8], top_mlp=[8]))
-    model_dir = root / "model"
-    save_model(model, model_dir / "dlrm.pt")
-    shutil.copyfile(out.schema_path, model_dir / "schema.json")
-    shutil.copytree(out.workflow_dir, model_dir / "workflow")
-    bundle = build_bundle(model_dir, root / "serving", version=1)
+    world = build_serving_world(root)
+    bundle = build_bundle(world.model_dir, root / "serving", version=1)
     (root / "serving" / "current").symlink_to(bundle.name)
-    return {"root": root, "bundle": bundle, "events": root / "events.parquet", "products": data.products}
+    return {"root": root, "bundle": bundle, "events": world.events, "products": world.products}
 
 
 @pytest.fixture(scope="module")

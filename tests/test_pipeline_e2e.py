@@ -7,8 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import date, timedelta
-from pathlib import Path
+from datetime import date
 
 import pandas as pd
 import pytest

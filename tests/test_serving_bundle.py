@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -12,38 +11,21 @@ import pandas as pd
 import pytest
 import torch
 
-from etl import EtlConfig, SyntheticConfig, generate, run_etl
 from serving.bundle import ServingBundle, build_bundle
 from serving.errors import BundleError, RankerUnavailable
 from serving.local_triton import start_server, stop_server
 from serving.ranking import TritonRankingService
-from training import DLRM, DLRMConfig, load_model, save_model
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import free_port
+from tests.serving_world import build_serving_world
+from training import load_model
 
 
 @pytest.fixture(scope="module")
 def etl_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataFrame]:
     """(model dir as the registry hands it over, ETL output dir, products) from synthetic events."""
     root = tmp_path_factory.mktemp("bundle")
-    data = generate(SyntheticConfig(n_events=3000, days=4, seed=1))
-    data.events.to_parquet(root / "events.parquet")
-    out = run_etl(root / "events.parquet", root / "etl", EtlConfig())
-    schema = json.loads(out.schema_path.read_text())
-    cardinality = {c["name"]: c["cardinality"] for c in schema["columns"] if "cardinality" in c}
-    torch.manual_seed(0)
-    model = DLRM(DLRMConfig(n_dense=len(schema["continuous"]),
-                            cardinalities=[cardinality[name] for name in schema["categorical"]],
-                            embedding_dim=4, bottom_mlp=[8], top_mlp=[8]))
-    model_dir = root / "model"
-    save_model(model, model_dir / "dlrm.pt")
-    shutil.copyfile(out.schema_path, model_dir / "schema.json")
-    shutil.copytree(out.workflow_dir, model_dir / "workflow")
-    return model_dir, root / "etl", data.products
+    world = build_serving_world(root)
+    return world.model_dir, root / "etl", world.products
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,41 @@
+"""A small real world for serving tests: synthetic events -> ETL -> an untrained DLRM, laid out
+as the registry hands a model over (weights, schema.json, workflow/)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from etl import EtlConfig, EtlOutputs, SyntheticConfig, generate, run_etl
+from training import DLRM, DLRMConfig, save_model
+
+
+@dataclass
+class ServingWorld:
+    model_dir: Path  # dlrm.pt, schema.json, workflow/
+    etl: EtlOutputs
+    events: Path  # the raw events as one Parquet file
+    products: pd.DataFrame
+
+
+def build_serving_world(root: Path, n_events: int = 3000, seed: int = 1) -> ServingWorld:
+    data = generate(SyntheticConfig(n_events=n_events, days=4, seed=seed))
+    events = root / "events.parquet"
+    data.events.to_parquet(events)
+    out = run_etl(events, root / "etl", EtlConfig())
+    schema = json.loads(out.schema_path.read_text())
+    cardinality = {c["name"]: c["cardinality"] for c in schema["columns"] if "cardinality" in c}
+    torch.manual_seed(0)
+    model = DLRM(DLRMConfig(n_dense=len(schema["continuous"]),
+                            cardinalities=[cardinality[name] for name in schema["categorical"]],
+                            embedding_dim=4, bottom_mlp=[8], top_mlp=[8]))
+    model_dir = root / "model"
+    save_model(model, model_dir / "dlrm.pt")
+    shutil.copyfile(out.schema_path, model_dir / "schema.json")
+    shutil.copytree(out.workflow_dir, model_dir / "workflow")
+    return ServingWorld(model_dir, out, events, data.products)
