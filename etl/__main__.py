@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--users", type=int, default=None, help="default scales with --events")
     gen.add_argument("--products", type=int, default=None, help="default scales with --events")
     gen.add_argument("--out", type=Path, required=True, help="raw directory to write")
+    gen.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     run = sub.add_parser("run", help="events -> impressions -> encoded train/valid/test")
     run.add_argument("--events", type=Path, required=True, help="validated events file or directory")
     run.add_argument("--out", type=Path, required=True)
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "generate":
             config = SyntheticConfig(n_events=args.events, days=args.days, start_date=args.start,
                                      seed=args.seed, n_users=args.users, n_products=args.products)
-            paths = write_events(iter_event_days(config), args.out, config=config)
+            paths = write_events(iter_event_days(config), args.out, config=config, fmt=args.format)
             print(json.dumps({"raw_dir": str(args.out), "files": [str(p) for p in paths],
                               "config": asdict(config.resolved())}, indent=2))
         else:

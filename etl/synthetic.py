@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from etl.errors import SyntheticDataError
@@ -367,16 +368,19 @@ def generate(config: SyntheticConfig) -> SyntheticData:
 
 
 def write_events(events: pd.DataFrame | Iterable[pd.DataFrame], raw_dir: Path,
-                 config: SyntheticConfig | None = None) -> list[Path]:
-    """Write `raw_dir/date=YYYY-MM-DD/events.parquet` per day and `raw_dir/manifest.json`.
+                 config: SyntheticConfig | None = None, fmt: str = "parquet") -> list[Path]:
+    """Write `raw_dir/date=YYYY-MM-DD/events.{parquet,csv}` per day and `raw_dir/manifest.json`.
 
     `events` is one frame or an iterable of frames (e.g. `iter_event_days`); the config for the
-    manifest comes from the argument or from the frame's `attrs` as set by `generate`.
+    manifest comes from the argument or from the frame's `attrs` as set by `generate`. `fmt` is
+    "parquet" or "csv" (REES46's own distribution format); both stream, one writer per day.
     """
+    if fmt not in ("parquet", "csv"):
+        raise ValueError(f"fmt must be 'parquet' or 'csv', got {fmt!r}")
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     chunks: Iterable[pd.DataFrame] = [events] if isinstance(events, pd.DataFrame) else events
-    writers: dict[str, pq.ParquetWriter] = {}
+    writers: dict[str, pq.ParquetWriter | pacsv.CSVWriter] = {}
     paths: dict[str, Path] = {}
     counts: dict[str, int] = {}
     config_dict = dataclasses.asdict(config.resolved()) if config else None
@@ -387,12 +391,16 @@ def write_events(events: pd.DataFrame | Iterable[pd.DataFrame], raw_dir: Path,
             day = chunk["event_time"].dt.strftime("%Y-%m-%d")
             for day_str, part in chunk.groupby(day, sort=True):
                 if day_str not in writers:
-                    paths[day_str] = raw_dir / f"date={day_str}" / "events.parquet"
+                    paths[day_str] = raw_dir / f"date={day_str}" / f"events.{fmt}"
                     paths[day_str].parent.mkdir(parents=True, exist_ok=True)
-                    writers[day_str] = pq.ParquetWriter(paths[day_str], EVENTS_SCHEMA)
+                    writers[day_str] = (pq.ParquetWriter(paths[day_str], EVENTS_SCHEMA) if fmt == "parquet"
+                                        else pacsv.CSVWriter(paths[day_str], EVENTS_SCHEMA))
                 table = pa.Table.from_pandas(part[EVENT_COLUMNS], schema=EVENTS_SCHEMA,
                                              preserve_index=False)
-                writers[day_str].write_table(table, row_group_size=1_000_000)
+                if fmt == "parquet":
+                    writers[day_str].write_table(table, row_group_size=1_000_000)
+                else:
+                    writers[day_str].write_table(table)
                 counts[day_str] = counts.get(day_str, 0) + len(part)
                 log.info("wrote %d events for %s", len(part), day_str)
     finally:

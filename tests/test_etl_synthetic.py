@@ -125,3 +125,23 @@ def test_start_date_may_be_given_as_a_date_and_is_stored_as_text():
     config = SyntheticConfig(start_date=date(2026, 2, 3), days=2)
     assert config.start_date == "2026-02-03"
     assert config.day(1) == date(2026, 2, 4)
+
+
+def test_csv_output_reads_back_as_the_same_events_and_passes_validation(tmp_path):
+    from datetime import datetime, timezone
+
+    from etl.readers import read_rees46
+    from etl.synthetic import SyntheticConfig, generate, write_events
+    from validation import ValidationConfig, validate_events
+
+    config = SyntheticConfig(n_events=2000, days=2, start_date="2026-05-01", seed=4)
+    events = generate(config).events
+    paths = write_events(events, tmp_path / "raw", config=config, fmt="csv")
+    assert [p.name for p in paths] == ["events.csv", "events.csv"]
+    back = read_rees46(paths)
+    assert len(back) == len(events)
+    assert back["price"].sum() == pytest.approx(events["price"].sum())
+    report = validate_events(paths, tmp_path / "validated", ValidationConfig(
+        window_start=datetime(2026, 5, 1, tzinfo=timezone.utc),
+        window_end=datetime(2026, 5, 3, tzinfo=timezone.utc)))
+    assert report.n_in == len(events) and report.n_quarantined == 0
