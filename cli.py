@@ -105,7 +105,8 @@ def run_nightly(settings: Settings, run_date: str) -> dict:
     features = nightly.fit_workflow(run_date, validated, settings)
     trained = nightly.train(run_date, features, settings)
     evaluated = nightly.evaluate(run_date, features, trained, settings)
-    registered = nightly.register(run_date, validated, features, trained, evaluated, settings)
+    retrieval = nightly.train_retrieval(run_date, features, settings)
+    registered = nightly.register(run_date, validated, features, trained, evaluated, settings, retrieval)
     return nightly.promote(features, registered, settings)
 
 

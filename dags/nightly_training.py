@@ -1,4 +1,4 @@
-"""Nightly: ingest -> validate -> fit_workflow -> train -> evaluate -> register -> promote (-> deploy).
+"""Nightly: ingest -> validate -> fit_workflow -> train (+ train_retrieval) -> evaluate -> register -> promote (-> deploy).
 
 Wiring only; each task calls the same stage function that `python -m cli nightly` runs
 (plugins/nightly.py). Validation failing closed fails the run without retries, so nothing
@@ -57,14 +57,23 @@ def nightly_training() -> None:
         return nightly.train(ds, features, get_settings())
 
     @task
+    def train_retrieval(features: dict, ds: str | None = None) -> dict:
+        return nightly.train_retrieval(ds, features, get_settings())
+
+    @task
     def evaluate(features: dict, trained: dict, ds: str | None = None) -> dict:
         return nightly.evaluate(ds, features, trained, get_settings())
 
     @task
     def register(
-        validated: dict, features: dict, trained: dict, evaluated: dict, ds: str | None = None
+        validated: dict,
+        features: dict,
+        trained: dict,
+        evaluated: dict,
+        retrieval: dict,
+        ds: str | None = None,
     ) -> dict:
-        return nightly.register(ds, validated, features, trained, evaluated, get_settings())
+        return nightly.register(ds, validated, features, trained, evaluated, get_settings(), retrieval)
 
     @task
     def promote(features: dict, registered: dict) -> dict:
@@ -78,7 +87,8 @@ def nightly_training() -> None:
     features = fit_workflow(validated)
     trained = train(features)
     evaluated = evaluate(features, trained)
-    decision = promote(features, register(validated, features, trained, evaluated))
+    retrieval = train_retrieval(features)
+    decision = promote(features, register(validated, features, trained, evaluated, retrieval))
     promoted(decision) >> TriggerDagRunOperator(
         task_id="trigger_deploy",
         trigger_dag_id="deploy_model",

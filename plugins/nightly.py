@@ -129,6 +129,22 @@ def train(run_date: str, features: Stage, settings: Settings) -> Stage:
     }
 
 
+def train_retrieval(run_date: str, features: Stage, settings: Settings) -> Stage:
+    """Train the two-tower candidate model and score it on the full catalogue against popularity."""
+    from training.retrieval import RetrievalConfig, evaluate_retrieval
+    from training.retrieval import train_retrieval as train_two_tower
+
+    etl_dir = Path(features["dir"])
+    result = train_two_tower(etl_dir, RetrievalConfig(), settings.run_dir(run_date) / "retrieval")
+    metrics = evaluate_retrieval(result.model_path, etl_dir)
+    log.info("retrieval: %s", {k: round(v, 4) for k, v in metrics.items()})
+    return {
+        "model_path": str(result.model_path),
+        "catalogue_path": str(result.catalogue_path),
+        "metrics": {f"retrieval_{k}": float(v) for k, v in metrics.items()},
+    }
+
+
 def evaluate(run_date: str, features: Stage, trained: Stage, settings: Settings) -> Stage:
     """Ranking metrics of the model and of the popularity baseline on the same test set."""
     from training import EvalInputs
@@ -154,6 +170,7 @@ def register(
     trained: Stage,
     evaluated: Stage,
     settings: Settings,
+    retrieval: Stage | None = None,
 ) -> Stage:
     """Log the run to MLflow (params, curves, metrics, lineage, artifacts) and register a version."""
     from registry import Lineage, data_hash, git_sha, log_training_run, register_model
@@ -164,6 +181,10 @@ def register(
         "validation/report.json": Path(validated["report"]),
         "validation/data_docs": Path(validated["data_docs"]),
     }
+    if retrieval is not None:
+        artifacts["retrieval/two_tower.pt"] = Path(retrieval["model_path"])
+        artifacts["retrieval/catalogue.parquet"] = Path(retrieval["catalogue_path"])
+        evaluated = evaluated | retrieval["metrics"]
     lineage = Lineage(
         git_sha=git_sha(),
         data_hash=data_hash([Path(validated["events"])]),

@@ -25,7 +25,9 @@ def test_nightly_dag_runs_the_stages_in_order(dagbag) -> None:
     dag = dagbag.dags["nightly_training"]
     order = ["ingest", "validate", "fit_workflow", "train", "evaluate", "register", "promote",
              "promoted", "trigger_deploy"]
-    assert set(dag.task_ids) == set(order)
+    assert set(dag.task_ids) == set(order) | {"train_retrieval"}
+    assert dag.get_task("train_retrieval").upstream_task_ids == {"fit_workflow"}
+    assert "register" in dag.get_task("train_retrieval").downstream_task_ids
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.catchup is False

@@ -116,6 +116,9 @@ def test_champion_is_registered_with_its_metrics(pipeline_home) -> None:
     run = client.get_run(champion.run_id)
     assert run.data.metrics["ndcg_at_10"] > run.data.metrics["baseline_ndcg_at_10"]
     assert 0.5 < run.data.metrics["auc"] <= 1.0
+    assert 0.0 <= run.data.metrics["retrieval_recall_at_10"] <= 1.0  # the two-tower candidate model
+    artifacts = {a.path for a in client.list_artifacts(champion.run_id, "retrieval")}
+    assert "retrieval/two_tower.pt" in artifacts
     assert run.data.tags["lineage.data_hash"]
     assert run.data.tags["lineage.eval_set_hash"]
 
