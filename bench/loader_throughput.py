@@ -34,7 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.data import BatchIterator, InteractionTensors, load_schema, load_split  # noqa: E402
+from training.data import Batch, BatchIterator, InteractionTensors, load_schema, load_split  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "loader_throughput.json"
 
@@ -48,39 +48,35 @@ def _rate(n: int, seconds: float) -> float:
     return n / max(seconds, 1e-9)
 
 
-def time_iterator(tensors: InteractionTensors, batch_size: int, device: torch.device, epochs: int = 3) -> float:
-    """Median samples/s over `epochs` shuffled passes of BatchIterator on `tensors`' device."""
+def _median_epoch_rate(iterator: BatchIterator, device: torch.device, epochs: int, to_device=None) -> float:
+    """Median samples/s over `epochs` shuffled passes; `to_device` moves each batch if given."""
     rates = []
-    iterator = BatchIterator(tensors, batch_size, shuffle=True, seed=1)
     for epoch in range(epochs):
         _sync(device)
         start = time.perf_counter()
         seen = 0
         for batch in iterator.epoch(epoch):
+            if to_device is not None:
+                batch = to_device(batch)
             seen += batch.label.shape[0]
         _sync(device)
         rates.append(_rate(seen, time.perf_counter() - start))
     return sorted(rates)[len(rates) // 2]
 
 
+def time_iterator(tensors: InteractionTensors, batch_size: int, device: torch.device, epochs: int = 3) -> float:
+    """BatchIterator on `tensors`' own device (host RAM or GPU-resident)."""
+    return _median_epoch_rate(BatchIterator(tensors, batch_size, shuffle=True, seed=1), device, epochs)
+
+
 def time_streamed(tensors: InteractionTensors, batch_size: int, device: torch.device, epochs: int = 3) -> float:
     """Pinned host tensors; each batch gathered on the host into pinned memory and copied async."""
     pinned = InteractionTensors(tensors.dense.pin_memory(), tensors.sparse.pin_memory(), tensors.label.pin_memory())
-    rates = []
-    iterator = BatchIterator(pinned, batch_size, shuffle=True, seed=1)
-    for epoch in range(epochs):
-        _sync(device)
-        start = time.perf_counter()
-        seen = 0
-        for batch in iterator.epoch(epoch):
-            dense = batch.dense.pin_memory().to(device, non_blocking=True)
-            sparse = batch.sparse.pin_memory().to(device, non_blocking=True)
-            label = batch.label.pin_memory().to(device, non_blocking=True)
-            seen += label.shape[0]
-        del dense, sparse
-        _sync(device)
-        rates.append(_rate(seen, time.perf_counter() - start))
-    return sorted(rates)[len(rates) // 2]
+
+    def to_device(batch: Batch) -> Batch:
+        return Batch(*(t.pin_memory().to(device, non_blocking=True) for t in (batch.dense, batch.sparse, batch.label)))
+
+    return _median_epoch_rate(BatchIterator(pinned, batch_size, shuffle=True, seed=1), device, epochs, to_device)
 
 
 def time_plain_dataloader(tensors: InteractionTensors, batch_size: int, device: torch.device, max_batches: int) -> float:
