@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from training.dlrm import DLRM, DLRMConfig, mlp  # noqa: E402
-from training.optim import RowWiseAdagrad  # noqa: E402
+from training.optim import RowWiseAdagrad, id_rows  # noqa: E402
 from training.step import StepOptions, TrainStep  # noqa: E402
 
 log = logging.getLogger("bench.train_throughput")
@@ -110,19 +110,27 @@ def reference_step(cfg: BenchConfig, device: torch.device, batch: int) -> Callab
 
 
 VARIANTS = {
-    # name: (fused Triton row-wise Adagrad, fused interaction backward, pad F to a multiple of 8)
-    "fast": (True, None, None),  # what training.train() runs (CUDA: fused backward, pads only when dim > 32)
-    "pad": (True, True, True),
-    "no_pad": (True, True, False),
-    "autograd_interaction": (True, False, False),
-    "torch_sparse": (False, False, False),  # the previous step: torch sort + scatter-add row-wise Adagrad
+    # name: (fused Triton row-wise Adagrad, fused interaction backward, pad F to a multiple of 8,
+    #        lookup with a leading slot so one bmm writes dense + embedding gradients,
+    #        update fused into the segment-sum kernel)
+    "fast": (True, None, None, True, True),  # what training.train() runs (CUDA: fused backward, pads only when dim > 32)
+    "pad": (True, True, True, True, True),
+    "no_pad": (True, True, False, True, True),
+    "no_lead": (True, None, None, False, True),  # two bmms for the interaction's input gradients
+    "two_kernel_update": (True, None, None, True, False),  # segment-sum, then a separate update of every row
+    "prev_round": (True, None, None, False, False),  # the step as committed before this round (15.3M on b)
+    "autograd_interaction": (True, False, False, False, True),
+    "torch_sparse": (False, False, False, False, False),  # the first step: torch sort + scatter-add row-wise Adagrad
 }
+# `fast` with other launch settings of the fused segment-sum + update kernel
+KERNEL_VARIANTS = {"warps8": {"num_warps": 8}, "chunk32": {"chunk": 32}, "chunk128_w8": {"chunk": 128, "num_warps": 8}}
+VARIANTS.update({name: VARIANTS["fast"] for name in KERNEL_VARIANTS})
 
 
 def fast_step(cfg: BenchConfig, device: torch.device, bf16: bool, compile_: bool, graph: bool,
               variant: str = "fast") -> TrainStep:
     """The trainer's own step (training.step.TrainStep) on a freshly initialised DLRM."""
-    fused_sparse, fused_interaction, pad = VARIANTS[variant]
+    fused_sparse, fused_interaction, pad, lead_slot, fuse_update = VARIANTS[variant]
     torch.manual_seed(0)
     with device:  # build the tables in place: a 10M-row table is slow to init on the host
         model = DLRM(DLRMConfig(N_DENSE, cfg.cardinalities, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp))
@@ -130,8 +138,14 @@ def fast_step(cfg: BenchConfig, device: torch.device, bf16: bool, compile_: bool
     model.interaction.pad = pad
     step = TrainStep(model, StepOptions(lr=1e-3, embedding_lr=0.05, bf16=bf16, compile=compile_, cuda_graph=graph),
                      device)
+    step.lead_slot = step.lead_slot and lead_slot
     if not fused_sparse:
         step.sparse_opt = RowWiseAdagrad(step.table, lr=0.05, fused=False)
+    elif getattr(step.sparse_opt, "fused", False):
+        kernel = step.sparse_opt._kernel  # type: ignore[union-attr]
+        kernel.fuse = fuse_update
+        for knob, value in KERNEL_VARIANTS.get(variant, {}).items():
+            setattr(kernel, knob, value)
     return step
 
 
@@ -233,13 +247,20 @@ def check_fused_adagrad(device: torch.device) -> list[dict]:
 
     out = []
     g = torch.Generator(device="cpu").manual_seed(3)
-    for rows, dim, n, dtype in [(1000, 16, 50_000, torch.bfloat16), (3, 128, 70_001, torch.bfloat16),
-                                (20_000_000, 128, 1_703_936, torch.bfloat16), (5000, 12, 40_000, torch.float32)]:
+    # lead > 0: gradients as the step passes them, the ids' rows behind `lead` slots of (B, W, dim);
+    # fuse False: the two-kernel update (every row through the scratch buffer).
+    cases = [(1000, 16, 50_000, torch.bfloat16, 0, True), (3, 128, 70_001, torch.bfloat16, 0, True),
+             (20_000_000, 128, 1_703_936, torch.bfloat16, 1, True), (5000, 12, 40_000, torch.float32, 2, True),
+             (1000, 16, 50_000, torch.bfloat16, 0, False), (5000, 12, 40_000, torch.float32, 1, False),
+             *[(30_000, 128, 1_703_936, torch.bfloat16, 1, knobs) for knobs in KERNEL_VARIANTS.values()]]
+    for rows, dim, n, dtype, lead, fuse in cases:
         weight = torch.empty(rows, dim, device=device).uniform_(-0.05, 0.05)
         state = torch.rand(rows, device=device)
         ids = torch.randint(0, rows, (n,), generator=g).to(device)
         ids[: n // 4] = rows - 1  # a hot id at the far end of the table
-        grads = torch.randn(n, dim, generator=g).to(device, dtype)
+        n_ids = 26 if n % 26 == 0 else 8
+        passed = torch.randn(n // n_ids, lead + n_ids, dim, generator=g).to(device, dtype) if lead else None
+        grads = id_rows(ids, passed) if lead else torch.randn(n, dim, generator=g).to(device, dtype)
         uniq = torch.unique(ids)
         probe = torch.randint(0, rows, (4096,), generator=g).to(device)
         probe = probe[~torch.isin(probe, uniq)]
@@ -249,18 +270,19 @@ def check_fused_adagrad(device: torch.device) -> list[dict]:
         summed = torch.zeros(uniq.numel(), dim, dtype=torch.float64, device=device).index_add_(0, inverse, grads.double())
         s_ref = s0 + summed.pow(2).mean(1)
         w_ref = w0 - 0.05 * summed / (s_ref.sqrt() + 1e-8).unsqueeze(1)
-        kernel = FusedRowWiseAdagradKernel()
-        kernel(weight, state, ids, grads, 0.05, 1e-8)
+        kernel = FusedRowWiseAdagradKernel(**fuse) if isinstance(fuse, dict) else FusedRowWiseAdagradKernel(fuse=fuse)
+        kernel(weight, state, ids, grads if passed is None else passed, 0.05, 1e-8)
         err_w = float((weight[uniq].double() - w_ref).norm() / (w_ref - w0).norm())
         err_s = float((state[uniq].double() - s_ref).norm() / s_ref.norm())
         untouched_same = bool(torch.equal(weight[probe], before_probe))
         scratch_zero = bool(kernel.summed.abs().max() == 0)
-        row = {"rows": rows, "dim": dim, "n": n, "dtype": str(dtype), "rel_err_update": err_w,
+        row = {"rows": rows, "dim": dim, "n": n, "dtype": str(dtype), "lead_slots": lead, "fused_update": fuse if isinstance(fuse, bool) else dict(fuse),
+               "rel_err_update": err_w,
                "rel_err_state": err_s, "untouched_rows_same": untouched_same, "scratch_zeroed": scratch_zero}
         log.info("check fused adagrad %s", row)
         assert err_w < 1e-4 and err_s < 1e-5 and untouched_same and scratch_zero, row
         out.append(row)
-        del weight, state, summed
+        del weight, state, summed, grads, passed
         torch.cuda.empty_cache()
     return out
 

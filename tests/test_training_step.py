@@ -43,6 +43,40 @@ def test_fused_interaction_backward_gives_autograds_gradients(n_sparse: int, dim
     assert fused[2].is_contiguous()  # the sparse optimizer reads it as (n, dim) without a copy
 
 
+@pytest.mark.parametrize("pad", [True, False])
+def test_leading_slot_gives_the_dense_and_embedding_gradients_in_one_tensor(pad: bool) -> None:
+    torch.manual_seed(0)
+    arch = InteractionArch(27).train()
+    arch.pad = pad
+    dense = torch.randn(5, 40, dtype=torch.float64)
+    embedded = torch.randn(5, 26, 40, dtype=torch.float64)
+    weight = torch.randn(5, 40 + arch.n_pairs, dtype=torch.float64)
+    # A zero slot (what TrainStep's lookup writes) leaves the output and the gradients unchanged.
+    zero_slot = torch.cat([torch.zeros(5, 1, 40, dtype=torch.float64), embedded], 1)
+    reference = _grads(arch, False, dense, embedded, weight)
+    out, grad_dense, grad_slotted = _grads(arch, True, dense, zero_slot, weight)
+    for got, want in zip((out, grad_dense, grad_slotted[:, 1:]), reference):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert grad_slotted.is_contiguous()
+    # Any slot: the one-product backward gives autograd's gradients of the slotted forward.
+    slotted = torch.cat([torch.randn(5, 1, 40, dtype=torch.float64), embedded], 1)
+    for got, want in zip(_grads(arch, True, dense, slotted, weight), _grads(arch, False, dense, slotted, weight)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_sparse_optimizers_read_the_id_slots_of_a_wider_gradient() -> None:
+    ids = torch.tensor([[0, 3], [3, 1], [2, 3]])
+    wide = torch.randn(3, 4, 5)  # two leading slots that are not ids' gradients
+    for opt_cls in (RowWiseAdagrad, SparseSGD):
+        a, b = torch.zeros(4, 5), torch.zeros(4, 5)
+        opt_cls(a, lr=0.3).step(ids.reshape(-1), wide[:, 2:].reshape(6, 5))
+        opt_cls(b, lr=0.3).step(ids.reshape(-1), wide)
+        torch.testing.assert_close(a, b)
+        assert a[3].abs().sum() > 0
+    with pytest.raises(ValueError, match="do not fit"):
+        RowWiseAdagrad(torch.zeros(4, 5), lr=0.3).step(torch.arange(4), wide[:, :1])
+
+
 def test_eval_mode_and_cpu_default_use_the_plain_interaction_that_onnx_exports() -> None:
     arch = InteractionArch(3).eval()
     arch.fused_backward = True
@@ -69,7 +103,8 @@ def _plain_step(model: DLRM, adam: torch.optim.Optimizer, sparse_opt: RowWiseAda
     return loss.detach()
 
 
-def test_train_step_follows_the_schedule_and_matches_the_plain_step_on_cpu() -> None:
+@pytest.mark.parametrize("lead_slot", [False, True])
+def test_train_step_follows_the_schedule_and_matches_the_plain_step_on_cpu(lead_slot: bool) -> None:
     torch.manual_seed(0)
     config = DLRMConfig(3, [30, 5, 200], embedding_dim=8, bottom_mlp=[16], top_mlp=[16])
     model, reference = DLRM(config), DLRM(config)
@@ -77,6 +112,7 @@ def test_train_step_follows_the_schedule_and_matches_the_plain_step_on_cpu() -> 
     model.interaction.fused_backward = True  # the CUDA default, forced here to check it on the CPU
     reference.interaction.fused_backward = False
     step = TrainStep(model, StepOptions(lr=1e-2, embedding_lr=0.1), torch.device("cpu"))
+    step.lead_slot = lead_slot  # True is the CUDA default: one product for both gradients
     table = reference.sparse_arch.embedding.weight
     adam = torch.optim.Adam([p for p in reference.parameters() if p is not table], lr=1e-2)
     sparse_opt = RowWiseAdagrad(table, 0.1)
@@ -110,16 +146,18 @@ _KERNEL_CHECK = textwrap.dedent(
     from training.optim import RowWiseAdagrad
     from training.rowwise_triton import FusedRowWiseAdagradKernel
     torch.manual_seed(0)
-    for rows, dim, n in [(50, 16, 300), (7, 12, 500), (3, 32, 200)]:
+    cases = [(50, 16, 300, 0), (7, 12, 500, 0), (3, 32, 200, 0), (40, 8, 300, 1), (500, 16, 1200, 2)]
+    for (rows, dim, n, lead), fuse in [(c, f) for c in cases for f in (True, False)]:
         weight = torch.randn(rows, dim)
         ref_weight = weight.clone()
         ref = RowWiseAdagrad(ref_weight, lr=0.1, fused=False)
         state = torch.zeros(rows)
-        kernel = FusedRowWiseAdagradKernel()
+        kernel = FusedRowWiseAdagradKernel(fuse=fuse, chunk=16 if lead == 2 else 64)  # 16: runs over many chunks
         for _ in range(2):
             ids = torch.randint(0, rows, (n,))
             ids[: n // 3] = rows - 1  # a hot id across several chunks
-            grads = torch.randn(n, dim)
+            # lead > 0: the ids' gradients are the last slots of (B, lead + n / B, dim)
+            grads = torch.randn(n // 4, lead + 4, dim) if lead else torch.randn(n, dim)
             ref.step(ids, grads)
             kernel(weight, state, ids, grads, 0.1, 1e-8)
             torch.testing.assert_close(weight, ref_weight, rtol=1e-5, atol=1e-6)
@@ -150,10 +188,12 @@ def test_fused_kernel_updates_only_touched_rows_like_the_reference_on_gpu() -> N
     ref = RowWiseAdagrad(ref_weight, lr=0.05, fused=False)
     state = torch.zeros(100_000, device="cuda")
     kernel = FusedRowWiseAdagradKernel()
-    for _ in range(3):
+    for i in range(3):
         ids = torch.randint(0, 100_000, (200_000,), device="cuda")
         ids[:50_000] = 7
         grads = torch.randn(200_000, 64, device="cuda")
+        if i == 2:  # the interaction's layout: the ids' gradients behind a leading slot
+            grads = torch.cat([torch.randn(8_000, 1, 64, device="cuda"), grads.view(8_000, 25, 64)], 1)
         ref.step(ids, grads)
         kernel(weight, state, ids, grads, 0.05, 1e-8)
     torch.testing.assert_close(weight, ref_weight, rtol=1e-4, atol=1e-5)

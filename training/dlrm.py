@@ -75,28 +75,37 @@ class SparseArch(nn.Module):
 
 
 class _DotInteraction(torch.autograd.Function):
-    """Forward as `InteractionArch`; backward in one batched product per input.
+    """Forward as `InteractionArch`; backward in one or two batched products.
 
     With X = [dense; embedded] (B, F, dim) and Z = X X^T, dX = (dZ + dZ^T) X. Autograd's bmm
     backward would write dZ X and dZ^T X separately, add them, then copy the embedded slice into
     a fresh gradient; here the gradient of `embedded` is written once, contiguous, by one bmm.
+    When `embedded` carries a leading slot (B, F, dim) (`lead` True: slot 0 is added to the
+    dense vector before the dots; the lookup leaves it zero), the gradient of that slot is the
+    dense vector's gradient through the dots, so one bmm writes the gradients of slot 0 and all
+    embeddings together, contiguous, and the dense gradient is slot 0 plus the pass-through part.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, dense: torch.Tensor, embedded: torch.Tensor, pairs: torch.Tensor, pairs_t: torch.Tensor, n_pad: int
+        ctx, dense: torch.Tensor, embedded: torch.Tensor, pairs: torch.Tensor, pairs_t: torch.Tensor, n_pad: int,
+        lead: bool = False,
     ) -> torch.Tensor:
         # `n_pad` zero rows make F a multiple of 8, so the (F, F) products have aligned leading
         # dimensions and cuBLAS picks its Hopper tensor-core kernels (F=27 fell back to sm75 ones).
         batch, _, dim = embedded.shape
-        parts = [dense.unsqueeze(1), embedded.to(dense.dtype)]
+        if lead:
+            parts = [(dense + embedded[:, 0]).unsqueeze(1), embedded[:, 1:].to(dense.dtype)]
+        else:
+            parts = [dense.unsqueeze(1), embedded.to(dense.dtype)]
         if n_pad:
             parts.append(dense.new_zeros(batch, n_pad, dim))
         features = torch.cat(parts, dim=1)  # (B, width, dim), width = F + n_pad
         dots = torch.bmm(features, features.transpose(1, 2))  # (B, width, width)
         ctx.save_for_backward(features, pairs, pairs_t)
         ctx.dtypes = (dense.dtype, embedded.dtype)
-        ctx.n_sparse = embedded.shape[1]
+        ctx.n_sparse = embedded.shape[1] - int(lead)
+        ctx.lead = lead
         return torch.cat([dense, dots.flatten(1).index_select(1, pairs)], dim=1)
 
     @staticmethod
@@ -109,10 +118,14 @@ class _DotInteraction(torch.autograd.Function):
         sym = grad_pairs.new_zeros(batch, width * width)
         sym.index_copy_(1, pairs, grad_pairs).index_copy_(1, pairs_t, grad_pairs)
         sym = sym.view(batch, width, width)
+        dense_dtype, embedded_dtype = ctx.dtypes
+        if ctx.lead:
+            grad_all = torch.bmm(sym[:, : 1 + ctx.n_sparse], features)  # (B, F, dim), contiguous
+            grad_dense = grad_all[:, 0] + grad_out[:, :dim]
+            return grad_dense.to(dense_dtype), grad_all.to(embedded_dtype), None, None, None, None
         grad_embedded = torch.bmm(sym[:, 1 : 1 + ctx.n_sparse], features)  # (B, n_sparse, dim), contiguous
         grad_dense = torch.bmm(sym[:, :1], features).squeeze(1) + grad_out[:, :dim]
-        dense_dtype, embedded_dtype = ctx.dtypes
-        return grad_dense.to(dense_dtype), grad_embedded.to(embedded_dtype), None, None, None
+        return grad_dense.to(dense_dtype), grad_embedded.to(embedded_dtype), None, None, None, None
 
 
 class InteractionArch(nn.Module):
@@ -121,7 +134,10 @@ class InteractionArch(nn.Module):
     (B, dim) and (B, n_sparse, dim) -> (B, dim + F*(F-1)/2) with F = n_sparse + 1.
     In training mode on CUDA the backward is `_DotInteraction`'s (same math, fewer passes over
     memory); `fused_backward` True/False forces it on/off (on the CPU it measured 0.9-1.04x, so
-    the default leaves the CPU on autograd's).
+    the default leaves the CPU on autograd's). `embedded` may also be (B, F, dim) with a leading
+    slot that is added to the dense vector before the dots (zero from `TrainStep`'s lookup, so
+    the output is unchanged): the fused backward then writes the gradients of dense and
+    embeddings with one product (`TrainStep` looks rows up that way on CUDA).
     """
 
     fused_backward: bool | None = None
@@ -136,6 +152,7 @@ class InteractionArch(nn.Module):
         # while advanced indexing `dots[:, rows, cols]` backpropagates through a sort.
         self.register_buffer("pairs", rows * n_features + cols, persistent=False)
         self.register_buffer("pairs_t", cols * n_features + rows, persistent=False)
+        self.n_features = n_features
         width = -(-n_features // 8) * 8
         self.n_pad = width - n_features
         self.register_buffer("pairs_padded", rows * width + cols, persistent=False)
@@ -145,14 +162,20 @@ class InteractionArch(nn.Module):
     def n_pairs(self) -> int:
         return int(self.pairs.numel())
 
-    def forward(self, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+    def uses_fused_backward(self, embedded: torch.Tensor) -> bool:
+        """Whether `forward` would run `_DotInteraction` for this input."""
         fused = embedded.is_cuda if self.fused_backward is None else self.fused_backward
-        if fused and self.training and torch.is_grad_enabled():
+        return bool(fused and self.training and torch.is_grad_enabled())
+
+    def forward(self, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        lead = embedded.shape[1] == self.n_features
+        if self.uses_fused_backward(embedded):
             pad = embedded.shape[-1] > 32 if self.pad is None else self.pad
             if pad and self.n_pad:
-                return _DotInteraction.apply(dense, embedded, self.pairs_padded, self.pairs_padded_t, self.n_pad)
-            return _DotInteraction.apply(dense, embedded, self.pairs, self.pairs_t, 0)
-        features = torch.cat([dense.unsqueeze(1), embedded], dim=1)  # (B, F, dim)
+                return _DotInteraction.apply(dense, embedded, self.pairs_padded, self.pairs_padded_t, self.n_pad, lead)
+            return _DotInteraction.apply(dense, embedded, self.pairs, self.pairs_t, 0, lead)
+        first = dense + embedded[:, 0] if lead else dense
+        features = torch.cat([first.unsqueeze(1), embedded[:, 1:] if lead else embedded], dim=1)  # (B, F, dim)
         dots = torch.bmm(features, features.transpose(1, 2))  # (B, F, F)
         return torch.cat([dense, dots.flatten(1).index_select(1, self.pairs)], dim=1)
 

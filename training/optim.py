@@ -1,9 +1,10 @@
 """Sparse-friendly optimizers for the fused embedding table and the learning-rate schedule.
 
 The embedding table is updated only where a batch touched it: the trainer looks rows up from a
-detached table, takes the gradient of that lookup (n, dim) and hands it here with the row ids.
-On CUDA with Triton the row-wise Adagrad runs as two fused kernels (`training.rowwise_triton`:
-sort, segment-sum, one read-modify-write per distinct row); without Triton duplicate ids are
+detached table, takes the gradient of that lookup ((n, dim), or the (B, W, dim) tensor whose last
+n / B slots are the ids') and hands it here with the row ids. On CUDA with Triton the row-wise
+Adagrad runs as fused kernels (`training.rowwise_triton`: sort, segment-sum with the update of
+each distinct row fused in, one read-modify-write per row); without Triton duplicate ids are
 merged with a sort plus fixed-size segment sums. Both have static shapes and never wait on the
 host (safe for CUDA graphs). On the CPU a sparse coalesce does the same job faster.
 """
@@ -84,7 +85,8 @@ class RowWiseAdagrad:
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, grads: torch.Tensor, lr: float | torch.Tensor | None = None) -> None:
-        """ids (n,) int64 rows of the table, grads (n, dim) gradient of each looked-up row.
+        """ids (n,) int64 rows of the table, grads (n, dim) gradient of each looked-up row, or
+        (B, W, dim) whose last n / B slots of each batch row are those gradients (`id_rows`).
 
         `lr` may be a 1-element tensor on the table's device, so a captured CUDA graph can follow
         a learning-rate schedule by refilling it.
@@ -93,6 +95,7 @@ class RowWiseAdagrad:
         if self._kernel is not None:
             self._kernel(self.weight, self.state_sum, ids, grads, lr, self.eps)
             return
+        grads = id_rows(ids, grads)
         if ids.device.type == "cpu":
             # On the CPU a host sync costs nothing and sparse coalesce is a parallel kernel,
             # while index_add_ with many duplicates runs serially.
@@ -116,6 +119,18 @@ class RowWiseAdagrad:
         self.state_sum.copy_(state["state_sum"])  # type: ignore[arg-type]
 
 
+def id_rows(ids: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """(n, dim) gradients of `ids` from (n, dim), or from (B, W, dim) whose last n / B slots of
+    each batch row hold them (the interaction's one-product backward puts the dense gradient's
+    slot first)."""
+    if grads.dim() == 2:
+        return grads
+    n_ids = ids.numel() // grads.shape[0]
+    if n_ids * grads.shape[0] != ids.numel() or n_ids > grads.shape[1]:
+        raise ValueError(f"{ids.numel()} ids do not fit gradient slots of shape {tuple(grads.shape)}")
+    return grads[:, grads.shape[1] - n_ids :].reshape(ids.numel(), grads.shape[2])
+
+
 class SparseSGD:
     """Plain SGD on the touched rows; duplicates simply add up, as in the reference DLRM."""
 
@@ -125,7 +140,9 @@ class SparseSGD:
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, grads: torch.Tensor, lr: float | torch.Tensor | None = None) -> None:
+        """ids (n,) and grads (n, dim) or (B, W, dim), as `RowWiseAdagrad.step`."""
         lr = self.lr if lr is None else lr
+        grads = id_rows(ids, grads)
         if isinstance(lr, torch.Tensor):
             self.weight.index_add_(0, ids, (grads * -lr).to(self.weight.dtype))
         else:

@@ -1,4 +1,4 @@
-"""Fused row-wise Adagrad for CUDA in two Triton kernels: segment-sum of sorted ids, then update.
+"""Fused row-wise Adagrad for CUDA in Triton: segment-sum of sorted ids with the update fused in.
 
 The math is `RowWiseAdagrad.step` exactly (sum the gradients of repeated ids, add the mean of
 the squared row gradient to the row's accumulator, move the row by -lr * g / (sqrt(acc) + eps)),
@@ -9,14 +9,21 @@ table-batched-embedding backward:
    distinct ids 0..n_unique-1 in sorted order;
 2. `_segment_sum_kernel`: each program takes CHUNK consecutive sorted positions, gathers their
    gradient rows, sums the rows of each distinct id inside the chunk with one one-hot matrix
-   product (tensor cores, exact for 0/1 weights) and atomically adds the per-id sums into a
-   persistent zeroed (capacity, dim) fp32 buffer. A hot id therefore costs one atomic row per
-   chunk instead of one per occurrence;
-3. `_apply_kernel`: one row per distinct id reads its summed gradient, updates accumulator and
-   weight row in place (64-bit offsets: the table may exceed 2^31 elements), and writes zeros
-   back into the buffer so the next step needs no memset.
+   product (tensor cores, exact for 0/1 weights). An id whose run of sorted positions lies
+   wholly inside the chunk (almost all of them) is updated right there: accumulator and weight
+   row (64-bit offsets: the table may exceed 2^31 elements) read and written once, no scratch.
+   Only the (at most two) ids whose runs cross the chunk's edges atomically add their partial
+   sums into a persistent zeroed (capacity, dim) fp32 buffer, so a hot id costs one atomic row
+   per chunk instead of one per occurrence;
+3. `_apply_split_kernel`: one row per chunk boundary that a run crosses (the run's first one)
+   reads the summed gradient, updates accumulator and weight row, and writes zeros back into the
+   buffer so the next step needs no memset.
 
-Shapes are static and nothing waits on the host, so the update can be captured in a CUDA graph.
+`fuse=False` keeps the earlier scheme (every id through the buffer, `_apply_kernel` over all
+distinct ids) for comparison. The gradient may be the rows of a wider (B, W, dim) tensor whose
+last n/B slots belong to the ids (the interaction writes the dense vector's gradient into slot
+0 of the same product). Shapes are static and nothing waits on the host, so the update can be
+captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -25,23 +32,41 @@ import torch
 import triton
 import triton.language as tl
 
-CHUNK = 64  # sorted positions per segment-sum program (the one-hot product is CHUNK x CHUNK)
-APPLY_ROWS = 16  # distinct rows per update program
+CHUNK = 64  # default sorted positions per segment-sum program (the one-hot product is CHUNK x CHUNK)
+APPLY_ROWS = 16  # distinct rows (or chunk boundaries) per update program
+
+
+@triton.jit
+def _update_rows(row, g, live, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps, dim):
+    """acc += mean(g^2); w -= lr * g / (sqrt(acc) + eps) for the `live` rows of `row`."""
+    acc = tl.load(state_ptr + row, mask=live, other=0.0) + tl.sum(g * g, axis=1) / dim
+    tl.store(state_ptr + row, acc, mask=live)
+    scale = -tl.load(lr_ptr) / (tl.sqrt(acc) + eps)
+    mask = live[:, None] & col_ok[None, :]
+    w_at = weight_ptr + row[:, None] * dim + cols[None, :]
+    w = tl.load(w_at, mask=mask, other=0.0)
+    tl.store(w_at, (w.to(tl.float32) + g * scale[:, None]).to(w.dtype), mask=mask)
 
 
 @triton.jit
 def _segment_sum_kernel(
-    order_ptr, slot_ptr, grad_ptr, out_ptr, n, dim,
-    DIM_P: tl.constexpr, CHUNK_: tl.constexpr, IEEE: tl.constexpr,
+    order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
+    n, dim, n_ids, width,
+    DIM_P: tl.constexpr, CHUNK_: tl.constexpr, IEEE: tl.constexpr, STRIDED: tl.constexpr,
+    FUSE: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    pos = pid * CHUNK_ + tl.arange(0, CHUNK_)
+    start = pid * CHUNK_
+    pos = start + tl.arange(0, CHUNK_)
     valid = pos < n
     cols = tl.arange(0, DIM_P)
     col_ok = cols < dim
     slot = tl.load(slot_ptr + pos, mask=valid, other=0)
     src = tl.load(order_ptr + pos, mask=valid, other=0).to(tl.int64)
-    base = tl.load(slot_ptr + pid * CHUNK_)
+    if STRIDED:
+        # id i is slot (width - n_ids) + i % n_ids of batch row i // n_ids in the (B, width, dim) gradient
+        src = (src // n_ids) * width + (width - n_ids) + src % n_ids
+    base = tl.load(slot_ptr + start)
     # Slots are sorted and step by 0 or 1, so inside a chunk they span at most CHUNK values.
     local = tl.where(valid, slot - base, -1)
     g = tl.load(grad_ptr + src[:, None] * dim + cols[None, :], mask=valid[:, None] & col_ok[None, :], other=0.0)
@@ -52,11 +77,36 @@ def _segment_sum_kernel(
     else:
         summed = tl.dot(onehot, g)  # bf16/fp16 operands, fp32 accumulation: exact products
     n_local = tl.max(local, axis=0) + 1
+    live = rows < n_local
     target = (base + rows).to(tl.int64)
+    if FUSE:
+        # Only the first local id can continue a run from the previous chunk, only the last one
+        # can continue into the next; every other run is complete here and is applied now.
+        prev = tl.load(slot_ptr + start - 1, mask=pid > 0, other=-1)
+        end = start + CHUNK_
+        nxt = tl.load(slot_ptr + end, mask=end < n, other=-1)
+        split = ((rows == 0) & (prev == base)) | ((rows == n_local - 1) & (nxt == base + n_local - 1))
+        whole = live & ~split
+        row = tl.load(unique_ptr + target, mask=whole, other=0).to(tl.int64)
+        _update_rows(row, summed, whole, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps, dim)
+        live = live & split
     tl.atomic_add(
         out_ptr + target[:, None] * dim + cols[None, :], summed,
-        mask=(rows < n_local)[:, None] & col_ok[None, :], sem="relaxed",
+        mask=live[:, None] & col_ok[None, :], sem="relaxed",
     )
+
+
+@triton.jit
+def _finish_rows(u, live, unique_ptr, summed_ptr, weight_ptr, state_ptr, lr_ptr, eps, dim, DIM_P: tl.constexpr):
+    """Update the rows of slots `u` from their summed gradient, then zero it for the next step."""
+    cols = tl.arange(0, DIM_P)
+    col_ok = cols < dim
+    mask = live[:, None] & col_ok[None, :]
+    row = tl.load(unique_ptr + u, mask=live, other=0).to(tl.int64)
+    at = u.to(tl.int64)[:, None] * dim + cols[None, :]
+    g = tl.load(summed_ptr + at, mask=mask, other=0.0)
+    _update_rows(row, g, live, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps, dim)
+    tl.store(summed_ptr + at, tl.zeros_like(g), mask=mask)
 
 
 @triton.jit
@@ -64,31 +114,39 @@ def _apply_kernel(
     unique_ptr, n_unique_ptr, summed_ptr, weight_ptr, state_ptr, lr_ptr, eps, dim,
     DIM_P: tl.constexpr, ROWS: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    u = pid * ROWS + tl.arange(0, ROWS)
+    u = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     live = u < tl.load(n_unique_ptr)
-    cols = tl.arange(0, DIM_P)
-    mask = live[:, None] & (cols < dim)[None, :]
-    row = tl.load(unique_ptr + u, mask=live, other=0).to(tl.int64)
-    at = u.to(tl.int64)[:, None] * dim + cols[None, :]
-    g = tl.load(summed_ptr + at, mask=mask, other=0.0)
-    acc = tl.load(state_ptr + row, mask=live, other=0.0) + tl.sum(g * g, axis=1) / dim
-    tl.store(state_ptr + row, acc, mask=live)
-    scale = -tl.load(lr_ptr) / (tl.sqrt(acc) + eps)
-    w_at = weight_ptr + row[:, None] * dim + cols[None, :]
-    w = tl.load(w_at, mask=mask, other=0.0)
-    tl.store(w_at, (w.to(tl.float32) + g * scale[:, None]).to(w.dtype), mask=mask)
-    tl.store(summed_ptr + at, tl.zeros_like(g), mask=mask)
+    _finish_rows(u, live, unique_ptr, summed_ptr, weight_ptr, state_ptr, lr_ptr, eps, dim, DIM_P)
+
+
+@triton.jit
+def _apply_split_kernel(
+    slot_ptr, unique_ptr, summed_ptr, weight_ptr, state_ptr, lr_ptr, eps, dim, n_chunks,
+    DIM_P: tl.constexpr, ROWS: tl.constexpr, CHUNK_: tl.constexpr,
+):
+    k = tl.program_id(0) * ROWS + tl.arange(0, ROWS) + 1  # boundary k lies before position k * CHUNK
+    ok = k < n_chunks
+    p = k * CHUNK_
+    right = tl.load(slot_ptr + p, mask=ok, other=-1)
+    left = tl.load(slot_ptr + p - 1, mask=ok, other=-2)
+    # A run that crosses several boundaries is finished at its first one only.
+    earlier = tl.load(slot_ptr + p - CHUNK_ - 1, mask=ok & (k > 1), other=-3)
+    live = ok & (left == right) & (earlier != right)
+    _finish_rows(right, live, unique_ptr, summed_ptr, weight_ptr, state_ptr, lr_ptr, eps, dim, DIM_P)
 
 
 class FusedRowWiseAdagradKernel:
-    """Owns the scratch buffer; `__call__(weight, state_sum, ids, grads, lr)` updates in place.
+    """Owns the scratch buffer; `__call__(weight, state_sum, ids, grads, lr, eps)` updates in place.
 
-    ids (n,) int64 rows of `weight` (rows, dim); grads (n, dim) fp32/bf16/fp16; lr a float or a
+    ids (n,) int64 rows of `weight` (rows, dim); grads (n, dim), or (B, W, dim) whose last n / B
+    slots of each batch row are the ids' gradients, fp32/bf16/fp16; lr a float or a
     0-d/1-element fp32 CUDA tensor (a tensor lets a captured CUDA graph follow an LR schedule).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fuse: bool = True, chunk: int = CHUNK, num_warps: int = 4) -> None:
+        self.fuse = fuse
+        self.chunk = chunk  # a power of 2 >= 16 (the one-hot product's size)
+        self.num_warps = num_warps  # of the segment-sum kernel
         self.summed: torch.Tensor | None = None
         self._lr: torch.Tensor | None = None
 
@@ -113,9 +171,15 @@ class FusedRowWiseAdagradKernel:
         lr: float | torch.Tensor,
         eps: float,
     ) -> None:
-        n, dim = grads.shape
+        n, dim = ids.numel(), grads.shape[-1]
         if n == 0:
             return
+        grads = grads.contiguous()
+        strided = grads.dim() == 3
+        width = grads.shape[1] if strided else 1
+        n_ids = n // grads.shape[0] if strided else 1
+        if strided and (n_ids * grads.shape[0] != n or n_ids > width):
+            raise ValueError(f"{n} ids do not fit gradient slots of shape {tuple(grads.shape)}")
         keys = ids.to(torch.int32) if weight.shape[0] < 2**31 else ids
         sorted_ids, order = torch.sort(keys)
         is_first = torch.ones_like(sorted_ids, dtype=torch.bool)
@@ -127,13 +191,21 @@ class FusedRowWiseAdagradKernel:
         # Every writer of one slot writes the same id, so the duplicate scatter is well defined.
         unique.scatter_(0, slot.long(), sorted_ids)
         summed = self._buffer(capacity, dim, ids.device)
-        grads = grads.contiguous()
+        lr_t = self._lr_tensor(lr, ids.device)
         dim_p = max(16, triton.next_power_of_2(dim))
-        _segment_sum_kernel[(triton.cdiv(n, CHUNK),)](
-            order, slot, grads, summed, n, dim,
-            DIM_P=dim_p, CHUNK_=CHUNK, IEEE=grads.dtype == torch.float32, num_warps=4,
+        n_chunks = triton.cdiv(n, self.chunk)
+        _segment_sum_kernel[(n_chunks,)](
+            order, slot, unique, grads, summed, weight, state_sum, lr_t, eps, n, dim, n_ids, width,
+            DIM_P=dim_p, CHUNK_=self.chunk, IEEE=grads.dtype == torch.float32, STRIDED=strided,
+            FUSE=self.fuse, num_warps=self.num_warps,
         )
-        _apply_kernel[(triton.cdiv(capacity, APPLY_ROWS),)](
-            unique, n_unique, summed, weight, state_sum, self._lr_tensor(lr, ids.device), eps, dim,
-            DIM_P=dim_p, ROWS=APPLY_ROWS, num_warps=4,
-        )
+        if self.fuse:
+            _apply_split_kernel[(max(1, triton.cdiv(n_chunks - 1, APPLY_ROWS)),)](
+                slot, unique, summed, weight, state_sum, lr_t, eps, dim, n_chunks,
+                DIM_P=dim_p, ROWS=APPLY_ROWS, CHUNK_=self.chunk, num_warps=4,
+            )
+        else:
+            _apply_kernel[(triton.cdiv(capacity, APPLY_ROWS),)](
+                unique, n_unique, summed, weight, state_sum, lr_t, eps, dim,
+                DIM_P=dim_p, ROWS=APPLY_ROWS, num_warps=4,
+            )

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.dlrm import InteractionArch
 from training.optim import RowWiseAdagrad, SparseSGD
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ class TrainStep:
         # (the optimizer still sums and updates in fp32). On the CPU keep fp32: the coalesce there
         # is faster in fp32 and the GEMMs cast anyway.
         self.lookup_dtype = torch.bfloat16 if (options.bf16 and cuda) else self.table.dtype
+        # With the one-bmm interaction backward, look rows up into (B, 1 + n_sparse, dim) with an
+        # empty leading slot: the backward then writes dense and embedding gradients in one
+        # product, and the row-wise Adagrad reads the embedding slots of it where they lie.
+        interaction = getattr(model, "interaction", None)
+        self.lead_slot = cuda and isinstance(interaction, InteractionArch) and interaction.fused_backward is not False
         self._lookup_fn = self._lookup
         self._dense_fn = model.forward_embedded
         if options.compile:
@@ -107,7 +113,10 @@ class TrainStep:
 
     def _lookup(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.model.sparse_arch.ids(sparse)  # (B, n_sparse)
-        return ids, F.embedding(ids, self.table.detach()).to(self.lookup_dtype)  # (B, n_sparse, dim)
+        rows = F.embedding(ids, self.table.detach()).to(self.lookup_dtype)  # (B, n_sparse, dim)
+        if self.lead_slot:  # compiled, the zeros and the gather are one kernel writing (B, F, dim)
+            rows = torch.cat([rows.new_zeros(rows.shape[0], 1, rows.shape[2]), rows], dim=1)
+        return ids, rows
 
     def _step(self, dense: torch.Tensor, sparse: torch.Tensor, label: torch.Tensor, fast: bool) -> torch.Tensor:
         lookup = self._lookup_fn if fast else self._lookup
@@ -121,7 +130,8 @@ class TrainStep:
         self.dense_opt.zero_grad(set_to_none=not self.use_graph)
         loss.backward()
         self.dense_opt.step()
-        self.sparse_opt.step(ids.reshape(-1), embedded.grad.reshape(ids.numel(), -1), self.sparse_lr)
+        grads = embedded.grad if self.lead_slot else embedded.grad.reshape(ids.numel(), -1)
+        self.sparse_opt.step(ids.reshape(-1), grads, self.sparse_lr)
         return loss.detach()
 
     def __call__(self, dense: torch.Tensor, sparse: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
