@@ -6,6 +6,10 @@ on every call (~20 ms, whatever the row count). The workflow's columns are eithe
 product's attributes), so a pair's encoding is the product's cached row with the customer's cached
 user columns written over it. The split is checked once against the full encoding before it is used;
 a bundle whose columns cannot be split falls back to encoding every pair.
+
+A bundle that ships the two-tower retrieval model (`retrieval/two_tower.pt` + `catalogue.parquet`)
+also yields candidates: the customer's encoded `user_id` (the same Categorify the ranker applies)
+searched against the catalogue's item vectors, loaded once per bundle.
 """
 
 from __future__ import annotations
@@ -20,17 +24,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from serving.bundle import SCHEMA_FILE, ServingBundle
+from serving.bundle import RETRIEVAL_DIR, SCHEMA_FILE, ServingBundle
 from serving.ranking import PRODUCT_COLUMNS
 from serving.triton_client import Protocol, Ranker as TritonClient
 
 if TYPE_CHECKING:
     from api.catalogue import CatalogueIndex, Products
+    from training.retrieval import CandidateIndex
 
 log = logging.getLogger(__name__)
 
 PARITY_ROWS = 16  # rows compared against the full encoding before the split is trusted
 PARITY_ATOL = 1e-6
+USER_COLUMN = "user_id"  # the workflow column the retrieval model's user tower embeds
 
 
 class RankingError(Exception):
@@ -142,6 +148,9 @@ class EncodedRanker:
         self._users: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._verified = False
         self._lock = threading.Lock()
+        self._retrieval: CandidateIndex | None = None
+        self._retrieval_loaded = False  # tried once per bundle, whether or not it worked
+        self._retrieval_lock = threading.Lock()
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, triton_url: str, protocol: Protocol = "http",
@@ -244,6 +253,62 @@ class EncodedRanker:
                 self._encode_users(new, frame)
         if stale.any() or new:
             log.info("ranker prepared %d products and %d customers", int(stale.sum()), len(new))
+
+    def retrieval(self) -> "CandidateIndex | None":
+        """The bundle's two-tower candidate index, loaded on first use; None when absent or broken."""
+        if not self._retrieval_loaded:
+            with self._retrieval_lock:
+                if not self._retrieval_loaded:
+                    self._retrieval = self._load_retrieval()
+                    self._retrieval_loaded = True
+        return self._retrieval
+
+    def _load_retrieval(self) -> "CandidateIndex | None":
+        folder = self.bundle.path / (self.bundle.deployment.retrieval or RETRIEVAL_DIR)
+        if USER_COLUMN not in self.bundle.schema.categorical:
+            log.info("bundle %s has no %r column; no retrieval candidates", self.bundle.path, USER_COLUMN)
+            return None
+        try:
+            # Imported here: torch is only needed when a bundle ships a retrieval model.
+            from training.retrieval import CATALOGUE_FILE, MODEL_FILE, build_candidate_index, load_two_tower
+
+            if not (folder / MODEL_FILE).is_file():
+                log.info("bundle %s ships no retrieval model; candidates come from the catalogue only",
+                         self.bundle.path)
+                return None
+            index = build_candidate_index(load_two_tower(folder / MODEL_FILE),
+                                          pd.read_parquet(folder / CATALOGUE_FILE))
+        except Exception as exc:  # a broken retrieval model must not cost the ranker: go on without it
+            log.error("could not load the retrieval model in %s (%s); candidates come from the catalogue only",
+                      folder, exc)
+            return None
+        log.info("retrieval model of %s loaded: %d products", self.bundle.path, len(index.product_ids))
+        return index
+
+    def _user_code(self, customer_id: int, products: "Products") -> int:
+        """The customer's encoded user_id, from the user cache or one workflow transform."""
+        column = self.bundle.schema.categorical.index(USER_COLUMN)
+        cached_at = np.flatnonzero(self._user_sparse == column)
+        if self.separable and len(cached_at):
+            with self._lock:
+                if customer_id not in self._users:
+                    self._encode_users([customer_id], products.features(products.ids[:1]))
+                _, user_sparse = self._users[customer_id]
+            return int(user_sparse[cached_at[0]])
+        # Item columns of this row are ignored, so the first catalogue product stands in.
+        _, sparse = self._encode(np.array([customer_id], dtype=np.int64), products.features(products.ids[:1]))
+        return int(sparse[0, column])
+
+    def candidates(self, customer_id: int, products: "Products", limit: int,
+                   exclude: set[int] = frozenset()) -> list[int]:
+        """Up to `limit` raw product ids from the retrieval model, best first, none of `exclude`;
+        [] when the bundle has no retrieval model. Ids may be absent from `products`: callers filter."""
+        index = self.retrieval()
+        if index is None or len(products) == 0 or limit < 1:
+            return []
+        code = self._user_code(customer_id, products)
+        ids, _ = index.top_k(np.array([code], dtype=np.int64), limit, {code: set(exclude)} if exclude else None)
+        return [int(p) for p in ids[0] if p >= 0]
 
     def is_ready(self) -> bool:
         return self.client.is_ready()

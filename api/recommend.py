@@ -1,7 +1,8 @@
 """Recommendations: retrieve candidates -> filter -> rank with the ranker -> top k, popular items as fallback.
 
-Candidates come from the per-worker catalogue index (popularity, the customer's categories, session
-co-occurrence); the customer's own history is read from the database on every request, so a purchase
+Candidates come first from the ranker's retrieval model when its bundle ships one (two-tower top-N),
+then from the per-worker catalogue index (session co-occurrence, the customer's categories,
+popularity); the customer's own history is read from the database on every request, so a purchase
 is excluded from the very next recommendation.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Protocol
@@ -24,6 +26,7 @@ from api.store import Interaction, Store
 log = logging.getLogger(__name__)
 
 CANDIDATES = 200  # products the ranker scores per request
+RETRIEVED = 100  # of those, at most this many from the retrieval model, ahead of the catalogue sources
 
 
 class Ranker(Protocol):
@@ -85,21 +88,35 @@ def read_history(store: Store, customer_id: int) -> History:
     return History(touched, purchased)
 
 
-def _pool(index: CatalogueIndex, history: History, req: Request, exclude: set[int]) -> list[int]:
-    """Up to CANDIDATES distinct products, taken from the three sources in turn (most personal first),
-    so each source is represented however long the others' lists are; excluded products left out."""
+def _retrieved(index: CatalogueIndex, retrieved: list[int], req: Request, exclude: set[int]) -> list[int]:
+    """Retrieval candidates that are in the catalogue, available, pass the request's filter and not excluded."""
+    if not retrieved:
+        return []
+    ids = np.asarray(retrieved, dtype=np.int64)
+    rows, found = index.products.rows_of(ids)
+    keep = found.copy()
+    keep[found] = index.products.mask(rows[found], req.where)
+    return [pid for pid in ids[keep].tolist() if pid not in exclude]
+
+
+def _pool(index: CatalogueIndex, history: History, req: Request, exclude: set[int],
+          retrieved: Sequence[int] = ()) -> list[int]:
+    """Up to CANDIDATES distinct products: the retrieval model's first, then the three catalogue sources
+    in turn (most personal first), so each is represented however long the others' lists are;
+    excluded products left out."""
+    ids: dict[int, None] = dict.fromkeys(_retrieved(index, list(retrieved), req, exclude)[:RETRIEVED])
     sources = [
         index.co_occurring(history.touched, CANDIDATES, req.where),
         index.in_categories(index.categories_of(history.touched), CANDIDATES, req.where),
         [pid for pid, _ in index.popular(CANDIDATES, req.where, exclude)],
     ]
-    ids: dict[int, None] = {}  # insertion-ordered set keeps candidates distinct
+    # insertion-ordered dict keeps candidates distinct
     for batch in zip_longest(*sources):
+        if len(ids) >= CANDIDATES:
+            break
         for pid in batch:
             if pid is not None and pid not in exclude:
                 ids[pid] = None
-        if len(ids) >= CANDIDATES:
-            break
     return list(ids)[:CANDIDATES]
 
 
@@ -135,9 +152,10 @@ class Recommender:
         if ranker is None or not history.touched:
             return Result(self.popular(req.k, req.where, exclude), "popular", False)
         self._attach(ranker)
+        retrieved = self._retrieve(ranker, req.customer_id, exclude)
         with self.cache.lock:
             index = self.cache.index()
-            pool = _pool(index, history, req, exclude)
+            pool = _pool(index, history, req, exclude, retrieved)
             if not pool:
                 return Result([], "triton", False)
             products = index.products  # an immutable snapshot: safe to use once the lock is released
@@ -152,6 +170,20 @@ class Recommender:
         order = np.argsort(-scores, kind="stable")[: req.k]
         ids = products.ids[rows]
         return Result([(int(ids[i]), float(scores[i])) for i in order], "triton", False)
+
+    def _retrieve(self, ranker: Ranker, customer_id: int, exclude: set[int]) -> list[int]:
+        """The ranker's retrieval candidates (api.ranking.EncodedRanker.candidates); [] when it has none or fails."""
+        candidates = getattr(ranker, "candidates", None)
+        if candidates is None:
+            return []
+        with self.cache.lock:
+            products = self.cache.index().products  # immutable snapshot, read after the lock is released
+        try:
+            # Ask for extra: some retrieved products may be unavailable or filtered out of this request.
+            return list(candidates(customer_id, products, 2 * RETRIEVED, exclude))
+        except Exception as exc:  # retrieval is an extra source; the catalogue sources still answer
+            log.warning("retrieval candidates failed for customer %s: %s", customer_id, exc)
+            return []
 
     @staticmethod
     def _score(ranker: Ranker, customer_id: int, products: Products, rows: np.ndarray) -> np.ndarray:

@@ -37,8 +37,32 @@ def resolve(version: str, settings: Settings) -> Stage:
         f"models:/{settings.model_name}/{number}",
         settings.serving_dir / "downloads" / str(number),
     )
+    _download_retrieval(settings, str(number), Path(model_dir))
     log.info("resolve: %s -> version %s at %s", version, number, model_dir)
     return {"version": str(number), "model_dir": str(model_dir)}
+
+
+def _download_retrieval(settings: Settings, number: str, model_dir: Path) -> None:
+    """Fetch the run's `retrieval/` artifacts (two-tower model) into model_dir/retrieval when logged.
+
+    Optional: a run without them, or a failed download, leaves the bundle to serve without retrieval.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from registry.tracking import tracking
+
+    try:
+        with tracking(settings.mlflow_tracking_uri) as client:
+            run_id = client.get_model_version(settings.model_name, number).run_id
+            if not run_id or not client.list_artifacts(run_id, "retrieval"):
+                log.info("resolve: version %s has no retrieval artifacts; serving without them", number)
+                return
+            client.download_artifacts(run_id, "retrieval", str(model_dir))
+    except (MlflowException, OSError) as exc:
+        log.warning("resolve: could not download the retrieval model of version %s (%s); serving without it",
+                    number, exc)
+        return
+    log.info("resolve: retrieval model of version %s at %s", number, model_dir / "retrieval")
 
 
 def package(resolved: Stage, settings: Settings) -> Stage:

@@ -29,6 +29,8 @@ SCHEMA_FILE = "schema.json"
 WORKFLOW_DIR = "workflow"
 REPO_DIR = "triton_repo"
 DEPLOYMENT_FILE = "deployment.json"
+RETRIEVAL_DIR = "retrieval"  # optional two-tower candidate model: two_tower.pt + catalogue.parquet
+RETRIEVAL_MODEL_FILE = "two_tower.pt"
 PAIR_COLUMNS = ("user_id", "product_id", "category_id", "brand", "price")
 
 
@@ -45,6 +47,7 @@ class Deployment:
     continuous: list[str]
     categorical: list[str]
     source: str  # the model directory the bundle was built from
+    retrieval: str | None = None  # bundle-relative dir of the two-tower candidate model, if shipped
 
 
 def find_weights(model_dir: Path) -> Path:
@@ -61,6 +64,17 @@ def find_weights(model_dir: Path) -> Path:
     )
 
 
+def _copy_retrieval(model_dir: Path, staging: Path) -> str | None:
+    """Copy model_dir/retrieval/ into the bundle when it holds a two-tower model; its bundle path or None."""
+    source = model_dir / RETRIEVAL_DIR
+    if not (source / RETRIEVAL_MODEL_FILE).is_file():
+        if source.exists():
+            log.warning("%s has no %s; the bundle ships without a retrieval model", source, RETRIEVAL_MODEL_FILE)
+        return None
+    shutil.copytree(source, staging / RETRIEVAL_DIR)
+    return RETRIEVAL_DIR
+
+
 def build_bundle(
     model_dir: Path,
     out_dir: Path,
@@ -70,6 +84,9 @@ def build_bundle(
     **repository_options: Any,
 ) -> Path:
     """Build `out_dir/<version>/` from a model dir (weights, schema.json, workflow/); returns it.
+
+    An optional `model_dir/retrieval/` (two_tower.pt, catalogue.parquet) is copied as `retrieval/`
+    and named in deployment.json, so the API can add the two-tower model's candidates.
 
     The Triton model version is `triton_version`, else `version` when it is a positive integer
     (a registry version), else 1.
@@ -98,6 +115,7 @@ def build_bundle(
         onnx_path = export_onnx(weights, schema_path, staging / ONNX_FILE)
         shutil.copyfile(schema_path, staging / SCHEMA_FILE)
         shutil.copytree(workflow_dir, staging / WORKFLOW_DIR)
+        retrieval = _copy_retrieval(model_dir, staging)
         build_repository(onnx_path, schema_path, staging / REPO_DIR, model_name=model_name,
                          version=triton_version, **repository_options)
         deployment = Deployment(
@@ -110,6 +128,7 @@ def build_bundle(
             continuous=list(schema.continuous),
             categorical=list(schema.categorical),
             source=str(model_dir),
+            retrieval=retrieval,
         )
         (staging / DEPLOYMENT_FILE).write_text(json.dumps(asdict(deployment), indent=2))
         # A rename, so a reader never sees a half-written bundle.
