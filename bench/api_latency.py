@@ -422,7 +422,8 @@ def main() -> None:
         rows.append(_row(common, f"recommend_p50_at_{rate:.0f}rps", p["p50_ms"], "ms", f["p50_ms"], cfg, False))
         rows.append(_row(common, f"recommend_p99_at_{rate:.0f}rps", p["p99_ms"], "ms", f["p99_ms"], cfg, False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    earlier = json.loads(args.out.read_text()) if args.out.exists() else []  # keep every run on record
+    args.out.write_text(json.dumps(earlier + rows, indent=2) + "\n")
     for row in rows:
         print(f"{row['metric']:>28}: {row['value']:>9} {row['unit']:<10} floor {row['baseline']:>9}  "
               f"errors {row['config']['errors']}")

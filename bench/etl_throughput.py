@@ -185,7 +185,8 @@ def main() -> int:
             "baseline_peak_rss_mb": round(results[baseline]["peak_rss_mb"]),
         })
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(records, indent=2) + "\n")
+    earlier = json.loads(args.results.read_text()) if args.results.exists() else []  # keep every run
+    args.results.write_text(json.dumps(earlier + records, indent=2) + "\n")
     print(json.dumps(records, indent=2))
     return 0
 
