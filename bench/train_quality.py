@@ -55,8 +55,9 @@ def prepare(raw_dir: Path, etl_dir: Path, out: Path) -> dict[str, float]:
         pq.write_table(pa.Table.from_pandas(compact, preserve_index=False), out / split / "part-00000.parquet",
                        compression="zstd", compression_level=19)
     (out / "schema.json").write_text((etl_dir / "schema.json").read_text())
+    generator = json.loads((raw_dir / "manifest.json").read_text()).get("config", {})
     (out / "oracle.json").write_text(json.dumps({"oracle_auc": oracle, "raw_dir": str(raw_dir),
-                                                 "etl_dir": str(etl_dir)}, indent=2))
+                                                 "etl_dir": str(etl_dir), "generator": generator}, indent=2))
     log.info("oracle AUC %s; compact data in %s", oracle, out)
     return oracle
 
@@ -69,7 +70,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     from training.trainer import TrainConfig, TrainInputs, predict, resolve_device, train
     from training.dlrm import load_model
 
-    oracle = json.loads((args.data / "oracle.json").read_text())["oracle_auc"]
+    prepared = json.loads((args.data / "oracle.json").read_text())
+    oracle = prepared["oracle_auc"]
+    generator = {k: v for k, v in prepared.get("generator", {}).items() if k in ("n_events", "n_users", "n_products", "seed")}
     config = TrainConfig(
         embedding_dim=args.embedding_dim, bottom_mlp=args.bottom_mlp, top_mlp=args.top_mlp, lr=args.lr,
         embedding_lr=args.embedding_lr, batch_size=args.batch_size, epochs=args.epochs, patience=args.epochs,
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             "baseline": oracle[split], "ratio": model_auc / oracle[split], "gap": oracle[split] - model_auc,
             "target_gap": args.target_gap, "meets_target": oracle[split] - model_auc <= args.target_gap,
             f"{split}_logloss": logloss(labels, probabilities), f"{split}_rows": len(labels),
-            "config": {"events": args.events, "train_config": config.to_dict(), "best_epoch": result.best_epoch,
+            "config": {"events": args.events, "generator": generator, "train_config": config.to_dict(), "best_epoch": result.best_epoch,
                        "history": result.history, "train_seconds": seconds, "torch": torch.__version__},
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{torch.get_num_threads()}core",
             "command": "python " + " ".join(sys.argv),
