@@ -73,13 +73,24 @@ def _timed_steps(model: ShardedDLRM, batches: list[tuple[torch.Tensor, ...]], wa
 def scaling_worker(args: argparse.Namespace, device: torch.device) -> dict:
     cfg = configs(None)[args.config]
     config = DLRMConfig(N_DENSE, cfg.cardinalities, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp)
-    model = ShardedDLRM(config, 0, ShardedStepConfig(), device, init_device=device)
+    model = ShardedDLRM(config, 0, ShardedStepConfig(bf16=args.precision == "bf16"), device, init_device=device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     rank, world = dist.get_rank(), dist.get_world_size()
     batches = [_random_batch(cfg.cardinalities, args.batch_size, device, seed=1000 * rank + i) for i in range(4)]
     seconds = _timed_steps(model, batches, args.warmup, args.steps)
+    if args.profile and rank == 0:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for i in range(5):
+                model.step(*batches[i % len(batches)])
+            sync(device)
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
+    elif args.profile:
+        for i in range(5):
+            model.step(*batches[i % len(batches)])
     peaks: list[int | None] = [None] * world
     dist.all_gather_object(peaks, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0)
     return {"samples_per_s": args.steps * args.batch_size * world / seconds, "seconds": seconds,
@@ -123,6 +134,8 @@ def worker(argv: list[str]) -> int:
     parser.add_argument("--cap-gib", type=float, default=8.0)
     parser.add_argument("--big-rows", type=int, default=24_000_000)
     parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--profile", action="store_true", help="rank 0 prints the top ops of 5 steps")
     args = parser.parse_args(argv)
     device = init_process_group()
     result = (scaling_worker if args.kind == "scaling" else memory_worker)(args, device)
@@ -143,6 +156,8 @@ def torchrun(n: int, module_args: list[str], report: Path, timeout_s: int = 900)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="4")
     log.info("%s", " ".join(cmd))
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if "--profile" in module_args:
+        print(done.stdout[-12000:])
     if done.returncode != 0:
         raise RuntimeError(f"torchrun with {n} processes failed:\n{done.stderr[-4000:]}")
     return json.loads(report.read_text())
@@ -168,15 +183,17 @@ def quality(data: Path, gpus: int, args: argparse.Namespace, tmp: Path) -> dict:
     }
 
 
-def scaling(gpus: int, config: str, batch: int, args: argparse.Namespace, tmp: Path) -> dict:
+def scaling(gpus: int, config: str, batch: int, precision: str, args: argparse.Namespace, tmp: Path) -> dict:
     rates = {n: torchrun(n, [str(Path(__file__)), "worker", "scaling", "--config", config, "--batch-size", str(batch),
-                             "--steps", str(args.steps)], tmp / f"scaling{config}{batch}{n}.json") for n in (1, gpus)}
+                             "--steps", str(args.steps), "--precision", precision, *(["--profile"] if args.profile else [])],
+                         tmp / f"scaling{config}{batch}{n}.json") for n in (1, gpus)}
     one, many = rates[1]["samples_per_s"], rates[gpus]["samples_per_s"]
     return {
         "benchmark": "train_multi_gpu", "metric": "samples_per_s", "value": many, "unit": "samples/s",
         "baseline": one, "ratio": many / one, "scaling_efficiency": many / (gpus * one),
         "config": {"gpus": gpus, "config": config, "batch_per_gpu": batch, "tables": "criteo-kaggle",
-                   "step": "training.distributed.ShardedDLRM (fp32, eager, NCCL all-to-all + DDP)",
+                   "precision": precision,
+                   "step": "training.distributed.ShardedDLRM (eager, NCCL all-to-all + DDP)",
                    "runs": {str(n): r for n, r in rates.items()}},
     }
 
@@ -209,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="a,b")
     parser.add_argument("--batch-sizes", default="16384,65536", help="per GPU")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--precisions", default="fp32,bf16", help="scaling: comma list of fp32, bf16")
+    parser.add_argument("--profile", action="store_true", help="scaling: print the top ops of rank 0")
     parser.add_argument("--cap-gib", type=float, default=8.0)
     parser.add_argument("--big-rows", type=int, default=24_000_000, help="rows of the dim-128 table (24M: 12.3 GB)")
     parser.add_argument("--git-sha", default=None)
@@ -227,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         if "quality" in parts and args.data is not None:
             rows.append(quality(args.data, args.gpus, args, tmp))
         if "scaling" in parts:
-            rows += [scaling(args.gpus, c, int(b), args, tmp) for c in args.configs.split(",") for b in args.batch_sizes.split(",")]
+            rows += [scaling(args.gpus, c, int(b), p, args, tmp) for c in args.configs.split(",")
+                     for b in args.batch_sizes.split(",") for p in args.precisions.split(",")]
         if "memory" in parts:
             rows.append(memory(args.gpus, args, tmp))
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -235,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     append_results(args.out, rows)
     for row in rows:
         extra = {k: row[k] for k in ("difference", "scaling_efficiency") if k in row}
-        print(row["metric"], row["config"].get("config", ""), row["config"].get("batch_per_gpu", ""),
+        print(row["metric"], row["config"].get("config", ""), row["config"].get("batch_per_gpu", ""), row["config"].get("precision", ""),
               row["value"], "vs 1 GPU", row["baseline"], extra)
     return 0
 

@@ -121,7 +121,7 @@ def test_torchrun_launch_trains_and_reports_auc(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "training.distributed", "--data", str(data), "--out", str(tmp_path / "out"), "--epochs", "4",
            "--batch-size", "128", "--embedding-dim", "8", "--lr", "1e-2", "--embedding-lr", "0.2",
-           "--max-shard-rows", "30", "--report", str(report)]
+           "--max-shard-rows", "30", "--precision", "bf16", "--report", str(report)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-3000:]

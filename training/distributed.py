@@ -86,6 +86,7 @@ class ShardedStepConfig:
     lr: float = 1e-3
     embedding_lr: float = 0.05
     max_shard_rows: int | None = None
+    bf16: bool = False  # autocast the dense part; looked-up rows and their gradients travel in bf16
 
 
 class ShardedDLRM:
@@ -122,18 +123,22 @@ class ShardedDLRM:
         self.partial = any(s.rows < config.cardinalities[s.table] for s in self.mine)
         # The table of each shard in the order the all-to-all delivers them (rank by rank).
         self.delivered = column([s.table for p in self.plan for s in p])
+        whole = len(self.delivered) == self.n_tables
+        self.permutation = column([self.delivered.tolist().index(t) for t in range(self.n_tables)]) if whole else None
         self.dense = _DenseParts(self.full).to(device)
         self.ddp = DistributedDataParallel(self.dense)
         self.dense_opt = torch.optim.Adam(self.dense.parameters(), lr=step_config.lr)
         self.sparse_opt = RowWiseAdagrad(self.table, step_config.embedding_lr)
         self.base_lr = step_config.lr
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=step_config.bf16)
+        self.wire_dtype = torch.bfloat16 if step_config.bf16 else self.table.dtype
 
     def _lookup(self, global_sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Local rows (world*b, mine), the looked-up leaf and what to send (zeros outside a shard)."""
         ids = global_sparse[:, self.tables]
         inside = (ids >= self.starts) & (ids < self.stops)
         rows = torch.where(inside, ids - self.starts + self.local_offsets, self.local_offsets)
-        looked_up = F.embedding(rows, self.table).requires_grad_(True)  # (world*b, mine, dim)
+        looked_up = F.embedding(rows, self.table).to(self.wire_dtype).requires_grad_(True)  # (world*b, mine, dim)
         sent = looked_up * inside.unsqueeze(-1) if self.partial else looked_up
         return rows, looked_up, sent
 
@@ -147,11 +152,16 @@ class ShardedDLRM:
         sizes_in = [b * len(self.mine) * self.dim] * self.world
         sizes_out = [b * len(p) * self.dim for p in self.plan]
         received = all_to_all_single(
-            torch.empty(sum(sizes_out), device=sparse.device), sent.reshape(-1), sizes_out, sizes_in
+            torch.empty(sum(sizes_out), device=sparse.device, dtype=self.wire_dtype), sent.reshape(-1), sizes_out, sizes_in
         )
         pieces = torch.cat([c.reshape(b, len(p), self.dim) for c, p in zip(received.split(sizes_out), self.plan)], dim=1)
-        embedded = pieces.new_zeros(b, self.n_tables, self.dim).index_add(1, self.delivered, pieces)
-        loss = F.binary_cross_entropy_with_logits(self.ddp(dense, embedded), label)
+        if self.permutation is not None:  # one shard per table: reorder instead of summing
+            embedded = pieces[:, self.permutation]
+        else:
+            embedded = pieces.new_zeros(b, self.n_tables, self.dim).index_add(1, self.delivered, pieces)
+        with self.autocast:
+            logits = self.ddp(dense, embedded)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), label)
         self.dense_opt.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages MLP grads over ranks; embedding grads come back via all-to-all
         for group in self.dense_opt.param_groups:
@@ -221,7 +231,7 @@ def train_sharded(args: argparse.Namespace, device: torch.device) -> RunReport |
     schema = load_schema(args.data / "schema.json")
     rows: InteractionTensors = load_split(args.data / "train", schema).to(device)
     config = DLRMConfig(schema.n_dense, list(schema.cardinalities), embedding_dim=args.embedding_dim)
-    model = ShardedDLRM(config, args.seed, ShardedStepConfig(args.lr, args.embedding_lr, args.max_shard_rows), device)
+    model = ShardedDLRM(config, args.seed, ShardedStepConfig(args.lr, args.embedding_lr, args.max_shard_rows, args.precision == "bf16"), device)
     # Every rank walks the same shuffled global batches and takes its own contiguous slice.
     batches = BatchIterator(rows, args.batch_size * world, seed=args.seed, drop_last=True)
     schedule = LRSchedule(args.warmup_steps, len(batches) * args.epochs, args.lr_decay)
@@ -287,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-decay", choices=["none", "linear", "cosine"], default="none")
     parser.add_argument("--warmup-steps", type=int, default=0)
     parser.add_argument("--max-shard-rows", type=int, default=None, help="split tables with more rows (row-wise)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, default=None, help="rank 0 writes a JSON RunReport here")
     args = parser.parse_args(argv)
