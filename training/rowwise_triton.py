@@ -73,7 +73,9 @@ def _segment_sum_kernel(
     rows = tl.arange(0, CHUNK_)
     onehot = (rows[:, None] == local[None, :]).to(g.dtype)  # (CHUNK local ids, CHUNK positions)
     if IEEE:
-        summed = tl.dot(onehot, g, input_precision="ieee")
+        # fp32 gradients: the one-hot is exact in tf32, and tf32x3 splits g into a high and a low
+        # tf32 part (~22 mantissa bits kept) on tensor cores; "ieee" (FMA) took 28 ms at dim 128.
+        summed = tl.dot(onehot, g, input_precision="tf32x3")
     else:
         summed = tl.dot(onehot, g)  # bf16/fp16 operands, fp32 accumulation: exact products
     n_local = tl.max(local, axis=0) + 1
