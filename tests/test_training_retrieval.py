@@ -14,6 +14,7 @@ from etl import EtlConfig, SyntheticConfig, generate, run_etl
 from training.errors import DataError
 from training.retrieval import (
     CATALOGUE_COLUMNS,
+    CandidateIndex,
     RetrievalConfig,
     RetrievalResult,
     build_candidate_index,
@@ -23,6 +24,8 @@ from training.retrieval import (
     load_two_tower,
     save_two_tower,
     train_retrieval,
+    TwoTower,
+    TwoTowerConfig,
 )
 
 # interaction_scale 1.5 instead of the generator's 0.6: with the default the planted affinity
@@ -110,3 +113,36 @@ def test_missing_model_or_catalogue_columns_raise_actionable_errors(trained: Tra
     model = load_two_tower(trained.result.model_path)
     with pytest.raises(DataError, match="brand"):
         build_candidate_index(model, trained.catalogue.drop(columns=["brand"]))
+
+
+def _large_index(n_items: int, ann_min_items: int) -> CandidateIndex:
+    """A random two-tower over `n_items` products with clustered item vectors (as learnt ones are)."""
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(n_users=50, n_products=10, n_categories=3, n_brands=3, dim=16)).eval()
+    with torch.no_grad():
+        model.user_embedding.weight.normal_(0.0, 1.0)  # users with tastes, not all alike
+    centres = torch.randn(40, 17)
+    vectors = centres[torch.randint(0, 40, (n_items,))] + 0.3 * torch.randn(n_items, 17)
+    return CandidateIndex(model, np.arange(1000, 1000 + n_items, dtype=np.int64), vectors, ann_min_items=ann_min_items)
+
+
+def test_large_catalogues_use_an_ivf_index_that_finds_nearly_the_exact_top_k() -> None:
+    exact, ann = _large_index(20_000, ann_min_items=10**9), _large_index(20_000, ann_min_items=10_000)
+    assert ann.approximate and not exact.approximate
+    users = np.arange(50, dtype=np.int64)
+    want, want_scores = exact.top_k(users, k=50)
+    got, got_scores = ann.top_k(users, k=50)
+    recall = np.mean([len(set(g) & set(w)) / 50 for g, w in zip(got.tolist(), want.tolist())])
+    assert recall >= 0.95, recall
+    assert (np.diff(got_scores, axis=1) <= 1e-5).all()  # best first
+    assert np.isclose(got_scores[:, 0], want_scores[:, 0], rtol=1e-4).mean() >= 0.9  # the best one, mostly
+
+
+def test_ivf_search_skips_excluded_products_and_still_returns_k() -> None:
+    ann = _large_index(20_000, ann_min_items=10_000)
+    first, _ = ann.top_k(np.array([3, 4]), k=20)
+    banned = set(first[0, :15].tolist())
+    ids, scores = ann.top_k(np.array([3, 4]), k=20, exclude={3: banned})
+    assert len(set(ids[0].tolist())) == 20 and not set(ids[0].tolist()) & banned and (ids[0] >= 1000).all()
+    np.testing.assert_array_equal(ids[1], first[1])
+    assert np.isfinite(scores).all()
