@@ -3,9 +3,11 @@
 Each measurement is forward + backward + optimizer step on batches already on the device. Ours is
 `training.step.TrainStep`, the step `training.train()` runs: one fused table, a detached lookup
 whose gradient feeds the row-wise Adagrad (on CUDA the fused Triton kernels of
-`training.rowwise_triton`), the one-bmm interaction backward, fused Adam for the MLPs, bf16
-autocast on GPU, torch.compile and one CUDA graph per step on CUDA. `--variants` times switched-off
-versions of the same step in the same run. The baseline is built like the reference DLRM: one
+`training.rowwise_triton`; on the CPU a sort + `embedding_bag` segment sum), the one-bmm interaction
+backward, fused Adam for the MLPs, bf16 autocast where the trainer picks it (GPU; CPUs with
+AVX512-BF16/AMX), torch.compile and one CUDA graph per step on CUDA. `--variants` times
+switched-off versions of the same step in the same run; on the CPU all variants and the baseline
+take turns repeat by repeat. The baseline is built like the reference DLRM: one
 `nn.EmbeddingBag(mode="sum", sparse=True)` per table looked up in a Python loop, fp32,
 `torch.optim.SGD`, the same MLPs and data.
 
@@ -39,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from training.dlrm import DLRM, DLRMConfig, mlp  # noqa: E402
 from training.optim import RowWiseAdagrad, id_rows  # noqa: E402
-from training.step import StepOptions, TrainStep  # noqa: E402
+from training.step import StepOptions, TrainStep, native_bf16, retain_freed_memory  # noqa: E402
 
 log = logging.getLogger("bench.train_throughput")
 
@@ -185,9 +187,9 @@ def measure(
     steps: int,
     repeats: int,
     device: torch.device,
-) -> dict[str, float]:
-    """Median samples/s per step function; repeats alternate between them so that load from
-    other processes (a shared CPU) hits both sides alike. Warm-up steps are not timed."""
+) -> dict[str, list[float]]:
+    """samples/s of each repeat per step function; repeats alternate between them so that load
+    from other processes (a shared CPU) hits both sides alike. Warm-up steps are not timed."""
     cuda = device.type == "cuda"
     for step in steps_by_name.values():
         for i in range(warmup):
@@ -196,16 +198,7 @@ def measure(
     for _ in range(repeats):
         for name, step in steps_by_name.items():
             rates[name].append(_timed(step, batches, steps, cuda))
-    return {name: statistics.median(r) for name, r in rates.items()}
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 dot products, so oneDNN's bf16 GEMMs beat fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return rates
 
 
 def git_sha() -> str:
@@ -348,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="fast path autocast; auto = bf16 on GPU and on CPUs with native bf16 dot products "
-                             "(avx512_bf16/AMX), else fp32")
+                        help="fast path autocast; auto = what training.train() picks: bf16 on GPU and on CPUs "
+                             "with native bf16 dot products (avx512_bf16/AMX), else fp32")
     parser.add_argument("--no-graph", action="store_true", help="CUDA: do not capture the step in a CUDA graph")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--check", action="store_true", help="CUDA: check the fused kernels and step against references first")
@@ -366,11 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     max_rows = args.max_rows or (100_000 if quick else None)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else (
         [2048, 16384] if quick else [2048, 16384, 65536])
-    steps = args.steps or (20 if cuda else 5)
+    # CPU: ~32k samples per timed repeat, so that a repeat outlasts scheduler noise at small batches
+    steps_for = (lambda batch: args.steps or (20 if cuda else max(5, 32768 // batch)))
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)
     compile_ = cuda if args.compile == "auto" else args.compile == "on"
     use_graph = cuda and not args.no_graph
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and (cuda or cpu_has_bf16()))
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
+    # The trainer's CPU step keeps freed memory in the heap (training.step.retain_freed_memory);
+    # it is process-wide, so the baseline below runs with the same allocator.
+    heap_retained = retain_freed_memory() if not cuda else False
     variants = args.variants.split(",")
     sha = args.git_sha or git_sha()
     checks: dict[str, list[dict]] = {}
@@ -383,34 +380,47 @@ def main(argv: list[str] | None = None) -> int:
             print(profile_step(cfg, max(batch_sizes), device, bf16, args.profile))
         for batch in batch_sizes:
             batches = make_batches(cfg, batch, 4, device)
-            rates: dict[str, float] = {}
+            steps = steps_for(batch)
+            per_repeat: dict[str, list[float]] = {}
             peaks: dict[str, int] = {}
-            for variant in variants:
-                if cuda:
+            if cuda:  # one model at a time: the full tables of several do not fit together
+                for variant in variants:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
-                step = fast_step(cfg, device, bf16=bf16, compile_=compile_, graph=use_graph, variant=variant)
-                rates[variant] = measure({variant: step}, batches, warmup, steps, args.repeats, device)[variant]
-                if cuda:
+                    step = fast_step(cfg, device, bf16=bf16, compile_=compile_, graph=use_graph, variant=variant)
+                    per_repeat |= measure({variant: step}, batches, warmup, steps, args.repeats, device)
                     peaks[variant] = torch.cuda.max_memory_allocated()
-                del step
-                release()
-            baseline = None
-            if not args.no_baseline:
-                if cuda:
+                    del step
+                    release()
+                if not args.no_baseline:
                     torch.cuda.empty_cache()
-                baseline = measure({"baseline": reference_step(cfg, device, batch)}, batches, warmup, steps,
-                                   args.repeats, device)["baseline"]
+                    per_repeat |= measure({"baseline": reference_step(cfg, device, batch)}, batches, warmup, steps,
+                                          args.repeats, device)
+            else:  # CPU: every variant and the baseline in one interleaved loop (shared, noisy cores)
+                contenders: dict[str, Callable[..., None]] = {
+                    v: fast_step(cfg, device, bf16=bf16, compile_=compile_, graph=False, variant=v) for v in variants}
+                if not args.no_baseline:
+                    contenders["baseline"] = reference_step(cfg, device, batch)
+                per_repeat = measure(contenders, batches, warmup, steps, args.repeats, device)
+                del contenders
+                release()
+            rates = {name: statistics.median(r) for name, r in per_repeat.items()}
+            baseline = rates.get("baseline")
             value = rates[variants[0]]
             config = asdict(cfg) | {
                 "batch_size": batch, "tables": "criteo-kaggle" + (f" capped at {max_rows} rows" if max_rows else ""),
                 "variant": variants[0], "precision": "bf16-autocast" if bf16 else "fp32",
                 "compile": compile_, "cuda_graph": use_graph,
-                "embedding_optimizer": "rowwise_adagrad (fused Triton kernel)" if cuda else "rowwise_adagrad",
-                "dense_optimizer": "adam", "baseline": "EmbeddingBag(sum, sparse=True) per table + SGD, fp32",
+                "embedding_optimizer": "rowwise_adagrad (fused Triton kernel)" if cuda else
+                                       "rowwise_adagrad (sort + embedding_bag sums, distinct rows updated once)",
+                "dense_optimizer": "adam (fused)", "baseline": "EmbeddingBag(sum, sparse=True) per table + SGD, fp32",
                 "steps": steps, "repeats": args.repeats, "torch": torch.__version__,
                 "other_variants_samples_per_s": {v: rates[v] for v in variants[1:]},
+                "repeats_samples_per_s": per_repeat,
             }
+            if not cuda:
+                config["threads"] = torch.get_num_threads()
+                config["heap_retained_for_both"] = heap_retained
             config.pop("cardinalities")
             row = {
                 "benchmark": "train_throughput", "metric": "samples_per_s", "value": value, "unit": "samples/s",
@@ -424,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             if checks:
                 row["correctness_checks"] = checks
             log.info("%s batch %d: %s (baseline %s)", cfg.name, batch,
-                     ", ".join(f"{v} {r / 1e6:.2f}M" for v, r in rates.items()), f"{baseline / 1e6:.2f}M" if baseline else "-")
+                     ", ".join(f"{v} {rates[v] / 1e6:.2f}M" for v in variants), f"{baseline / 1e6:.2f}M" if baseline else "-")
             rows.append(row)
             del batches
     append_results(args.out, rows)

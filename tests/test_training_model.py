@@ -9,7 +9,7 @@ import torch
 
 from training import DLRM, DLRMConfig, load_model, save_model
 from training.baselines import LogisticRegression, LogisticRegressionConfig, save_logreg
-from training.optim import LRSchedule, RowWiseAdagrad, SparseSGD, merge_duplicate_rows
+from training.optim import LRSchedule, RowWiseAdagrad, SparseSGD, merge_duplicate_rows, sum_by_id
 
 
 def batch(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +94,7 @@ def test_schedule_warms_up_linearly_then_decays_to_the_floor() -> None:
     assert LRSchedule(2, 10, "none").factor(8) == 1.0
 
 
-def test_static_shape_merge_gives_the_same_update_as_the_cpu_coalesce_path() -> None:
+def test_static_shape_merge_gives_the_same_update_as_the_cpu_path() -> None:
     # The GPU path (sort + fixed-size slots) written out by hand must match RowWiseAdagrad on CPU.
     torch.manual_seed(1)
     weight = torch.randn(50, 8)
@@ -109,3 +109,46 @@ def test_static_shape_merge_gives_the_same_update_as_the_cpu_coalesce_path() -> 
         by_hand.index_add_(0, rows, summed * (-0.1 / (state[rows].sqrt() + 1e-8)).unsqueeze(1))
     torch.testing.assert_close(weight, by_hand)
     torch.testing.assert_close(opt.state_sum, state)
+
+
+def test_ids_are_grouped_and_their_gradients_summed_where_they_lie() -> None:
+    ids = torch.tensor([4, 1, 4, 9, 1, 4])
+    grads = torch.arange(12.0).reshape(6, 2)
+    rows, summed = sum_by_id(ids, grads)
+    assert rows.tolist() == [1, 4, 9]
+    assert summed.tolist() == [[10.0, 12.0], [14.0, 17.0], [6.0, 7.0]]
+    # The same gradients behind a leading slot per batch row (the interaction's layout), in bf16.
+    slotted = torch.cat([torch.full((3, 1, 2), 100.0), grads.view(3, 2, 2)], 1).bfloat16()
+    rows3, summed3 = sum_by_id(ids, slotted)
+    assert torch.equal(rows3, rows) and torch.equal(summed3, summed) and summed3.dtype == torch.float32
+    # bf16 gradients: fp32 accumulation, each sum rounded to bf16 once
+    many = torch.full((300, 1), 1 / 3).bfloat16()
+    assert abs(float(sum_by_id(torch.zeros(300, dtype=torch.long), many)[1]) - 300 * float(many[0])) < 0.25
+    with pytest.raises(ValueError, match="do not fit"):
+        sum_by_id(torch.arange(5), slotted)
+
+
+@pytest.mark.parametrize("lead,dtype", [(0, torch.float32), (1, torch.bfloat16)])
+def test_cpu_row_update_matches_an_fp64_reference_with_hot_ids(lead: int, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(5000, 12, generator=g)
+    reference, state = weight.double(), torch.rand(5000, generator=g).double()
+    initial = reference.clone()
+    opt = RowWiseAdagrad(weight, lr=0.05)
+    opt.state_sum.copy_(state)
+    for _ in range(3):
+        ids = torch.randint(0, 4000, (2400,), generator=g)  # rows 4000.. never touched
+        ids[:600] = 3999  # a hot row
+        grads = torch.randn(300, lead + 8, 12, generator=g).to(dtype)
+        opt.step(ids, grads if lead else grads.reshape(2400, 12))
+        summed = torch.zeros(5000, 12, dtype=torch.float64).index_add_(0, ids, grads[:, lead:].reshape(2400, 12).double())
+        touched = torch.zeros(5000, dtype=torch.bool)
+        touched[ids] = True
+        state = state + torch.where(touched, summed.pow(2).mean(1), 0.0)
+        reference = reference - torch.where(touched.unsqueeze(1), 0.05 * summed / (state.sqrt() + 1e-8).unsqueeze(1), 0.0)
+    # fp32 sums match to rounding; bf16 sums are rounded once (<= 2^-8 relative, twice that squared)
+    tol = 1e-5 if dtype == torch.float32 else 4e-3
+    torch.testing.assert_close(opt.state_sum.double(), state, rtol=2 * tol, atol=1e-6)
+    moved, moved_ref = weight.double() - initial, reference - initial
+    assert float((moved - moved_ref).norm() / moved_ref.norm()) < tol
+    assert torch.equal(weight[4000:], reference[4000:].float())  # untouched rows: bit-identical

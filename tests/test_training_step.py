@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from training.dlrm import DLRM, DLRMConfig, InteractionArch
 from training.optim import RowWiseAdagrad, SparseSGD
-from training.step import StepOptions, TrainStep
+from training.step import StepOptions, TrainStep, native_bf16, retain_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -77,14 +77,16 @@ def test_sparse_optimizers_read_the_id_slots_of_a_wider_gradient() -> None:
         RowWiseAdagrad(torch.zeros(4, 5), lr=0.3).step(torch.arange(4), wide[:, :1])
 
 
-def test_eval_mode_and_cpu_default_use_the_plain_interaction_that_onnx_exports() -> None:
+def test_eval_mode_uses_the_plain_interaction_that_onnx_exports() -> None:
     arch = InteractionArch(3).eval()
     arch.fused_backward = True
     dense, embedded = torch.randn(2, 4, requires_grad=True), torch.randn(2, 2, 4)
     assert "DotInteraction" not in arch(dense, embedded).grad_fn.name()
     arch.train()
     assert "DotInteraction" in arch(dense, embedded).grad_fn.name()
-    arch.fused_backward = None  # default: fused on CUDA tensors only
+    arch.fused_backward = None  # default: fused in training, on the CPU too
+    assert "DotInteraction" in arch(dense, embedded).grad_fn.name()
+    arch.fused_backward = False
     assert "DotInteraction" not in arch(dense, embedded).grad_fn.name()
 
 
@@ -128,6 +130,69 @@ def test_train_step_follows_the_schedule_and_matches_the_plain_step_on_cpu(lead_
     for got, want in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(step.sparse_opt.state_sum, sparse_opt.state_sum)
+
+
+def _batches(cards: tuple[int, ...], n: int, size: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 3, generator=g),
+             torch.stack([torch.randint(0, c, (size,), generator=g) for c in cards], 1),
+             (torch.rand(size, generator=g) < 0.3).float()) for _ in range(n)]
+
+
+def test_bf16_cpu_step_tracks_the_fp32_step() -> None:
+    # bf16 GEMMs, bf16 lookup and gradients, fp32 sums/state/table: the same training run, rounded.
+    config = DLRMConfig(3, [40, 6, 300], embedding_dim=16, bottom_mlp=[32], top_mlp=[32])
+    batches = _batches((40, 6, 300), 3, 256, seed=3)
+    runs = []
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = DLRM(config)
+        initial = model.sparse_arch.embedding.weight.detach().clone()
+        step = TrainStep(model, StepOptions(lr=3e-3, embedding_lr=0.1, bf16=bf16), torch.device("cpu"))
+        losses = [float(step(*batches[i % 3])) for i in range(30)]
+        runs.append((losses, model.sparse_arch.embedding.weight.detach() - initial, step))
+    (fp32_losses, fp32_moved, _), (bf16_losses, bf16_moved, bf16_step) = runs
+    assert bf16_step.lookup_dtype == torch.bfloat16 and bf16_step.lead_slot
+    assert bf16_losses[-1] < bf16_losses[0] - 0.05  # it learns
+    assert max(abs(a - b) for a, b in zip(fp32_losses, bf16_losses)) < 0.02
+    # Adagrad's first steps have full size whatever the gradient's magnitude, so compare where
+    # the table went: the same direction, nearly the same length.
+    assert F.cosine_similarity(bf16_moved.flatten(), fp32_moved.flatten(), dim=0) > 0.97
+    assert abs(float(bf16_moved.norm() / fp32_moved.norm()) - 1) < 0.03
+    assert bf16_moved.dtype == torch.float32 and bf16_step.sparse_opt.state_sum.dtype == torch.float32
+
+
+def test_auto_precision_is_bf16_exactly_where_the_device_has_native_bf16(tmp_path: Path) -> None:
+    from training.trainer import TrainConfig, _stepper
+
+    model = DLRM(DLRMConfig(3, [5, 7], embedding_dim=4, bottom_mlp=[8], top_mlp=[8]))
+    cpu = torch.device("cpu")
+    assert TrainConfig().precision == "auto"
+    assert _stepper(model, TrainConfig(), cpu).options.bf16 is native_bf16(cpu)
+    assert _stepper(model, TrainConfig(precision="fp32"), cpu).options.bf16 is False
+    assert _stepper(model, TrainConfig(precision="bf16"), cpu).options.bf16 is True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc heap knobs")
+def test_cpu_steps_reuse_the_heap_instead_of_page_faulting_their_temporaries() -> None:
+    import resource
+    import statistics
+
+    # Lookup rows of 8192 x 9 x 128 fp32 = 38 MB: above glibc's largest mmap threshold (32 MB), so
+    # without the retained heap every step maps and faults them in afresh (~31k faults measured).
+    cards = (50_000, 20_000, 30_000, 7, 1000, 5000, 300, 80_000)
+    batches = _batches(cards, 2, 8192, seed=4)
+    model = DLRM(DLRMConfig(3, list(cards), embedding_dim=128, bottom_mlp=[64], top_mlp=[64]))
+    step = TrainStep(model, StepOptions(bf16=True), torch.device("cpu"))
+    assert retain_freed_memory() and retain_freed_memory()  # on (glibc) and idempotent
+    for i in range(3):
+        step(*batches[i % 2])
+    faults = []
+    for i in range(6):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step(*batches[i % 2])
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    assert statistics.median(faults) < 2000, faults
 
 
 def test_sparse_optimizers_accept_a_tensor_learning_rate() -> None:

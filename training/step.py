@@ -5,13 +5,19 @@ The step looks the batch's rows up from a detached table, runs the dense part fo
 embedding rows. On CUDA the lookup and the dense part are compiled with torch.compile, the
 row-wise Adagrad is the fused Triton kernel (`training.rowwise_triton`), learning rates live in
 device tensors, and full-size batches replay one captured CUDA graph (no launch gaps, no host
-work per kernel). The CPU runs the same math eagerly. `train()` and `bench/train_throughput.py`
-both use this class, so the benchmark measures the trainer's own step.
+work per kernel). The CPU runs the same math eagerly: bf16 GEMMs (oneDNN) where the CPU has
+native bf16 dot products, fused Adam, the row update through a sort and `embedding_bag`
+(`training.optim.sum_by_id`), and freed memory kept in the process heap (`retain_freed_memory`).
+`train()` and `bench/train_throughput.py` both use this class, so the benchmark measures the
+trainer's own step.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +28,48 @@ from training.dlrm import InteractionArch
 from training.optim import RowWiseAdagrad, SparseSGD
 
 log = logging.getLogger(__name__)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True where bf16 GEMMs beat fp32: CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX.
+
+    On such CPUs oneDNN's bf16 GEMMs ran 4-5x the fp32 ones (EPYC, 2 cores); elsewhere bf16 is
+    emulated and slower than fp32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+_HEAP_RETAINED = False
+
+
+def retain_freed_memory() -> bool:
+    """Keep freed memory in this process's heap (glibc), for the CPU step's large tensors.
+
+    PyTorch's CPU allocator has no cache: glibc maps every block above 128 kB-32 MB fresh from
+    the kernel and unmaps it when freed, so each step page-faults and zeroes its ~GB of
+    temporaries again (measured: more system than user time at batch 16384, dim 128). Without
+    mmap for large blocks and without trimming, freed blocks are reused instead. Process-wide and
+    idempotent; the price is that the process keeps its peak heap. False where not glibc.
+    """
+    global _HEAP_RETAINED
+    if _HEAP_RETAINED:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018  # glibc only: musl has no mallopt knobs
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    _HEAP_RETAINED = bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    return _HEAP_RETAINED
 
 
 @dataclass(frozen=True)
@@ -63,7 +111,8 @@ class TrainStep:
             )
         else:
             cls = torch.optim.AdamW if options.optimizer == "adamw" else torch.optim.Adam
-            extra = {"fused": True, "capturable": True} if cuda else {}
+            # fused: one kernel for all MLP parameters (CPU too), instead of ~10 ops per tensor
+            extra = {"fused": True, "capturable": True} if cuda else {"fused": device.type == "cpu"}
             self.dense_opt = cls(dense_params, lr=self.dense_lr, weight_decay=options.weight_decay, **extra)
         self.sparse_opt: RowWiseAdagrad | SparseSGD = (
             RowWiseAdagrad(self.table, options.embedding_lr)
@@ -74,15 +123,16 @@ class TrainStep:
             torch.full((1,), options.embedding_lr, device=device) if cuda else options.embedding_lr
         )
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.bf16)
-        # The lookup's bytes are the step's largest tensors: under bf16 on CUDA carry them in bf16
-        # (the optimizer still sums and updates in fp32). On the CPU keep fp32: the coalesce there
-        # is faster in fp32 and the GEMMs cast anyway.
-        self.lookup_dtype = torch.bfloat16 if (options.bf16 and cuda) else self.table.dtype
+        # The lookup's bytes are the step's largest tensors: under bf16 carry them in bf16 (the
+        # optimizer still sums and updates in fp32).
+        self.lookup_dtype = torch.bfloat16 if options.bf16 else self.table.dtype
+        if device.type == "cpu":
+            retain_freed_memory()
         # With the one-bmm interaction backward, look rows up into (B, 1 + n_sparse, dim) with an
         # empty leading slot: the backward then writes dense and embedding gradients in one
         # product, and the row-wise Adagrad reads the embedding slots of it where they lie.
         interaction = getattr(model, "interaction", None)
-        self.lead_slot = cuda and isinstance(interaction, InteractionArch) and interaction.fused_backward is not False
+        self.lead_slot = isinstance(interaction, InteractionArch) and interaction.fused_backward is not False
         self._lookup_fn = self._lookup
         self._dense_fn = model.forward_embedded
         if options.compile:
@@ -113,7 +163,14 @@ class TrainStep:
 
     def _lookup(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.model.sparse_arch.ids(sparse)  # (B, n_sparse)
-        rows = F.embedding(ids, self.table.detach()).to(self.lookup_dtype)  # (B, n_sparse, dim)
+        rows = F.embedding(ids, self.table.detach())  # (B, n_sparse, dim)
+        if self.lead_slot and not self.device.type == "cuda":
+            # eager: the cast writes straight into the slots behind the zero one, one pass
+            slotted = rows.new_empty(rows.shape[0], 1 + rows.shape[1], rows.shape[2], dtype=self.lookup_dtype)
+            slotted[:, 0].zero_()
+            slotted[:, 1:].copy_(rows)
+            return ids, slotted
+        rows = rows.to(self.lookup_dtype)
         if self.lead_slot:  # compiled, the zeros and the gather are one kernel writing (B, F, dim)
             rows = torch.cat([rows.new_zeros(rows.shape[0], 1, rows.shape[2]), rows], dim=1)
         return ids, rows

@@ -21,7 +21,7 @@ from training.dlrm import DLRM, DLRMConfig, save_model
 from training.errors import CheckpointError, ConfigError
 from training.metrics import auc, logloss
 from training.optim import LRSchedule
-from training.step import StepOptions, TrainStep
+from training.step import StepOptions, TrainStep, native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class TrainConfig:
     batch_size: int = 4096
     epochs: int = 3
     patience: int = 2  # epochs without a better validation AUC before stopping
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast)
+    precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto": bf16 where the device has native bf16 GEMMs
     device: str = "auto"  # "auto", "cpu", "cuda"
     fast_path: bool = True  # CUDA only: torch.compile + one CUDA graph per step (see training.step)
     seed: int = 0
@@ -78,7 +78,7 @@ class TrainConfig:
             "optimizer": ("adam", "adamw", "sgd"),
             "embedding_optimizer": ("rowwise_adagrad", "sgd"),
             "lr_decay": ("none", "linear", "cosine"),
-            "precision": ("fp32", "bf16"),
+            "precision": ("auto", "fp32", "bf16"),
             "device": ("auto", "cpu", "cuda"),
         }
         for name, allowed in choices.items():
@@ -177,7 +177,7 @@ def _stepper(model: nn.Module, config: TrainConfig, device: torch.device) -> Tra
         optimizer=config.optimizer,
         embedding_optimizer=config.embedding_optimizer,
         weight_decay=config.weight_decay,
-        bf16=config.precision == "bf16",
+        bf16=config.precision == "bf16" or (config.precision == "auto" and native_bf16(device)),
         compile=cuda_fast,
         cuda_graph=cuda_fast,
     )
