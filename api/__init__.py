@@ -12,7 +12,7 @@ from flask import Flask, request
 from flask_limiter import Limiter
 from sqlalchemy.engine import make_url
 
-from api import auth, customers, errors, health, interactions, openapi, products
+from api import auth, customers, errors, health, interactions, openapi, products, ratelimit
 from api.catalogue import CacheConfig, CatalogueCache
 from api.recommend import Ranker, Recommender
 from api.store import Store
@@ -109,7 +109,7 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
         key_func=auth.rate_limit_key,
         default_limits=[app.config["RATELIMIT_DEFAULT"]] if app.config.get("RATELIMIT_DEFAULT") else [],
         default_limits_exempt_when=lambda: request.endpoint in auth.PUBLIC_ENDPOINTS,
-        storage_uri=app.config["RATELIMIT_STORAGE_URI"],
+        storage_uri=ratelimit.storage_uri(app.config["RATELIMIT_STORAGE_URI"]),
         key_prefix=app.config.get("RATELIMIT_KEY_PREFIX", "recsys-api"),
         headers_enabled=True,
         enabled=bool(app.config.get("RATELIMIT_ENABLED", True)),

@@ -131,8 +131,8 @@ class Sessions:
         return self._packed
 
     def shared_counts(self, product_ids: Iterable[int], max_sessions: int) -> tuple[np.ndarray, np.ndarray]:
-        """(product ids, number of shared sessions) over the first `max_sessions` sessions holding any of
-        `product_ids`; the given products themselves are left out."""
+        """(product codes, number of shared sessions) over the first `max_sessions` sessions holding any of
+        `product_ids`; the given products themselves are left out. `code_pid[code]` is a code's product id."""
         codes = [self.product_code[p] for p in product_ids if p in self.product_code]
         if not codes:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
@@ -144,7 +144,7 @@ class Sessions:
         counts = np.bincount(session_products[_ranges(session_ptr, sessions)], minlength=len(self.code_pid))
         counts[codes] = 0
         hit = np.flatnonzero(counts)
-        return np.frombuffer(self.code_pid, dtype=np.int64)[hit], counts[hit]
+        return hit, counts[hit]
 
 
 class CatalogueIndex:
@@ -158,6 +158,8 @@ class CatalogueIndex:
         self.last_interaction_id = 0
         self._order = np.empty(0, dtype=np.int64)
         self._score = np.empty(0, dtype=np.float64)
+        self._code_rows = np.empty(0, dtype=np.int64)
+        self._code_rows_of: tuple[Products, int] | None = None  # (products, number of session codes) they map
 
     def add_interactions(self, rows: Iterable[tuple[int, int, int, str, str | None]]) -> int:
         """Fold (id, customer_id, product_id, event_type, session) rows in; returns how many."""
@@ -203,13 +205,28 @@ class CatalogueIndex:
         rows = rows[wanted[self.products.category_code[rows]]]
         return self.products.ids[rows[:limit]].tolist()
 
+    def _rows_of_codes(self) -> np.ndarray:
+        """Catalogue row of each session product code (-1: not in the catalogue), remapped only when the
+        products or the set of codes changed, so a request looks its candidates up by indexing."""
+        n_codes = len(self.sessions.code_pid)
+        if self._code_rows_of is None or self._code_rows_of[0] is not self.products or self._code_rows_of[1] != n_codes:
+            rows, found = self.products.rows_of(np.frombuffer(self.sessions.code_pid, dtype=np.int64))
+            self._code_rows = np.where(found, rows, -1)
+            self._code_rows_of = (self.products, n_codes)
+        return self._code_rows
+
     def co_occurring(self, touched: set[int], limit: int, where: ProductFilter) -> list[int]:
         """Products sharing sessions with `touched` (not themselves touched), by number of shared sessions."""
-        pids, counts = self.sessions.shared_counts(touched, MAX_SESSIONS)
-        rows, found = self.products.rows_of(pids)
+        codes, counts = self.sessions.shared_counts(touched, MAX_SESSIONS)
+        rows = self._rows_of_codes()[codes]
+        found = rows >= 0
         rows, counts = rows[found], counts[found]
         keep = self.products.mask(rows, where)
         rows, counts = rows[keep], counts[keep]
+        if len(rows) > limit:  # only counts up to the limit-th largest can make the cut: sort just those
+            cut = len(counts) - limit
+            head = counts >= np.partition(counts, cut)[cut]
+            rows, counts = rows[head], counts[head]
         order = np.lexsort((self.products.ids[rows], -counts))[:limit]
         return self.products.ids[rows[order]].tolist()
 

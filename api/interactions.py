@@ -51,7 +51,8 @@ INSERT = insert(Interaction.__table__)
 
 
 def create_one() -> ResponseReturnValue:
-    """POST /interactions, the hot write path: one Core INSERT, no ORM unit of work, no read-back.
+    """POST /interactions, the hot write path: one Core INSERT, group-committed with the inserts of
+    concurrent requests (Store.insert_one), no ORM unit of work, no read-back.
 
     The foreign keys prove that the customer and product exist, so the happy path runs no lookups;
     only when the insert is refused are they run, to name the missing reference in the 409.
@@ -59,8 +60,7 @@ def create_one() -> ResponseReturnValue:
     item = parse_body(InteractionCreate)
     row = _event_time_defaults(item.model_dump())
     try:
-        with store().write() as conn:
-            new_id = conn.execute(INSERT, row).inserted_primary_key[0]
+        new_id = store().insert_one(INSERT, row)
     except IntegrityError:
         with store().session() as session:
             _references_exist(session, [item])

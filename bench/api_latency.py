@@ -11,14 +11,15 @@ Measured, each on loopback:
   - closed loop (wrk, --threads/--connections): the floor, GET /customers/<id>/recommendations
     (200 candidates ranked by Triton) and POST /interactions (validation, auth, store write);
     every accepted interaction is read back afterwards (count in the store + a sample through the API);
-  - open loop (a paced Python client, latency counted from each request's scheduled start):
-    recommendations and the floor at each of --rates requests/s.
-Writes one JSON object per measurement to bench/results/api_latency.json (replacing the file).
+  - open loop (a paced Python client on keep-alive connections, latency counted from each request's
+    scheduled start): recommendations and the floor at each of --rates requests/s.
+Appends one JSON object per measurement to bench/results/api_latency.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -234,16 +236,35 @@ def run_wrk(url: str, script: Path, mode: str, run_id: str, customers: Path, pro
     return stats
 
 
-def _get(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+class KeepAliveClient:
+    """GET over one persistent connection per client thread, as wrk and real front ends do, so the paced
+    runs measure requests rather than TCP connection setup (urllib opens one per request)."""
+
+    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        self.headers = headers
+        self._local = threading.local()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        for attempt in (1, 2):  # the server may close an idle keep-alive connection; reconnect once
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+            try:
+                conn.request("GET", path, headers=self.headers)
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            except (http.client.HTTPException, OSError):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
 
-def open_loop(url_of: Any, rate: float, duration_s: float, check: Any, workers: int = 32) -> dict[str, Any]:
+def open_loop(base_url: str, path_of: Any, rate: float, duration_s: float, check: Any,
+              workers: int = 32) -> dict[str, Any]:
     """Requests at a fixed `rate`; latency runs from each request's scheduled start (no coordinated omission)."""
     import numpy as np
 
@@ -251,9 +272,13 @@ def open_loop(url_of: Any, rate: float, duration_s: float, check: Any, workers: 
     latencies = np.full(n, np.nan)
     failures: list[str] = []
     lock = threading.Lock()
+    client = KeepAliveClient(base_url, {"X-API-Key": API_KEY})
 
     def one(i: int, scheduled: float) -> None:
-        status, body = _get(url_of(i), {"X-API-Key": API_KEY})
+        try:
+            status, body = client.get(path_of(i))
+        except OSError as exc:
+            status, body = 0, repr(exc).encode()
         latencies[i] = time.perf_counter() - scheduled
         problem = check(status, body)
         if problem:
@@ -309,7 +334,8 @@ def verify_interactions(db: Path, api_url: str, run_id: str, created: int, ids_d
         stored = {r[0] for r in conn.execute("SELECT id FROM interactions WHERE session LIKE ?", (run_id + "-%",))}
     missing = [i for i in answered if i not in stored]
     picked = random.Random(0).sample(answered, min(sample, len(answered)))
-    readable = sum(_get(f"{api_url}/interactions/{i}", {"X-API-Key": API_KEY})[0] == 200 for i in picked)
+    client = KeepAliveClient(api_url, {"X-API-Key": API_KEY})
+    readable = sum(client.get(f"/interactions/{i}")[0] == 200 for i in picked)
     result = {"accepted": created, "ids_answered": len(answered), "distinct_ids": len(set(answered)),
               "missing_in_store": len(missing), "rows_in_store": len(stored),
               "written_after_client_stopped": len(stored) - len(set(answered)), "sampled": len(picked),
@@ -382,11 +408,12 @@ def main() -> None:
         rng = random.Random(1)
         paced = {}
         for rate in rates:
-            rec_urls = [f"{api.url}/customers/{rng.choice(world['customers'])}/recommendations?k=10"
-                        for _ in range(int(rate * args.open_duration))]
+            rec_paths = [f"/customers/{rng.choice(world['customers'])}/recommendations?k=10"
+                         for _ in range(int(rate * args.open_duration))]
             paced[rate] = {
-                "recommend": open_loop(lambda i: rec_urls[i], rate, args.open_duration, _check_triton_ranked),
-                "floor": open_loop(lambda i: floor.url + "/floor", rate, args.open_duration, _check_ok)}
+                "recommend": open_loop(api.url, lambda i: rec_paths[i], rate, args.open_duration,
+                                       _check_triton_ranked),
+                "floor": open_loop(floor.url, lambda i: "/floor", rate, args.open_duration, _check_ok)}
         wrk["interactions"] = run_wrk(api.url, script, "interactions", run_id, customers, products, args.threads,
                                       args.connections, args.duration)
         readback = verify_interactions(world["db"], api.url, run_id, wrk["interactions"]["created"], args.workdir)
@@ -399,10 +426,10 @@ def main() -> None:
                              check=False).stdout.strip()
     common = {"device": "cpu-2core", "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha}
-    base = {"load_average_1m_at_start": load_at_start, "server": " ".join(api.command[3:-1]), "database": "sqlite (WAL)", "transport": "loopback",
+    base = {"load_average_1m_at_start": load_at_start, "server": " ".join(api.command[3:-1]), "database": "sqlite (WAL, group commit)", "transport": "loopback",
             "auth": "on", "rate_limit": "on (10000000 per minute, memory)", "catalogue_products": world["n_products"],
             "customers": len(world["customers"]), "seed_interactions": world["interactions"], "candidates_per_request": 200,
-            "k": 10, "ranker": "local Triton (PyTriton, ONNX Runtime CPU), HTTP", "model_valid_auc":
+            "k": 10, "ranker": "local Triton (PyTriton's tritonserver, Python backend running ONNX Runtime CPU), HTTP", "model_valid_auc":
             world["best_valid_auc"], "baseline": "bare Flask GET returning a fixed JSON list, same gunicorn config"}
     rows = []
     for name, path in (("recommend", "GET /customers/<id>/recommendations"), ("interactions", "POST /interactions")):

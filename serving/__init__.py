@@ -1,6 +1,6 @@
-"""Serving: ONNX export, Triton model repository, local Triton (PyTriton), Triton client, bundles.
+"""Serving: ONNX export, Triton model repository, local Triton (PyTriton's tritonserver), Triton client, bundles.
 
-Heavy modules (torch, PyTriton) load only when their functions are used, so the API can import
+Heavy modules (torch, tritonclient) load only when their functions are used, so the API can import
 `serving.ranking` and `serving.errors` without them.
 """
 

@@ -1,13 +1,19 @@
-"""A real Triton server on this machine (PyTriton) serving a repository's ONNX model, run detached.
+"""A real Triton server on this machine serving a repository's ONNX model, run detached.
 
-`start_server` spawns `python -m serving.local_triton serve ...` in its own session so the server
-outlives the caller (the deploy task starts it, the API uses it later); `stop_server` ends it.
-State lives in `state_dir`: `server.json` (pid, URLs, model) and `triton.log`.
+The server is the `tritonserver` binary that PyTriton's wheel ships, started directly with its Python
+backend: `start_server` writes a Python-backend twin of the repository's model (serving.triton_repo.
+build_python_repository; the model runs onnxruntime inside Triton's backend stub, numpy in and out) and
+spawns `tritonserver` in its own session, so the server outlives the caller (the deploy task starts it,
+the API uses it later); `stop_server` ends it. The ONNX Runtime repository itself, which SageMaker's
+stock Triton image serves, is left as it is.
+
+State lives in `state_dir`: `server.json` (pid, URLs, model), `triton.log`, and the generated
+`model_repository/` and `backends/` that the server reads.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -19,18 +25,17 @@ import sysconfig
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
-
-import numpy as np
 
 from serving.errors import ServerStartError
-from serving.triton_repo import RepositoryModel, read_repository
+from serving.triton_repo import RepositoryModel, build_python_repository, read_repository
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = "server.json"
 LOG_FILE = "triton.log"
+MODEL_REPOSITORY = "model_repository"
+BACKENDS = "backends"
+STUB = "triton_python_backend_stub"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,74 @@ def resolve_repository(source: Path) -> Path:
     return source / "triton_repo" if (source / "triton_repo").is_dir() else source
 
 
+def _distribution() -> Path:
+    """PyTriton's copy of Triton: bin/tritonserver, backends/python, python_backend_stubs/<python version>."""
+    spec = importlib.util.find_spec("pytriton")  # located, not imported: the server needs none of its code
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerStartError("nvidia-pytriton is not installed; its wheel provides the tritonserver binary")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def _backend_directory(state_dir: Path) -> Path:
+    """`state_dir/backends/python` linking the Python backend to the stub built for this interpreter.
+
+    The backend starts `triton_python_backend_stub` from its own directory; the wheel keeps one stub per
+    Python version elsewhere, so the backend directory is assembled here (links, nothing copied).
+    """
+    dist = _distribution()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    sources = {"libtriton_python.so": dist / "backends" / "python" / "libtriton_python.so",
+               "triton_python_backend_utils.py": dist / "backends" / "python" / "triton_python_backend_utils.py",
+               STUB: dist / "python_backend_stubs" / version / STUB}
+    missing = [str(path) for path in sources.values() if not path.is_file()]
+    if missing:
+        raise ServerStartError(f"PyTriton's Triton distribution lacks {missing} (Python {version}); "
+                               "reinstall nvidia-pytriton for this interpreter")
+    backends = state_dir / BACKENDS
+    python_dir = backends / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for name, target in sources.items():
+        link = python_dir / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    return backends
+
+
+def server_command(model: RepositoryModel, state_dir: Path, http_port: int, grpc_port: int,
+                   metrics_port: int | None = None, host: str = "127.0.0.1") -> tuple[list[str], dict[str, str]]:
+    """The `tritonserver` command line and environment serving `model`'s Python-backend twin.
+
+    Writes the twin repository and the backend directory under `state_dir` first.
+    """
+    state_dir = Path(state_dir).resolve()
+    model_repository = state_dir / MODEL_REPOSITORY
+    build_python_repository(model, model_repository)
+    command = [
+        str(_distribution() / "bin" / "tritonserver"),
+        f"--model-repository={model_repository}",
+        f"--backend-directory={_backend_directory(state_dir)}",
+        f"--http-address={host}", f"--http-port={http_port}",
+        f"--grpc-address={host}", f"--grpc-port={grpc_port}",
+        f"--allow-metrics={'true' if metrics_port is not None else 'false'}",
+        # Clients with keep-alive connections (the API's rankers) would otherwise hold a shutdown
+        # for Triton's default 30 s; inferences take milliseconds, so 1 s drains them.
+        "--exit-timeout-secs=1",
+        # The config is complete; auto-completion would start an extra stub just to ask the model.
+        "--disable-auto-complete-config",
+        "--log-verbose=0",
+    ]
+    if metrics_port is not None:
+        command += [f"--metrics-address={host}", f"--metrics-port={metrics_port}"]
+    # Process plumbing, not configuration: the stub embeds this Python (libpython from LIBDIR) and finds
+    # this environment's packages (numpy, onnxruntime) through the `python` first on PATH.
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
+    return command, env
+
+
 def serve(
     repo_dir: Path,
     http_port: int,
@@ -59,60 +132,18 @@ def serve(
     metrics_port: int | None = None,
     model_name: str | None = None,
     host: str = "127.0.0.1",
-    onnx_threads: int = 1,
+    state_dir: Path | None = None,
 ) -> None:
-    """Block serving the newest version of the repository's model until SIGINT/SIGTERM."""
-    import onnxruntime as ort
-    from pytriton.decorators import batch
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig
+    """Serve the newest version of the repository's model in the foreground (this process becomes
+    tritonserver; Ctrl-C stops it). The twin repository goes to `state_dir` (default: a temporary one)."""
+    import tempfile
 
-    model: RepositoryModel = read_repository(repo_dir, model_name)
-    options = ort.SessionOptions()
-    # Triton batches requests; several sessions each grabbing every core would only contend.
-    options.intra_op_num_threads = onnx_threads
-    # onnxruntime-gpu exposes CUDA; the CPU wheel installed here does not.
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    session = ort.InferenceSession(str(model.onnx_path), options, providers=providers)
-
-    @batch
-    def infer(dense: np.ndarray, sparse: np.ndarray) -> dict[str, np.ndarray]:
-        feeds = {"dense": dense.astype(np.float32, copy=False), "sparse": sparse.astype(np.int64, copy=False)}
-        (score,) = session.run(["score"], feeds)
-        return {"score": score}
-
-    config = TritonConfig(
-        http_address=host,
-        http_port=http_port,
-        grpc_address=host,
-        grpc_port=grpc_port,
-        allow_metrics=metrics_port is not None,
-        metrics_port=metrics_port,
-        metrics_address=host if metrics_port is not None else None,
-        # Clients with keep-alive connections (the API's Ranker) would otherwise hold a
-        # shutdown for Triton's default 30 s; inferences take milliseconds, so 1 s drains them.
-        exit_timeout_secs=1,
-    )
-    batcher = DynamicBatcher(
-        max_queue_delay_microseconds=model.max_queue_delay_us,
-        preferred_batch_size=list(model.preferred_batch_sizes) or None,
-    )
-    with Triton(config=config) as triton:
-        triton.bind(
-            model_name=model.name,
-            infer_func=infer,
-            inputs=[
-                Tensor(name="dense", dtype=np.float32, shape=(model.n_dense,)),
-                Tensor(name="sparse", dtype=np.int64, shape=(model.n_sparse,)),
-            ],
-            outputs=[Tensor(name="score", dtype=np.float32, shape=(1,))],
-            model_version=model.version,
-            config=ModelConfig(max_batch_size=model.max_batch_size, batcher=batcher),
-            strict=True,
-        )
-        log.info("serving %s v%d from %s on http %s:%d grpc %s:%d",
-                 model.name, model.version, model.onnx_path, host, http_port, host, grpc_port)
-        triton.serve()
+    model = read_repository(repo_dir, model_name)
+    state = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="recsys-triton-"))
+    command, env = server_command(model, state, http_port, grpc_port, metrics_port, host)
+    log.info("serving %s v%d from %s on http %s:%d grpc %s:%d",
+             model.name, model.version, model.onnx_path, host, http_port, host, grpc_port)
+    os.execve(command[0], command, env)
 
 
 def _proc_state(pid: int) -> tuple[str, int] | None:
@@ -131,7 +162,7 @@ def _alive(pid: int) -> bool:
 
 
 def _group_members(pgid: int) -> list[int]:
-    """Live processes of a process group (tritonserver and PyTriton's helpers share the server's)."""
+    """Live processes of a process group (tritonserver and its backend stubs share the server's)."""
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -149,12 +180,15 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _is_our_server(pid: int) -> bool:
-    """Guards against a stale pidfile whose pid now belongs to an unrelated process."""
+def _is_our_server(pid: int, state_dir: Path) -> bool:
+    """Guards against a stale pidfile whose pid now belongs to an unrelated process: ours is a
+    tritonserver reading the model repository under `state_dir`."""
     try:
-        return b"serving.local_triton" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError):
         return False
+    repository = f"--model-repository={Path(state_dir).resolve() / MODEL_REPOSITORY}".encode()
+    return b"tritonserver" in cmdline and repository in cmdline.split(b"\0")
 
 
 def read_handle(state_dir: Path) -> ServerHandle | None:
@@ -179,14 +213,14 @@ def stop_server(state_dir: Path, timeout_s: float = 20.0) -> bool:
     if handle is None:
         return False
     pid = handle.pid
-    was_running = _alive(pid) and _is_our_server(pid)
+    was_running = _alive(pid) and _is_our_server(pid, state_dir)
     if was_running:
-        os.kill(pid, signal.SIGINT)  # PyTriton shuts tritonserver down and removes its workspace
+        os.kill(pid, signal.SIGINT)  # tritonserver unloads the model (ending its stub) and exits
         if not _wait_gone(pid, timeout_s):
             log.warning("triton pid %d ignored SIGINT for %.0fs; killing its process group", pid, timeout_s)
     # Leftovers (e.g. a tritonserver whose parent was killed) share the server's process group;
     # a live pid that is not ours means the pid (and group id) was reused: leave it alone.
-    reused = _alive(pid) and not _is_our_server(pid)
+    reused = _alive(pid) and not _is_our_server(pid, state_dir)
     if not reused and _group_members(pid):
         try:
             os.killpg(pid, signal.SIGKILL)
@@ -255,18 +289,7 @@ def start_server(
         raise ServerStartError(f"cannot start Triton on {host}: port(s) {busy} already in use; pick free ports "
                                "or stop the server holding them (python -m serving stop --state-dir ...)")
     log_path = state_dir / LOG_FILE
-    command = [sys.executable, "-m", "serving.local_triton", "serve", str(repo_dir),
-               "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-               "--model", model.name, "--host", host]
-    if metrics_port is not None:
-        command += ["--metrics-port", str(metrics_port)]
-    # The child inherits this environment (process plumbing, not configuration) plus two fixes:
-    # PyTriton's tritonserver links against this Python's libpython, and the child must find
-    # this project whatever its working directory.
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    command, env = server_command(model, state_dir, http_port, grpc_port, metrics_port, host)
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    cwd=state_dir, env=env, start_new_session=True)
@@ -288,29 +311,3 @@ def start_server(
     log.info("triton ready: pid %d, http %s, grpc %s, model %s v%d",
              handle.pid, handle.http_url, handle.grpc_url, model.name, model.version)
     return handle
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m serving.local_triton serve REPO --http-port P --grpc-port P`: the detached server."""
-    parser = argparse.ArgumentParser(prog="python -m serving.local_triton")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("serve", help="serve a repository in the foreground")
-    run.add_argument("repository", type=Path)
-    run.add_argument("--http-port", type=int, required=True)
-    run.add_argument("--grpc-port", type=int, required=True)
-    run.add_argument("--metrics-port", type=int)
-    run.add_argument("--model")
-    run.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def _interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # PyTriton's serve() loop shuts down cleanly on KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _interrupt)
-    serve(resolve_repository(args.repository), args.http_port, args.grpc_port, args.metrics_port,
-          args.model, args.host)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,9 @@
-"""Writes and reads Triton model repositories: `<repo>/<model>/config.pbtxt` and `<version>/model.onnx`."""
+"""Writes and reads Triton model repositories: `<repo>/<model>/config.pbtxt` and `<version>/model.onnx`.
+
+`build_repository` writes the ONNX Runtime repository that is shipped (SageMaker, the stock Triton image);
+`build_python_repository` derives from it the Python-backend twin that the local Triton serves with the
+binary and Python backend PyTriton's wheel ships (which has no onnxruntime backend).
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,13 @@ class RepositoryModel:
     max_batch_size: int
     preferred_batch_sizes: tuple[int, ...]
     max_queue_delay_us: int
+
+    @property
+    def config_path(self) -> Path:
+        return self.onnx_path.parents[1] / "config.pbtxt"
+
+
+PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")  # becomes <version>/model.py
 
 
 def model_config(
@@ -113,10 +125,7 @@ def read_repository(repo_dir: Path, model_name: str | None = None) -> Repository
     config_path = repo_dir / model_name / "config.pbtxt"
     if not config_path.is_file():
         raise RepositoryError(f"{config_path} does not exist; build the repository with build_repository")
-    try:
-        config = text_format.Parse(config_path.read_text(), pb.ModelConfig())
-    except text_format.ParseError as exc:
-        raise RepositoryError(f"{config_path} is not a valid Triton model config: {exc}") from exc
+    config = _read_config(config_path)
     versions = sorted(int(p.parent.name) for p in config_path.parent.glob("*/model.onnx") if p.parent.name.isdigit())
     if not versions:
         raise RepositoryError(f"{config_path.parent} has no <version>/model.onnx")
@@ -133,3 +142,32 @@ def read_repository(repo_dir: Path, model_name: str | None = None) -> Repository
         preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
         max_queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds,
     )
+
+
+def _read_config(config_path: Path) -> pb.ModelConfig:
+    try:
+        return text_format.Parse(config_path.read_text(), pb.ModelConfig())
+    except text_format.ParseError as exc:
+        raise RepositoryError(f"{config_path} is not a valid Triton model config: {exc}") from exc
+
+
+def build_python_repository(model: RepositoryModel, out_dir: Path, onnx_threads: int = 1) -> Path:
+    """Write `out_dir/<model>/`: `model`'s config with the Python backend instead of ONNX Runtime, and
+    `<version>/model.py` (serving/triton_model.py) running the repository's ONNX file where it lies.
+
+    Tensors, batching and instance groups are copied, so clients see the same model; only the newest
+    version is written (Triton's default version policy serves the newest one anyway). Replaces an
+    earlier twin of the same model. Returns the model's directory.
+    """
+    config = _read_config(model.config_path)
+    config.ClearField("platform")
+    config.backend = "python"
+    config.parameters["onnx_path"].string_value = str(Path(model.onnx_path).resolve())
+    config.parameters["intra_op_threads"].string_value = str(onnx_threads)
+    model_dir = Path(out_dir) / model.name
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    (model_dir / str(model.version)).mkdir(parents=True)
+    shutil.copyfile(PYTHON_MODEL_SOURCE, model_dir / str(model.version) / "model.py")
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+    return model_dir

@@ -85,6 +85,32 @@ def test_rate_limit_is_per_key_and_answers_429_json(tmp_path: Path) -> None:
     assert c.get("/customers", headers={"X-API-Key": "a-key-789"}).status_code == 200
 
 
+def test_memory_limits_start_no_timer_threads_and_drop_expired_counters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from api.ratelimit import InlineExpiryMemoryStorage
+
+    app = create_app(make_config(tmp_path, API_KEYS=KEYS, RATELIMIT_DEFAULT="1000 per minute"))
+    storage = app.extensions["recsys_limiter"].storage
+    assert isinstance(storage, InlineExpiryMemoryStorage)
+    c = app.test_client()
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self), real_start(self))[1])
+    for _ in range(50):  # limits' own MemoryStorage starts a timer thread every 10 ms of hits
+        assert c.get("/customers", headers={"X-API-Key": "r-key-123"}).status_code == 200
+    assert c.get("/customers", headers={"X-API-Key": "a-key-789"}).status_code == 200
+    assert started == []
+    assert len(storage.storage) == 2  # one counter per key
+    later = time.time() + 120  # both one-minute windows are over
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert c.get("/customers", headers={"X-API-Key": "r-key-123"}).status_code == 200
+    assert list(storage.storage.values()) == [1]  # the idle key's counter was swept, the other restarted
+
+
 def test_rate_limit_is_shared_through_redis(tmp_path: Path) -> None:
     redis = pytest.importorskip("redis")
     conn = redis.Redis.from_url(REDIS_URL)

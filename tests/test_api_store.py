@@ -188,3 +188,83 @@ def test_seed_from_events_loads_a_store_the_app_then_serves(tmp_path: Path) -> N
     bought = set(events[(events.user_id == buyer) & (events.event_type == "purchase")].product_id)
     ids = [i["product_id"] for i in client.get(f"/customers/{buyer}/recommendations?k=10").json["items"]]
     assert len(ids) == len(set(ids)) == 10 and not bought & set(ids)
+
+
+def _queue_inserts_behind_a_held_write_lock(store: Store, rows: list[dict]) -> list[int | BaseException]:
+    """Insert `rows` from one thread each while the SQLite write lock is held as another process would
+    hold it; release it once every row but the first (which leads and waits for the lock) is queued."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    from sqlalchemy import insert
+
+    from api.store import Interaction
+
+    results: list[int | BaseException] = [0] * len(rows)
+
+    def write(i: int) -> None:
+        try:
+            results[i] = store.insert_one(insert(Interaction.__table__), rows[i])
+        except BaseException as exc:  # collected for the assertions in the main thread
+            results[i] = exc
+
+    assert store._write_lock_path is not None
+    fd = os.open(store._write_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(rows))]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60  # only guards against a hang; never reached when the code works
+        while len(store._pending) < len(rows) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> Iterator[Store]:
+    from api.store import Customer
+
+    store = Store(f"sqlite:///{tmp_path / 'api.db'}")
+    store.init_db()
+    with store.session() as session:
+        session.add_all([Customer(id=1), Product(id=1, price=1.0)])
+    yield store
+    store.dispose()
+
+
+def test_concurrent_inserts_share_one_commit_and_all_are_readable(small_store: Store) -> None:
+    from sqlalchemy import event, select
+
+    from api.store import Interaction
+
+    commits: list[int] = []
+    event.listen(small_store.engine, "commit", lambda conn: commits.append(1))
+    rows = [{"customer_id": 1, "product_id": 1, "event_type": "view", "session": f"s{i}"} for i in range(8)]
+    ids = _queue_inserts_behind_a_held_write_lock(small_store, rows)
+    assert all(isinstance(i, int) for i in ids) and len(set(ids)) == 8
+    assert len(commits) == 2  # the leader's own row, then the seven rows queued behind it together
+    with small_store.engine.connect() as conn:
+        stored = dict(conn.execute(select(Interaction.id, Interaction.session)).all())
+    assert stored == {i: f"s{n}" for n, i in enumerate(ids)}
+
+
+def test_a_refused_row_in_a_group_fails_alone(small_store: Store) -> None:
+    from sqlalchemy import func, select
+
+    from api.store import Interaction
+
+    rows = [{"customer_id": 1, "product_id": 999 if i == 3 else 1, "event_type": "view"} for i in range(6)]
+    results = _queue_inserts_behind_a_held_write_lock(small_store, rows)
+    assert isinstance(results[3], IntegrityError)
+    written = [r for i, r in enumerate(results) if i != 3]
+    assert all(isinstance(r, int) for r in written) and len(set(written)) == 5
+    with small_store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Interaction)).scalar() == 5

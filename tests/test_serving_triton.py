@@ -1,5 +1,6 @@
-"""A real local Triton (PyTriton) started detached on free ports: scores over HTTP and gRPC,
-model config, restart with a new version, and unavailability once stopped."""
+"""A real local Triton (PyTriton's tritonserver binary, Python backend running onnxruntime) started
+detached on free ports: scores over HTTP and gRPC, model config, restart with a new version, and
+unavailability once stopped."""
 
 from __future__ import annotations
 
@@ -138,6 +139,22 @@ def test_served_model_config_matches_the_repository(served: tuple[ServerHandle, 
     assert metadata["versions"] == ["1"]
 
 
+def test_served_twin_runs_the_python_backend_and_leaves_the_shipped_repository_alone(
+    served: tuple[ServerHandle, Path, Path],
+) -> None:
+    handle, root, _ = served
+    client = httpclient.InferenceServerClient(handle.http_url)
+    try:
+        config = client.get_model_config("dlrm")
+    finally:
+        client.close()
+    assert config["backend"] == "python"
+    assert config["parameters"]["onnx_path"]["string_value"] == str((root / "repo" / "dlrm" / "1" / "model.onnx").resolve())
+    # The repository that SageMaker's stock Triton serves keeps its ONNX Runtime platform and no model.py.
+    assert 'platform: "onnxruntime_onnx"' in (root / "repo" / "dlrm" / "config.pbtxt").read_text()
+    assert sorted(p.name for p in (root / "repo" / "dlrm" / "1").iterdir()) == ["model.onnx"]
+
+
 def test_unknown_model_is_unavailable_with_the_url_in_the_message(served: tuple[ServerHandle, Path, Path]) -> None:
     handle, _, _ = served
     with pytest.raises(RankerUnavailable, match=handle.http_url):
@@ -187,7 +204,7 @@ def test_restart_with_a_new_version_replaces_the_server_then_stop_makes_it_unava
     assert ranker.is_ready()
     assert stop_server(root / "state") is True
     assert pid_gone(new.pid)
-    assert live_group_members(new.pid) == []  # tritonserver and PyTriton's helpers went with it
+    assert live_group_members(new.pid) == []  # tritonserver and its backend stub went with it
     assert not ranker.is_ready()
     for protocol, url in (("http", new.http_url), ("grpc", new.grpc_url)):
         with pytest.raises(RankerUnavailable, match=url):
