@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,3 +269,31 @@ def test_a_refused_row_in_a_group_fails_alone(small_store: Store) -> None:
     assert all(isinstance(r, int) for r in written) and len(set(written)) == 5
     with small_store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Interaction)).scalar() == 5
+
+
+def test_inserts_reach_the_database_file_through_the_scheduled_checkpoint(small_store: Store, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the checkpoint due, the write path copies the WAL into the main file: a copy of that file
+    alone (no -wal beside it) already holds the rows; with it not due, the rows stay in the WAL."""
+    import shutil
+    import sqlite3
+
+    from sqlalchemy import insert
+
+    import api.store as store_module
+    from api.store import Interaction
+
+    def rows_in_main_file() -> int:
+        shutil.copyfile(tmp_path / "api.db", tmp_path / "copy.db")
+        with sqlite3.connect(tmp_path / "copy.db") as conn:
+            return conn.execute("SELECT count(*) FROM interactions").fetchone()[0]
+
+    small_store._checkpoint_if_due()  # the fixture's writes are checkpointed; next one due in 2 s
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY_S", 3600.0)
+    small_store._next_checkpoint = time.monotonic() + 3600
+    for i in range(3):
+        small_store.insert_one(insert(Interaction.__table__), {"customer_id": 1, "product_id": 1, "event_type": "view"})
+    assert rows_in_main_file() == 0  # committed, but only in the WAL so far
+    small_store._next_checkpoint = 0.0  # due now
+    small_store.insert_one(insert(Interaction.__table__), {"customer_id": 1, "product_id": 1, "event_type": "view"})
+    assert rows_in_main_file() == 4
