@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-fast clean stop airflow-ui mlflow-ui
+.PHONY: venv demo test test-fast clean stop airflow-ui mlflow-ui bench-api
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,8 @@ airflow-ui: $(STAMP)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/var/mlflow.db --port 5001
+
+# The API benchmark's load generator is Debian's wrk (apt; sudo where not root).
+bench-api: $(STAMP)
+	command -v wrk >/dev/null || $$([ "$$(id -u)" = 0 ] || echo sudo) sh -c 'apt-get update -q && apt-get install -y -q wrk'
+	$(BIN)/python bench/api_latency.py --workdir /tmp/api_bench

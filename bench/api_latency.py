@@ -1,6 +1,6 @@
 """REST API latency and throughput under gunicorn, ranking on a real local Triton, against a bare-Flask floor.
 
-    python bench/api_latency.py --workdir /tmp/api_bench            # needs `wrk` (apt-get install wrk)
+    make bench-api        # installs Debian's wrk if missing, then: python bench/api_latency.py --workdir /tmp/api_bench
 
 One run builds everything from `etl.synthetic` data: ETL workflow, a small DLRM trained for one epoch,
 a serving bundle, a local Triton (serving.local_triton) and a SQLite store with a 10k-product catalogue.
