@@ -5,7 +5,8 @@ Each measurement is forward + backward + optimizer step on batches already on th
 whose gradient feeds the row-wise Adagrad (on CUDA the fused Triton kernels of
 `training.rowwise_triton`; on the CPU a sort + `embedding_bag` segment sum), the one-bmm interaction
 backward, fused Adam for the MLPs, bf16 autocast where the trainer picks it (GPU; CPUs with
-AVX512-BF16/AMX), torch.compile and one CUDA graph per step on CUDA. `--variants` times
+AVX512-BF16/AMX), torch.compile of the lookup and dense part (as `train()` does on CUDA and for long
+CPU runs, `training.step.compile_pays_off`) and one CUDA graph per step on CUDA. `--variants` times
 switched-off versions of the same step in the same run; on the CPU all variants and the baseline
 take turns repeat by repeat. The baseline is built like the reference DLRM: one
 `nn.EmbeddingBag(mode="sum", sparse=True)` per table looked up in a Python loop, fp32,
@@ -41,7 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from training.dlrm import DLRM, DLRMConfig, mlp  # noqa: E402
 from training.optim import RowWiseAdagrad, id_rows  # noqa: E402
-from training.step import StepOptions, TrainStep, native_bf16, retain_freed_memory  # noqa: E402
+from training.step import (  # noqa: E402
+    CPU_COMPILE_MIN_STEPS, StepOptions, TrainStep, compile_pays_off, native_bf16, retain_freed_memory)
 
 log = logging.getLogger("bench.train_throughput")
 
@@ -339,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                        help="torch.compile of ours; auto = what training.train() runs for a long job "
+                             f"(CUDA; CPU runs of >= {CPU_COMPILE_MIN_STEPS} steps): on")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                         help="fast path autocast; auto = what training.train() picks: bf16 on GPU and on CPUs "
                              "with native bf16 dot products (avx512_bf16/AMX), else fp32")
@@ -361,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         [2048, 16384] if quick else [2048, 16384, 65536])
     # CPU: ~32k samples per timed repeat, so that a repeat outlasts scheduler noise at small batches
     steps_for = (lambda batch: args.steps or (20 if cuda else max(5, 32768 // batch)))
-    warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)
-    compile_ = cuda if args.compile == "auto" else args.compile == "on"
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)  # the compile happens here
+    compile_ = compile_pays_off(device, CPU_COMPILE_MIN_STEPS) if args.compile == "auto" else args.compile == "on"
     use_graph = cuda and not args.no_graph
     bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
     # The trainer's CPU step keeps freed memory in the heap (training.step.retain_freed_memory);

@@ -163,14 +163,28 @@ def test_bf16_cpu_step_tracks_the_fp32_step() -> None:
 
 
 def test_auto_precision_is_bf16_exactly_where_the_device_has_native_bf16(tmp_path: Path) -> None:
-    from training.trainer import TrainConfig, _stepper
+    from training.trainer import TrainConfig, step_options
 
-    model = DLRM(DLRMConfig(3, [5, 7], embedding_dim=4, bottom_mlp=[8], top_mlp=[8]))
     cpu = torch.device("cpu")
     assert TrainConfig().precision == "auto"
-    assert _stepper(model, TrainConfig(), cpu).options.bf16 is native_bf16(cpu)
-    assert _stepper(model, TrainConfig(precision="fp32"), cpu).options.bf16 is False
-    assert _stepper(model, TrainConfig(precision="bf16"), cpu).options.bf16 is True
+    assert step_options(TrainConfig(), cpu, 10).bf16 is native_bf16(cpu)
+    assert step_options(TrainConfig(precision="fp32"), cpu, 10).bf16 is False
+    assert step_options(TrainConfig(precision="bf16"), cpu, 10).bf16 is True
+
+
+def test_batches_of_another_size_than_the_first_skip_the_compiled_functions() -> None:
+    """A ragged last batch must not trigger a second compile (10-23 s on 2 CPU cores)."""
+    torch.manual_seed(0)
+    model = DLRM(DLRMConfig(3, [5, 7], embedding_dim=4, bottom_mlp=[8], top_mlp=[8]))
+    step = TrainStep(model, StepOptions(), torch.device("cpu"))
+    sizes: list[int] = []
+    step._dense_fn = lambda dense, embedded: (sizes.append(dense.shape[0]), model.forward_embedded(dense, embedded))[1]
+    g = torch.Generator().manual_seed(0)
+    for batch in (16, 16, 5, 16):
+        sparse = torch.stack([torch.randint(0, 5, (batch,), generator=g), torch.randint(0, 7, (batch,), generator=g)], 1)
+        loss = step(torch.randn(batch, 3, generator=g), sparse, (torch.rand(batch, generator=g) < 0.5).float())
+        assert torch.isfinite(loss)
+    assert sizes == [16, 16, 16]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc heap knobs")

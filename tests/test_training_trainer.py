@@ -103,3 +103,19 @@ def test_cli_trains_then_evaluates(small: Path, tmp_path: Path, capsys: pytest.C
     report = json.loads(capsys.readouterr().out)
     assert {"auc", "logloss", "recall_at_5", "ndcg_at_5", "baseline_ndcg_at_5"} <= set(report)
     assert main(["evaluate", "--model", trained["model_path"], "--data", str(tmp_path / "missing")]) == 2
+
+
+def test_cpu_step_is_compiled_only_for_runs_long_enough_to_repay_the_compile() -> None:
+    from training.step import CPU_COMPILE_MIN_STEPS
+    from training.trainer import step_options
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    short, long = CPU_COMPILE_MIN_STEPS - 1, CPU_COMPILE_MIN_STEPS
+    assert not step_options(TrainConfig(), cpu, short).compile
+    long_cpu = step_options(TrainConfig(), cpu, long)
+    assert long_cpu.compile and not long_cpu.cuda_graph  # CUDA graphs exist only on CUDA
+    assert not step_options(TrainConfig(fast_path=False), cpu, long).compile
+    # CUDA compiles whatever the length (building options touches no GPU)
+    assert step_options(TrainConfig(precision="fp32"), cuda, 1).compile
+    assert step_options(TrainConfig(precision="fp32"), cuda, 1).cuda_graph
+    assert not step_options(TrainConfig(precision="fp32", fast_path=False), cuda, 1).compile

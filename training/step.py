@@ -5,9 +5,11 @@ The step looks the batch's rows up from a detached table, runs the dense part fo
 embedding rows. On CUDA the lookup and the dense part are compiled with torch.compile, the
 row-wise Adagrad is the fused Triton kernel (`training.rowwise_triton`), learning rates live in
 device tensors, and full-size batches replay one captured CUDA graph (no launch gaps, no host
-work per kernel). The CPU runs the same math eagerly: bf16 GEMMs (oneDNN) where the CPU has
-native bf16 dot products, fused Adam, the row update through a sort and `embedding_bag`
-(`training.optim.sum_by_id`), and freed memory kept in the process heap (`retain_freed_memory`).
+work per kernel). The CPU runs the same math: bf16 GEMMs (oneDNN) where the CPU has native bf16
+dot products, fused Adam, the row update through a sort and `embedding_bag`
+(`training.optim.sum_by_id`), freed memory kept in the process heap (`retain_freed_memory`), and
+the lookup and dense part compiled only for runs long enough to repay the compile
+(`compile_pays_off`).
 `train()` and `bench/train_throughput.py` both use this class, so the benchmark measures the
 trainer's own step.
 """
@@ -72,6 +74,24 @@ def retain_freed_memory() -> bool:
     return _HEAP_RETAINED
 
 
+# Inductor's CPU code gave the step +5-8% samples/s on 2 cores (bench/README-train.md, CPU) for
+# ~15-23 s of cold compile per batch shape: below this many planned steps the compile costs more
+# than it saves (at batch 2048, 14-24 ms/step, +5-8% repays ~20 s after ~20k steps).
+CPU_COMPILE_MIN_STEPS = 20_000
+
+
+def compile_pays_off(device: torch.device, planned_steps: int) -> bool:
+    """Whether to torch.compile the step for a run of `planned_steps` steps on `device`.
+
+    CUDA: always (the compile takes seconds against steps of milliseconds, and the CUDA graph
+    needs it). CPU: only from `CPU_COMPILE_MIN_STEPS` on, so that short runs (tests, the nightly
+    demo) do not spend more time compiling than they train.
+    """
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and planned_steps >= CPU_COMPILE_MIN_STEPS
+
+
 @dataclass(frozen=True)
 class StepOptions:
     """How one step is built; the defaults of `for_device` are the fast path of each device."""
@@ -91,7 +111,8 @@ class TrainStep:
     """`step(dense (B, n_dense), sparse (B, n_sparse), label (B,)) -> loss` (0-d device tensor).
 
     Every call is one real optimisation step, including the eager warm-up steps before a CUDA
-    graph is captured; batches of another size than the captured one run eagerly.
+    graph is captured; batches of another size than the first one (a ragged last batch) run
+    eagerly, so they neither recompile nor leave the captured graph.
     """
 
     def __init__(self, model: nn.Module, options: StepOptions, device: torch.device) -> None:
@@ -140,7 +161,7 @@ class TrainStep:
             self._dense_fn = torch.compile(model.forward_embedded, dynamic=False)
         self.use_graph = options.cuda_graph and tensor_lr
         self._graph: torch.cuda.CUDAGraph | None = None
-        self._graph_batch = -1
+        self._fast_batch = -1  # the batch size the compiled code (and graph) serve; others run eagerly
         self._static: tuple[torch.Tensor, ...] = ()
         self._static_loss: torch.Tensor | None = None
         self._eager_full_steps = 0
@@ -164,8 +185,8 @@ class TrainStep:
     def _lookup(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.model.sparse_arch.ids(sparse)  # (B, n_sparse)
         rows = F.embedding(ids, self.table.detach())  # (B, n_sparse, dim)
-        if self.lead_slot and not self.device.type == "cuda":
-            # eager: the cast writes straight into the slots behind the zero one, one pass
+        if self.lead_slot and not (self.device.type == "cuda" or self.options.compile):
+            # eager CPU: the cast writes straight into the slots behind the zero one, one pass
             slotted = rows.new_empty(rows.shape[0], 1 + rows.shape[1], rows.shape[2], dtype=self.lookup_dtype)
             slotted[:, 0].zero_()
             slotted[:, 1:].copy_(rows)
@@ -194,15 +215,17 @@ class TrainStep:
     def __call__(self, dense: torch.Tensor, sparse: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         batch = label.shape[0]
         if not self.use_graph:
-            return self._step(dense, sparse, label, fast=True)
-        if self._graph is not None and batch == self._graph_batch:
+            if self._fast_batch == -1:
+                self._fast_batch = batch
+            return self._step(dense, sparse, label, fast=batch == self._fast_batch)
+        if self._graph is not None and batch == self._fast_batch:
             for buffer, value in zip(self._static, (dense, sparse, label)):
                 buffer.copy_(value, non_blocking=True)
             self._graph.replay()
             return self._static_loss.clone()  # type: ignore[union-attr]
-        if self._graph is not None or (self._graph_batch not in (-1, batch)):
+        if self._graph is not None or (self._fast_batch not in (-1, batch)):
             return self._step(dense, sparse, label, fast=False)  # a ragged last batch
-        self._graph_batch = batch
+        self._fast_batch = batch
         if self._eager_full_steps < self.options.graph_warmup:
             # Warm-up runs on a side stream, as capture requires (allocator, cuBLAS workspaces).
             self._side.wait_stream(torch.cuda.current_stream(self.device))  # type: ignore[union-attr]

@@ -21,7 +21,7 @@ from training.dlrm import DLRM, DLRMConfig, save_model
 from training.errors import CheckpointError, ConfigError
 from training.metrics import auc, logloss
 from training.optim import LRSchedule
-from training.step import StepOptions, TrainStep, native_bf16
+from training.step import StepOptions, TrainStep, compile_pays_off, native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ class TrainConfig:
     patience: int = 2  # epochs without a better validation AUC before stopping
     precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto": bf16 where the device has native bf16 GEMMs
     device: str = "auto"  # "auto", "cpu", "cuda"
-    fast_path: bool = True  # CUDA only: torch.compile + one CUDA graph per step (see training.step)
+    # torch.compile of the step (CUDA: always, plus one CUDA graph per step; CPU: only runs of at least
+    # training.step.CPU_COMPILE_MIN_STEPS planned steps, see compile_pays_off); False: eager everywhere
+    fast_path: bool = True
     seed: int = 0
     checkpoint_dir: Path | None = None  # default: <out_dir>/checkpoints
     resume_from: Path | None = None  # a checkpoint.pt to continue from
@@ -169,19 +171,19 @@ def predict(model: nn.Module, data: InteractionTensors, batch_size: int = 65536)
     return torch.cat(out).double().numpy() if out else np.empty(0)
 
 
-def _stepper(model: nn.Module, config: TrainConfig, device: torch.device) -> TrainStep:
-    cuda_fast = device.type == "cuda" and config.fast_path
-    options = StepOptions(
+def step_options(config: TrainConfig, device: torch.device, planned_steps: int) -> StepOptions:
+    """The step `train()` builds for a run of `planned_steps` steps (epochs x batches per epoch)."""
+    compiled = config.fast_path and compile_pays_off(device, planned_steps)
+    return StepOptions(
         lr=config.lr,
         embedding_lr=config.embedding_lr,
         optimizer=config.optimizer,
         embedding_optimizer=config.embedding_optimizer,
         weight_decay=config.weight_decay,
         bf16=config.precision == "bf16" or (config.precision == "auto" and native_bf16(device)),
-        compile=cuda_fast,
-        cuda_graph=cuda_fast,
+        compile=compiled,
+        cuda_graph=compiled and device.type == "cuda",
     )
-    return TrainStep(model, options, device)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -219,8 +221,9 @@ def train(
     torch.manual_seed(config.seed)
     model = build_model(config, schema).to(device)
     batches = BatchIterator(train_rows, config.batch_size, shuffle=True, seed=config.seed)
-    schedule = LRSchedule(config.warmup_steps, config.epochs * len(batches), config.lr_decay, config.min_lr_ratio)
-    stepper = _stepper(model, config, device)
+    planned_steps = config.epochs * len(batches)
+    schedule = LRSchedule(config.warmup_steps, planned_steps, config.lr_decay, config.min_lr_ratio)
+    stepper = TrainStep(model, step_options(config, device, planned_steps), device)
 
     history: list[dict[str, float]] = []
     best_auc, best_epoch, bad_epochs, start_epoch = float("-inf"), -1, 0, 0
