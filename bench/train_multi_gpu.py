@@ -174,7 +174,7 @@ def quality(data: Path, gpus: int, args: argparse.Namespace, tmp: Path) -> dict:
     oracle = json.loads(oracle_path.read_text())["oracle_auc"] if oracle_path.is_file() else {}
     one, many = runs[1], runs[gpus]
     return {
-        "benchmark": "train_multi_gpu", "metric": "test_auc", "value": many["test_auc"], "baseline": one["test_auc"],
+        "benchmark": "train_multi_gpu", "metric": "test_auc", "value": many["test_auc"], "unit": "AUC", "baseline": one["test_auc"],
         "ratio": many["test_auc"] / one["test_auc"], "difference": abs(many["test_auc"] - one["test_auc"]),
         "target": "within 0.002 of 1 GPU",
         "config": {"gpus": gpus, "data": str(data), "epochs": args.epochs, "global_batch": args.global_batch,
@@ -203,7 +203,7 @@ def memory(gpus: int, args: argparse.Namespace, tmp: Path) -> dict:
                             "--big-rows", str(args.big_rows)], tmp / f"memory{n}.json") for n in (1, gpus)}
     return {
         "benchmark": "train_multi_gpu", "metric": "trains_table_larger_than_gpu_memory_cap",
-        "value": "trained" if runs[gpus].get("trained_steps") else "failed",
+        "value": "trained" if runs[gpus].get("trained_steps") else "failed", "unit": "outcome",
         "baseline": "out of memory" if runs[1].get("out_of_memory") else "trained",
         "ratio": None,
         "config": {"gpus": gpus, "big_rows": args.big_rows, "dim": 128, "cap_gib": args.cap_gib,
