@@ -116,30 +116,38 @@ def reference_step(cfg: BenchConfig, device: torch.device, batch: int) -> Callab
 VARIANTS = {
     # name: (fused Triton row-wise Adagrad, fused interaction backward, pad F to a multiple of 8,
     #        lookup with a leading slot so one bmm writes dense + embedding gradients,
-    #        update fused into the segment-sum kernel)
-    "fast": (True, None, None, True, True),  # what training.train() runs (CUDA: fused backward, pads only when dim > 32)
-    "pad": (True, True, True, True, True),
-    "no_pad": (True, True, False, True, True),
-    "no_lead": (True, None, None, False, True),  # two bmms for the interaction's input gradients
-    "two_kernel_update": (True, None, None, True, False),  # segment-sum, then a separate update of every row
-    "prev_round": (True, None, None, False, False),  # the step as committed before this round (15.3M on b)
-    "autograd_interaction": (True, False, False, False, True),
-    "torch_sparse": (False, False, False, False, False),  # the first step: torch sort + scatter-add row-wise Adagrad
+    #        update fused into the segment-sum kernel, Triton interaction kernels on CUDA)
+    "fast": (True, None, None, True, True, True),  # what training.train() runs
+    "bmm_interaction": (True, None, None, True, True, False),  # the interaction as batched matmuls (pads F when dim > 32)
+    "pad": (True, True, True, True, True, False),
+    "no_pad": (True, True, False, True, True, False),
+    "no_lead": (True, None, None, False, True, False),  # two bmms for the interaction's input gradients
+    "two_kernel_update": (True, None, None, True, False, False),  # segment-sum, then a separate update of every row
+    "prev_round": (True, None, None, False, False, False),  # the step as committed two rounds ago (15.3M on b)
+    "autograd_interaction": (True, False, False, False, True, False),
+    "torch_sparse": (False, False, False, False, False, False),  # the first step: torch sort + scatter-add row-wise Adagrad
+    # `fast` without the zero columns that align the 13 dense inputs for cuBLAS (`DenseArch.align_input`)
+    "unaligned_dense": (True, None, None, True, True, True),
 }
 # `fast` with other launch settings of the fused segment-sum + update kernel
-KERNEL_VARIANTS = {"warps8": {"num_warps": 8}, "chunk32": {"chunk": 32}, "chunk128_w8": {"chunk": 128, "num_warps": 8}}
+KERNEL_VARIANTS = {
+    "warps8": {"num_warps": 8}, "chunk32": {"chunk": 32}, "chunk128_w8": {"chunk": 128, "num_warps": 8},
+    "per1": {"per_program": 1}, "per8": {"per_program": 8}, "per4_s2": {"per_program": 4, "stages": 2},
+}
 VARIANTS.update({name: VARIANTS["fast"] for name in KERNEL_VARIANTS})
 
 
 def fast_step(cfg: BenchConfig, device: torch.device, bf16: bool, compile_: bool, graph: bool,
               variant: str = "fast") -> TrainStep:
     """The trainer's own step (training.step.TrainStep) on a freshly initialised DLRM."""
-    fused_sparse, fused_interaction, pad, lead_slot, fuse_update = VARIANTS[variant]
+    fused_sparse, fused_interaction, pad, lead_slot, fuse_update, triton_interaction = VARIANTS[variant]
     torch.manual_seed(0)
     with device:  # build the tables in place: a 10M-row table is slow to init on the host
         model = DLRM(DLRMConfig(N_DENSE, cfg.cardinalities, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp))
     model.interaction.fused_backward = fused_interaction
     model.interaction.pad = pad
+    model.interaction.triton = triton_interaction
+    model.dense_arch.align_input = variant != "unaligned_dense"
     step = TrainStep(model, StepOptions(lr=1e-3, embedding_lr=0.05, bf16=bf16, compile=compile_, cuda_graph=graph),
                      device)
     step.lead_slot = step.lead_slot and lead_slot

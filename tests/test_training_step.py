@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.dlrm import DLRM, DLRMConfig, InteractionArch
+from training.dlrm import DLRM, DenseArch, DLRMConfig, InteractionArch
 from training.optim import RowWiseAdagrad, SparseSGD
 from training.step import StepOptions, TrainStep, native_bf16, retain_freed_memory
 
@@ -254,6 +254,48 @@ def test_fused_kernel_matches_the_torch_update_in_the_triton_interpreter() -> No
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     done = subprocess.run([sys.executable, "-c", _KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_interaction_matches_the_bmm_path_on_gpu(dtype: torch.dtype) -> None:
+    """The Triton interaction (forward and both gradients) against the batched-matmul path."""
+    torch.manual_seed(0)
+    # F = 27 with and without the leading slot, and shapes that are no powers of two
+    for batch, n_features, dim, lead in [(37, 27, 128, True), (21, 27, 16, False), (9, 6, 12, True), (10, 3, 20, False)]:
+        arch = InteractionArch(n_features).cuda().train()
+        dense = torch.randn(batch, dim, device="cuda", dtype=dtype)
+        embedded = torch.randn(batch, n_features - (not lead), dim, device="cuda", dtype=dtype)
+        if lead:
+            embedded[:, 0] = 0  # as TrainStep's lookup leaves it
+        weight = torch.randn(batch, dim + arch.n_pairs, device="cuda", dtype=dtype)
+        assert arch.uses_triton(embedded)  # what the model runs on a GPU
+        got = _grads(arch, None, dense, embedded, weight)
+        arch.triton = False
+        want = _grads(arch, True, dense, embedded, weight)
+        tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 0.1}
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape and g.is_contiguous()
+            torch.testing.assert_close(g.float(), w.float(), **tol)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_aligned_dense_input_gives_the_same_layer_on_gpu() -> None:
+    torch.manual_seed(0)
+    arch = DenseArch(13, [64], 16).cuda()
+    dense = torch.randn(300, 13, device="cuda")
+    results = []
+    for align in (True, False):
+        arch.align_input = align
+        arch.zero_grad()
+        out = arch(dense)
+        out.square().sum().backward()
+        results.append((out.detach(), *(p.grad.clone() for p in arch.parameters())))
+    for got, want in zip(*results):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.gpu

@@ -7,8 +7,9 @@ table-batched-embedding backward:
 
 1. sort the ids (int32 keys when the table has < 2^31 rows: fewer radix passes), number the
    distinct ids 0..n_unique-1 in sorted order;
-2. `_segment_sum_kernel`: each program takes CHUNK consecutive sorted positions, gathers their
-   gradient rows, sums the rows of each distinct id inside the chunk with one one-hot matrix
+2. `_segment_sum_kernel`: each program takes CHUNK consecutive sorted positions (at dim >= 64,
+   eight such chunks in a software-pipelined loop, so the next chunk's gathers are in flight
+   while one is summed and applied), gathers their gradient rows, sums the rows of each distinct id inside the chunk with one one-hot matrix
    product (tensor cores, exact for 0/1 weights). An id whose run of sorted positions lies
    wholly inside the chunk (almost all of them) is updated right there: accumulator and weight
    row (64-bit offsets: the table may exceed 2^31 elements) read and written once, no scratch.
@@ -51,11 +52,33 @@ def _update_rows(row, g, live, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps,
 @triton.jit
 def _segment_sum_kernel(
     order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
+    n, dim, n_ids, width, n_chunks,
+    DIM_P: tl.constexpr, CHUNK_: tl.constexpr, IEEE: tl.constexpr, STRIDED: tl.constexpr,
+    FUSE: tl.constexpr, PER_PROGRAM: tl.constexpr, STAGES: tl.constexpr,
+):
+    # PER_PROGRAM consecutive chunks per program: the loop lets Triton issue the next chunk's
+    # (indirect) gradient loads while this one is summed and applied.
+    if PER_PROGRAM == 1:
+        _segment_sum_chunk(
+            tl.program_id(0), order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr,
+            eps, n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, FUSE,
+        )
+    else:
+        first = tl.program_id(0) * PER_PROGRAM
+        for chunk in tl.range(first, tl.minimum(first + PER_PROGRAM, n_chunks), num_stages=STAGES):
+            _segment_sum_chunk(
+                chunk, order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
+                n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, FUSE,
+            )
+
+
+@triton.jit
+def _segment_sum_chunk(
+    pid, order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
     n, dim, n_ids, width,
     DIM_P: tl.constexpr, CHUNK_: tl.constexpr, IEEE: tl.constexpr, STRIDED: tl.constexpr,
     FUSE: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     start = pid * CHUNK_
     pos = start + tl.arange(0, CHUNK_)
     valid = pos < n
@@ -145,10 +168,15 @@ class FusedRowWiseAdagradKernel:
     0-d/1-element fp32 CUDA tensor (a tensor lets a captured CUDA graph follow an LR schedule).
     """
 
-    def __init__(self, fuse: bool = True, chunk: int = CHUNK, num_warps: int = 4) -> None:
+    def __init__(self, fuse: bool = True, chunk: int = CHUNK, num_warps: int = 4, per_program: int | None = None,
+                 stages: int = 3) -> None:
         self.fuse = fuse
         self.chunk = chunk  # a power of 2 >= 16 (the one-hot product's size)
         self.num_warps = num_warps  # of the segment-sum kernel
+        # Chunks per segment-sum program and the pipelining depth of its loop over them. None:
+        # 8 at dim >= 64, else 1 (H200, batch 65536: +2.8% samples/s at dim 128, -1.6% at dim 16).
+        self.per_program = per_program
+        self.stages = stages
         self.summed: torch.Tensor | None = None
         self._lr: torch.Tensor | None = None
 
@@ -196,10 +224,11 @@ class FusedRowWiseAdagradKernel:
         lr_t = self._lr_tensor(lr, ids.device)
         dim_p = max(16, triton.next_power_of_2(dim))
         n_chunks = triton.cdiv(n, self.chunk)
-        _segment_sum_kernel[(n_chunks,)](
-            order, slot, unique, grads, summed, weight, state_sum, lr_t, eps, n, dim, n_ids, width,
+        per_program = self.per_program or (8 if dim >= 64 else 1)
+        _segment_sum_kernel[(triton.cdiv(n_chunks, per_program),)](
+            order, slot, unique, grads, summed, weight, state_sum, lr_t, eps, n, dim, n_ids, width, n_chunks,
             DIM_P=dim_p, CHUNK_=self.chunk, IEEE=grads.dtype == torch.float32, STRIDED=strided,
-            FUSE=self.fuse, num_warps=self.num_warps,
+            FUSE=self.fuse, PER_PROGRAM=per_program, STAGES=self.stages, num_warps=self.num_warps,
         )
         if self.fuse:
             _apply_split_kernel[(max(1, triton.cdiv(n_chunks - 1, APPLY_ROWS)),)](
