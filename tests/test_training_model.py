@@ -120,7 +120,7 @@ def test_ids_are_grouped_and_their_gradients_summed_where_they_lie() -> None:
     # The same gradients behind a leading slot per batch row (the interaction's layout), in bf16.
     slotted = torch.cat([torch.full((3, 1, 2), 100.0), grads.view(3, 2, 2)], 1).bfloat16()
     rows3, summed3 = sum_by_id(ids, slotted)
-    assert torch.equal(rows3, rows) and torch.equal(summed3, summed) and summed3.dtype == torch.float32
+    assert torch.equal(rows3, rows) and torch.equal(summed3.float(), summed) and summed3.dtype == torch.bfloat16
     # bf16 gradients: fp32 accumulation, each sum rounded to bf16 once
     many = torch.full((300, 1), 1 / 3).bfloat16()
     assert abs(float(sum_by_id(torch.zeros(300, dtype=torch.long), many)[1]) - 300 * float(many[0])) < 0.25
@@ -128,13 +128,16 @@ def test_ids_are_grouped_and_their_gradients_summed_where_they_lie() -> None:
         sum_by_id(torch.arange(5), slotted)
 
 
-@pytest.mark.parametrize("lead,dtype", [(0, torch.float32), (1, torch.bfloat16)])
-def test_cpu_row_update_matches_an_fp64_reference_with_hot_ids(lead: int, dtype: torch.dtype) -> None:
+# compile: the inductor update of long CPU runs (rows of 12 floats are narrow enough for it)
+@pytest.mark.parametrize("lead,dtype,compile", [(0, torch.float32, False), (1, torch.bfloat16, False),
+                                                (0, torch.float32, True), (1, torch.bfloat16, True)])
+def test_cpu_row_update_matches_an_fp64_reference_with_hot_ids(lead: int, dtype: torch.dtype, compile: bool) -> None:
     g = torch.Generator().manual_seed(2)
     weight = torch.randn(5000, 12, generator=g)
     reference, state = weight.double(), torch.rand(5000, generator=g).double()
     initial = reference.clone()
-    opt = RowWiseAdagrad(weight, lr=0.05)
+    opt = RowWiseAdagrad(weight, lr=0.05, compile=compile)
+    assert (opt._compiled_rows is not None) == compile
     opt.state_sum.copy_(state)
     for _ in range(3):
         ids = torch.randint(0, 4000, (2400,), generator=g)  # rows 4000.. never touched

@@ -209,6 +209,33 @@ def test_cpu_steps_reuse_the_heap_instead_of_page_faulting_their_temporaries() -
     assert statistics.median(faults) < 2000, faults
 
 
+def _anon_huge_kb(address: int) -> int:
+    """AnonHugePages of the mapping that holds `address` (Linux /proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux transparent huge pages")
+def test_the_cpu_table_moves_to_huge_pages_with_its_data_unchanged() -> None:
+    if not Path("/sys/kernel/mm/transparent_hugepage").exists():
+        pytest.skip("this kernel has no transparent huge pages")
+    model = DLRM(DLRMConfig(3, [40_000, 50], embedding_dim=64, bottom_mlp=[8], top_mlp=[8]))  # 10 MB table
+    table = model.sparse_arch.embedding.weight
+    before = table.detach().clone()
+    step = TrainStep(model, StepOptions(), torch.device("cpu"))
+    assert torch.equal(table, before)
+    if step.huge_pages:  # False where MADV_COLLAPSE is missing (Linux < 6.1) or found no free huge page
+        assert _anon_huge_kb(table.data_ptr() + table.untyped_storage().nbytes() // 2) >= 2048
+    assert step(*_batches((40_000, 50), 1, 64, seed=5)[0]).isfinite()
+
+
 def test_sparse_optimizers_accept_a_tensor_learning_rate() -> None:
     ids, grads = torch.tensor([0, 2, 2]), torch.ones(3, 2)
     for opt_cls in (RowWiseAdagrad, SparseSGD):
