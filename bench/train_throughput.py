@@ -227,6 +227,27 @@ def device_name(device: torch.device) -> str:
     return f"cpu-{torch.get_num_threads()}core"
 
 
+def cpu_identity() -> dict[str, object]:
+    """The CPU's model and its measured GEMM rates: the ratio to the fp32 baseline follows the
+    bf16/fp32 GEMM speed, which differs between hosts that report the same flags (two AVX512-BF16
+    EPYCs of these 2-core machines ran bf16 GEMMs at ~900 and ~360 GFLOP/s, fp32 at ~195 both)."""
+    info: dict[str, object] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        pairs = (line.split(":", 1) for line in cpuinfo.read_text().splitlines()[:30] if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in pairs}
+        info = {"model_name": fields.get("model name"), "family": fields.get("cpu family"), "model": fields.get("model")}
+    for dtype in (torch.bfloat16, torch.float32):
+        a, b = torch.randn(2048, 512).to(dtype), torch.randn(512, 512).to(dtype)
+        for _ in range(5):
+            a @ b
+        began, n = time.perf_counter(), 40
+        for _ in range(n):
+            a @ b
+        info[f"gemm_2048x512x512_{str(dtype).split('.')[1]}_gflops"] = 2 * 2048 * 512 * 512 * n / (time.perf_counter() - began) / 1e9
+    return info
+
+
 def append_results(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = json.loads(path.read_text()) if path.exists() and path.read_text().strip() else []
@@ -380,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     # The trainer's CPU step keeps freed memory in the heap (training.step.retain_freed_memory);
     # it is process-wide, so the baseline below runs with the same allocator.
     heap_retained = retain_freed_memory() if not cuda else False
+    cpu = cpu_identity() if not cuda else {}
     variants = args.variants.split(",")
     sha = args.git_sha or git_sha()
     checks: dict[str, list[dict]] = {}
@@ -433,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             if not cuda:
                 config["threads"] = torch.get_num_threads()
                 config["heap_retained_for_both"] = heap_retained
+                config["cpu"] = cpu
             config.pop("cardinalities")
             row = {
                 "benchmark": "train_throughput", "metric": "samples_per_s", "value": value, "unit": "samples/s",
