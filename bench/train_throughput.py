@@ -128,6 +128,12 @@ VARIANTS = {
     "torch_sparse": (False, False, False, False, False, False),  # the first step: torch sort + scatter-add row-wise Adagrad
     # `fast` without the zero columns that align the 13 dense inputs for cuBLAS (`DenseArch.align_input`)
     "unaligned_dense": (True, None, None, True, True, True),
+    # `fast` with a looked-up (B, F, dim) copy of the rows for the interaction, instead of its
+    # kernels reading the table (`TrainStep.rows_from_table`)
+    "lookup_rows": (True, None, None, True, True, True),
+    # `fast` with the dense part compiled by inductor's max-autotune (Triton GEMM templates with
+    # bias and ReLU fused in, where they beat cuBLAS)
+    "autotune_mlp": (True, None, None, True, True, True),
 }
 # `fast` with other launch settings of the fused segment-sum + update kernel
 KERNEL_VARIANTS = {
@@ -151,6 +157,9 @@ def fast_step(cfg: BenchConfig, device: torch.device, bf16: bool, compile_: bool
     step = TrainStep(model, StepOptions(lr=1e-3, embedding_lr=0.05, bf16=bf16, compile=compile_, cuda_graph=graph),
                      device)
     step.lead_slot = step.lead_slot and lead_slot
+    step.rows_from_table = step.rows_from_table and lead_slot and variant != "lookup_rows"
+    if variant == "autotune_mlp" and compile_:
+        step._dense_fn = torch.compile(model.forward_embedded, dynamic=False, mode="max-autotune-no-cudagraphs")
     if not fused_sparse:
         step.sparse_opt = RowWiseAdagrad(step.table, lr=0.05, fused=False)
     elif getattr(step.sparse_opt, "fused", False):

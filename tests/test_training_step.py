@@ -297,7 +297,7 @@ def test_triton_interaction_matches_the_bmm_path_on_gpu(dtype: torch.dtype) -> N
         if lead:
             embedded[:, 0] = 0  # as TrainStep's lookup leaves it
         weight = torch.randn(batch, dim + arch.n_pairs, device="cuda", dtype=dtype)
-        assert arch.uses_triton(embedded)  # what the model runs on a GPU
+        assert arch.uses_triton(embedded.device)  # what the model runs on a GPU
         got = _grads(arch, None, dense, embedded, weight)
         arch.triton = False
         want = _grads(arch, True, dense, embedded, weight)
@@ -305,6 +305,60 @@ def test_triton_interaction_matches_the_bmm_path_on_gpu(dtype: torch.dtype) -> N
         for g, w in zip(got, want):
             assert g.dtype == w.dtype and g.shape == w.shape and g.is_contiguous()
             torch.testing.assert_close(g.float(), w.float(), **tol)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_interaction_reading_the_table_equals_reading_a_looked_up_copy_on_gpu(dtype: torch.dtype) -> None:
+    """Rows read by the kernels from the (fp32) table give the copy's output and gradients exactly."""
+    from training import interaction_triton
+
+    torch.manual_seed(0)
+    for batch, n_features, dim in [(37, 27, 128), (9, 6, 12)]:
+        table = torch.randn(1000, dim, device="cuda")
+        ids = torch.randint(0, 1000, (batch, n_features - 1), device="cuda")
+        dense = torch.randn(batch, dim, device="cuda", dtype=dtype)
+        looked_up = torch.cat([torch.zeros(batch, 1, dim, device="cuda"), table[ids]], 1).to(dtype)
+        grad_out = torch.randn(batch, dim + n_features * (n_features - 1) // 2, device="cuda", dtype=dtype)
+        results = []
+        for embedded, rows_from in ((looked_up, ()), (torch.full_like(looked_up, float("nan")), (table, ids))):
+            d, e = dense.clone().requires_grad_(True), embedded.clone().requires_grad_(True)
+            out = interaction_triton.dot_interaction(d, e, n_features, *rows_from)
+            (out * grad_out).sum().backward()
+            results.append((out, d.grad, e.grad))
+        for got, want in zip(*results):  # the carrier's NaNs were never read
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert torch.equal(got, want)
+        with pytest.raises(ValueError, match="do not match"):
+            interaction_triton.dot_interaction(dense, looked_up[:, 1:], n_features, table, ids)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("bf16", [False, True])
+def test_step_reading_rows_from_the_table_matches_the_lookup_step_on_gpu(bf16: bool) -> None:
+    config = DLRMConfig(3, [1000, 5, 20_000], embedding_dim=32, bottom_mlp=[32], top_mlp=[32])
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(512, 3, generator=g).cuda(),
+                torch.stack([torch.randint(0, c, (512,), generator=g) for c in (1000, 5, 20_000)], 1).cuda(),
+                (torch.rand(512, generator=g) < 0.3).float().cuda()) for _ in range(3)]
+    results = []
+    for rows_from_table in (True, False):
+        torch.manual_seed(0)
+        model = DLRM(config).cuda()
+        step = TrainStep(model, StepOptions(bf16=bf16), torch.device("cuda"))
+        assert step.rows_from_table  # what a CUDA step does by default
+        step.rows_from_table = rows_from_table
+        losses = [float(step(*batches[i % 3])) for i in range(6)]
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (losses, params), (want_losses, want_params) = results
+    # Same math; atomics in the row update may add in another order, and in bf16 such a last-bit
+    # difference in a row can flip its rounding in the next lookup.
+    tol = {"rtol": 1e-2, "atol": 1e-3} if bf16 else {"rtol": 1e-4, "atol": 1e-5}
+    assert losses == pytest.approx(want_losses, rel=tol["rtol"] / 10, abs=1e-6)
+    for got, want in zip(params, want_params):
+        torch.testing.assert_close(got, want, **tol)
 
 
 @pytest.mark.gpu

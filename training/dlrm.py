@@ -202,13 +202,21 @@ class InteractionArch(nn.Module):
         fused = True if self.fused_backward is None else self.fused_backward
         return bool(fused and self.training and torch.is_grad_enabled())
 
-    def uses_triton(self, embedded: torch.Tensor) -> bool:
-        """Whether `forward` would run the Triton kernels for this input."""
-        return bool(embedded.is_cuda and self.triton and interaction_triton is not None and self.fused_backward is not False)
+    def uses_triton(self, device: torch.device) -> bool:
+        """Whether `forward` would run the Triton kernels for inputs on `device`."""
+        return bool(device.type == "cuda" and self.triton and interaction_triton is not None and self.fused_backward is not False)
 
-    def forward(self, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, dense: torch.Tensor, embedded: torch.Tensor, rows_from: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """`rows_from` = (table, ids (B, n_sparse)): the Triton path reads the embeddings from the
+        table itself, and `embedded` (B, F, dim) only receives their gradient (see `TrainStep`)."""
         lead = embedded.shape[1] == self.n_features
-        if self.uses_triton(embedded):
+        if rows_from is not None:
+            if not self.uses_triton(embedded.device):
+                raise ValueError("reading rows from the table needs the Triton interaction (CUDA)")
+            return interaction_triton.dot_interaction(dense, embedded, self.n_features, *rows_from)
+        if self.uses_triton(embedded.device):
             return interaction_triton.dot_interaction(dense, embedded.to(dense.dtype), self.n_features)
         if self.uses_fused_backward(embedded):
             pad = (embedded.is_cuda and embedded.shape[-1] > 32) if self.pad is None else self.pad
@@ -271,13 +279,19 @@ class DLRM(nn.Module):
             n_over = dim + self.interaction.n_pairs
         self.over_arch = OverArch(n_over, config.top_mlp)
 
-    def forward_embedded(self, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+    def forward_embedded(
+        self, dense: torch.Tensor, embedded: torch.Tensor, rows_from: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """dense (B, n_dense) and already looked-up embeddings (B, n_sparse, dim) -> logits (B,).
 
         The trainer calls this with a detached lookup so the sparse optimizer can update only the
-        touched rows instead of materialising a gradient for the whole table.
+        touched rows instead of materialising a gradient for the whole table. `rows_from` (table,
+        ids): the dot interaction's Triton kernels read the rows themselves, and `embedded` only
+        receives their gradient (`InteractionArch.forward`).
         """
-        return self.over_arch(self.interaction(self.dense_arch(dense), embedded))
+        if rows_from is None:
+            return self.over_arch(self.interaction(self.dense_arch(dense), embedded))
+        return self.over_arch(self.interaction(self.dense_arch(dense), embedded, rows_from))
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         return self.forward_embedded(dense, self.sparse_arch(sparse))

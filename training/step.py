@@ -190,6 +190,10 @@ class TrainStep:
         # product, and the row-wise Adagrad reads the embedding slots of it where they lie.
         interaction = getattr(model, "interaction", None)
         self.lead_slot = isinstance(interaction, InteractionArch) and interaction.fused_backward is not False
+        # CUDA: the interaction's Triton kernels read the rows from the table themselves and the
+        # lookup only allocates the (B, F, dim) tensor that receives their gradient: no looked-up
+        # copy is written and read back (at config b, batch 65536: 1.3 GB less traffic per step).
+        self.rows_from_table = self.lead_slot and interaction.uses_triton(device)  # type: ignore[union-attr]
         self._lookup_fn = self._lookup
         self._dense_fn = model.forward_embedded
         if options.compile:
@@ -220,6 +224,8 @@ class TrainStep:
 
     def _lookup(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.model.sparse_arch.ids(sparse)  # (B, n_sparse)
+        if self.rows_from_table:  # only the gradient's carrier: its values are never read
+            return ids, ids.new_empty((ids.shape[0], 1 + ids.shape[1], self.table.shape[1]), dtype=self.lookup_dtype)
         rows = F.embedding(ids, self.table.detach())  # (B, n_sparse, dim)
         if self.lead_slot and not (self.device.type == "cuda" or self.options.compile):
             # eager CPU: the cast writes straight into the slots behind the zero one, one pass
@@ -238,7 +244,10 @@ class TrainStep:
         ids, embedded = lookup(sparse)
         embedded.requires_grad_(True)
         with self.autocast:
-            logits = forward(dense, embedded)
+            if self.rows_from_table:
+                logits = forward(dense, embedded, (self.table.detach(), ids))
+            else:
+                logits = forward(dense, embedded)
         loss = F.binary_cross_entropy_with_logits(logits.float(), label)
         # Keep gradient buffers alive between steps: a captured graph writes into fixed addresses.
         self.dense_opt.zero_grad(set_to_none=not self.use_graph)
