@@ -49,13 +49,14 @@ def _features(dense_ptr, emb_ptr, ids_ptr, b, rows, cols, F, n_emb, dim, LEAD: t
         ok = (rows >= 1) & (rows < F)
         idx = tl.load(ids_ptr + b * (F - 1) + rows - 1, mask=ok, other=0).to(tl.int64)
         x = tl.load(emb_ptr + idx[:, None] * dim + cols[None, :], mask=ok[:, None] & col_ok[None, :], other=0.0)
-        return tl.where(rows[:, None] == 0, d[None, :], x.to(d.dtype)), d
-    emb_row = rows if LEAD else rows - 1
-    ok = (emb_row >= 0) & (emb_row < n_emb)
-    x = tl.load(emb_ptr + (b * n_emb + emb_row)[:, None] * dim + cols[None, :],
-                mask=ok[:, None] & col_ok[None, :], other=0.0)
-    # Same rounding as adding the bf16 tensors in torch: fp32 sum, one cast.
-    x = tl.where(rows[:, None] == 0, (x.to(tl.float32) + d.to(tl.float32)[None, :]).to(x.dtype), x)
+        x = tl.where(rows[:, None] == 0, d[None, :], x.to(d.dtype))
+    else:
+        emb_row = rows if LEAD else rows - 1
+        ok = (emb_row >= 0) & (emb_row < n_emb)
+        x = tl.load(emb_ptr + (b * n_emb + emb_row)[:, None] * dim + cols[None, :],
+                    mask=ok[:, None] & col_ok[None, :], other=0.0)
+        # Same rounding as adding the bf16 tensors in torch: fp32 sum, one cast.
+        x = tl.where(rows[:, None] == 0, (x.to(tl.float32) + d.to(tl.float32)[None, :]).to(x.dtype), x)
     return x, d
 
 
