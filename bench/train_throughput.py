@@ -131,8 +131,8 @@ VARIANTS = {
     # `fast` with a looked-up (B, F, dim) copy of the rows for the interaction, instead of its
     # kernels reading the table (`TrainStep.rows_from_table`)
     "lookup_rows": (True, None, None, True, True, True),
-    # `fast` with the dense part compiled by inductor's max-autotune (Triton GEMM templates with
-    # bias and ReLU fused in, where they beat cuBLAS)
+    # `fast` with `StepOptions.autotune` (TrainConfig.autotune): the dense part compiled by
+    # inductor's max-autotune (Triton GEMM templates with bias and ReLU fused in, where they win)
     "autotune_mlp": (True, None, None, True, True, True),
 }
 # `fast` with other launch settings of the fused segment-sum + update kernel
@@ -154,12 +154,11 @@ def fast_step(cfg: BenchConfig, device: torch.device, bf16: bool, compile_: bool
     model.interaction.pad = pad
     model.interaction.triton = triton_interaction
     model.dense_arch.align_input = variant != "unaligned_dense"
-    step = TrainStep(model, StepOptions(lr=1e-3, embedding_lr=0.05, bf16=bf16, compile=compile_, cuda_graph=graph),
-                     device)
+    autotune = variant == "autotune_mlp" and device.type == "cuda"
+    step = TrainStep(model, StepOptions(lr=1e-3, embedding_lr=0.05, bf16=bf16, compile=compile_, cuda_graph=graph,
+                                        autotune=autotune), device)
     step.lead_slot = step.lead_slot and lead_slot
     step.rows_from_table = step.rows_from_table and lead_slot and variant != "lookup_rows"
-    if variant == "autotune_mlp" and compile_:
-        step._dense_fn = torch.compile(model.forward_embedded, dynamic=False, mode="max-autotune-no-cudagraphs")
     if not fused_sparse:
         step.sparse_opt = RowWiseAdagrad(step.table, lr=0.05, fused=False)
     elif getattr(step.sparse_opt, "fused", False):

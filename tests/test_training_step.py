@@ -411,12 +411,14 @@ def test_graphed_compiled_step_matches_the_eager_step_on_gpu() -> None:
                 torch.stack([torch.randint(0, c, (512,), generator=g) for c in (1000, 5, 20_000)], 1).cuda(),
                 (torch.rand(512, generator=g) < 0.3).float().cuda()) for _ in range(3)]
     params = []
-    for fast in (True, False):
+    for fast, autotune in ((True, False), (True, True), (False, False)):
         torch.manual_seed(0)
         model = DLRM(config).cuda()
-        step = TrainStep(model, StepOptions(compile=fast, cuda_graph=fast), torch.device("cuda"))
+        options = StepOptions(compile=fast, cuda_graph=fast, autotune=autotune)
+        step = TrainStep(model, options, torch.device("cuda"))
         for i in range(8):
             step(*batches[i % 3])
         params.append([p.detach().clone() for p in model.parameters()])
-    for got, want in zip(*params):
-        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+    for fast in params[:2]:  # compiled and graphed, with and without max-autotune
+        for got, want in zip(fast, params[2]):
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)

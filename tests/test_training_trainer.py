@@ -119,3 +119,7 @@ def test_cpu_step_is_compiled_only_for_runs_long_enough_to_repay_the_compile() -
     assert step_options(TrainConfig(precision="fp32"), cuda, 1).compile
     assert step_options(TrainConfig(precision="fp32"), cuda, 1).cuda_graph
     assert not step_options(TrainConfig(precision="fp32", fast_path=False), cuda, 1).compile
+    # max-autotune is asked for, and only applies to the compiled CUDA step
+    assert not step_options(TrainConfig(precision="fp32"), cuda, 1).autotune
+    assert step_options(TrainConfig(precision="fp32", autotune=True), cuda, 1).autotune
+    assert not step_options(TrainConfig(autotune=True), cpu, long).autotune

@@ -138,6 +138,7 @@ class StepOptions:
     bf16: bool = False  # autocast the dense part; on CUDA the lookup and its gradient travel in bf16
     compile: bool = False  # torch.compile the lookup and the dense part
     cuda_graph: bool = False  # capture full-size batches in one CUDA graph (CUDA only)
+    autotune: bool = False  # compile the dense part with max-autotune (CUDA; see TrainConfig.autotune)
     graph_warmup: int = 3  # eager steps before capture (real steps on real batches)
 
 
@@ -198,7 +199,10 @@ class TrainStep:
         self._dense_fn = model.forward_embedded
         if options.compile:
             self._lookup_fn = torch.compile(self._lookup, dynamic=False)
-            self._dense_fn = torch.compile(model.forward_embedded, dynamic=False)
+            # max-autotune times cuBLAS against Triton GEMM templates that take bias + ReLU (and
+            # their backward) into the GEMM; "-no-cudagraphs": the step captures its own graph.
+            mode = "max-autotune-no-cudagraphs" if options.autotune and cuda else None
+            self._dense_fn = torch.compile(model.forward_embedded, dynamic=False, mode=mode)
         self.use_graph = options.cuda_graph and tensor_lr
         self._graph: torch.cuda.CUDAGraph | None = None
         self._fast_batch = -1  # the batch size the compiled code (and graph) serve; others run eagerly
