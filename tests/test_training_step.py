@@ -338,7 +338,9 @@ def test_triton_interaction_reading_the_table_equals_reading_a_looked_up_copy_on
 @needs_cuda
 @pytest.mark.parametrize("bf16", [False, True])
 def test_step_reading_rows_from_the_table_matches_the_lookup_step_on_gpu(bf16: bool) -> None:
-    config = DLRMConfig(3, [1000, 5, 20_000], embedding_dim=32, bottom_mlp=[32], top_mlp=[32])
+    config = DLRMConfig(3, [1000, 5, 20_000], embedding_dim=64, bottom_mlp=[32], top_mlp=[32])
+    narrow = DLRM(DLRMConfig(3, [10, 5, 7], embedding_dim=32)).cuda()
+    assert not TrainStep(narrow, StepOptions(), torch.device("cuda")).rows_from_table  # rows < 256 B: a copy
     g = torch.Generator().manual_seed(3)
     batches = [(torch.randn(512, 3, generator=g).cuda(),
                 torch.stack([torch.randint(0, c, (512,), generator=g) for c in (1000, 5, 20_000)], 1).cuda(),
@@ -348,7 +350,7 @@ def test_step_reading_rows_from_the_table_matches_the_lookup_step_on_gpu(bf16: b
         torch.manual_seed(0)
         model = DLRM(config).cuda()
         step = TrainStep(model, StepOptions(bf16=bf16), torch.device("cuda"))
-        assert step.rows_from_table  # what a CUDA step does by default
+        assert step.rows_from_table  # what a CUDA step does by default at dim >= 64
         step.rows_from_table = rows_from_table
         losses = [float(step(*batches[i % 3])) for i in range(6)]
         results.append((losses, [p.detach().clone() for p in model.parameters()]))

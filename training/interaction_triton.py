@@ -25,15 +25,13 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-# Launch settings, from a sweep on an H200 (B 65536, F 27; samples 4-32, warps 2-8, stages 1-4):
-# forward + backward (with autograd's accumulation into .grad) 0.88 ms at dim 128 with 2 warps
-# (0.96 with 4; the batched-matmul path 2.4 ms), 0.46-0.50 ms at dim 16 with 4 (0.97).
+# Launch settings, from sweeps on an H200 (B 65536, F 27; samples 4-16, warps 2-8, stages 2-4):
+# forward + backward at dim 128 0.54 ms on a looked-up bf16 copy, 0.74 ms reading the fp32 table
+# (the batched-matmul path took 2.4 ms); at dim 16 0.18 / 0.24 ms. 2 warps won at both dims (4
+# warps: +9-15% at dim 16), 16 samples gained <= 2% (.devrun sweep, bench/README-train.md).
 SAMPLES = 8  # samples per program
+NUM_WARPS = 2
 NUM_STAGES = 3  # loads of the next samples in flight while one is computed
-
-
-def _num_warps(dim: int) -> int:
-    return 2 if dim >= 64 else 4
 
 
 @triton.jit
@@ -173,7 +171,7 @@ def dot_interaction(
     wrap_triton(_forward_kernel)[(grid,)](
         dense, rows, row_ids, out, batch, n_features, n_emb, dim, out.stride(0), **_sizes(n_features, dim),
         SAMPLES_=SAMPLES, LEAD=n_emb == n_features, IEEE=ieee, GATHER=gather,
-        num_warps=_num_warps(dim), num_stages=NUM_STAGES,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return out
 
@@ -197,7 +195,7 @@ def dot_interaction_backward(
     wrap_triton(_backward_kernel)[(grid,)](
         grad_out, dense, rows, row_ids, grad_dense, grad_emb, batch, n_features, n_emb, dim, grad_out.stride(0),
         **_sizes(n_features, dim), SAMPLES_=SAMPLES, LEAD=n_emb == n_features, IEEE=ieee, GATHER=gather,
-        num_warps=_num_warps(dim), num_stages=NUM_STAGES,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return grad_dense, grad_emb
 
