@@ -1,0 +1,113 @@
+"""Launch settings of the dot-interaction Triton kernels (`training/interaction_triton.py`), CUDA.
+
+For configs b (dim 128) and a (dim 16) at batch 65536 (Criteo Kaggle tables, F = 27), times the
+forward and the backward kernel alone, reading the rows from the fp32 table (`gather`, what the
+step does at dim >= 64) and from a looked-up bf16 copy (`copy`), for samples per program x warps
+x pipeline stages. Appends one row per setting to `bench/results/interaction_sweep.json`; the
+module's SAMPLES / NUM_WARPS / NUM_STAGES come from here.
+
+    python bench/interaction_sweep.py --git-sha $(git rev-parse --short HEAD)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import REPO, append_results, configs, device_name, git_sha, make_batches  # noqa: E402
+
+
+def _ms(fn, n: int = 20) -> float:  # noqa: ANN001
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / n
+
+
+def sweep(key: str, batch: int) -> list[dict]:
+    from training import interaction_triton as it  # needs triton, which CUDA builds of torch ship
+
+    dev = torch.device("cuda")
+    cfg = configs(None)[key]
+    dim, n_features = cfg.embedding_dim, len(cfg.cardinalities) + 1
+    (_, sparse, _), = make_batches(cfg, batch, 1, dev)
+    offsets = torch.tensor([0, *cfg.cardinalities[:-1]], device=dev).cumsum(0)
+    ids = (sparse + offsets).contiguous()
+    table = torch.randn(sum(cfg.cardinalities), dim, device=dev) * 0.05
+    dense = torch.randn(batch, dim, device=dev, dtype=torch.bfloat16)
+    carrier = torch.empty(batch, n_features, dim, device=dev, dtype=torch.bfloat16)
+    copy = torch.cat([torch.zeros(batch, 1, dim, device=dev), table[ids]], 1).to(torch.bfloat16)
+    grad = torch.randn(batch, dim + n_features * (n_features - 1) // 2, device=dev, dtype=torch.bfloat16)
+    kept = (it.SAMPLES, it.NUM_WARPS, it.NUM_STAGES)
+    rows = []
+    try:
+        for samples, warps, stages in itertools.product((4, 8, 16), (2, 4, 8), (2, 3, 4)):
+            it.SAMPLES, it.NUM_WARPS, it.NUM_STAGES = samples, warps, stages
+            times = {
+                "fwd_gather": _ms(lambda: it.dot_interaction(dense, carrier, n_features, table, ids)),
+                "bwd_gather": _ms(lambda: it.dot_interaction_backward(grad, dense, carrier, n_features, table, ids)),
+                "fwd_copy": _ms(lambda: it.dot_interaction(dense, copy, n_features)),
+                "bwd_copy": _ms(lambda: it.dot_interaction_backward(grad, dense, copy, n_features)),
+            }
+            rows.append({"config": key, "dim": dim, "batch_size": batch, "samples": samples, "warps": warps,
+                         "stages": stages, "ms": times, "kept": (samples, warps, stages) == kept})
+    finally:
+        it.SAMPLES, it.NUM_WARPS, it.NUM_STAGES = kept
+    return rows
+
+
+def summarise(key: str, batch: int, found: list[dict], meta: dict) -> list[dict]:
+    """One result per way of reading the rows: the kept setting's forward + backward time, against
+    the fastest setting of the sweep (`baseline`; ratio > 1: the kept one is slower)."""
+    out = []
+    for kind, rows in (("gather", "fp32 table"), ("copy", "looked-up bf16 copy")):
+        total = {(r["samples"], r["warps"], r["stages"]): r["ms"][f"fwd_{kind}"] + r["ms"][f"bwd_{kind}"] for r in found}
+        best = min(total, key=total.__getitem__)
+        kept = next((r["samples"], r["warps"], r["stages"]) for r in found if r["kept"])
+        print(f"{key} {rows}: best (samples, warps, stages) {best} {total[best]:.3f} ms; kept {kept} {total[kept]:.3f} ms")
+        out.append({
+            "benchmark": "interaction_sweep", "metric": "forward_plus_backward_ms", "value": total[kept], "unit": "ms",
+            "baseline": total[best], "ratio": total[kept] / total[best],
+            "config": {"name": f"{key}_dim{found[0]['dim']}", "batch_size": batch, "rows": rows,
+                       "kept": list(kept), "fastest": list(best)},
+            "settings": [{k: r[k] for k in ("samples", "warps", "stages")} | {"ms": r["ms"]} for r in found],
+        } | meta)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="b,a")
+    parser.add_argument("--batch-size", type=int, default=65536)
+    parser.add_argument("--git-sha", default=None, help="recorded as git_sha (the GPU machine has no .git)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "interaction_sweep.json")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import triton
+
+    meta = {"device": device_name(torch.device("cuda")), "torch": torch.__version__, "triton": triton.__version__, "command": " ".join(["python", *sys.argv]),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_sha": args.git_sha or git_sha()}
+    rows = []
+    for key in args.configs.split(","):
+        rows += summarise(key, args.batch_size, sweep(key, args.batch_size), meta)
+        torch.cuda.empty_cache()
+    append_results(args.out, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
