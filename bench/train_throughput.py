@@ -139,7 +139,6 @@ VARIANTS = {
 KERNEL_VARIANTS = {
     "warps8": {"num_warps": 8}, "chunk32": {"chunk": 32}, "chunk128_w8": {"chunk": 128, "num_warps": 8},
     "per1": {"per_program": 1}, "per8": {"per_program": 8}, "per4_s2": {"per_program": 4, "stages": 2},
-    "early_rows": {"early_rows": True}, "early_rows_w8": {"early_rows": True, "num_warps": 8},
 }
 VARIANTS.update({name: VARIANTS["fast"] for name in KERNEL_VARIANTS})
 

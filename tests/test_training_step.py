@@ -253,13 +253,12 @@ _KERNEL_CHECK = textwrap.dedent(
     from training.rowwise_triton import FusedRowWiseAdagradKernel
     torch.manual_seed(0)
     cases = [(50, 16, 300, 0), (7, 12, 500, 0), (3, 32, 200, 0), (40, 8, 300, 1), (500, 16, 1200, 2)]
-    for (rows, dim, n, lead), (fuse, early) in [(c, f) for c in cases for f in ((True, False), (True, True), (False, False))]:
+    for (rows, dim, n, lead), fuse in [(c, f) for c in cases for f in (True, False)]:
         weight = torch.randn(rows, dim)
         ref_weight = weight.clone()
         ref = RowWiseAdagrad(ref_weight, lr=0.1, fused=False)
         state = torch.zeros(rows)
-        # chunk 16: runs over many chunks
-        kernel = FusedRowWiseAdagradKernel(fuse=fuse, chunk=16 if lead == 2 else 64, early_rows=early)
+        kernel = FusedRowWiseAdagradKernel(fuse=fuse, chunk=16 if lead == 2 else 64)  # 16: runs over many chunks
         for _ in range(2):
             ids = torch.randint(0, rows, (n,))
             ids[: n // 3] = rows - 1  # a hot id across several chunks

@@ -38,28 +38,15 @@ APPLY_ROWS = 16  # distinct rows (or chunk boundaries) per update program
 
 
 @triton.jit
-def _load_rows(row, live, cols, col_ok, weight_ptr, state_ptr, dim):
-    """The accumulators and weight rows of the `live` rows of `row`, for `_store_rows`."""
-    state = tl.load(state_ptr + row, mask=live, other=0.0)
-    w = tl.load(weight_ptr + row[:, None] * dim + cols[None, :], mask=live[:, None] & col_ok[None, :], other=0.0)
-    return state, w
-
-
-@triton.jit
-def _store_rows(row, g, live, cols, col_ok, state, w, weight_ptr, state_ptr, lr_ptr, eps, dim):
-    """acc = state + mean(g^2); w -= lr * g / (sqrt(acc) + eps), written back for the `live` rows."""
-    acc = state + tl.sum(g * g, axis=1) / dim
-    tl.store(state_ptr + row, acc, mask=live)
-    scale = -tl.load(lr_ptr) / (tl.sqrt(acc) + eps)
-    w_at = weight_ptr + row[:, None] * dim + cols[None, :]
-    tl.store(w_at, (w.to(tl.float32) + g * scale[:, None]).to(w.dtype), mask=live[:, None] & col_ok[None, :])
-
-
-@triton.jit
 def _update_rows(row, g, live, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps, dim):
     """acc += mean(g^2); w -= lr * g / (sqrt(acc) + eps) for the `live` rows of `row`."""
-    state, w = _load_rows(row, live, cols, col_ok, weight_ptr, state_ptr, dim)
-    _store_rows(row, g, live, cols, col_ok, state, w, weight_ptr, state_ptr, lr_ptr, eps, dim)
+    acc = tl.load(state_ptr + row, mask=live, other=0.0) + tl.sum(g * g, axis=1) / dim
+    tl.store(state_ptr + row, acc, mask=live)
+    scale = -tl.load(lr_ptr) / (tl.sqrt(acc) + eps)
+    mask = live[:, None] & col_ok[None, :]
+    w_at = weight_ptr + row[:, None] * dim + cols[None, :]
+    w = tl.load(w_at, mask=mask, other=0.0)
+    tl.store(w_at, (w.to(tl.float32) + g * scale[:, None]).to(w.dtype), mask=mask)
 
 
 @triton.jit
@@ -67,21 +54,21 @@ def _segment_sum_kernel(
     order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
     n, dim, n_ids, width, n_chunks,
     DIM_P: tl.constexpr, CHUNK_: tl.constexpr, IEEE: tl.constexpr, STRIDED: tl.constexpr,
-    FUSE: tl.constexpr, PER_PROGRAM: tl.constexpr, STAGES: tl.constexpr, EARLY: tl.constexpr,
+    FUSE: tl.constexpr, PER_PROGRAM: tl.constexpr, STAGES: tl.constexpr,
 ):
     # PER_PROGRAM consecutive chunks per program: the loop lets Triton issue the next chunk's
     # (indirect) gradient loads while this one is summed and applied.
     if PER_PROGRAM == 1:
         _segment_sum_chunk(
             tl.program_id(0), order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr,
-            eps, n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, FUSE, EARLY,
+            eps, n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, FUSE,
         )
     else:
         first = tl.program_id(0) * PER_PROGRAM
         for chunk in tl.range(first, tl.minimum(first + PER_PROGRAM, n_chunks), num_stages=STAGES):
             _segment_sum_chunk(
                 chunk, order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
-                n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, FUSE, EARLY,
+                n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, FUSE,
             )
 
 
@@ -90,14 +77,13 @@ def _segment_sum_chunk(
     pid, order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
     n, dim, n_ids, width,
     DIM_P: tl.constexpr, CHUNK_: tl.constexpr, IEEE: tl.constexpr, STRIDED: tl.constexpr,
-    FUSE: tl.constexpr, EARLY: tl.constexpr,
+    FUSE: tl.constexpr,
 ):
     start = pid * CHUNK_
     pos = start + tl.arange(0, CHUNK_)
     valid = pos < n
     cols = tl.arange(0, DIM_P)
     col_ok = cols < dim
-    rows = tl.arange(0, CHUNK_)
     slot = tl.load(slot_ptr + pos, mask=valid, other=0)
     src = tl.load(order_ptr + pos, mask=valid, other=0).to(tl.int64)
     if STRIDED:
@@ -106,6 +92,15 @@ def _segment_sum_chunk(
     base = tl.load(slot_ptr + start)
     # Slots are sorted and step by 0 or 1, so inside a chunk they span at most CHUNK values.
     local = tl.where(valid, slot - base, -1)
+    g = tl.load(grad_ptr + src[:, None] * dim + cols[None, :], mask=valid[:, None] & col_ok[None, :], other=0.0)
+    rows = tl.arange(0, CHUNK_)
+    onehot = (rows[:, None] == local[None, :]).to(g.dtype)  # (CHUNK local ids, CHUNK positions)
+    if IEEE:
+        # fp32 gradients: the one-hot is exact in tf32, and tf32x3 splits g into a high and a low
+        # tf32 part (~22 mantissa bits kept) on tensor cores; "ieee" (FMA) took 28 ms at dim 128.
+        summed = tl.dot(onehot, g, input_precision="tf32x3")
+    else:
+        summed = tl.dot(onehot, g)  # bf16/fp16 operands, fp32 accumulation: exact products
     n_local = tl.max(local, axis=0) + 1
     live = rows < n_local
     target = (base + rows).to(tl.int64)
@@ -117,25 +112,9 @@ def _segment_sum_chunk(
         nxt = tl.load(slot_ptr + end, mask=end < n, other=-1)
         split = ((rows == 0) & (prev == base)) | ((rows == n_local - 1) & (nxt == base + n_local - 1))
         whole = live & ~split
-        live = live & split
-    g = tl.load(grad_ptr + src[:, None] * dim + cols[None, :], mask=valid[:, None] & col_ok[None, :], other=0.0)
-    if FUSE and EARLY:
-        # The rows to update depend only on the slots: their loads go out with the gradient's,
-        # instead of three dependent round trips after the product (unique -> state -> row).
-        row = tl.load(unique_ptr + target, mask=whole, other=0).to(tl.int64)
-        state, w = _load_rows(row, whole, cols, col_ok, weight_ptr, state_ptr, dim)
-    onehot = (rows[:, None] == local[None, :]).to(g.dtype)  # (CHUNK local ids, CHUNK positions)
-    if IEEE:
-        # fp32 gradients: the one-hot is exact in tf32, and tf32x3 splits g into a high and a low
-        # tf32 part (~22 mantissa bits kept) on tensor cores; "ieee" (FMA) took 28 ms at dim 128.
-        summed = tl.dot(onehot, g, input_precision="tf32x3")
-    else:
-        summed = tl.dot(onehot, g)  # bf16/fp16 operands, fp32 accumulation: exact products
-    if FUSE and EARLY:
-        _store_rows(row, summed, whole, cols, col_ok, state, w, weight_ptr, state_ptr, lr_ptr, eps, dim)
-    elif FUSE:
         row = tl.load(unique_ptr + target, mask=whole, other=0).to(tl.int64)
         _update_rows(row, summed, whole, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps, dim)
+        live = live & split
     tl.atomic_add(
         out_ptr + target[:, None] * dim + cols[None, :], summed,
         mask=live[:, None] & col_ok[None, :], sem="relaxed",
@@ -190,7 +169,7 @@ class FusedRowWiseAdagradKernel:
     """
 
     def __init__(self, fuse: bool = True, chunk: int = CHUNK, num_warps: int = 4, per_program: int | None = None,
-                 stages: int = 3, early_rows: bool = False) -> None:
+                 stages: int = 3) -> None:
         self.fuse = fuse
         self.chunk = chunk  # a power of 2 >= 16 (the one-hot product's size)
         self.num_warps = num_warps  # of the segment-sum kernel
@@ -198,8 +177,6 @@ class FusedRowWiseAdagradKernel:
         # 8 at dim >= 64, else 1 (H200, batch 65536: +2.8% samples/s at dim 128, -1.6% at dim 16).
         self.per_program = per_program
         self.stages = stages
-        # Load the rows to update together with the gradient rows, before the product (variant)
-        self.early_rows = early_rows
         self.summed: torch.Tensor | None = None
         self._lr: torch.Tensor | None = None
 
@@ -251,8 +228,7 @@ class FusedRowWiseAdagradKernel:
         _segment_sum_kernel[(triton.cdiv(n_chunks, per_program),)](
             order, slot, unique, grads, summed, weight, state_sum, lr_t, eps, n, dim, n_ids, width, n_chunks,
             DIM_P=dim_p, CHUNK_=self.chunk, IEEE=grads.dtype == torch.float32, STRIDED=strided,
-            FUSE=self.fuse, PER_PROGRAM=per_program, STAGES=self.stages, EARLY=self.early_rows,
-            num_warps=self.num_warps,
+            FUSE=self.fuse, PER_PROGRAM=per_program, STAGES=self.stages, num_warps=self.num_warps,
         )
         if self.fuse:
             _apply_split_kernel[(max(1, triton.cdiv(n_chunks - 1, APPLY_ROWS)),)](
