@@ -14,10 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:  # CUDA builds of torch ship Triton; the CPU-only install has no use for it
-    from training import interaction_triton
-except ImportError:
-    interaction_triton = None  # type: ignore[assignment]
+# The Triton kernels run only on CUDA builds of torch (which ship triton). Elsewhere they are not
+# imported even where triton is installed (the test environment has it): importing it costs ~2 s
+# per process.
+interaction_triton = None
+if torch.version.cuda is not None:
+    try:
+        from training import interaction_triton
+    except ImportError:  # a CUDA build without triton (source builds): the batched-matmul path
+        interaction_triton = None
 
 
 def mlp(sizes: list[int], last_activation: bool = True) -> nn.Sequential:
