@@ -70,7 +70,8 @@ def sweep(key: str, batch: int) -> list[dict]:
 
 def summarise(key: str, batch: int, found: list[dict], meta: dict) -> list[dict]:
     """One result per way of reading the rows: the kept setting's forward + backward time, against
-    the fastest setting of the sweep (`baseline`; ratio > 1: the kept one is slower)."""
+    the fastest setting of the sweep (`baseline`; ratio = baseline / value, as for every time in
+    bench/results: 1.0 when the kept setting is the fastest, below 1 by how much it is slower)."""
     out = []
     for kind, rows in (("gather", "fp32 table"), ("copy", "looked-up bf16 copy")):
         total = {(r["samples"], r["warps"], r["stages"]): r["ms"][f"fwd_{kind}"] + r["ms"][f"bwd_{kind}"] for r in found}
@@ -79,7 +80,7 @@ def summarise(key: str, batch: int, found: list[dict], meta: dict) -> list[dict]
         print(f"{key} {rows}: best (samples, warps, stages) {best} {total[best]:.3f} ms; kept {kept} {total[kept]:.3f} ms")
         out.append({
             "benchmark": "interaction_sweep", "metric": "forward_plus_backward_ms", "value": total[kept], "unit": "ms",
-            "baseline": total[best], "ratio": total[kept] / total[best],
+            "baseline": total[best], "ratio": total[best] / total[kept],
             "config": {"name": f"{key}_dim{found[0]['dim']}", "batch_size": batch, "rows": rows,
                        "kept": list(kept), "fastest": list(best)},
             "settings": [{k: r[k] for k in ("samples", "warps", "stages")} | {"ms": r["ms"]} for r in found],
