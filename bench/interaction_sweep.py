@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import REPO, append_results, configs, device_name, git_sha, make_batches  # noqa: E402
 
 
-def _ms(fn, n: int = 20) -> float:  # noqa: ANN001
+def cuda_ms(fn, n: int = 20) -> float:  # noqa: ANN001
+    """Mean milliseconds per call of `fn` on the current CUDA stream, after 3 warm-up calls."""
     for _ in range(3):
         fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -56,10 +57,10 @@ def sweep(key: str, batch: int) -> list[dict]:
         for samples, warps, stages in itertools.product((4, 8, 16), (2, 4, 8), (2, 3, 4)):
             it.SAMPLES, it.NUM_WARPS, it.NUM_STAGES = samples, warps, stages
             times = {
-                "fwd_gather": _ms(lambda: it.dot_interaction(dense, carrier, n_features, table, ids)),
-                "bwd_gather": _ms(lambda: it.dot_interaction_backward(grad, dense, carrier, n_features, table, ids)),
-                "fwd_copy": _ms(lambda: it.dot_interaction(dense, copy, n_features)),
-                "bwd_copy": _ms(lambda: it.dot_interaction_backward(grad, dense, copy, n_features)),
+                "fwd_gather": cuda_ms(lambda: it.dot_interaction(dense, carrier, n_features, table, ids)),
+                "bwd_gather": cuda_ms(lambda: it.dot_interaction_backward(grad, dense, carrier, n_features, table, ids)),
+                "fwd_copy": cuda_ms(lambda: it.dot_interaction(dense, copy, n_features)),
+                "bwd_copy": cuda_ms(lambda: it.dot_interaction_backward(grad, dense, copy, n_features)),
             }
             rows.append({"config": key, "dim": dim, "batch_size": batch, "samples": samples, "warps": warps,
                          "stages": stages, "ms": times, "kept": (samples, warps, stages) == kept})

@@ -139,6 +139,9 @@ VARIANTS = {
 KERNEL_VARIANTS = {
     "warps8": {"num_warps": 8}, "chunk32": {"chunk": 32}, "chunk128_w8": {"chunk": 128, "num_warps": 8},
     "per1": {"per_program": 1}, "per8": {"per_program": 8}, "per4_s2": {"per_program": 4, "stages": 2},
+    # the segment sum and update in column blocks (fewer registers per program, each block summed twice)
+    "cols64": {"columns": 64}, "cols64_per1": {"columns": 64, "per_program": 1}, "cols32_per1": {"columns": 32, "per_program": 1},
+    "cols64_w2": {"columns": 64, "num_warps": 2}, "cols64_c32": {"columns": 64, "chunk": 32},
 }
 VARIANTS.update({name: VARIANTS["fast"] for name in KERNEL_VARIANTS})
 

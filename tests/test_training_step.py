@@ -252,13 +252,15 @@ _KERNEL_CHECK = textwrap.dedent(
     from training.optim import RowWiseAdagrad
     from training.rowwise_triton import FusedRowWiseAdagradKernel
     torch.manual_seed(0)
-    cases = [(50, 16, 300, 0), (7, 12, 500, 0), (3, 32, 200, 0), (40, 8, 300, 1), (500, 16, 1200, 2)]
-    for (rows, dim, n, lead), fuse in [(c, f) for c in cases for f in (True, False)]:
+    # (rows, dim, ids, lead slots, columns per block: None = the whole row; 16 at dim 48 = 4 blocks, the last half masked)
+    cases = [(50, 16, 300, 0, None), (7, 12, 500, 0, None), (3, 32, 200, 0, None), (40, 8, 300, 1, None),
+             (500, 16, 1200, 2, None), (60, 48, 400, 1, 16), (500, 32, 1200, 2, 16)]
+    for (rows, dim, n, lead, columns), fuse in [(c, f) for c in cases for f in (True, False)]:
         weight = torch.randn(rows, dim)
         ref_weight = weight.clone()
         ref = RowWiseAdagrad(ref_weight, lr=0.1, fused=False)
         state = torch.zeros(rows)
-        kernel = FusedRowWiseAdagradKernel(fuse=fuse, chunk=16 if lead == 2 else 64)  # 16: runs over many chunks
+        kernel = FusedRowWiseAdagradKernel(fuse=fuse, chunk=16 if lead == 2 else 64, columns=columns)  # 16: runs over many chunks
         for _ in range(2):
             ids = torch.randint(0, rows, (n,))
             ids[: n // 3] = rows - 1  # a hot id across several chunks
@@ -317,9 +319,9 @@ def test_triton_kernels_compile_for_hopper_on_any_machine() -> None:
             assert _compile_for_hopper(kernel, pointers | rows, constexprs, **launch).asm["cubin"]
     pointers = {"order_ptr": "*i64", "slot_ptr": "*i32", "unique_ptr": "*i32", "out_ptr": "*fp32", "summed_ptr": "*fp32",
                 "weight_ptr": "*fp32", "state_ptr": "*fp32", "lr_ptr": "*fp32", "n_unique_ptr": "*i32"}
-    for grad, dim_p, per_program in [("bf16", 128, 8), ("fp32", 16, 1)]:
+    for grad, dim_p, per_program, columns in [("bf16", 128, 8, 128), ("bf16", 128, 1, 64), ("fp32", 16, 1, 16)]:
         constexprs = {"DIM_P": dim_p, "CHUNK_": rt.CHUNK, "IEEE": grad == "fp32", "STRIDED": grad == "bf16",
-                      "FUSE": True, "PER_PROGRAM": per_program, "STAGES": 3}
+                      "FUSE": True, "PER_PROGRAM": per_program, "STAGES": 3, "COLS": columns}
         segment_sum = _compile_for_hopper(rt._segment_sum_kernel, pointers | {"grad_ptr": f"*{grad}"}, constexprs, num_warps=4)
         assert segment_sum.asm["cubin"]
     for kernel, constexprs in [(rt._apply_split_kernel, {"DIM_P": 128, "ROWS": rt.APPLY_ROWS, "CHUNK_": rt.CHUNK}),

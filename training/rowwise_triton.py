@@ -38,11 +38,16 @@ APPLY_ROWS = 16  # distinct rows (or chunk boundaries) per update program
 
 
 @triton.jit
-def _update_rows(row, g, live, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps, dim):
-    """acc += mean(g^2); w -= lr * g / (sqrt(acc) + eps) for the `live` rows of `row`."""
-    acc = tl.load(state_ptr + row, mask=live, other=0.0) + tl.sum(g * g, axis=1) / dim
+def _row_scale(row, sq, live, state_ptr, lr_ptr, eps, dim):
+    """acc += sq / dim for the `live` rows of `row` (sq: each row's summed squared gradient); -lr / (sqrt(acc) + eps)."""
+    acc = tl.load(state_ptr + row, mask=live, other=0.0) + sq / dim
     tl.store(state_ptr + row, acc, mask=live)
-    scale = -tl.load(lr_ptr) / (tl.sqrt(acc) + eps)
+    return -tl.load(lr_ptr) / (tl.sqrt(acc) + eps)
+
+
+@triton.jit
+def _move_rows(row, g, scale, live, cols, col_ok, weight_ptr, dim):
+    """w += g * scale over the columns `cols` of the `live` rows of `row`."""
     mask = live[:, None] & col_ok[None, :]
     w_at = weight_ptr + row[:, None] * dim + cols[None, :]
     w = tl.load(w_at, mask=mask, other=0.0)
@@ -50,26 +55,48 @@ def _update_rows(row, g, live, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps,
 
 
 @triton.jit
+def _update_rows(row, g, live, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps, dim):
+    """acc += mean(g^2); w -= lr * g / (sqrt(acc) + eps) for the `live` rows of `row`."""
+    scale = _row_scale(row, tl.sum(g * g, axis=1), live, state_ptr, lr_ptr, eps, dim)
+    _move_rows(row, g, scale, live, cols, col_ok, weight_ptr, dim)
+
+
+@triton.jit
 def _segment_sum_kernel(
     order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
     n, dim, n_ids, width, n_chunks,
     DIM_P: tl.constexpr, CHUNK_: tl.constexpr, IEEE: tl.constexpr, STRIDED: tl.constexpr,
-    FUSE: tl.constexpr, PER_PROGRAM: tl.constexpr, STAGES: tl.constexpr,
+    FUSE: tl.constexpr, PER_PROGRAM: tl.constexpr, STAGES: tl.constexpr, COLS: tl.constexpr,
 ):
     # PER_PROGRAM consecutive chunks per program: the loop lets Triton issue the next chunk's
     # (indirect) gradient loads while this one is summed and applied.
     if PER_PROGRAM == 1:
         _segment_sum_chunk(
             tl.program_id(0), order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr,
-            eps, n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, FUSE,
+            eps, n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, FUSE, COLS,
         )
     else:
         first = tl.program_id(0) * PER_PROGRAM
         for chunk in tl.range(first, tl.minimum(first + PER_PROGRAM, n_chunks), num_stages=STAGES):
             _segment_sum_chunk(
                 chunk, order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
-                n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, FUSE,
+                n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, FUSE, COLS,
             )
+
+
+@triton.jit
+def _sum_columns(first, onehot, src, valid, grad_ptr, dim, COLS: tl.constexpr, IEEE: tl.constexpr):
+    """Columns first..first+COLS of the chunk's per-id gradient sums: one-hot x gathered rows."""
+    cols = first + tl.arange(0, COLS)
+    col_ok = cols < dim
+    g = tl.load(grad_ptr + src[:, None] * dim + cols[None, :], mask=valid[:, None] & col_ok[None, :], other=0.0)
+    if IEEE:
+        # fp32 gradients: the one-hot is exact in tf32, and tf32x3 splits g into a high and a low
+        # tf32 part (~22 mantissa bits kept) on tensor cores; "ieee" (FMA) took 28 ms at dim 128.
+        summed = tl.dot(onehot.to(g.dtype), g, input_precision="tf32x3")
+    else:
+        summed = tl.dot(onehot.to(g.dtype), g)  # bf16/fp16 operands, fp32 accumulation: exact products
+    return summed, cols, col_ok
 
 
 @triton.jit
@@ -77,13 +104,11 @@ def _segment_sum_chunk(
     pid, order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
     n, dim, n_ids, width,
     DIM_P: tl.constexpr, CHUNK_: tl.constexpr, IEEE: tl.constexpr, STRIDED: tl.constexpr,
-    FUSE: tl.constexpr,
+    FUSE: tl.constexpr, COLS: tl.constexpr,
 ):
     start = pid * CHUNK_
     pos = start + tl.arange(0, CHUNK_)
     valid = pos < n
-    cols = tl.arange(0, DIM_P)
-    col_ok = cols < dim
     slot = tl.load(slot_ptr + pos, mask=valid, other=0)
     src = tl.load(order_ptr + pos, mask=valid, other=0).to(tl.int64)
     if STRIDED:
@@ -92,18 +117,13 @@ def _segment_sum_chunk(
     base = tl.load(slot_ptr + start)
     # Slots are sorted and step by 0 or 1, so inside a chunk they span at most CHUNK values.
     local = tl.where(valid, slot - base, -1)
-    g = tl.load(grad_ptr + src[:, None] * dim + cols[None, :], mask=valid[:, None] & col_ok[None, :], other=0.0)
     rows = tl.arange(0, CHUNK_)
-    onehot = (rows[:, None] == local[None, :]).to(g.dtype)  # (CHUNK local ids, CHUNK positions)
-    if IEEE:
-        # fp32 gradients: the one-hot is exact in tf32, and tf32x3 splits g into a high and a low
-        # tf32 part (~22 mantissa bits kept) on tensor cores; "ieee" (FMA) took 28 ms at dim 128.
-        summed = tl.dot(onehot, g, input_precision="tf32x3")
-    else:
-        summed = tl.dot(onehot, g)  # bf16/fp16 operands, fp32 accumulation: exact products
+    onehot = rows[:, None] == local[None, :]  # (CHUNK local ids, CHUNK positions)
     n_local = tl.max(local, axis=0) + 1
     live = rows < n_local
     target = (base + rows).to(tl.int64)
+    whole = rows < 0  # no run is applied here unless FUSE
+    row = target
     if FUSE:
         # Only the first local id can continue a run from the previous chunk, only the last one
         # can continue into the next; every other run is complete here and is applied now.
@@ -113,12 +133,29 @@ def _segment_sum_chunk(
         split = ((rows == 0) & (prev == base)) | ((rows == n_local - 1) & (nxt == base + n_local - 1))
         whole = live & ~split
         row = tl.load(unique_ptr + target, mask=whole, other=0).to(tl.int64)
-        _update_rows(row, summed, whole, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps, dim)
         live = live & split
-    tl.atomic_add(
-        out_ptr + target[:, None] * dim + cols[None, :], summed,
-        mask=live[:, None] & col_ok[None, :], sem="relaxed",
-    )
+    if COLS == DIM_P:
+        summed, cols, col_ok = _sum_columns(0, onehot, src, valid, grad_ptr, dim, COLS, IEEE)
+        if FUSE:
+            _update_rows(row, summed, whole, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps, dim)
+        tl.atomic_add(out_ptr + target[:, None] * dim + cols[None, :], summed,
+                      mask=live[:, None] & col_ok[None, :], sem="relaxed")
+    else:
+        # Column blocks: less live state per program (more programs per SM), at the price of
+        # summing each block twice: once for the rows' squared norms, once to move the rows.
+        scale = tl.zeros([CHUNK_], dtype=tl.float32)
+        if FUSE:
+            sq = tl.zeros([CHUNK_], dtype=tl.float32)
+            for block in tl.static_range(DIM_P // COLS):
+                summed, cols, col_ok = _sum_columns(block * COLS, onehot, src, valid, grad_ptr, dim, COLS, IEEE)
+                sq += tl.sum(summed * summed, axis=1)
+            scale = _row_scale(row, sq, whole, state_ptr, lr_ptr, eps, dim)
+        for block in tl.static_range(DIM_P // COLS):
+            summed, cols, col_ok = _sum_columns(block * COLS, onehot, src, valid, grad_ptr, dim, COLS, IEEE)
+            if FUSE:
+                _move_rows(row, summed, scale, whole, cols, col_ok, weight_ptr, dim)
+            tl.atomic_add(out_ptr + target[:, None] * dim + cols[None, :], summed,
+                          mask=live[:, None] & col_ok[None, :], sem="relaxed")
 
 
 @triton.jit
@@ -168,17 +205,28 @@ class FusedRowWiseAdagradKernel:
     0-d/1-element fp32 CUDA tensor (a tensor lets a captured CUDA graph follow an LR schedule).
     """
 
-    def __init__(self, fuse: bool = True, chunk: int = CHUNK, num_warps: int = 4, per_program: int | None = None,
-                 stages: int = 3) -> None:
+    def __init__(self, fuse: bool = True, chunk: int = CHUNK, num_warps: int | None = None,
+                 per_program: int | None = None, stages: int = 3, columns: int | None = None) -> None:
         self.fuse = fuse
         self.chunk = chunk  # a power of 2 >= 16 (the one-hot product's size)
-        self.num_warps = num_warps  # of the segment-sum kernel
-        # Chunks per segment-sum program and the pipelining depth of its loop over them. None:
-        # 8 at dim >= 64, else 1 (H200, batch 65536: +2.8% samples/s at dim 128, -1.6% at dim 16).
-        self.per_program = per_program
-        self.stages = stages
+        # Launch settings of the segment-sum kernel; None: chosen by the row width (`*_for(dim)`,
+        # from `bench/rowwise_sweep.py` on the H200).
+        self.num_warps = num_warps
+        self.per_program = per_program  # chunks per program (a software-pipelined loop over them)
+        self.stages = stages  # pipelining depth of that loop
+        self.columns = columns  # columns per block of the sum and update (a power of 2 >= 16)
         self.summed: torch.Tensor | None = None
         self._lr: torch.Tensor | None = None
+
+    def columns_for(self, dim: int) -> int:
+        return min(self.columns or 1 << 30, max(16, triton.next_power_of_2(dim)))
+
+    def warps_for(self, dim: int) -> int:  # noqa: ARG002
+        return self.num_warps or 4
+
+    def per_program_for(self, dim: int) -> int:
+        # 8 at dim >= 64 (H200, batch 65536: +2.8% samples/s at dim 128, -1.6% at dim 16).
+        return self.per_program or (8 if dim >= 64 else 1)
 
     def _buffer(self, capacity: int, dim: int, device: torch.device) -> torch.Tensor:
         if self.summed is None or self.summed.shape[0] < capacity or self.summed.shape[1] != dim:
@@ -224,11 +272,12 @@ class FusedRowWiseAdagradKernel:
         lr_t = self._lr_tensor(lr, ids.device)
         dim_p = max(16, triton.next_power_of_2(dim))
         n_chunks = triton.cdiv(n, self.chunk)
-        per_program = self.per_program or (8 if dim >= 64 else 1)
+        per_program = self.per_program_for(dim)
         _segment_sum_kernel[(triton.cdiv(n_chunks, per_program),)](
             order, slot, unique, grads, summed, weight, state_sum, lr_t, eps, n, dim, n_ids, width, n_chunks,
             DIM_P=dim_p, CHUNK_=self.chunk, IEEE=grads.dtype == torch.float32, STRIDED=strided,
-            FUSE=self.fuse, PER_PROGRAM=per_program, STAGES=self.stages, num_warps=self.num_warps,
+            FUSE=self.fuse, PER_PROGRAM=per_program, STAGES=self.stages, COLS=self.columns_for(dim),
+            num_warps=self.warps_for(dim),
         )
         if self.fuse:
             _apply_split_kernel[(max(1, triton.cdiv(n_chunks - 1, APPLY_ROWS)),)](

@@ -1,0 +1,95 @@
+"""Launch settings of the fused segment-sum + row-wise Adagrad kernel (`training/rowwise_triton.py`), CUDA.
+
+For configs b (dim 128) and a (dim 16) at batch 65536 (Criteo Kaggle tables), times the whole
+update the step runs (sort, numbering, segment-sum + update, split rows) on the step's own
+inputs: the fused fp32 table, the batch's 26 ids per sample and their bf16 gradients in the
+interaction's (B, 27, dim) layout. Sweeps positions per program (chunk) x columns per block x
+warps x chunks per program. Appends one row per config to `bench/results/rowwise_sweep.json`
+(`value` = the kept setting's ms, `baseline` = the fastest setting's, ratio = baseline / value);
+`FusedRowWiseAdagradKernel`'s defaults come from here.
+
+    python bench/rowwise_sweep.py --git-sha $(git rev-parse --short HEAD)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interaction_sweep import cuda_ms  # noqa: E402
+from train_throughput import REPO, append_results, configs, device_name, git_sha, make_batches  # noqa: E402
+
+
+def sweep(key: str, batch: int) -> list[dict]:
+    from training.rowwise_triton import FusedRowWiseAdagradKernel
+
+    dev = torch.device("cuda")
+    cfg = configs(None)[key]
+    dim = cfg.embedding_dim
+    (_, sparse, _), = make_batches(cfg, batch, 1, dev)
+    offsets = torch.tensor([0, *cfg.cardinalities[:-1]], device=dev).cumsum(0)
+    ids = (sparse + offsets).reshape(-1)
+    weight = torch.empty(sum(cfg.cardinalities), dim, device=dev).uniform_(-0.05, 0.05)
+    state = torch.zeros(weight.shape[0], device=dev)
+    grads = torch.randn(batch, 1 + len(cfg.cardinalities), dim, device=dev, dtype=torch.bfloat16) * 1e-3
+    default = FusedRowWiseAdagradKernel()
+    kept = (default.chunk, default.columns_for(dim), default.warps_for(dim), default.per_program_for(dim))
+    rows = []
+    dim_p = max(16, 1 << (dim - 1).bit_length())
+    for chunk, columns, warps, per in itertools.product((16, 32, 64), (16, 32, 64, 128), (1, 2, 4, 8), (1, 8)):
+        if columns > dim_p or (warps == 1 and chunk == 64) or (warps == 8 and chunk == 16):
+            continue
+        kernel = FusedRowWiseAdagradKernel(chunk=chunk, columns=columns, num_warps=warps, per_program=per)
+        ms = cuda_ms(lambda: kernel(weight, state, ids, grads, 0.01, 1e-8))
+        rows.append({"chunk": chunk, "columns": columns, "warps": warps, "per_program": per, "ms": ms,
+                     "kept": (chunk, columns, warps, per) == kept})
+        print(f"{key} chunk {chunk} columns {columns} warps {warps} per_program {per}: {ms:.3f} ms", flush=True)
+    return rows
+
+
+def summarise(key: str, batch: int, found: list[dict], meta: dict) -> dict:
+    """The kept setting's time against the fastest setting of the sweep (ratio = baseline / value)."""
+    settings = ("chunk", "columns", "warps", "per_program")
+    best = min(found, key=lambda r: r["ms"])
+    kept = next(r for r in found if r["kept"])
+    print(f"{key}: fastest {[best[k] for k in settings]} {best['ms']:.3f} ms; kept {[kept[k] for k in settings]} {kept['ms']:.3f} ms")
+    return {
+        "benchmark": "rowwise_sweep", "metric": "update_ms", "value": kept["ms"], "unit": "ms",
+        "baseline": best["ms"], "ratio": best["ms"] / kept["ms"],
+        "config": {"name": f"{key}_dim{configs(None)[key].embedding_dim}", "batch_size": batch,
+                   "kept": [kept[k] for k in settings], "fastest": [best[k] for k in settings]},
+        "settings": [{k: r[k] for k in (*settings, "ms")} for r in found],
+    } | meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="b,a")
+    parser.add_argument("--batch-size", type=int, default=65536)
+    parser.add_argument("--git-sha", default=None, help="recorded as git_sha (the GPU machine has no .git)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rowwise_sweep.json")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import triton
+
+    meta = {"device": device_name(torch.device("cuda")), "torch": torch.__version__, "triton": triton.__version__,
+            "command": " ".join(["python", *sys.argv]),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_sha": args.git_sha or git_sha()}
+    rows = []
+    for key in args.configs.split(","):
+        rows.append(summarise(key, args.batch_size, sweep(key, args.batch_size), meta))
+        torch.cuda.empty_cache()
+    append_results(args.out, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
