@@ -38,8 +38,7 @@ def sweep(key: str, batch: int) -> list[dict]:
     weight = torch.empty(sum(cfg.cardinalities), dim, device=dev).uniform_(-0.05, 0.05)
     state = torch.zeros(weight.shape[0], device=dev)
     grads = torch.randn(batch, 1 + len(cfg.cardinalities), dim, device=dev, dtype=torch.bfloat16) * 1e-3
-    default = FusedRowWiseAdagradKernel()
-    kept = (default.chunk, default.columns_for(dim), default.warps_for(dim), default.per_program_for(dim))
+    kept = FusedRowWiseAdagradKernel().launch(dim)
     rows = []
     dim_p = max(16, 1 << (dim - 1).bit_length())
     for chunk, columns, warps, per in itertools.product((16, 32, 64), (16, 32, 64, 128), (1, 2, 4, 8), (1, 8)):

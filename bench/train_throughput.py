@@ -135,13 +135,15 @@ VARIANTS = {
     # inductor's max-autotune (Triton GEMM templates with bias and ReLU fused in, where they win)
     "autotune_mlp": (True, None, None, True, True, True),
 }
-# `fast` with other launch settings of the fused segment-sum + update kernel
+# `fast` with other launch settings of the fused segment-sum + update kernel (`launch`)
 KERNEL_VARIANTS = {
-    "warps8": {"num_warps": 8}, "chunk32": {"chunk": 32}, "chunk128_w8": {"chunk": 128, "num_warps": 8},
-    "per1": {"per_program": 1}, "per8": {"per_program": 8}, "per4_s2": {"per_program": 4, "stages": 2},
-    # the segment sum and update in column blocks (fewer registers per program, each block summed twice)
-    "cols64": {"columns": 64}, "cols64_per1": {"columns": 64, "per_program": 1}, "cols32_per1": {"columns": 32, "per_program": 1},
-    "cols64_w2": {"columns": 64, "num_warps": 2}, "cols64_c32": {"columns": 64, "chunk": 32},
+    "warps8": {"num_warps": 8}, "per1": {"per_program": 1}, "per4_s2": {"per_program": 4, "stages": 2},
+    # the settings before bench/rowwise_sweep.py: whole rows, 64 positions, 4 warps; 8 chunks per
+    # program at dim >= 64 (`before_wide`, compare at config b), 1 below (`before_narrow`, config a)
+    "before_wide": {"chunk": 64, "columns": 128, "num_warps": 4, "per_program": 8},
+    "before_narrow": {"chunk": 64, "columns": 128, "num_warps": 4, "per_program": 1},
+    # the second and third fastest at dim 128 in the sweep
+    "c16_cols16": {"columns": 16}, "c32_cols32_w2": {"chunk": 32, "num_warps": 2},
 }
 VARIANTS.update({name: VARIANTS["fast"] for name in KERNEL_VARIANTS})
 

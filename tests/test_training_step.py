@@ -319,12 +319,14 @@ def test_triton_kernels_compile_for_hopper_on_any_machine() -> None:
             assert _compile_for_hopper(kernel, pointers | rows, constexprs, **launch).asm["cubin"]
     pointers = {"order_ptr": "*i64", "slot_ptr": "*i32", "unique_ptr": "*i32", "out_ptr": "*fp32", "summed_ptr": "*fp32",
                 "weight_ptr": "*fp32", "state_ptr": "*fp32", "lr_ptr": "*fp32", "n_unique_ptr": "*i32"}
-    for grad, dim_p, per_program, columns in [("bf16", 128, 8, 128), ("bf16", 128, 1, 64), ("fp32", 16, 1, 16)]:
-        constexprs = {"DIM_P": dim_p, "CHUNK_": rt.CHUNK, "IEEE": grad == "fp32", "STRIDED": grad == "bf16",
+    # the launch settings the step uses at dim 128 and 16, and whole rows in one block
+    for grad, dim_p, (chunk, columns, warps, per_program) in [
+            ("bf16", 128, rt.WIDE_ROWS), ("fp32", 16, rt.NARROW_ROWS), ("bf16", 128, (64, 128, 4, 1))]:
+        constexprs = {"DIM_P": dim_p, "CHUNK_": chunk, "IEEE": grad == "fp32", "STRIDED": grad == "bf16",
                       "FUSE": True, "PER_PROGRAM": per_program, "STAGES": 3, "COLS": columns}
-        segment_sum = _compile_for_hopper(rt._segment_sum_kernel, pointers | {"grad_ptr": f"*{grad}"}, constexprs, num_warps=4)
+        segment_sum = _compile_for_hopper(rt._segment_sum_kernel, pointers | {"grad_ptr": f"*{grad}"}, constexprs, num_warps=warps)
         assert segment_sum.asm["cubin"]
-    for kernel, constexprs in [(rt._apply_split_kernel, {"DIM_P": 128, "ROWS": rt.APPLY_ROWS, "CHUNK_": rt.CHUNK}),
+    for kernel, constexprs in [(rt._apply_split_kernel, {"DIM_P": 128, "ROWS": rt.APPLY_ROWS, "CHUNK_": 16}),
                                (rt._apply_kernel, {"DIM_P": 128, "ROWS": rt.APPLY_ROWS})]:
         assert _compile_for_hopper(kernel, pointers, constexprs, num_warps=4).asm["cubin"]
 

@@ -7,10 +7,13 @@ table-batched-embedding backward:
 
 1. sort the ids (int32 keys when the table has < 2^31 rows: fewer radix passes), number the
    distinct ids 0..n_unique-1 in sorted order;
-2. `_segment_sum_kernel`: each program takes CHUNK consecutive sorted positions (at dim >= 64,
-   eight such chunks in a software-pipelined loop, so the next chunk's gathers are in flight
-   while one is summed and applied), gathers their gradient rows, sums the rows of each distinct id inside the chunk with one one-hot matrix
-   product (tensor cores, exact for 0/1 weights). An id whose run of sorted positions lies
+2. `_segment_sum_kernel`: each program takes a chunk of consecutive sorted positions (16 at
+   dim >= 64, in a software-pipelined loop over 8 such chunks so that the next chunk's gathers
+   are in flight while one is summed and applied), gathers their gradient rows and sums the rows
+   of each distinct id inside the chunk with one one-hot matrix product (tensor cores, exact for
+   0/1 weights), a block of columns at a time (32 at dim >= 64: the sums are formed twice, once
+   for the rows' squared norms and once to move the rows, which keeps each program small enough
+   for many to share an SM). An id whose run of sorted positions lies
    wholly inside the chunk (almost all of them) is updated right there: accumulator and weight
    row (64-bit offsets: the table may exceed 2^31 elements) read and written once, no scratch.
    Only the (at most two) ids whose runs cross the chunk's edges atomically add their partial
@@ -33,8 +36,14 @@ import torch
 import triton
 import triton.language as tl
 
-CHUNK = 64  # default sorted positions per segment-sum program (the one-hot product is CHUNK x CHUNK)
 APPLY_ROWS = 16  # distinct rows (or chunk boundaries) per update program
+# Launch settings of the segment-sum kernel by row width: (chunk = sorted positions per one-hot
+# product, a power of 2 >= 16; columns per block of the sum and update; warps; chunks per program).
+# The fastest of 80 (dim 128) and 20 (dim 16) settings timed by bench/rowwise_sweep.py on an H200
+# at batch 65536 (bench/results/rowwise_sweep.json). Small programs, many per SM: the kernel waits
+# on dependent random reads (ids -> gradient rows, slots -> table rows), not on arithmetic.
+WIDE_ROWS = (16, 32, 1, 8)  # dim >= 64
+NARROW_ROWS = (32, 16, 2, 1)  # dim < 64
 
 
 @triton.jit
@@ -115,10 +124,10 @@ def _segment_sum_chunk(
         # id i is slot (width - n_ids) + i % n_ids of batch row i // n_ids in the (B, width, dim) gradient
         src = (src // n_ids) * width + (width - n_ids) + src % n_ids
     base = tl.load(slot_ptr + start)
-    # Slots are sorted and step by 0 or 1, so inside a chunk they span at most CHUNK values.
+    # Slots are sorted and step by 0 or 1, so inside a chunk they span at most CHUNK_ values.
     local = tl.where(valid, slot - base, -1)
     rows = tl.arange(0, CHUNK_)
-    onehot = rows[:, None] == local[None, :]  # (CHUNK local ids, CHUNK positions)
+    onehot = rows[:, None] == local[None, :]  # (CHUNK_ local ids, CHUNK_ positions)
     n_local = tl.max(local, axis=0) + 1
     live = rows < n_local
     target = (base + rows).to(tl.int64)
@@ -186,7 +195,7 @@ def _apply_split_kernel(
     slot_ptr, unique_ptr, summed_ptr, weight_ptr, state_ptr, lr_ptr, eps, dim, n_chunks,
     DIM_P: tl.constexpr, ROWS: tl.constexpr, CHUNK_: tl.constexpr,
 ):
-    k = tl.program_id(0) * ROWS + tl.arange(0, ROWS) + 1  # boundary k lies before position k * CHUNK
+    k = tl.program_id(0) * ROWS + tl.arange(0, ROWS) + 1  # boundary k lies before position k * CHUNK_
     ok = k < n_chunks
     p = k * CHUNK_
     right = tl.load(slot_ptr + p, mask=ok, other=-1)
@@ -205,28 +214,23 @@ class FusedRowWiseAdagradKernel:
     0-d/1-element fp32 CUDA tensor (a tensor lets a captured CUDA graph follow an LR schedule).
     """
 
-    def __init__(self, fuse: bool = True, chunk: int = CHUNK, num_warps: int | None = None,
-                 per_program: int | None = None, stages: int = 3, columns: int | None = None) -> None:
+    def __init__(self, fuse: bool = True, chunk: int | None = None, columns: int | None = None,
+                 num_warps: int | None = None, per_program: int | None = None, stages: int = 3) -> None:
         self.fuse = fuse
-        self.chunk = chunk  # a power of 2 >= 16 (the one-hot product's size)
-        # Launch settings of the segment-sum kernel; None: chosen by the row width (`*_for(dim)`,
-        # from `bench/rowwise_sweep.py` on the H200).
+        # Launch settings of the segment-sum kernel (see `launch`); None: by the row width.
+        self.chunk = chunk
+        self.columns = columns
         self.num_warps = num_warps
-        self.per_program = per_program  # chunks per program (a software-pipelined loop over them)
-        self.stages = stages  # pipelining depth of that loop
-        self.columns = columns  # columns per block of the sum and update (a power of 2 >= 16)
+        self.per_program = per_program
+        self.stages = stages  # pipelining depth of the loop over a program's chunks
         self.summed: torch.Tensor | None = None
         self._lr: torch.Tensor | None = None
 
-    def columns_for(self, dim: int) -> int:
-        return min(self.columns or 1 << 30, max(16, triton.next_power_of_2(dim)))
-
-    def warps_for(self, dim: int) -> int:  # noqa: ARG002
-        return self.num_warps or 4
-
-    def per_program_for(self, dim: int) -> int:
-        # 8 at dim >= 64 (H200, batch 65536: +2.8% samples/s at dim 128, -1.6% at dim 16).
-        return self.per_program or (8 if dim >= 64 else 1)
+    def launch(self, dim: int) -> tuple[int, int, int, int]:
+        """(chunk, columns, warps, chunks per program) of the segment-sum kernel for rows of `dim`."""
+        chunk, columns, warps, per_program = WIDE_ROWS if dim >= 64 else NARROW_ROWS
+        return (self.chunk or chunk, min(self.columns or columns, max(16, triton.next_power_of_2(dim))),
+                self.num_warps or warps, self.per_program or per_program)
 
     def _buffer(self, capacity: int, dim: int, device: torch.device) -> torch.Tensor:
         if self.summed is None or self.summed.shape[0] < capacity or self.summed.shape[1] != dim:
@@ -271,18 +275,17 @@ class FusedRowWiseAdagradKernel:
         summed = self._buffer(capacity, dim, ids.device)
         lr_t = self._lr_tensor(lr, ids.device)
         dim_p = max(16, triton.next_power_of_2(dim))
-        n_chunks = triton.cdiv(n, self.chunk)
-        per_program = self.per_program_for(dim)
+        chunk, columns, warps, per_program = self.launch(dim)
+        n_chunks = triton.cdiv(n, chunk)
         _segment_sum_kernel[(triton.cdiv(n_chunks, per_program),)](
             order, slot, unique, grads, summed, weight, state_sum, lr_t, eps, n, dim, n_ids, width, n_chunks,
-            DIM_P=dim_p, CHUNK_=self.chunk, IEEE=grads.dtype == torch.float32, STRIDED=strided,
-            FUSE=self.fuse, PER_PROGRAM=per_program, STAGES=self.stages, COLS=self.columns_for(dim),
-            num_warps=self.warps_for(dim),
+            DIM_P=dim_p, CHUNK_=chunk, IEEE=grads.dtype == torch.float32, STRIDED=strided,
+            FUSE=self.fuse, PER_PROGRAM=per_program, STAGES=self.stages, COLS=columns, num_warps=warps,
         )
         if self.fuse:
             _apply_split_kernel[(max(1, triton.cdiv(n_chunks - 1, APPLY_ROWS)),)](
                 slot, unique, summed, weight, state_sum, lr_t, eps, dim, n_chunks,
-                DIM_P=dim_p, ROWS=APPLY_ROWS, CHUNK_=self.chunk, num_warps=4,
+                DIM_P=dim_p, ROWS=APPLY_ROWS, CHUNK_=chunk, num_warps=4,
             )
         else:
             _apply_kernel[(triton.cdiv(capacity, APPLY_ROWS),)](
