@@ -3,10 +3,13 @@
 For configs b (dim 128) and a (dim 16) at batch 65536 (Criteo Kaggle tables, F = 27), times the
 forward and the backward kernel alone, reading the rows from the fp32 table (`gather`, what the
 step does at dim >= 64) and from a looked-up bf16 copy (`copy`), for samples per program x warps
-x pipeline stages. Appends one row per setting to `bench/results/interaction_sweep.json`; the
-module's SAMPLES / NUM_WARPS / NUM_STAGES come from here.
+x pipeline stages x columns per block of the rows (`--columns`, both kernels; forward and
+backward are timed apart). Appends one row per config and way of reading the rows to
+`bench/results/interaction_sweep.json`; the module's SAMPLES / NUM_WARPS / NUM_STAGES /
+FORWARD_COLUMNS / BACKWARD_COLUMNS come from here.
 
     python bench/interaction_sweep.py --git-sha $(git rev-parse --short HEAD)
+    python bench/interaction_sweep.py --configs b --samples 8,16 --warps 1,2,4 --stages 3 --columns 32,64,128
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def cuda_ms(fn, n: int = 20) -> float:  # noqa: ANN001
     return start.elapsed_time(end) / n
 
 
-def sweep(key: str, batch: int) -> list[dict]:
+def sweep(key: str, batch: int, grid: dict[str, list[int]]) -> list[dict]:
     from training import interaction_triton as it  # needs triton, which CUDA builds of torch ship
 
     dev = torch.device("cuda")
@@ -51,21 +54,29 @@ def sweep(key: str, batch: int) -> list[dict]:
     carrier = torch.empty(batch, n_features, dim, device=dev, dtype=torch.bfloat16)
     copy = torch.cat([torch.zeros(batch, 1, dim, device=dev), table[ids]], 1).to(torch.bfloat16)
     grad = torch.randn(batch, dim + n_features * (n_features - 1) // 2, device=dev, dtype=torch.bfloat16)
-    kept = (it.SAMPLES, it.NUM_WARPS, it.NUM_STAGES)
+    names = ("SAMPLES", "NUM_WARPS", "NUM_STAGES", "FORWARD_COLUMNS", "BACKWARD_COLUMNS")
+    kept = tuple(getattr(it, name) for name in names)
+    settings = [(s, w, st, c, c) for s, w, st, c in itertools.product(
+        grid["samples"], grid["warps"], grid["stages"], [c or None for c in grid["columns"]])]
     rows = []
     try:
-        for samples, warps, stages in itertools.product((4, 8, 16), (2, 4, 8), (2, 3, 4)):
-            it.SAMPLES, it.NUM_WARPS, it.NUM_STAGES = samples, warps, stages
+        for setting in ([kept] if kept not in settings else []) + settings:
+            for name, value in zip(names, setting):
+                setattr(it, name, value)
             times = {
                 "fwd_gather": cuda_ms(lambda: it.dot_interaction(dense, carrier, n_features, table, ids)),
                 "bwd_gather": cuda_ms(lambda: it.dot_interaction_backward(grad, dense, carrier, n_features, table, ids)),
                 "fwd_copy": cuda_ms(lambda: it.dot_interaction(dense, copy, n_features)),
                 "bwd_copy": cuda_ms(lambda: it.dot_interaction_backward(grad, dense, copy, n_features)),
             }
+            samples, warps, stages, fwd_cols, bwd_cols = setting
             rows.append({"config": key, "dim": dim, "batch_size": batch, "samples": samples, "warps": warps,
-                         "stages": stages, "ms": times, "kept": (samples, warps, stages) == kept})
+                         "stages": stages, "forward_columns": fwd_cols, "backward_columns": bwd_cols, "ms": times,
+                         "kept": setting == kept})
+            print(key, setting, {k: round(v, 3) for k, v in times.items()}, flush=True)
     finally:
-        it.SAMPLES, it.NUM_WARPS, it.NUM_STAGES = kept
+        for name, value in zip(names, kept):
+            setattr(it, name, value)
     return rows
 
 
@@ -75,16 +86,17 @@ def summarise(key: str, batch: int, found: list[dict], meta: dict) -> list[dict]
     bench/results: 1.0 when the kept setting is the fastest, below 1 by how much it is slower)."""
     out = []
     for kind, rows in (("gather", "fp32 table"), ("copy", "looked-up bf16 copy")):
-        total = {(r["samples"], r["warps"], r["stages"]): r["ms"][f"fwd_{kind}"] + r["ms"][f"bwd_{kind}"] for r in found}
+        setting = ("samples", "warps", "stages", "forward_columns", "backward_columns")
+        total = {tuple(r[k] for k in setting): r["ms"][f"fwd_{kind}"] + r["ms"][f"bwd_{kind}"] for r in found}
         best = min(total, key=total.__getitem__)
-        kept = next((r["samples"], r["warps"], r["stages"]) for r in found if r["kept"])
-        print(f"{key} {rows}: best (samples, warps, stages) {best} {total[best]:.3f} ms; kept {kept} {total[kept]:.3f} ms")
+        kept = next(tuple(r[k] for k in setting) for r in found if r["kept"])
+        print(f"{key} {rows}: best {setting} {best} {total[best]:.3f} ms; kept {kept} {total[kept]:.3f} ms")
         out.append({
             "benchmark": "interaction_sweep", "metric": "forward_plus_backward_ms", "value": total[kept], "unit": "ms",
             "baseline": total[best], "ratio": total[best] / total[kept],
             "config": {"name": f"{key}_dim{found[0]['dim']}", "batch_size": batch, "rows": rows,
                        "kept": list(kept), "fastest": list(best)},
-            "settings": [{k: r[k] for k in ("samples", "warps", "stages")} | {"ms": r["ms"]} for r in found],
+            "settings": [{k: r[k] for k in setting} | {"ms": r["ms"]} for r in found],
         } | meta)
     return out
 
@@ -93,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="b,a")
     parser.add_argument("--batch-size", type=int, default=65536)
+    ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
+    parser.add_argument("--samples", type=ints, default=[4, 8, 16], help="samples per program")
+    parser.add_argument("--warps", type=ints, default=[2, 4, 8])
+    parser.add_argument("--stages", type=ints, default=[2, 3, 4])
+    parser.add_argument("--columns", type=ints, default=[0], help="columns per block of the rows, both kernels (0: whole rows)")
     parser.add_argument("--git-sha", default=None, help="recorded as git_sha (the GPU machine has no .git)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "interaction_sweep.json")
     args = parser.parse_args(argv)
@@ -105,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_sha": args.git_sha or git_sha()}
     rows = []
     for key in args.configs.split(","):
-        rows += summarise(key, args.batch_size, sweep(key, args.batch_size), meta)
+        grid = {"samples": args.samples, "warps": args.warps, "stages": args.stages, "columns": args.columns}
+        rows += summarise(key, args.batch_size, sweep(key, args.batch_size, grid), meta)
         torch.cuda.empty_cache()
     append_results(args.out, rows)
     return 0

@@ -313,9 +313,10 @@ def test_triton_kernels_compile_for_hopper_on_any_machine() -> None:
     for dtype, dim_p, gather in [("bf16", 128, True), ("bf16", 16, False), ("fp32", 128, True), ("fp32", 32, False)]:
         rows = {"emb_ptr": "*fp32" if gather else f"*{dtype}", "ids_ptr": "*i64" if gather else f"*{dtype}"}
         pointers = {name: f"*{dtype}" for name in ("dense_ptr", "out_ptr", "grad_ptr", "grad_dense_ptr", "grad_emb_ptr")}
-        constexprs = {"F_P": 32, "DIM_P": dim_p, "SAMPLES_": it.SAMPLES, "LEAD": True, "IEEE": dtype == "fp32",
-                      "GATHER": gather}
-        for kernel in (it._forward_kernel, it._backward_kernel):
+        for kernel, columns in [(it._forward_kernel, it.FORWARD_COLUMNS), (it._backward_kernel, it.BACKWARD_COLUMNS),
+                                (it._backward_kernel, 32)]:
+            constexprs = {"F_P": 32, "DIM_P": dim_p, "SAMPLES_": it.SAMPLES, "LEAD": True, "IEEE": dtype == "fp32",
+                          "GATHER": gather, "COLS": min(columns or dim_p, dim_p)}
             assert _compile_for_hopper(kernel, pointers | rows, constexprs, **launch).asm["cubin"]
     pointers = {"order_ptr": "*i64", "slot_ptr": "*i32", "unique_ptr": "*i32", "out_ptr": "*fp32", "summed_ptr": "*fp32",
                 "weight_ptr": "*fp32", "state_ptr": "*fp32", "lr_ptr": "*fp32", "n_unique_ptr": "*i32"}

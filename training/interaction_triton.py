@@ -33,6 +33,9 @@ from torch.library import triton_op, wrap_triton
 SAMPLES = 8  # samples per program
 NUM_WARPS = 2
 NUM_STAGES = 3  # loads of the next samples in flight while one is computed
+# Columns per block of a sample's rows (None: whole rows, one block)
+FORWARD_COLUMNS: int | None = None
+BACKWARD_COLUMNS: int | None = None
 
 
 @triton.jit
@@ -69,22 +72,25 @@ def _pair_index(lo, hi, F):
 def _forward_kernel(
     dense_ptr, emb_ptr, ids_ptr, out_ptr, B, F, n_emb, dim, out_stride,
     F_P: tl.constexpr, DIM_P: tl.constexpr, SAMPLES_: tl.constexpr, LEAD: tl.constexpr, IEEE: tl.constexpr,
-    GATHER: tl.constexpr,
+    GATHER: tl.constexpr, COLS: tl.constexpr,
 ):
     rows = tl.arange(0, F_P)
-    cols = tl.arange(0, DIM_P)
     i, j = rows[:, None], rows[None, :]
     upper = (i < j) & (j < F)
     pair = _pair_index(i, j, F)
     start = tl.program_id(0).to(tl.int64) * SAMPLES_
     for b in range(start, tl.minimum(start + SAMPLES_, B)):
-        x, d = _features(dense_ptr, emb_ptr, ids_ptr, b, rows, cols, F, n_emb, dim, LEAD, GATHER)
-        if IEEE:
-            z = tl.dot(x, tl.trans(x), input_precision="tf32x3")
-        else:
-            z = tl.dot(x, tl.trans(x))
         out = out_ptr + b * out_stride
-        tl.store(out + cols, d, mask=cols < dim)
+        z = tl.zeros((F_P, F_P), dtype=tl.float32)
+        # Z = sum over column blocks of X_block X_block^T (one block when COLS == DIM_P)
+        for block in tl.static_range(DIM_P // COLS):
+            cols = block * COLS + tl.arange(0, COLS)
+            x, d = _features(dense_ptr, emb_ptr, ids_ptr, b, rows, cols, F, n_emb, dim, LEAD, GATHER)
+            if IEEE:
+                z = tl.dot(x, tl.trans(x), z, input_precision="tf32x3")
+            else:
+                z = tl.dot(x, tl.trans(x), z)
+            tl.store(out + cols, d, mask=cols < dim)
         tl.store(out + dim + pair, z.to(out_ptr.dtype.element_ty), mask=upper)
 
 
@@ -92,11 +98,9 @@ def _forward_kernel(
 def _backward_kernel(
     grad_ptr, dense_ptr, emb_ptr, ids_ptr, grad_dense_ptr, grad_emb_ptr, B, F, n_emb, dim, grad_stride,
     F_P: tl.constexpr, DIM_P: tl.constexpr, SAMPLES_: tl.constexpr, LEAD: tl.constexpr, IEEE: tl.constexpr,
-    GATHER: tl.constexpr,
+    GATHER: tl.constexpr, COLS: tl.constexpr,
 ):
     rows = tl.arange(0, F_P)
-    cols = tl.arange(0, DIM_P)
-    col_ok = cols < dim
     i, j = rows[:, None], rows[None, :]
     off_diagonal = (i != j) & (i < F) & (j < F)
     # dZ + dZ^T: entry (i, j) and (j, i) both read the gradient of pair (min, max); diagonal 0.
@@ -105,19 +109,23 @@ def _backward_kernel(
     emb_ok = (emb_row >= 0) & (emb_row < n_emb)
     start = tl.program_id(0).to(tl.int64) * SAMPLES_
     for b in range(start, tl.minimum(start + SAMPLES_, B)):
-        x, _ = _features(dense_ptr, emb_ptr, ids_ptr, b, rows, cols, F, n_emb, dim, LEAD, GATHER)
         grad = grad_ptr + b * grad_stride
-        sym = tl.load(grad + dim + pair, mask=off_diagonal, other=0.0).to(x.dtype)
-        if IEEE:
-            gx = tl.dot(sym, x, input_precision="tf32x3")
-        else:
-            gx = tl.dot(sym, x)  # (F_P, DIM_P) fp32
-        tl.store(grad_emb_ptr + (b * n_emb + emb_row)[:, None] * dim + cols[None, :],
-                 gx.to(grad_emb_ptr.dtype.element_ty), mask=emb_ok[:, None] & col_ok[None, :])
-        # Row 0 is the dense vector's gradient through the dots; the output also passed it through.
-        g0 = tl.sum(tl.where(rows[:, None] == 0, gx, 0.0), axis=0)
-        passed = tl.load(grad + cols, mask=col_ok, other=0.0).to(tl.float32)
-        tl.store(grad_dense_ptr + b * dim + cols, (g0 + passed).to(grad_dense_ptr.dtype.element_ty), mask=col_ok)
+        sym = tl.load(grad + dim + pair, mask=off_diagonal, other=0.0).to(dense_ptr.dtype.element_ty)
+        # dX = (dZ + dZ^T) X, one block of columns at a time (one block when COLS == DIM_P)
+        for block in tl.static_range(DIM_P // COLS):
+            cols = block * COLS + tl.arange(0, COLS)
+            col_ok = cols < dim
+            x, _ = _features(dense_ptr, emb_ptr, ids_ptr, b, rows, cols, F, n_emb, dim, LEAD, GATHER)
+            if IEEE:
+                gx = tl.dot(sym, x, input_precision="tf32x3")
+            else:
+                gx = tl.dot(sym, x)  # (F_P, COLS) fp32
+            tl.store(grad_emb_ptr + (b * n_emb + emb_row)[:, None] * dim + cols[None, :],
+                     gx.to(grad_emb_ptr.dtype.element_ty), mask=emb_ok[:, None] & col_ok[None, :])
+            # Row 0 is the dense vector's gradient through the dots; the output also passed it through.
+            g0 = tl.sum(tl.where(rows[:, None] == 0, gx, 0.0), axis=0)
+            passed = tl.load(grad + cols, mask=col_ok, other=0.0).to(tl.float32)
+            tl.store(grad_dense_ptr + b * dim + cols, (g0 + passed).to(grad_dense_ptr.dtype.element_ty), mask=col_ok)
 
 
 def _launch_shape(
@@ -136,9 +144,10 @@ def _launch_shape(
     return batch, n_emb, dim, triton.cdiv(batch, SAMPLES), embedded.dtype == torch.float32
 
 
-def _sizes(n_features: int, dim: int) -> dict[str, int]:
+def _sizes(n_features: int, dim: int, columns: int | None) -> dict[str, int]:
     # tl.dot needs every side >= 16
-    return {"F_P": max(16, triton.next_power_of_2(n_features)), "DIM_P": max(16, triton.next_power_of_2(dim))}
+    dim_p = max(16, triton.next_power_of_2(dim))
+    return {"F_P": max(16, triton.next_power_of_2(n_features)), "DIM_P": dim_p, "COLS": min(columns or dim_p, dim_p)}
 
 
 def _rows_source(
@@ -170,7 +179,7 @@ def dot_interaction(
     n_out = dim + n_features * (n_features - 1) // 2
     out = embedded.new_empty(batch, n_out)
     wrap_triton(_forward_kernel)[(grid,)](
-        dense, rows, row_ids, out, batch, n_features, n_emb, dim, out.stride(0), **_sizes(n_features, dim),
+        dense, rows, row_ids, out, batch, n_features, n_emb, dim, out.stride(0), **_sizes(n_features, dim, FORWARD_COLUMNS),
         SAMPLES_=SAMPLES, LEAD=n_emb == n_features, IEEE=ieee, GATHER=gather,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
@@ -195,7 +204,7 @@ def dot_interaction_backward(
     grad_dense, grad_emb = torch.empty_like(dense), torch.empty_like(embedded)
     wrap_triton(_backward_kernel)[(grid,)](
         grad_out, dense, rows, row_ids, grad_dense, grad_emb, batch, n_features, n_emb, dim, grad_out.stride(0),
-        **_sizes(n_features, dim), SAMPLES_=SAMPLES, LEAD=n_emb == n_features, IEEE=ieee, GATHER=gather,
+        **_sizes(n_features, dim, BACKWARD_COLUMNS), SAMPLES_=SAMPLES, LEAD=n_emb == n_features, IEEE=ieee, GATHER=gather,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return grad_dense, grad_emb
