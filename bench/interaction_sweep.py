@@ -5,8 +5,8 @@ forward and the backward kernel alone, reading the rows from the fp32 table (`ga
 step does at dim >= 64) and from a looked-up bf16 copy (`copy`), for samples per program x warps
 x pipeline stages x columns per block of the rows (`--columns`, both kernels; forward and
 backward are timed apart). Appends one row per config and way of reading the rows to
-`bench/results/interaction_sweep.json`; the module's SAMPLES / NUM_WARPS / NUM_STAGES /
-FORWARD_COLUMNS / BACKWARD_COLUMNS come from here.
+`bench/results/interaction_sweep.json`; the module's launch settings by row width
+(`WIDE_ROWS`, `NARROW_ROWS`) come from here.
 
     python bench/interaction_sweep.py --git-sha $(git rev-parse --short HEAD)
     python bench/interaction_sweep.py --configs b --samples 8,16 --warps 1,2,4 --stages 3 --columns 32,64,128
@@ -54,15 +54,13 @@ def sweep(key: str, batch: int, grid: dict[str, list[int]]) -> list[dict]:
     carrier = torch.empty(batch, n_features, dim, device=dev, dtype=torch.bfloat16)
     copy = torch.cat([torch.zeros(batch, 1, dim, device=dev), table[ids]], 1).to(torch.bfloat16)
     grad = torch.randn(batch, dim + n_features * (n_features - 1) // 2, device=dev, dtype=torch.bfloat16)
-    names = ("SAMPLES", "NUM_WARPS", "NUM_STAGES", "FORWARD_COLUMNS", "BACKWARD_COLUMNS")
-    kept = tuple(getattr(it, name) for name in names)
-    settings = [(s, w, st, c, c) for s, w, st, c in itertools.product(
+    kept = it.launch_for(dim)
+    settings = [it.Launch(s, w, st, c, c) for s, w, st, c in itertools.product(
         grid["samples"], grid["warps"], grid["stages"], [c or None for c in grid["columns"]])]
     rows = []
     try:
         for setting in ([kept] if kept not in settings else []) + settings:
-            for name, value in zip(names, setting):
-                setattr(it, name, value)
+            it.LAUNCH = setting
             times = {
                 "fwd_gather": cuda_ms(lambda: it.dot_interaction(dense, carrier, n_features, table, ids)),
                 "bwd_gather": cuda_ms(lambda: it.dot_interaction_backward(grad, dense, carrier, n_features, table, ids)),
@@ -73,10 +71,9 @@ def sweep(key: str, batch: int, grid: dict[str, list[int]]) -> list[dict]:
             rows.append({"config": key, "dim": dim, "batch_size": batch, "samples": samples, "warps": warps,
                          "stages": stages, "forward_columns": fwd_cols, "backward_columns": bwd_cols, "ms": times,
                          "kept": setting == kept})
-            print(key, setting, {k: round(v, 3) for k, v in times.items()}, flush=True)
+            print(key, tuple(setting), {k: round(v, 3) for k, v in times.items()}, flush=True)
     finally:
-        for name, value in zip(names, kept):
-            setattr(it, name, value)
+        it.LAUNCH = None
     return rows
 
 

@@ -309,13 +309,14 @@ def test_triton_kernels_compile_for_hopper_on_any_machine() -> None:
     from training import interaction_triton as it
     from training import rowwise_triton as rt
 
-    launch = {"num_warps": it.NUM_WARPS, "num_stages": it.NUM_STAGES}
     for dtype, dim_p, gather in [("bf16", 128, True), ("bf16", 16, False), ("fp32", 128, True), ("fp32", 32, False)]:
         rows = {"emb_ptr": "*fp32" if gather else f"*{dtype}", "ids_ptr": "*i64" if gather else f"*{dtype}"}
         pointers = {name: f"*{dtype}" for name in ("dense_ptr", "out_ptr", "grad_ptr", "grad_dense_ptr", "grad_emb_ptr")}
-        for kernel, columns in [(it._forward_kernel, it.FORWARD_COLUMNS), (it._backward_kernel, it.BACKWARD_COLUMNS),
+        setting = it.launch_for(dim_p)
+        launch = {"num_warps": setting.warps, "num_stages": setting.stages}
+        for kernel, columns in [(it._forward_kernel, setting.forward_columns), (it._backward_kernel, setting.backward_columns),
                                 (it._backward_kernel, 32)]:
-            constexprs = {"F_P": 32, "DIM_P": dim_p, "SAMPLES_": it.SAMPLES, "LEAD": True, "IEEE": dtype == "fp32",
+            constexprs = {"F_P": 32, "DIM_P": dim_p, "SAMPLES_": setting.samples, "LEAD": True, "IEEE": dtype == "fp32",
                           "GATHER": gather, "COLS": min(columns or dim_p, dim_p)}
             assert _compile_for_hopper(kernel, pointers | rows, constexprs, **launch).asm["cubin"]
     pointers = {"order_ptr": "*i64", "slot_ptr": "*i32", "unique_ptr": "*i32", "out_ptr": "*fp32", "summed_ptr": "*fp32",
@@ -335,11 +336,19 @@ def test_triton_kernels_compile_for_hopper_on_any_machine() -> None:
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_interaction_matches_the_bmm_path_on_gpu(dtype: torch.dtype) -> None:
-    """The Triton interaction (forward and both gradients) against the batched-matmul path."""
+@pytest.mark.parametrize("blocks", [False, True])
+def test_triton_interaction_matches_the_bmm_path_on_gpu(dtype: torch.dtype, blocks: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton interaction (forward and both gradients) against the batched-matmul path, with
+    the launch settings the step uses and (`blocks`) with both kernels in 16-column blocks."""
+    from training import interaction_triton
+
+    if blocks:
+        monkeypatch.setattr(interaction_triton, "LAUNCH", interaction_triton.Launch(4, 2, 2, 16, 16))
     torch.manual_seed(0)
-    # F = 27 with and without the leading slot, and shapes that are no powers of two
-    for batch, n_features, dim, lead in [(37, 27, 128, True), (21, 27, 16, False), (9, 6, 12, True), (10, 3, 20, False)]:
+    # F = 27 with and without the leading slot, and shapes that are no powers of two (dim 96: the
+    # last 64-column block of the backward half masked)
+    for batch, n_features, dim, lead in [(37, 27, 128, True), (21, 27, 16, False), (9, 6, 12, True), (10, 3, 20, False),
+                                         (13, 27, 96, True)]:
         arch = InteractionArch(n_features).cuda().train()
         dense = torch.randn(batch, dim, device="cuda", dtype=dtype)
         embedded = torch.randn(batch, n_features - (not lead), dim, device="cuda", dtype=dtype)

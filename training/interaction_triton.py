@@ -4,7 +4,7 @@
 X = [dense (+ slot 0); embeddings] (F, dim) per sample, Z = X X^T, output [dense, Z's upper
 triangle]; backward dX = (dZ + dZ^T) X. The batched-matmul version writes X into a padded copy
 (B, 32, dim), writes the (B, 32, 32) products and the (B, 32, 32) symmetric gradient to memory and
-reads each back; here one program per SAMPLES samples loads each sample's rows once (rows past F
+reads each back; here one program per few samples (`Launch`) loads each sample's rows once (rows past F
 masked, so F is padded to a power of two only in registers), computes the F x F dots on tensor
 cores and writes only the pairs (forward), or gathers dZ + dZ^T straight from the output gradient
 and writes only dX (backward). Bytes per sample at F=27, dim 128, bf16: forward reads 6.9 kB and
@@ -20,22 +20,34 @@ step then writes and reads no looked-up copy at all.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-# Launch settings from `bench/interaction_sweep.py` on an H200 (B 65536, F 27; samples 4-16, warps
-# 2-8, stages 2-4): forward + backward at dim 128 0.54 ms on a looked-up bf16 copy, 0.74 ms reading
-# the fp32 table (the batched-matmul path took 2.4 ms); at dim 16 0.18 / 0.24 ms. 2 warps won at
-# both dims (4: +9-15% at dim 16); within 1.5% of the fastest at dim 128 in two runs (dim 16's
-# ~0.1 ms forward moves +-20% between runs).
-SAMPLES = 8  # samples per program
-NUM_WARPS = 2
-NUM_STAGES = 3  # loads of the next samples in flight while one is computed
-# Columns per block of a sample's rows (None: whole rows, one block)
-FORWARD_COLUMNS: int | None = None
-BACKWARD_COLUMNS: int | None = None
+class Launch(NamedTuple):
+    """Launch settings of both kernels."""
+
+    samples: int  # samples per program
+    warps: int
+    stages: int  # loads of the next samples in flight while one is computed
+    forward_columns: int | None  # columns per block of a sample's rows (None: whole rows, one block)
+    backward_columns: int | None
+
+
+# From `bench/interaction_sweep.py` on an H200 (B 65536, F 27; bench/results/interaction_sweep.json).
+# dim 128 (rows read from the table): forward + backward 0.745 ms with the dim-16 settings, 0.655
+# with these (the backward in two 64-column blocks: 0.486 -> 0.422 ms; 32-column blocks were
+# slower, 0.56-0.75). dim 16: 2 warps beat 4 by 9-15% (samples 4-16, warps 2-8, stages 2-4).
+WIDE_ROWS = Launch(samples=16, warps=1, stages=3, forward_columns=None, backward_columns=64)  # dim >= 64
+NARROW_ROWS = Launch(samples=8, warps=2, stages=3, forward_columns=None, backward_columns=None)
+LAUNCH: Launch | None = None  # set to override both (the sweep does)
+
+
+def launch_for(dim: int) -> Launch:
+    return LAUNCH or (WIDE_ROWS if dim >= 64 else NARROW_ROWS)
 
 
 @triton.jit
@@ -141,7 +153,7 @@ def _launch_shape(
         if n_emb != n_features or ids.shape != (batch, n_features - 1) or table.shape[1:] != (dim,):
             raise ValueError(f"ids {tuple(ids.shape)} and table {tuple(table.shape)} do not match "
                              f"(B, F, dim) = {tuple(embedded.shape)}")
-    return batch, n_emb, dim, triton.cdiv(batch, SAMPLES), embedded.dtype == torch.float32
+    return batch, n_emb, dim, triton.cdiv(batch, launch_for(dim).samples), embedded.dtype == torch.float32
 
 
 def _sizes(n_features: int, dim: int, columns: int | None) -> dict[str, int]:
@@ -176,12 +188,13 @@ def dot_interaction(
     """
     batch, n_emb, dim, grid, ieee = _launch_shape(dense, embedded, table, ids, n_features)
     rows, row_ids, gather = _rows_source(embedded, table, ids)
+    launch = launch_for(dim)
     n_out = dim + n_features * (n_features - 1) // 2
     out = embedded.new_empty(batch, n_out)
     wrap_triton(_forward_kernel)[(grid,)](
-        dense, rows, row_ids, out, batch, n_features, n_emb, dim, out.stride(0), **_sizes(n_features, dim, FORWARD_COLUMNS),
-        SAMPLES_=SAMPLES, LEAD=n_emb == n_features, IEEE=ieee, GATHER=gather,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        dense, rows, row_ids, out, batch, n_features, n_emb, dim, out.stride(0),
+        **_sizes(n_features, dim, launch.forward_columns), SAMPLES_=launch.samples, LEAD=n_emb == n_features,
+        IEEE=ieee, GATHER=gather, num_warps=launch.warps, num_stages=launch.stages,
     )
     return out
 
@@ -198,14 +211,15 @@ def dot_interaction_backward(
     """Gradients of `dot_interaction`'s dense and embedded inputs, contiguous, in their dtype."""
     batch, n_emb, dim, grid, ieee = _launch_shape(dense, embedded, table, ids, n_features)
     rows, row_ids, gather = _rows_source(embedded, table, ids)
+    launch = launch_for(dim)
     grad_out = grad_out.to(embedded.dtype)
     if grad_out.stride(1) != 1:
         grad_out = grad_out.contiguous()
     grad_dense, grad_emb = torch.empty_like(dense), torch.empty_like(embedded)
     wrap_triton(_backward_kernel)[(grid,)](
         grad_out, dense, rows, row_ids, grad_dense, grad_emb, batch, n_features, n_emb, dim, grad_out.stride(0),
-        **_sizes(n_features, dim, BACKWARD_COLUMNS), SAMPLES_=SAMPLES, LEAD=n_emb == n_features, IEEE=ieee, GATHER=gather,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        **_sizes(n_features, dim, launch.backward_columns), SAMPLES_=launch.samples, LEAD=n_emb == n_features,
+        IEEE=ieee, GATHER=gather, num_warps=launch.warps, num_stages=launch.stages,
     )
     return grad_dense, grad_emb
 
