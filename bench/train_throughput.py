@@ -158,11 +158,16 @@ def interaction_launch(variant: str) -> Iterator[None]:
     if variant != "interaction_before":
         yield
         return
+    from torch._inductor import config as inductor_config
+
     from training import interaction_triton as it
 
     it.LAUNCH = it.NARROW_ROWS
     try:
-        yield
+        # Inductor's graph cache does not tell the launch settings apart: it would hand back the
+        # graph compiled for an earlier variant.
+        with inductor_config.patch(force_disable_caches=True):
+            yield
     finally:
         it.LAUNCH = None
 
