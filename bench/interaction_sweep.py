@@ -18,6 +18,7 @@ import argparse
 import datetime as dt
 import itertools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -98,32 +99,45 @@ def summarise(key: str, batch: int, found: list[dict], meta: dict) -> list[dict]
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def sweep_parser(doc: str, results: str) -> argparse.ArgumentParser:
+    """The options every kernel sweep takes; results: the file under bench/results/."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="b,a")
     parser.add_argument("--batch-size", type=int, default=65536)
-    ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
-    parser.add_argument("--samples", type=ints, default=[4, 8, 16], help="samples per program")
-    parser.add_argument("--warps", type=ints, default=[2, 4, 8])
-    parser.add_argument("--stages", type=ints, default=[2, 3, 4])
-    parser.add_argument("--columns", type=ints, default=[0], help="columns per block of the rows, both kernels (0: whole rows)")
     parser.add_argument("--git-sha", default=None, help="recorded as git_sha (the GPU machine has no .git)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "interaction_sweep.json")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / results)
+    return parser
+
+
+def run_sweeps(args: argparse.Namespace, rows_for: Callable[[str, dict], list[dict]]) -> int:
+    """Sweep each of `args.configs` (rows_for(config key, run metadata) -> result rows) and append
+    the rows to `args.out`; the metadata: machine, versions, command and date."""
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     import triton
 
-    meta = {"device": device_name(torch.device("cuda")), "torch": torch.__version__, "triton": triton.__version__, "command": " ".join(["python", *sys.argv]),
+    meta = {"device": device_name(torch.device("cuda")), "torch": torch.__version__, "triton": triton.__version__,
+            "command": " ".join(["python", *sys.argv]),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_sha": args.git_sha or git_sha()}
     rows = []
     for key in args.configs.split(","):
-        grid = {"samples": args.samples, "warps": args.warps, "stages": args.stages, "columns": args.columns}
-        rows += summarise(key, args.batch_size, sweep(key, args.batch_size, grid), meta)
+        rows += rows_for(key, meta)
         torch.cuda.empty_cache()
     append_results(args.out, rows)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = sweep_parser(__doc__, "interaction_sweep.json")
+    ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
+    parser.add_argument("--samples", type=ints, default=[4, 8, 16], help="samples per program")
+    parser.add_argument("--warps", type=ints, default=[2, 4, 8])
+    parser.add_argument("--stages", type=ints, default=[2, 3, 4])
+    parser.add_argument("--columns", type=ints, default=[0], help="columns per block of the rows, both kernels (0: whole rows)")
+    args = parser.parse_args(argv)
+    grid = {"samples": args.samples, "warps": args.warps, "stages": args.stages, "columns": args.columns}
+    return run_sweeps(args, lambda key, meta: summarise(key, args.batch_size, sweep(key, args.batch_size, grid), meta))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ warps x chunks per program. Appends one row per config to `bench/results/rowwise
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import itertools
 import sys
 from pathlib import Path
@@ -22,8 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from interaction_sweep import cuda_ms  # noqa: E402
-from train_throughput import REPO, append_results, configs, device_name, git_sha, make_batches  # noqa: E402
+from interaction_sweep import cuda_ms, run_sweeps, sweep_parser  # noqa: E402
+from train_throughput import configs, make_batches  # noqa: E402
 
 
 def sweep(key: str, batch: int) -> list[dict]:
@@ -68,26 +66,8 @@ def summarise(key: str, batch: int, found: list[dict], meta: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="b,a")
-    parser.add_argument("--batch-size", type=int, default=65536)
-    parser.add_argument("--git-sha", default=None, help="recorded as git_sha (the GPU machine has no .git)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rowwise_sweep.json")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("needs a CUDA GPU", file=sys.stderr)
-        return 2
-    import triton
-
-    meta = {"device": device_name(torch.device("cuda")), "torch": torch.__version__, "triton": triton.__version__,
-            "command": " ".join(["python", *sys.argv]),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_sha": args.git_sha or git_sha()}
-    rows = []
-    for key in args.configs.split(","):
-        rows.append(summarise(key, args.batch_size, sweep(key, args.batch_size), meta))
-        torch.cuda.empty_cache()
-    append_results(args.out, rows)
-    return 0
+    args = sweep_parser(__doc__, "rowwise_sweep.json").parse_args(argv)
+    return run_sweeps(args, lambda key, meta: [summarise(key, args.batch_size, sweep(key, args.batch_size), meta)])
 
 
 if __name__ == "__main__":
