@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pandas as pd
 import torch
 
 from etl import EtlConfig, EtlOutputs, SyntheticConfig, generate, run_etl
+from serving.local_triton import ServerHandle, start_server, stop_server
+from tests.conftest import free_port
 from training import DLRM, DLRMConfig, save_model
 
 
@@ -39,3 +42,12 @@ def build_serving_world(root: Path, n_events: int = 3000, seed: int = 1) -> Serv
     shutil.copyfile(out.schema_path, model_dir / "schema.json")
     shutil.copytree(out.workflow_dir, model_dir / "workflow")
     return ServingWorld(model_dir, out, events, data.products)
+
+
+def running_triton(bundle: Path, state_dir: Path) -> Iterator[ServerHandle]:
+    """A real local Triton serving `bundle` on free ports until the generator is closed (a fixture's body)."""
+    handle = start_server(bundle, free_port(), free_port(), state_dir)
+    try:
+        yield handle
+    finally:
+        stop_server(state_dir)

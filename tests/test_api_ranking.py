@@ -14,10 +14,9 @@ from api import create_app
 from api.ranking import EncodedRanker
 from api.seed import seed
 from serving.bundle import ServingBundle, build_bundle
-from serving.local_triton import start_server, stop_server
 from serving.ranking import TritonRankingService
 from tests.conftest import free_port
-from tests.serving_world import build_serving_world
+from tests.serving_world import build_serving_world, running_triton
 from tests.test_api_support import make_config
 
 
@@ -33,10 +32,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def triton(world: dict) -> Iterator:
-    state = world["root"] / "triton"
-    handle = start_server(world["bundle"], free_port(), free_port(), state)
-    yield handle
-    stop_server(state)
+    yield from running_triton(world["bundle"], world["root"] / "triton")
 
 
 def _pairs(products: pd.DataFrame, customer_id: int) -> pd.DataFrame:

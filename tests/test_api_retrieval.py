@@ -22,10 +22,8 @@ from api.recommend import RETRIEVED, read_history
 from api.seed import seed
 from plugins import deploy
 from serving.bundle import ServingBundle, build_bundle
-from serving.local_triton import start_server, stop_server
 from settings import Settings
-from tests.conftest import free_port
-from tests.serving_world import build_serving_world
+from tests.serving_world import build_serving_world, running_triton
 from tests.test_api_support import make_config
 from training.retrieval import RetrievalConfig, build_candidate_index, load_two_tower, train_retrieval
 
@@ -49,10 +47,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def triton(world: dict) -> Iterator:
     # Both bundles hold the same DLRM under the same name, so one server answers for either.
-    state = world["root"] / "triton"
-    handle = start_server(world["bundle"], free_port(), free_port(), state)
-    yield handle
-    stop_server(state)
+    yield from running_triton(world["bundle"], world["root"] / "triton")
 
 
 def _app(serving_dir: Path, world: dict, triton, tmp_path: Path) -> Flask:  # type: ignore[no-untyped-def]

@@ -58,24 +58,37 @@ def test_duplicate_ids_are_merged_into_one_slot_each() -> None:
     assert summed[3:].abs().sum() == 0  # padding slots carry no update
 
 
-def test_rowwise_adagrad_matches_a_dense_reference_and_leaves_untouched_rows() -> None:
+def _dense_reference(weight: torch.Tensor, state: torch.Tensor, ids: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
+    """Row-wise Adagrad on a dense (rows, dim) gradient, applied to the touched rows only."""
+    dense_grad = torch.zeros_like(weight).index_add_(0, ids, grads)
+    touched = torch.zeros(weight.shape[0], dtype=torch.bool)
+    touched[ids] = True
+    state += torch.where(touched, dense_grad.pow(2).mean(1), 0.0)
+    weight -= torch.where(touched.unsqueeze(1), lr * dense_grad / (state.sqrt() + 1e-8).unsqueeze(1), 0.0)
+
+
+def _merged_reference(weight: torch.Tensor, state: torch.Tensor, ids: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
+    """The GPU path written out by hand: sort + fixed-size slots (`merge_duplicate_rows`), then the update."""
+    rows, summed = merge_duplicate_rows(ids, grads, n_rows=weight.shape[0])
+    state.index_add_(0, rows, summed.pow(2).mean(1))
+    weight.index_add_(0, rows, summed * (-lr / (state[rows].sqrt() + 1e-8)).unsqueeze(1))
+
+
+@pytest.mark.parametrize("reference", [_dense_reference, _merged_reference])
+def test_rowwise_adagrad_matches_a_hand_written_update_and_leaves_untouched_rows(reference) -> None:  # noqa: ANN001
     torch.manual_seed(0)
-    weight = torch.randn(20, 4)
-    reference = weight.clone()
-    ref_state = torch.zeros(20)
+    weight = torch.randn(50, 8)
+    initial = weight.clone()
+    expected, state = weight.clone(), torch.zeros(50)
     opt = RowWiseAdagrad(weight, lr=0.1)
     for _ in range(3):
-        ids = torch.randint(0, 10, (30,))  # rows 10..19 never touched
-        grads = torch.randn(30, 4)
-        dense_grad = torch.zeros(20, 4).index_add_(0, ids, grads)
-        touched = torch.zeros(20, dtype=torch.bool)
-        touched[ids] = True
-        ref_state += torch.where(touched, dense_grad.pow(2).mean(1), 0.0)
-        step = 0.1 * dense_grad / (ref_state.sqrt() + 1e-8).unsqueeze(1)
-        reference -= torch.where(touched.unsqueeze(1), step, 0.0)
+        ids = torch.randint(0, 25, (200,))  # rows 25..49 never touched
+        grads = torch.randn(200, 8)
         opt.step(ids, grads)
-    torch.testing.assert_close(weight, reference)
-    torch.testing.assert_close(opt.state_sum, ref_state)
+        reference(expected, state, ids, grads, 0.1)
+    torch.testing.assert_close(weight, expected)
+    torch.testing.assert_close(opt.state_sum, state)
+    assert torch.equal(weight[25:], initial[25:]) and not torch.equal(weight[:25], initial[:25])
 
 
 def test_sparse_sgd_adds_every_occurrence() -> None:
@@ -92,23 +105,6 @@ def test_schedule_warms_up_linearly_then_decays_to_the_floor() -> None:
     assert schedule.factor(9) == pytest.approx(0.55)
     assert LRSchedule(0, 10, "linear", 0.0).factor(5) == pytest.approx(0.5)
     assert LRSchedule(2, 10, "none").factor(8) == 1.0
-
-
-def test_static_shape_merge_gives_the_same_update_as_the_cpu_path() -> None:
-    # The GPU path (sort + fixed-size slots) written out by hand must match RowWiseAdagrad on CPU.
-    torch.manual_seed(1)
-    weight = torch.randn(50, 8)
-    by_hand = weight.clone()
-    state = torch.zeros(50)
-    opt = RowWiseAdagrad(weight, lr=0.1)
-    for _ in range(3):
-        ids, grads = torch.randint(0, 50, (200,)), torch.randn(200, 8)
-        opt.step(ids, grads)
-        rows, summed = merge_duplicate_rows(ids, grads, n_rows=50)
-        state.index_add_(0, rows, summed.pow(2).mean(1))
-        by_hand.index_add_(0, rows, summed * (-0.1 / (state[rows].sqrt() + 1e-8)).unsqueeze(1))
-    torch.testing.assert_close(weight, by_hand)
-    torch.testing.assert_close(opt.state_sum, state)
 
 
 def test_ids_are_grouped_and_their_gradients_summed_where_they_lie() -> None:
