@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,12 @@ import torch.nn.functional as F
 
 from training.dlrm import DLRM, DLRMConfig
 from tests.test_training_support import PlantedData, write_etl_output
-from training.distributed import Shard, ShardedDLRM, ShardedStepConfig, plan_shards
+from training.distributed import Shard, ShardedDLRM, ShardedStepConfig, exit_now, plan_shards
 from training.optim import RowWiseAdagrad
 
 CONFIG = DLRMConfig(n_dense=3, cardinalities=[50, 7, 30, 11, 3], embedding_dim=4, bottom_mlp=[8], top_mlp=[8])
 WORLD, PER_RANK, STEPS, SEED = 2, 32, 4, 5
+HANG_GUARD_S = 300  # a hang guard, not a speed limit: the ranks finish in seconds; without it a hung rank stalls CI
 
 
 def batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -51,6 +53,7 @@ def _worker(rank: int, port: int, out: Path, max_shard_rows: int | None, backend
         torch.save({"losses": losses, "state": full.state_dict()}, out)
     dist.barrier()
     dist.destroy_process_group()
+    exit_now()
 
 
 def single_process() -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -94,7 +97,14 @@ def _spawn_and_compare(tmp_path: Path, max_shard_rows: int | None, backend: str,
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(port, out, max_shard_rows, backend), nprocs=WORLD, join=True)
+    ranks = mp.start_processes(_worker, args=(port, out, max_shard_rows, backend), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not ranks.join(timeout=1):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            stuck = [rank for rank, p in enumerate(ranks.processes) if p.is_alive()]
+            for p in ranks.processes:
+                p.kill()
+            pytest.fail(f"ranks {stuck} still running after {HANG_GUARD_S} s (killed); rank 0 wrote its result: {out.exists()}")
     result = torch.load(out, weights_only=False)
     losses, state = single_process()
     torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(losses), rtol=tol, atol=tol / 10)

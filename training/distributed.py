@@ -19,9 +19,12 @@ import copy
 import json
 import logging
 import math
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -274,6 +277,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def exit_now(code: int = 0) -> NoReturn:
+    """End a rank after its collectives are done and its files closed, skipping interpreter
+    finalization: gloo's and autograd's worker threads can deadlock it (pytorch/pytorch#190489),
+    which leaves torchrun, or a test waiting on the rank, hanging."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def init_process_group() -> torch.device:
     """nccl with one GPU per rank when CUDA is there, gloo on CPU; rank/world from torchrun."""
     cuda = torch.cuda.is_available()
@@ -313,4 +326,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_now(main())
