@@ -5,7 +5,6 @@ unavailability once stopped."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -22,17 +21,12 @@ from serving.export import export_onnx, random_batch
 from serving.local_triton import ServerHandle, read_handle, start_server, stop_server
 from serving.triton_client import Ranker
 from serving.triton_repo import build_repository
+from tests.conftest import free_port
 from training import DLRM, DLRMConfig, load_model, save_model
 
 pytestmark = pytest.mark.integration
 
 MAX_BATCH = 16
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pid_gone(pid: int) -> bool:

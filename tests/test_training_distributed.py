@@ -3,12 +3,14 @@ the torchrun launcher trains and reports on an ETL output."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
-import socket
+import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,14 +19,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from training.dlrm import DLRM, DLRMConfig
+from tests.conftest import free_port
 from tests.test_training_support import PlantedData, write_etl_output
+from training.dlrm import DLRM, DLRMConfig
 from training.distributed import Shard, ShardedDLRM, ShardedStepConfig, exit_now, plan_shards
 from training.optim import RowWiseAdagrad
 
 CONFIG = DLRMConfig(n_dense=3, cardinalities=[50, 7, 30, 11, 3], embedding_dim=4, bottom_mlp=[8], top_mlp=[8])
 WORLD, PER_RANK, STEPS, SEED = 2, 32, 4, 5
-HANG_GUARD_S = 300  # a hang guard, not a speed limit: the ranks finish in seconds; without it a hung rank stalls CI
+HANG_GUARD_S = 300  # a hang guard, not a speed limit: the ranks finish in seconds, a hung one would stall CI
 
 
 def batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -38,6 +41,7 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
 
 
 def _worker(rank: int, port: int, out: Path, max_shard_rows: int | None, backend: str = "gloo") -> None:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the parent asks for stacks on a hang
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # torchrun would set these
     torch.set_num_threads(1)
     dist.init_process_group(backend, rank=rank, world_size=WORLD)
@@ -90,21 +94,33 @@ def test_a_table_above_the_limit_is_split_into_row_ranges_covering_it_once() -> 
     assert abs(sum(s.rows for s in plan[0]) - sum(s.rows for s in plan[1])) <= 60
 
 
+def _run_ranks(out: Path, max_shard_rows: int | None, backend: str) -> None:
+    """Run the WORLD ranks to their end. Ranks still running after HANG_GUARD_S print their stacks
+    (SIGUSR1, see _worker) and are killed; a hang is retried once on a fresh port, then fails."""
+    for attempt in (1, 2):
+        ranks = mp.start_processes(_worker, args=(free_port(), out, max_shard_rows, backend), nprocs=WORLD, join=False)
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not ranks.join(timeout=1):  # raises if a rank failed
+            if time.monotonic() > deadline:
+                break
+        else:
+            return
+        stuck = [p for p in ranks.processes if p.is_alive()]
+        for p in stuck:
+            os.kill(p.pid, signal.SIGUSR1)
+        time.sleep(2)
+        for p in ranks.processes:
+            p.kill()
+        message = f"attempt {attempt}: ranks {[ranks.processes.index(p) for p in stuck]} hung for {HANG_GUARD_S} s"
+        warnings.warn(f"{message}; their stacks are in the captured stderr", stacklevel=1)
+    pytest.fail(f"{message} again; rank 0 wrote its result: {out.exists()}")
+
+
 def _spawn_and_compare(tmp_path: Path, max_shard_rows: int | None, backend: str, tol: float) -> None:
     if max_shard_rows is not None:  # tables 0 (50 rows) and 2 (30 rows) are cut into row ranges
         assert sum(len(p) for p in plan_shards(CONFIG.cardinalities, WORLD, max_shard_rows)) > len(CONFIG.cardinalities)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     out = tmp_path / "rank0.pt"
-    ranks = mp.start_processes(_worker, args=(port, out, max_shard_rows, backend), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not ranks.join(timeout=1):  # raises if a rank failed
-        if time.monotonic() > deadline:
-            stuck = [rank for rank, p in enumerate(ranks.processes) if p.is_alive()]
-            for p in ranks.processes:
-                p.kill()
-            pytest.fail(f"ranks {stuck} still running after {HANG_GUARD_S} s (killed); rank 0 wrote its result: {out.exists()}")
+    _run_ranks(out, max_shard_rows, backend)
     result = torch.load(out, weights_only=False)
     losses, state = single_process()
     torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(losses), rtol=tol, atol=tol / 10)
