@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.train_throughput import N_DENSE, append_results, configs, git_sha  # noqa: E402
-from training.distributed import ShardedDLRM, ShardedStepConfig, init_process_group, sync  # noqa: E402
+from training.distributed import ShardedDLRM, ShardedStepConfig, end_rank, init_process_group, sync  # noqa: E402
 from training.dlrm import DLRMConfig  # noqa: E402
 
 log = logging.getLogger("bench.train_multi_gpu")
@@ -123,7 +124,7 @@ def memory_worker(args: argparse.Namespace, device: torch.device) -> dict:
     return outcome
 
 
-def worker(argv: list[str]) -> int:
+def worker(argv: list[str]) -> NoReturn:
     parser = argparse.ArgumentParser(prog="train_multi_gpu.py worker")
     parser.add_argument("kind", choices=["scaling", "memory"])
     parser.add_argument("--report", type=Path, required=True)
@@ -141,9 +142,7 @@ def worker(argv: list[str]) -> int:
     result = (scaling_worker if args.kind == "scaling" else memory_worker)(args, device)
     if dist.get_rank() == 0:
         args.report.write_text(json.dumps(result, indent=2) + "\n")
-    dist.barrier()
-    dist.destroy_process_group()
-    return 0
+    end_rank()
 
 
 # ---------------------------------------------------------------- driver
@@ -214,7 +213,7 @@ def memory(gpus: int, args: argparse.Namespace, tmp: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:
-        return worker(argv[1:])
+        worker(argv[1:])  # ends the process
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, default=torch.cuda.device_count())
     parser.add_argument("--data", type=Path, default=None, help="ETL output (or train_quality.py prepare output)")

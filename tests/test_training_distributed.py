@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tests.conftest import free_port
 from tests.test_training_support import PlantedData, write_etl_output
 from training.dlrm import DLRM, DLRMConfig
-from training.distributed import Shard, ShardedDLRM, ShardedStepConfig, exit_now, plan_shards
+from training.distributed import Shard, ShardedDLRM, ShardedStepConfig, end_rank, plan_shards
 from training.optim import RowWiseAdagrad
 
 CONFIG = DLRMConfig(n_dense=3, cardinalities=[50, 7, 30, 11, 3], embedding_dim=4, bottom_mlp=[8], top_mlp=[8])
@@ -55,9 +55,7 @@ def _worker(rank: int, port: int, out: Path, max_shard_rows: int | None, backend
     full = model.gather_model()
     if rank == 0:
         torch.save({"losses": losses, "state": full.state_dict()}, out)
-    dist.barrier()
-    dist.destroy_process_group()
-    exit_now()
+    end_rank()
 
 
 def single_process() -> tuple[list[float], dict[str, torch.Tensor]]:
