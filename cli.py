@@ -22,7 +22,7 @@ import urllib.request
 from datetime import date, timedelta
 from pathlib import Path
 
-from settings import Settings
+from settings import Settings, configure_logging
 
 REPO = Path(__file__).resolve().parent
 log = logging.getLogger("cli")
@@ -208,7 +208,7 @@ def stop(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     parser = argparse.ArgumentParser(prog="python -m cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

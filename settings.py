@@ -6,7 +6,10 @@ the environment. The README's configuration table lists each variable below.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +119,25 @@ class Settings:
 
 def get_settings() -> Settings:
     return Settings.from_env()
+
+
+# ---------------------------------------------------------------- command lines
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging() -> None:
+    """How every command line logs: INFO and up to stderr, as time, level, logger, message."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+
+
+def run_command(command: Callable[[], object], errors: type[Exception], exit_code: int) -> int:
+    """The frame of each package's `python -m <package>`: logging configured, `command()` run,
+    and the package's own errors reported as one `error: ...` line on stderr with `exit_code`
+    instead of a traceback. 0 when the command ran through."""
+    configure_logging()
+    try:
+        command()
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code
+    return 0

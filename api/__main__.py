@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from api import default_config
 from api.auth import ROLES, create_key
 from api.seed import SeedError, export_interactions, seed
 from api.store import Store
+from settings import configure_logging
 
 
 def _store(cfg: dict) -> Store:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     key_p = sub.add_parser("create-key", help="create an API key and print it once")
     key_p.add_argument("--role", choices=ROLES, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
 
     cfg = default_config()
     if args.command == "serve":

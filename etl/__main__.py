@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 from etl.errors import EtlError
 from etl.pipeline import EtlConfig, run_etl
 from etl.synthetic import SyntheticConfig, iter_event_days, write_events
+from settings import run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,24 +37,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "generate":
-            config = SyntheticConfig(n_events=args.events, days=args.days, start_date=args.start,
-                                     seed=args.seed, n_users=args.users, n_products=args.products)
-            paths = write_events(iter_event_days(config), args.out, config=config, fmt=args.format)
-            print(json.dumps({"raw_dir": str(args.out), "files": [str(p) for p in paths],
-                              "config": asdict(config.resolved())}, indent=2))
-        else:
-            config = EtlConfig(freq_threshold=args.freq_threshold, oov_buckets=args.oov_buckets,
-                               embedding_dim=args.embedding_dim)
-            outputs = run_etl(args.events, args.out, config)
-            print(json.dumps({k: str(v) if isinstance(v, Path) else v
-                              for k, v in asdict(outputs).items()}, indent=2))
-    except EtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: _run(args), EtlError, exit_code=2)
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "generate":
+        config = SyntheticConfig(n_events=args.events, days=args.days, start_date=args.start,
+                                 seed=args.seed, n_users=args.users, n_products=args.products)
+        paths = write_events(iter_event_days(config), args.out, config=config, fmt=args.format)
+        print(json.dumps({"raw_dir": str(args.out), "files": [str(p) for p in paths],
+                          "config": asdict(config.resolved())}, indent=2))
+    else:
+        config = EtlConfig(freq_threshold=args.freq_threshold, oov_buckets=args.oov_buckets,
+                           embedding_dim=args.embedding_dim)
+        outputs = run_etl(args.events, args.out, config)
+        print(json.dumps({k: str(v) if isinstance(v, Path) else v
+                          for k, v in asdict(outputs).items()}, indent=2))
 
 
 if __name__ == "__main__":

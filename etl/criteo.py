@@ -35,6 +35,7 @@ from etl.ops import Categorify, FillMissing, LogOp, Normalize
 from etl.pipeline import SPLITS, EtlOutputs
 from etl.readers import CRITEO_DENSE, CRITEO_SCHEMA, CRITEO_SPARSE, iter_criteo
 from etl.workflow import ColumnGroup, Workflow
+from settings import configure_logging
 
 if TYPE_CHECKING:
     from validation.checkpoints import SuiteRunner
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generate", type=int, metavar="ROWS",
                         help="first write ROWS synthetic lines to the (single) --input path")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO is start-up noise
     try:
         if args.generate:

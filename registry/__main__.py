@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from registry.errors import RegistryError
 from registry.models import download_model, set_deployment_tag
 from registry.promotion import promote, register_model
-from settings import get_settings
+from settings import get_settings, run_command
 
 
 def _parser(default_name: str) -> argparse.ArgumentParser:
@@ -36,34 +35,29 @@ def _parser(default_name: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = get_settings()
     args = _parser(settings.model_name).parse_args(argv)
-    uri = settings.mlflow_tracking_uri
-    try:
-        if args.command == "register":
-            print(register_model(uri, args.run_id, args.name))
-        elif args.command == "promote":
-            reevaluate = None
-            if args.etl_dir is not None:
-                from registry.reevaluate import reevaluator
-                from training.evaluate import EvalInputs
+    return run_command(lambda: _run(args, settings.mlflow_tracking_uri), RegistryError, exit_code=1)
 
-                reevaluate = reevaluator(uri, EvalInputs.from_etl_dir(args.etl_dir))
-            decision = promote(uri, args.name, args.version, args.metric, reevaluate)
-            print(json.dumps(asdict(decision), indent=2))
-        elif args.command == "download":
-            print(download_model(uri, f"models:/{args.name}@{args.ref}"
-                                 if not args.ref.isdigit() else f"models:/{args.name}/{args.ref}",
-                                 args.dst))
-        else:
-            set_deployment_tag(uri, args.name, args.version, args.target, args.endpoint)
-    except RegistryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+def _run(args: argparse.Namespace, uri: str) -> None:
+    if args.command == "register":
+        print(register_model(uri, args.run_id, args.name))
+    elif args.command == "promote":
+        reevaluate = None
+        if args.etl_dir is not None:
+            from registry.reevaluate import reevaluator
+            from training.evaluate import EvalInputs
+
+            reevaluate = reevaluator(uri, EvalInputs.from_etl_dir(args.etl_dir))
+        decision = promote(uri, args.name, args.version, args.metric, reevaluate)
+        print(json.dumps(asdict(decision), indent=2))
+    elif args.command == "download":
+        print(download_model(uri, f"models:/{args.name}@{args.ref}"
+                             if not args.ref.isdigit() else f"models:/{args.name}/{args.ref}",
+                             args.dst))
+    else:
+        set_deployment_tag(uri, args.name, args.version, args.target, args.endpoint)
 
 
 if __name__ == "__main__":

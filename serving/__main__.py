@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 from serving.errors import ServingError
+from settings import run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,42 +57,40 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "export":
-            from serving.export import export_onnx, export_torchscript
+    return run_command(lambda: _run(args), ServingError, exit_code=1)
 
-            print(export_onnx(args.model_path, args.schema_path, args.out_path))
-            if args.torchscript:
-                print(export_torchscript(args.model_path, args.torchscript))
-        elif args.command == "repo":
-            from serving.triton_repo import build_repository
 
-            print(build_repository(args.onnx_path, args.schema_path, args.out_dir, args.model_name, args.version,
-                                   args.max_batch_size, args.instance_kind, max_queue_delay_us=args.max_queue_delay_us))
-        elif args.command == "bundle":
-            from serving.bundle import build_bundle
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "export":
+        from serving.export import export_onnx, export_torchscript
 
-            print(build_bundle(args.model_dir, args.serving_dir, args.version, model_name=args.model_name))
-        elif args.command == "serve":
-            from serving.local_triton import resolve_repository, serve
+        print(export_onnx(args.model_path, args.schema_path, args.out_path))
+        if args.torchscript:
+            print(export_torchscript(args.model_path, args.torchscript))
+    elif args.command == "repo":
+        from serving.triton_repo import build_repository
 
-            serve(resolve_repository(args.source), args.http_port, args.grpc_port, args.metrics_port,
-                  args.model_name, args.host)
-        elif args.command == "start":
-            from serving.local_triton import start_server
+        print(build_repository(args.onnx_path, args.schema_path, args.out_dir, args.model_name, args.version,
+                               args.max_batch_size, args.instance_kind, max_queue_delay_us=args.max_queue_delay_us))
+    elif args.command == "bundle":
+        from serving.bundle import build_bundle
 
-            handle = start_server(args.source, args.http_port, args.grpc_port, args.state_dir,
-                                  args.metrics_port, args.model_name, args.host)
-            print(json.dumps(asdict(handle), indent=2))
-        elif args.command == "stop":
-            from serving.local_triton import stop_server
+        print(build_bundle(args.model_dir, args.serving_dir, args.version, model_name=args.model_name))
+    elif args.command == "serve":
+        from serving.local_triton import resolve_repository, serve
 
-            print("stopped" if stop_server(args.state_dir) else "no server was running")
-    except ServingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        serve(resolve_repository(args.source), args.http_port, args.grpc_port, args.metrics_port,
+              args.model_name, args.host)
+    elif args.command == "start":
+        from serving.local_triton import start_server
+
+        handle = start_server(args.source, args.http_port, args.grpc_port, args.state_dir,
+                              args.metrics_port, args.model_name, args.host)
+        print(json.dumps(asdict(handle), indent=2))
+    elif args.command == "stop":
+        from serving.local_triton import stop_server
+
+        print("stopped" if stop_server(args.state_dir) else "no server was running")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 from training.errors import TrainingError
 from training.evaluate import EvalInputs, evaluate
 from training.trainer import TrainConfig, TrainInputs, train
+from settings import run_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,22 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--data", type=Path, required=True, help="ETL output dir (train/, test/, schema.json)")
     p_eval.add_argument("-k", type=int, default=10)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "train":
-            config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
-            if args.resume:
-                config.resume_from = args.resume
-            result = train(TrainInputs.from_etl_dir(args.data), config, args.out)
-            print(json.dumps({"model_path": str(result.model_path), "best_valid_auc": result.best_valid_auc,
-                              "best_epoch": result.best_epoch, "history": result.history}, indent=2))
-        else:
-            report = evaluate(args.model, EvalInputs.from_etl_dir(args.data), k=args.k)
-            print(json.dumps(report.to_dict(), indent=2))
-    except TrainingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: _run(args), TrainingError, exit_code=2)
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "train":
+        config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+        if args.resume:
+            config.resume_from = args.resume
+        result = train(TrainInputs.from_etl_dir(args.data), config, args.out)
+        print(json.dumps({"model_path": str(result.model_path), "best_valid_auc": result.best_valid_auc,
+                          "best_epoch": result.best_epoch, "history": result.history}, indent=2))
+    else:
+        report = evaluate(args.model, EvalInputs.from_etl_dir(args.data), k=args.k)
+        print(json.dumps(report.to_dict(), indent=2))
 
 
 if __name__ == "__main__":

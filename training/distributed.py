@@ -33,6 +33,7 @@ from torch import nn
 from torch.distributed.nn.functional import all_to_all_single
 from torch.nn.parallel import DistributedDataParallel
 
+from settings import configure_logging
 from training.data import BatchIterator, InteractionTensors, load_schema, load_split
 from training.dlrm import DLRM, DLRMConfig, save_model
 from training.metrics import auc
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, default=None, help="rank 0 writes a JSON RunReport here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     device = init_process_group()
     args.out.mkdir(parents=True, exist_ok=True)
     report = train_sharded(args, device)

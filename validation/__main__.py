@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from datetime import datetime
 from pathlib import Path
 
+from settings import configure_logging
 from validation.config import ValidationConfig
 from validation.errors import ValidationError, ValidationFailed
 from validation.runner import validate_events
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         config = ValidationConfig(window_start=args.window_start, window_end=args.window_end,
                                   bad_row_threshold=args.threshold, previous_profile=args.previous_profile,
