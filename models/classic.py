@@ -1,0 +1,268 @@
+"""Classic top-K recommenders (popularity, item-kNN, EASE, ALS) behind one fold-in `ItemScorer` interface."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from threadpoolctl import threadpool_limits
+
+from models import ModelError
+
+# One dense similarity block holds about this many cells (float32: 64 MiB), whatever the catalogue.
+_BLOCK_CELLS = 1 << 24
+
+
+class ItemScorer(Protocol):
+    """Fits on a (users, items) weight matrix and scores (rows, items) history rows by fold-in.
+
+    Scoring takes history rows, not user ids, so a customer's fresh history at request time or
+    a user unseen at fit time is scored the same way. Scores are float32, higher is better,
+    deterministic, and nothing is excluded: callers drop seen items (see `top_k`).
+    """
+
+    name: str
+    n_items: int
+
+    def fit(self, interactions: sp.csr_matrix) -> ItemScorer: ...
+
+    def score(self, history: sp.csr_matrix) -> np.ndarray: ...
+
+
+def _as_matrix(matrix: sp.spmatrix, n_items: int | None = None, what: str = "interactions") -> sp.csr_matrix:
+    """CSR float32 copy of `matrix`, checked against the fitted catalogue width."""
+    if not sp.issparse(matrix) or matrix.ndim != 2:
+        raise ModelError(f"{what} must be a 2-D scipy.sparse matrix (rows, items); got {type(matrix).__name__}")
+    if n_items is not None and matrix.shape[1] != n_items:
+        raise ModelError(f"{what} has {matrix.shape[1]} item columns; the scorer was fitted on {n_items}")
+    csr = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    csr.sum_duplicates()
+    return csr
+
+
+def _check_fitted(scorer: ItemScorer, fitted: object) -> None:
+    if fitted is None:
+        raise ModelError(f"{scorer.name}: call fit(interactions) before score(history)")
+
+
+@dataclass(eq=False)
+class Popularity:
+    """score(u, i) = sum_v X[v, i]: the item's total interaction weight in the fit data, same for every row."""
+
+    name: str = field(default="popularity", init=False)
+    n_items: int = field(default=0, init=False)
+    _weights: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def fit(self, interactions: sp.csr_matrix) -> Popularity:
+        matrix = _as_matrix(interactions)
+        self.n_items = matrix.shape[1]
+        self._weights = np.asarray(matrix.sum(axis=0), dtype=np.float32).ravel()
+        return self
+
+    def score(self, history: sp.csr_matrix) -> np.ndarray:
+        _check_fitted(self, self._weights)
+        rows = _as_matrix(history, self.n_items, "history").shape[0]
+        return np.tile(self._weights, (rows, 1))
+
+
+@dataclass(eq=False)
+class ItemKNN:
+    """Item-based kNN with shrunk cosine similarity (Sarwar et al. 2001; shrink as in Dacrema et al. 2019).
+
+    S[i, j] = x_i . x_j / (||x_i|| ||x_j|| + shrink), x_i the item's column of the *weighted*
+    (users, items) matrix, so a purchase counts more than a view; S[j, j] = 0. Each column j keeps
+    its `neighbours` largest positive similarities. score = history @ S: (rows, items).
+    Similarities are computed `block_columns` items at a time (None: ~64 MiB blocks), so memory is
+    O(n_items * block + n_items * neighbours), never dense items x items.
+    """
+
+    neighbours: int = 100
+    shrink: float = 10.0
+    block_columns: int | None = None
+    name: str = field(default="item_knn", init=False)
+    n_items: int = field(default=0, init=False)
+    _similarity: sp.csr_matrix | None = field(default=None, init=False, repr=False)
+
+    def fit(self, interactions: sp.csr_matrix) -> ItemKNN:
+        if self.neighbours < 1 or self.shrink < 0:
+            raise ModelError(f"item_knn needs neighbours >= 1 and shrink >= 0; got {self.neighbours}, {self.shrink}")
+        matrix = _as_matrix(interactions)
+        n_items = self.n_items = matrix.shape[1]
+        by_item = matrix.T.tocsr()  # (items, users)
+        by_column = matrix.tocsc()  # column slices are cheap in CSC
+        norms = np.sqrt(np.asarray(by_item.multiply(by_item).sum(axis=1), dtype=np.float64).ravel())
+        keep = min(self.neighbours, max(n_items - 1, 1))
+        block = self.block_columns or max(1, _BLOCK_CELLS // max(n_items, 1))
+        rows, cols, vals = [], [], []
+        for start in range(0, n_items, block):
+            stop = min(start + block, n_items)
+            # Sparse x sparse costs sum over users of (items per user)^2, far below a dense product.
+            dots = (by_item @ by_column[:, start:stop]).toarray()  # (items, stop - start)
+            sim = dots / (np.outer(norms, norms[start:stop]) + self.shrink + 1e-12)
+            sim[np.arange(start, stop), np.arange(stop - start)] = 0.0
+            top = np.argpartition(-sim, keep - 1, axis=0)[:keep]  # (keep, stop - start) item rows
+            top_vals = np.take_along_axis(sim, top, axis=0)
+            positive = top_vals > 0  # zero similarity carries no evidence: keep S sparse
+            rows.append(top[positive])
+            cols.append(np.broadcast_to(np.arange(start, stop), top.shape)[positive])
+            vals.append(top_vals[positive])
+        self._similarity = sp.csr_matrix(
+            (np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(n_items, n_items),
+        )
+        return self
+
+    def score(self, history: sp.csr_matrix) -> np.ndarray:
+        _check_fitted(self, self._similarity)
+        rows = _as_matrix(history, self.n_items, "history")
+        return np.asarray((rows @ self._similarity).toarray(), dtype=np.float32)
+
+
+@dataclass(eq=False)
+class EASE:
+    """Embarrassingly Shallow Autoencoder (Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data").
+
+    P = (X^T X + l2 I)^-1, B = I - P diag(1 / diag(P)) (so B[i, j] = -P[i, j] / P[j, j], B[j, j] = 0);
+    score = history @ B. B is dense (items, items): fitting peaks at about two float64 and one
+    float32 items x items matrices (~18 GiB at 30k items), hence `max_items`.
+    """
+
+    l2: float = 500.0
+    max_items: int = 30_000
+    name: str = field(default="ease", init=False)
+    n_items: int = field(default=0, init=False)
+    _weights: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def fit(self, interactions: sp.csr_matrix) -> EASE:
+        matrix = _as_matrix(interactions)
+        n_items = matrix.shape[1]
+        if n_items > self.max_items:
+            raise ModelError(
+                f"ease: {n_items} items is above max_items={self.max_items} (B is a dense items x items "
+                "matrix); use item_knn or als for this catalogue, or raise max_items if memory allows"
+            )
+        gram = (matrix.T @ matrix).toarray().astype(np.float64)
+        gram[np.diag_indices(n_items)] += self.l2
+        precision = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
+        precision /= -np.diag(precision).copy()  # in place: column j divided by -P[j, j]
+        precision[np.diag_indices(n_items)] = 0.0
+        self._weights, self.n_items = precision.astype(np.float32), n_items
+        return self
+
+    def score(self, history: sp.csr_matrix) -> np.ndarray:
+        _check_fitted(self, self._weights)
+        rows = _as_matrix(history, self.n_items, "history")
+        return np.asarray(rows @ self._weights, dtype=np.float32)
+
+
+@dataclass(eq=False)
+class ALS:
+    """Implicit-feedback matrix factorisation (Hu, Koren & Volinsky 2008) through implicit's CPU ALS.
+
+    Minimises sum_{u,i} c_ui (p_ui - x_u . y_i)^2 + regularization (|x|^2 + |y|^2) with
+    p_ui = [X_ui > 0] and c_ui = alpha * X_ui on observed cells, 1 elsewhere (implicit 0.7's
+    convention: no "1 +"); alpha=40 is the paper's choice. Fit uses implicit's conjugate-gradient
+    solver; score folds each history row in with implicit's exact `recalculate_user` least squares
+    against the fixed item factors, then returns x_row . y_i. num_threads=1 keeps runs identical on
+    a shared box; random_state seeds the initial factors.
+    """
+
+    factors: int = 64
+    regularization: float = 0.05
+    iterations: int = 15
+    alpha: float = 40.0
+    random_state: int = 0
+    num_threads: int = 1
+    name: str = field(default="als", init=False)
+    n_items: int = field(default=0, init=False)
+    _model: AlternatingLeastSquares | None = field(default=None, init=False, repr=False)
+
+    def fit(self, interactions: sp.csr_matrix) -> ALS:
+        matrix = _as_matrix(interactions)
+        # implicit parallelises over users itself; a BLAS thread pool inside each solve slows it down.
+        with threadpool_limits(1, "blas"):
+            self._model, self.n_items = self._fit(matrix), matrix.shape[1]
+        return self
+
+    def _fit(self, matrix: sp.csr_matrix) -> AlternatingLeastSquares:
+        model = AlternatingLeastSquares(
+            factors=self.factors,
+            regularization=self.regularization,
+            alpha=self.alpha,
+            iterations=self.iterations,
+            random_state=self.random_state,
+            num_threads=self.num_threads,
+            dtype=np.float32,
+        )
+        model.fit(matrix, show_progress=False)  # implicit 0.7 takes (users, items) CSR
+        return model
+
+    def score(self, history: sp.csr_matrix) -> np.ndarray:
+        _check_fitted(self, self._model)
+        rows = _as_matrix(history, self.n_items, "history")
+        item_factors = self._model.item_factors  # (items, factors)
+        if rows.shape[0] == 0:
+            return np.zeros((0, self.n_items), dtype=np.float32)
+        with threadpool_limits(1, "blas"):
+            row_factors = self._model.recalculate_user(np.arange(rows.shape[0]), rows)  # (rows, factors)
+        return np.asarray(row_factors @ item_factors.T, dtype=np.float32)
+
+
+CLASSIC: dict[str, type[Popularity | ItemKNN | EASE | ALS]] = {
+    "popularity": Popularity,
+    "item_knn": ItemKNN,
+    "ease": EASE,
+    "als": ALS,
+}
+
+
+def fit_all(
+    interactions: sp.csr_matrix,
+    names: Iterable[str] = tuple(CLASSIC),
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, ItemScorer]:
+    """Build the named scorers (hyperparameters from `params[name]`, else defaults) and fit each on `interactions`."""
+    params = params or {}
+    unknown = sorted(set(names) - set(CLASSIC)) + sorted(set(params) - set(CLASSIC))
+    if unknown:
+        raise ModelError(f"unknown classic scorer(s) {unknown}; choose from {sorted(CLASSIC)}")
+    return {name: CLASSIC[name](**params.get(name, {})).fit(interactions) for name in names}
+
+
+def top_k(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> np.ndarray:
+    """(rows, items) scores -> (rows, k) int64 item indices, best first.
+
+    Cells stored in `exclude` (e.g. seen items) are never returned; rows with fewer than k
+    eligible items end in -1; equal scores go to the lower item index, so results are reproducible.
+    """
+    if scores.ndim != 2 or k < 0:
+        raise ModelError(f"top_k needs (rows, items) scores and k >= 0; got shape {scores.shape}, k={k}")
+    if np.isnan(scores).any():
+        raise ModelError("top_k: scores contain NaN; a scorer produced an undefined score")
+    n_rows, n_items = scores.shape
+    work = np.array(scores, dtype=np.float64)
+    if exclude is not None:
+        if exclude.shape != scores.shape:
+            raise ModelError(f"top_k: exclude has shape {exclude.shape}, scores {scores.shape}")
+        work[exclude.nonzero()] = -np.inf
+    take = min(k, n_items)
+    result = np.full((n_rows, k), -1, dtype=np.int64)
+    if take == 0 or n_rows == 0:
+        return result
+    # The take-th largest score per row; argpartition alone would break ties at it arbitrarily.
+    threshold = np.partition(work, n_items - take, axis=1)[:, n_items - take][:, None]
+    above = work > threshold
+    at = work == threshold
+    room = take - above.sum(axis=1, keepdims=True)
+    chosen = above | (at & (np.cumsum(at, axis=1) <= room))  # ties: lowest indices first
+    items = np.nonzero(chosen)[1].reshape(n_rows, take)  # ascending index within each row
+    values = np.take_along_axis(work, items, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")  # stable keeps lower index first on ties
+    items, values = np.take_along_axis(items, order, axis=1), np.take_along_axis(values, order, axis=1)
+    result[:, :take] = np.where(np.isneginf(values), -1, items)
+    return result
