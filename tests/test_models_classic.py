@@ -1,0 +1,142 @@
+"""Classic recommenders: each scorer's formula on tiny matrices, fold-in scoring, and top-K selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from models import ModelError
+from models.classic import ALS, CLASSIC, EASE, ItemKNN, Popularity, fit_all, top_k
+
+# Small enough that every scorer fits in well under a second on a shared 2-core box.
+SMALL = {"als": {"factors": 4, "iterations": 5}, "item_knn": {"neighbours": 3}, "ease": {"l2": 10.0}}
+
+
+@pytest.fixture
+def interactions() -> sp.csr_matrix:
+    """(30 users, 12 items) weights drawn from purchase/cart/view values."""
+    rng = np.random.default_rng(7)
+    dense = rng.choice([0.0, 0.0, 0.0, 0.1, 0.5, 1.0], size=(30, 12))
+    return sp.csr_matrix(dense)
+
+
+@pytest.fixture
+def planted_blocks() -> sp.csr_matrix:
+    """(60 users, 40 items): users 0-29 touch only items 0-19 (block A), users 30-59 only items 20-39."""
+    rng = np.random.default_rng(3)
+    dense = np.zeros((60, 40))
+    dense[:30, :20] = rng.random((30, 20)) < 0.4
+    dense[30:, 20:] = rng.random((30, 20)) < 0.4
+    return sp.csr_matrix(dense)
+
+
+def test_popularity_orders_items_by_total_weight() -> None:
+    matrix = sp.csr_matrix(np.array([[1.0, 0.1, 0.0], [1.0, 0.0, 0.5], [0.0, 0.1, 0.5]]))
+    scores = Popularity().fit(matrix).score(sp.csr_matrix((2, 3)))
+    assert np.allclose(scores, [[2.0, 0.2, 1.0]] * 2)
+    assert top_k(scores, None, 3)[0].tolist() == [0, 2, 1]
+
+
+def test_item_knn_similarities_are_cosine_with_shrink_in_the_denominator() -> None:
+    matrix = np.array(
+        [[1.0, 1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0]]
+    )
+    shrink = 2.0
+    similarity = ItemKNN(neighbours=10, shrink=shrink).fit(sp.csr_matrix(matrix)).score(sp.identity(5, format="csr"))
+    # By hand: items 0 and 1 share user 0, both columns have norm sqrt(2): 1 / (2 + 2).
+    assert similarity[0, 1] == pytest.approx(0.25)
+    # Items 2 and 3 share user 2; norms sqrt(2) and sqrt(2): 1 / 4; items 0 and 3 share nobody.
+    assert similarity[2, 3] == pytest.approx(0.25) and similarity[0, 3] == 0.0
+    norms = np.linalg.norm(matrix, axis=0)
+    expected = (matrix.T @ matrix) / (np.outer(norms, norms) + shrink)
+    np.fill_diagonal(expected, 0.0)
+    assert np.allclose(similarity, expected)
+
+
+def test_item_knn_keeps_only_the_top_neighbours_per_item_and_blocks_do_not_change_results(
+    interactions: sp.csr_matrix,
+) -> None:
+    eye = sp.identity(12, format="csr")
+    full = ItemKNN(neighbours=12, shrink=1.0).fit(interactions).score(eye)
+    two = ItemKNN(neighbours=2, shrink=1.0).fit(interactions).score(eye)
+    blocked = ItemKNN(neighbours=2, shrink=1.0, block_columns=5).fit(interactions).score(eye)
+    assert all((two[:, j] != 0).sum() <= 2 for j in range(12))
+    # Each kept value is one of that column's two largest in the full matrix.
+    assert all(np.isclose(np.sort(two[:, j])[-2:], np.sort(full[:, j])[-2:]).all() for j in range(12))
+    assert np.array_equal(two, blocked)
+
+
+def test_ease_matches_the_closed_form_and_has_a_zero_diagonal() -> None:
+    rng = np.random.default_rng(11)
+    matrix = (rng.random((25, 8)) < 0.3).astype(float)
+    l2 = 5.0
+    precision = np.linalg.inv(matrix.T @ matrix + l2 * np.eye(8))
+    expected = np.eye(8) - precision / np.diag(precision)
+    weights = EASE(l2=l2).fit(sp.csr_matrix(matrix)).score(sp.identity(8, format="csr"))
+    assert np.allclose(weights, expected, atol=1e-5)
+    assert np.all(np.diag(weights) == 0.0)
+
+
+def test_ease_refuses_catalogues_above_max_items(interactions: sp.csr_matrix) -> None:
+    with pytest.raises(ValueError, match="max_items=10"):
+        EASE(max_items=10).fit(interactions)
+
+
+def test_als_ranks_a_users_own_block_above_the_other_block(planted_blocks: sp.csr_matrix) -> None:
+    als = ALS(factors=4, iterations=10, random_state=1).fit(planted_blocks)
+    # A fresh block-A customer who touched three block-A items, folded in at score time.
+    history = sp.csr_matrix(([1.0, 1.0, 1.0], ([0, 0, 0], [0, 5, 9])), shape=(1, 40))
+    scores = als.score(history)[0]
+    unseen_a = [i for i in range(20) if i not in (0, 5, 9)]
+    pairs = [scores[a] > scores[b] for a in unseen_a for b in range(20, 40)]
+    assert np.mean(pairs) >= 0.9
+    training_users = als.score(planted_blocks)
+    a_first = [(training_users[u, :20].mean() > training_users[u, 20:].mean()) == (u < 30) for u in range(60)]
+    assert all(a_first)
+
+
+def test_als_fits_are_identical_for_the_same_seed(planted_blocks: sp.csr_matrix) -> None:
+    first = ALS(factors=4, iterations=5, random_state=5).fit(planted_blocks).score(planted_blocks)
+    second = ALS(factors=4, iterations=5, random_state=5).fit(planted_blocks).score(planted_blocks)
+    assert np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIC))
+def test_every_scorer_folds_in_a_user_unseen_at_fit_time(name: str, interactions: sp.csr_matrix) -> None:
+    scorer = fit_all(interactions, names=[name], params=SMALL)[name]
+    fresh = sp.csr_matrix(([1.0, 0.5, 0.1], ([0, 0, 1], [2, 7, 11])), shape=(2, 12))
+    scores = scorer.score(fresh)
+    assert scorer.name == name and scorer.n_items == 12
+    assert scores.shape == (2, 12) and scores.dtype == np.float32
+    assert np.isfinite(scores).all()  # seen items get scores too: excluding them is the caller's job
+    assert np.array_equal(scores, scorer.score(fresh))
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIC))
+def test_scoring_before_fit_or_with_the_wrong_width_says_what_to_do(name: str, interactions: sp.csr_matrix) -> None:
+    with pytest.raises(ModelError, match="call fit"):
+        CLASSIC[name]().score(sp.csr_matrix((1, 12)))
+    scorer = fit_all(interactions, names=[name], params=SMALL)[name]
+    with pytest.raises(ModelError, match="fitted on 12"):
+        scorer.score(sp.csr_matrix((1, 13)))
+
+
+def test_fit_all_rejects_unknown_names(interactions: sp.csr_matrix) -> None:
+    with pytest.raises(ModelError, match="unknown classic scorer"):
+        fit_all(interactions, names=["popularity", "svd"])
+
+
+def test_top_k_never_returns_excluded_items_and_pads_with_minus_one() -> None:
+    scores = np.array([[0.9, 0.8, 0.7, 0.6], [0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    exclude = sp.csr_matrix(np.array([[1, 0, 1, 0], [0, 1, 1, 1]]))
+    assert top_k(scores, exclude, 3).tolist() == [[1, 3, -1], [0, -1, -1]]
+    assert top_k(scores, None, 6).tolist() == [[0, 1, 2, 3, -1, -1], [3, 2, 1, 0, -1, -1]]
+    picked = top_k(np.random.default_rng(0).random((50, 30)), sp.eye(50, 30, format="csr"), 10)
+    assert all(row not in picked[row] for row in range(30))
+
+
+def test_top_k_breaks_ties_by_lower_item_index() -> None:
+    scores = np.array([[0.5, 1.0, 0.5, 1.0, 0.5, 0.5, 0.2]], dtype=np.float32)
+    assert top_k(scores, None, 4).tolist() == [[1, 3, 0, 2]]
+    assert top_k(np.zeros((2, 100), dtype=np.float32), None, 3).tolist() == [[0, 1, 2], [0, 1, 2]]
