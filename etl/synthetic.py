@@ -157,6 +157,26 @@ class GroundTruth:
         return (c.base_logit + self.user_bias[ui] + self.product_bias[pj]
                 + c.interaction_scale * dot + c.price_coef * self.price_z[pj])
 
+    def interest(self, user_id: np.ndarray, cart_noise: float = 0.06) -> np.ndarray:
+        """(n_users, n_products) chance that one impression drawn for the user is a cart or purchase of
+        each product (columns in `product_ids` order): the oracle a top-k list is compared with.
+
+        An impression picks a product by popularity, or (share `preference_mix`) the best of several
+        popularity draws by affinity with Gumbel noise, which is close to the softmax
+        pop_j * exp(scale * <u, v_j>) / Z_u (exact as the number of draws grows); the impression
+        converts with the planted purchase probability, or is carted without a purchase (`cart_noise`).
+        """
+        c = self.config
+        ui = self.user_index(user_id)
+        affinity = c.interaction_scale * (self.user_vec[ui] @ self.product_vec.T)
+        weighted = self.product_popularity[None, :] * np.exp(affinity - affinity.max(axis=1, keepdims=True))
+        view = (1 - c.preference_mix) * self.product_popularity[None, :] + c.preference_mix * weighted / weighted.sum(
+            axis=1, keepdims=True)
+        logit = (c.base_logit + self.user_bias[ui][:, None] + self.product_bias[None, :] + affinity
+                 + c.price_coef * self.price_z[None, :])
+        bought = _sigmoid(logit)
+        return view * (bought + (1 - bought) * cart_noise)
+
     def purchase_probability(self, user_id: np.ndarray, product_id: np.ndarray) -> np.ndarray:
         """True probability (float64 in (0, 1)) that the user buys the product on an impression."""
         ui, pj = self.user_index(user_id), self.product_index(product_id)

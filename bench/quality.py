@@ -1,0 +1,148 @@
+"""Recommendation quality on the full catalogue: the served path against classic baselines, per data set.
+
+    python bench/quality.py                       # every data set, appends to bench/results/quality.json
+    python bench/quality.py --datasets instacart --max-users 2000
+
+For each data set: a per-user temporal holdout (each user's last 20% of sessions), items seen in
+training excluded (the API's default), relevant = test carts and purchases. The served recommender
+(`training.ranker.fit_recommender` on the training part only) and every baseline (`training.compare`)
+rank the whole catalogue for the same users; the synthetic shop adds its oracle (the planted truth).
+One JSON object per (data set, method): `value` = NDCG@10, `baseline` = the best classic baseline's
+NDCG@10 on the same users, `ratio` = value / baseline, with Recall/MRR/HitRate, intervals, coverage,
+popularity bias and wall time in `figures`. Hyperparameters are the defaults of `RankerConfig` and
+`models.classic`, chosen on the synthetic shop and not changed per data set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("bench.quality")
+RESULTS = REPO / "bench" / "results" / "quality.json"
+
+
+def synthetic_events(seed: int = 7) -> tuple[pd.DataFrame, Callable | None]:
+    """A shop of 2,000 customers and 3,000 products over 28 days, with the oracle's scorer."""
+    from etl.synthetic import SyntheticConfig, generate
+
+    data = generate(SyntheticConfig(n_events=400_000, n_users=2_000, n_products=3_000, days=28, seed=seed))
+    return data.events, data.truth
+
+
+def instacart_events() -> tuple[pd.DataFrame, None]:
+    from etl.readers import read_instacart_sample
+
+    return read_instacart_sample(), None
+
+
+DATASETS: dict[str, Callable[[], tuple[pd.DataFrame, object]]] = {
+    "synthetic": synthetic_events,
+    "instacart": instacart_events,
+}
+
+
+def oracle_scorer(truth, task):  # type: ignore[no-untyped-def]
+    """Rows of the planted interest, re-indexed to the task's catalogue columns."""
+    from training.quality import index_of
+
+    order = np.argsort(truth.product_ids)
+    cols = index_of(truth.product_ids[order], task.split.items)
+    if (cols < 0).any():
+        raise ValueError("catalogue products missing from the synthetic truth")
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        interest = truth.interest(task.users[rows])[:, order]
+        return interest[:, cols].astype(np.float32)
+
+    return score
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(name: str, max_users: int | None, k: int) -> list[dict]:
+    from training.compare import SERVED, compare
+    from training.quality import build_task, user_holdout
+    from training.ranker import RankerConfig, fit_recommender
+
+    started = time.perf_counter()
+    events, truth = DATASETS[name]()
+    split = user_holdout(events, test_fraction=0.2)
+    task = build_task(split, exclude="seen", max_users=max_users)
+    fit_start = time.perf_counter()
+    fitted = fit_recommender(split.train, split.items, RankerConfig(k=k))
+    fit_seconds = time.perf_counter() - fit_start
+    extra = {"oracle": oracle_scorer(truth, task)} if truth is not None else {}
+    comparison = compare(task, fitted.recommender, fitted.scorer(), k=k, extra=extra)
+    wall = time.perf_counter() - started
+    best = comparison.best_baseline
+    best_ndcg = float(comparison.results[best].metrics.ndcg.mean())
+    common = {
+        "benchmark": "quality", "unit": "ndcg@10", "device": f"cpu-{platform.machine()}",
+        "command": " ".join(["python", *sys.argv]), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_sha": _git_sha(), "versions": {"python": platform.python_version(), "numpy": np.__version__},
+        "config": {"dataset": name, "split": "user_holdout(0.2 of sessions)", "exclude": "seen",
+                   "relevant": list(task.relevant_events), "k": k, "users": len(task.users),
+                   "items": task.n_items, "events": len(events), "served_mode": fitted.recommender.mode,
+                   "shares": fitted.recommender.shares, "evidence": fitted.recommender.evidence},
+    }
+    rows = []
+    for method, result in comparison.results.items():
+        value = float(result.metrics.ndcg.mean())
+        figures = result.summary()
+        if method == SERVED:
+            figures["fit_seconds"] = fit_seconds
+            figures.update({f"minus_{b}": ci.mean for b, ci in comparison.versus.items()})
+            figures.update({f"minus_{b}_ci": [ci.low, ci.high] for b, ci in comparison.versus.items()})
+        rows.append(common | {"metric": f"{method} ndcg@{k}", "method": method, "value": value,
+                              "baseline": best_ndcg, "baseline_method": best,
+                              "ratio": value / best_ndcg if best_ndcg > 0 else float("nan"),
+                              "figures": figures, "wall_seconds": wall, "skipped": comparison.skipped})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {sorted(DATASETS)}")
+    parser.add_argument("--max-users", type=int, default=None, help="subsample evaluated users (seeded)")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rows: list[dict] = []
+    for name in args.datasets.split(","):
+        rows += run(name.strip(), args.max_users, args.k)
+        for row in rows:
+            if row["config"]["dataset"] == name:
+                print(f"{name:10s} {row['method']:10s} ndcg@{args.k} {row['value']:.4f}  x{row['ratio']:.2f} "
+                      f"of {row['baseline_method']}  recall {row['figures'][f'recall_at_{args.k}']:.4f}")
+    if not args.no_write:
+        existing = json.loads(args.out.read_text()) if args.out.exists() else []
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(existing + rows, indent=1, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

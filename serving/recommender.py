@@ -1,0 +1,196 @@
+"""The served recommendation path over arrays: candidate sources -> exclusions and filters -> ranker -> top k.
+
+One code path for the API (a batch of one customer, the ranker on Triton) and the offline evaluator
+(thousands of users, the ranker in-process): both call `Recommender.recommend`. A customer is a row
+of weighted interactions over the catalogue (fresh from the database in the API), so a new event
+changes the next answer without retraining.
+
+Candidate sources are classic models (`models.classic`), each contributing its best items to a pool
+of `pool_size` in proportion to its measured share; the ranker (a DLRM) re-orders the pool from
+features of every source's view of each candidate. `mode` says what orders the final list: the
+ranker, or one source alone when the ranker did not beat it on held-out users (training.ranker).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.classic import ItemScorer, top_k
+
+# dense (n_pairs, n_dense) float32, sparse (n_pairs, n_sparse) int64 -> (n_pairs,) scores
+PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+RECOMMENDER_FILE = "recommender.pkl"
+N_ITEM_STATS = 3
+
+
+def item_statistics(views: np.ndarray, carts: np.ndarray, purchases: np.ndarray) -> np.ndarray:
+    """(n_items, N_ITEM_STATS) float32 from per-item event counts: smoothed conversion of a view into a
+    cart or purchase, log carts + purchases, log views. What a product's page does once it is seen,
+    independent of how often it is shown."""
+    wanted = carts + purchases
+    prior = (wanted.sum() + 1.0) / (views.sum() + wanted.sum() + 2.0)  # shrink rare items to the shop's rate
+    conversion = (wanted + 10.0 * prior) / (views + 10.0)
+    return np.stack([conversion, np.log1p(wanted), np.log1p(views)], axis=1).astype(np.float32)
+
+
+@dataclass
+class Recommender:
+    """Fitted candidate sources and how their candidates are pooled and ordered.
+
+    items: (n_items,) raw product ids, sorted; the column order of every matrix here.
+    shares: source name -> share of the pool it fills (sums to 1).
+    mode: "ranker" (the DLRM re-orders the pool) or a source name (that source's order is served).
+    """
+
+    items: np.ndarray
+    sources: dict[str, ItemScorer]
+    shares: dict[str, float]
+    popularity: np.ndarray  # (n_items,) training users per item
+    item_stats: np.ndarray  # (n_items, N_ITEM_STATS) float32: `item_statistics` of the fit data
+    pool_size: int = 200
+    mode: str = "ranker"
+    evidence: dict[str, float] = field(default_factory=dict)  # held-out figures behind `mode` and `shares`
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def source_names(self) -> list[str]:
+        return sorted(self.sources)
+
+    @property
+    def n_dense(self) -> int:
+        return 2 * len(self.sources) + 2 + N_ITEM_STATS
+
+    @property
+    def cardinalities(self) -> list[int]:
+        return [self.n_items + 1]  # item code 0 stands for "unknown"
+
+    # ------------------------------------------------------------------------------ candidates
+    def source_scores(self, history: sp.csr_matrix) -> dict[str, np.ndarray]:
+        """Every source's (n_rows, n_items) full-catalogue scores for these histories."""
+        return {name: np.asarray(self.sources[name].score(history), dtype=np.float32) for name in self.source_names}
+
+    def pool(self, scores: dict[str, np.ndarray], blocked: sp.csr_matrix | np.ndarray) -> np.ndarray:
+        """(n_rows, pool_size) distinct item indices, -1 padded: each source's best non-blocked items
+        in turn up to its share, then any source's next best, then popularity, so a pool is short
+        only when fewer items are eligible."""
+        n = next(iter(scores.values())).shape[0]
+        quota = {s: max(1, int(round(self.shares.get(s, 0.0) * self.pool_size))) for s in self.source_names
+                 if self.shares.get(s, 0.0) > 0}
+        ranked = {s: top_k(scores[s], blocked, min(self.pool_size, self.n_items)) for s in self.source_names}
+        fill = top_k(np.broadcast_to(self.popularity.astype(np.float32), (n, self.n_items)).copy(), blocked,
+                     min(self.pool_size, self.n_items))
+        out = np.full((n, self.pool_size), -1, dtype=np.int64)
+        for r in range(n):
+            chosen: dict[int, None] = {}
+            for s, q in quota.items():  # each source's share first, then the rest by share order
+                taken = 0
+                for item in ranked[s][r]:
+                    if taken >= q or len(chosen) >= self.pool_size:
+                        break
+                    if item >= 0 and item not in chosen:
+                        chosen[int(item)] = None
+                        taken += 1
+            for source in [*sorted(quota, key=quota.get, reverse=True), None]:
+                if len(chosen) >= self.pool_size:
+                    break
+                for item in (ranked[source][r] if source else fill[r]):
+                    if len(chosen) >= self.pool_size:
+                        break
+                    if item >= 0:
+                        chosen.setdefault(int(item), None)
+            picked = list(chosen)
+            out[r, :len(picked)] = picked
+        return out
+
+    # ------------------------------------------------------------------------------ features
+    def features(self, history: sp.csr_matrix, scores: dict[str, np.ndarray],
+                 pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """dense (n_rows * pool_size, n_dense) float32 and sparse (n_rows * pool_size, 1) int64.
+
+        Per source: the candidate's score standardised within the user's pool and 1 / (1 + its rank
+        by that source inside the pool); then log item popularity, log history length and the item's
+        `item_statistics`. Within-user scaling keeps features comparable between sources fitted on
+        more or less data.
+        """
+        n, c = pool.shape
+        valid = pool >= 0
+        safe = np.where(valid, pool, 0)
+        rows = np.arange(n)[:, None]
+        dense = np.zeros((n, c, self.n_dense), dtype=np.float32)
+        for j, name in enumerate(self.source_names):
+            s = np.where(valid, scores[name][rows, safe], np.nan)
+            mean = np.nanmean(np.where(valid, s, np.nan), axis=1, keepdims=True) if valid.any() else 0.0
+            std = np.nanstd(s, axis=1, keepdims=True)
+            z = np.nan_to_num((s - mean) / np.where(std > 0, std, 1.0))
+            order = np.argsort(-np.nan_to_num(s, nan=-np.inf), axis=1, kind="stable")
+            rank = np.empty_like(order)
+            np.put_along_axis(rank, order, np.arange(c)[None, :].repeat(n, 0), axis=1)
+            dense[:, :, 2 * j] = z
+            dense[:, :, 2 * j + 1] = 1.0 / (1.0 + rank)
+        base = 2 * len(self.source_names)
+        dense[:, :, base] = np.log1p(self.popularity[safe])
+        dense[:, :, base + 1] = np.log1p(np.diff(history.indptr))[:, None]
+        dense[:, :, base + 2:] = self.item_stats[safe]
+        dense[~valid] = 0.0
+        sparse = np.where(valid, pool + 1, 0)[:, :, None].astype(np.int64)
+        return dense.reshape(n * c, self.n_dense), sparse.reshape(n * c, 1)
+
+    # ------------------------------------------------------------------------------ the path
+    def recommend(self, history: sp.csr_matrix, blocked: sp.csr_matrix | np.ndarray, k: int,
+                  ranker: PairScorer | None) -> tuple[np.ndarray, np.ndarray]:
+        """(n_rows, k) item indices best first (-1 where fewer than k are eligible) and their scores.
+
+        history: (n_rows, n_items) weighted interactions; blocked: (n_rows, n_items) bool of items not
+        to recommend (exclusions and filters, applied before the cut to k). Without a ranker, or in a
+        source mode, the pool is ordered by that source (or the first source by share).
+        """
+        scores = self.source_scores(history)
+        if self.mode != "ranker" or ranker is None:
+            name = self.mode if self.mode in self.sources else max(self.shares, key=self.shares.get)
+            items = top_k(scores[name], blocked, k)
+            return items, _gather(scores[name], items)
+        pool = self.pool(scores, blocked)
+        dense, sparse = self.features(history, scores, pool)
+        ranked = np.asarray(ranker(dense, sparse), dtype=np.float32).reshape(pool.shape)
+        ranked = np.where(pool >= 0, ranked, -np.inf)
+        order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
+        items = np.take_along_axis(pool, order, axis=1)
+        out_scores = np.take_along_axis(ranked, order, axis=1)
+        items = np.where(np.isfinite(out_scores), items, -1)
+        if items.shape[1] < k:  # a catalogue smaller than k
+            items = np.pad(items, ((0, 0), (0, k - items.shape[1])), constant_values=-1)
+            out_scores = np.pad(out_scores, ((0, 0), (0, k - out_scores.shape[1])), constant_values=-np.inf)
+        return items, np.where(items >= 0, out_scores, np.nan)
+
+    # ------------------------------------------------------------------------------ files
+    def save(self, folder: Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / RECOMMENDER_FILE
+        with open(path, "wb") as fh:
+            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        return path
+
+    @staticmethod
+    def load(folder: Path) -> "Recommender":
+        path = Path(folder)
+        path = path / RECOMMENDER_FILE if path.is_dir() else path
+        with open(path, "rb") as fh:
+            recommender = pickle.load(fh)  # our own artifact, written by training.ranker
+        if not isinstance(recommender, Recommender):
+            raise TypeError(f"{path} holds a {type(recommender).__name__}, not a Recommender")
+        return recommender
+
+
+def _gather(scores: np.ndarray, items: np.ndarray) -> np.ndarray:
+    safe = np.where(items >= 0, items, 0)
+    return np.where(items >= 0, np.take_along_axis(scores, safe, axis=1), np.nan)

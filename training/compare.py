@@ -1,0 +1,106 @@
+"""Every method on one evaluation task: the served recommender beside the classic baselines, same users, same k.
+
+The nightly evaluate stage and `bench/quality.py` both call `compare`, so the figures in MLflow and in
+`bench/results/quality.json` come from one protocol (training.quality).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.classic import CLASSIC
+from serving.recommender import PairScorer, Recommender
+from training.quality import (Interval, MethodResult, Task, interaction_matrix, list_metrics, paired_difference,
+                              top_k_lists, with_intervals)
+
+log = logging.getLogger(__name__)
+
+SERVED = "served"
+BASELINES: tuple[str, ...] = ("popularity", "item_knn", "als", "ease")
+EASE_MAX_ITEMS = 20_000  # EASE's dense items x items inverse: above this the baseline is skipped, and said so
+
+
+@dataclass
+class Comparison:
+    """Per-method results on one task, and the served path's paired NDCG difference to each baseline."""
+
+    k: int
+    n_users: int
+    n_items: int
+    results: dict[str, MethodResult]
+    versus: dict[str, Interval] = field(default_factory=dict)  # baseline -> NDCG(served) - NDCG(baseline)
+    skipped: dict[str, str] = field(default_factory=dict)  # method -> why it did not run
+
+    @property
+    def best_baseline(self) -> str:
+        names = [n for n in self.results if n in BASELINES]
+        return max(names, key=lambda n: self.results[n].metrics.ndcg.mean())
+
+    def metrics(self) -> dict[str, float]:
+        """Flat `<method>.<metric>` figures for MLflow and JSON (served path first)."""
+        out: dict[str, float] = {"eval_users": float(self.n_users), "catalogue_items": float(self.n_items)}
+        for name, result in self.results.items():
+            out.update({f"{name}.{key}": value for key, value in result.summary().items()})
+        for name, ci in self.versus.items():
+            out[f"served_minus_{name}.ndcg_at_{self.k}"] = ci.mean
+            out[f"served_minus_{name}.ndcg_at_{self.k}_ci_low"] = ci.low
+            out[f"served_minus_{name}.ndcg_at_{self.k}_ci_high"] = ci.high
+        return out
+
+
+def _timed(name: str, lists: Callable[[], np.ndarray], task: Task, k: int, n_boot: int) -> MethodResult:
+    start = time.perf_counter()
+    top = lists()
+    result = MethodResult(name, list_metrics(task, top, k), time.perf_counter() - start)
+    log.info("%s: ndcg@%d %.4f (%d users, %.1f s)", name, k, result.metrics.ndcg.mean(), len(task.users),
+             result.seconds)
+    return with_intervals(result, n_boot)
+
+
+def served_lists(recommender: Recommender, ranker: PairScorer | None, task: Task, k: int,
+                 batch: int = 256) -> np.ndarray:
+    """The served path in batch: the same `Recommender.recommend` the API calls, exclusions of the task."""
+    out = np.full((len(task.users), k), -1, dtype=np.int64)
+    for start in range(0, len(task.users), batch):
+        rows = np.arange(start, min(start + batch, len(task.users)))
+        out[rows], _ = recommender.recommend(task.history[rows], task.excluded[rows], k, ranker)
+    return out
+
+
+def compare(task: Task, recommender: Recommender | None, ranker: PairScorer | None, k: int = 10,
+            baselines: tuple[str, ...] = BASELINES, extra: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+            n_boot: int = 1000) -> Comparison:
+    """Fit each baseline on the task's training events (all users), rank the full catalogue for the
+    task's users, and score the served recommender's lists the same way. `extra`: more full-catalogue
+    scorers by name (e.g. the synthetic shop's oracle), called with task rows."""
+    if recommender is not None and not np.array_equal(recommender.items, task.split.items):
+        raise ValueError("the recommender was fitted on another catalogue than the task's")
+    results: dict[str, MethodResult] = {}
+    skipped: dict[str, str] = {}
+    if recommender is not None:
+        results[SERVED] = _timed(SERVED, lambda: served_lists(recommender, ranker, task, k), task, k, n_boot)
+    train_users = np.unique(task.split.train["user_id"].to_numpy(np.int64))
+    matrix = interaction_matrix(task.split.train, train_users, task.split, task.weights)
+    for name in baselines:
+        if name == "ease" and task.n_items > EASE_MAX_ITEMS:
+            skipped[name] = f"{task.n_items} items > {EASE_MAX_ITEMS} (dense items x items inverse)"
+            continue
+
+        def lists(scorer_class=CLASSIC[name]) -> np.ndarray:  # fit time is part of the method's cost
+            scorer = scorer_class().fit(matrix)
+            return top_k_lists(lambda rows: scorer.score(task.history[rows]), task, k)
+
+        results[name] = _timed(name, lists, task, k, n_boot)
+    for name, score_rows in (extra or {}).items():
+        results[name] = _timed(name, lambda f=score_rows: top_k_lists(f, task, k), task, k, n_boot)
+    comparison = Comparison(k, len(task.users), task.n_items, results, skipped=skipped)
+    if SERVED in results:
+        for name in results:
+            if name != SERVED:
+                comparison.versus[name] = paired_difference(results[SERVED].metrics, results[name].metrics, n_boot)
+    return comparison

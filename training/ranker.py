@@ -1,0 +1,226 @@
+"""Fit the served recommender: candidate sources, their pool shares, and a DLRM that re-ranks the pool.
+
+The ranker learns next-interaction prediction: the training events are split once more per user
+(each user's last sessions are the ranker's targets), the sources are fitted on the earlier part,
+and the DLRM is trained listwise (softmax over each user's candidate pool, the pool's popular-by-
+construction items being the negatives) to put the items the user went on to interact with first.
+Held-out users decide whether the ranker is served at all: if one source alone orders its list
+better, that source is served (`Recommender.mode`). The sources are then refitted on all events.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from models.classic import CLASSIC, ItemScorer, top_k
+from serving.recommender import PairScorer, Recommender, item_statistics
+from training.dlrm import DLRM, DLRMConfig, load_model, save_model
+from training.errors import DataError
+from training.quality import (EventWeights, Exclude, ListMetrics, Split, Task, build_task, interaction_matrix,
+                              list_metrics, user_holdout)
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "ranker.pt"
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """How the served recommender is fitted; chosen on the synthetic shop, reported on every data set."""
+
+    sources: tuple[str, ...] = ("item_knn", "als", "popularity")
+    source_params: dict[str, dict] = field(default_factory=dict)  # name -> constructor arguments
+    pool_size: int = 200
+    holdout_fraction: float = 0.2  # of each user's training sessions: the ranker's targets
+    valid_fraction: float = 0.25  # of the ranker's users: held out to choose the served mode
+    epochs: int = 30
+    patience: int = 5
+    batch_users: int = 128
+    learning_rate: float = 1e-2
+    embedding_dim: int = 16
+    k: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.sources if s not in CLASSIC]
+        if unknown or not self.sources:
+            raise DataError(f"unknown candidate sources {unknown}; choose from {sorted(CLASSIC)}")
+
+
+@dataclass
+class FittedRecommender:
+    recommender: Recommender
+    ranker: DLRM | None
+
+    def scorer(self) -> PairScorer | None:
+        return None if self.ranker is None else torch_scorer(self.ranker)
+
+    def save(self, folder: Path) -> Path:
+        folder = Path(folder)
+        self.recommender.save(folder)
+        if self.ranker is not None:
+            save_model(self.ranker, folder / MODEL_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> "FittedRecommender":
+        folder = Path(folder)
+        ranker = load_model(folder / MODEL_FILE) if (folder / MODEL_FILE).exists() else None
+        return cls(Recommender.load(folder), ranker)
+
+
+def torch_scorer(model: DLRM, batch: int = 65536) -> PairScorer:
+    """The ranker in-process (the offline evaluator's stand-in for Triton, same weights)."""
+    model.eval()
+
+    def score(dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        out = np.empty(len(dense), dtype=np.float32)
+        with torch.no_grad():
+            for s in range(0, len(dense), batch):
+                out[s:s + batch] = model(torch.from_numpy(dense[s:s + batch]),
+                                         torch.from_numpy(sparse[s:s + batch])).float().numpy()
+        return out
+
+    return score
+
+
+def fit_sources(events: pd.DataFrame, split: Split, config: RankerConfig,
+                weights: EventWeights) -> tuple[dict[str, ItemScorer], np.ndarray]:
+    """Every configured source fitted on all users' weighted interactions in `events`."""
+    users = np.unique(events["user_id"].to_numpy(np.int64))
+    matrix = interaction_matrix(events, users, split, weights)
+    sources = {name: CLASSIC[name](**config.source_params.get(name, {})).fit(matrix) for name in config.sources}
+    popularity = np.asarray((matrix > 0).sum(axis=0)).ravel().astype(np.float64)
+    return sources, popularity
+
+
+def item_stats_of(events: pd.DataFrame, split: Split) -> np.ndarray:
+    """`serving.recommender.item_statistics` of the catalogue from the events' counts per type."""
+    cols = split.item_index(events["product_id"].to_numpy(np.int64))
+    counts = {t: np.bincount(cols[(events["event_type"] == t).to_numpy() & (cols >= 0)], minlength=len(split.items))
+              for t in ("view", "cart", "purchase")}
+    return item_statistics(counts["view"].astype(np.float64), counts["cart"].astype(np.float64),
+                           counts["purchase"].astype(np.float64))
+
+
+def _shares(recommender: Recommender, task: Task) -> dict[str, float]:
+    """Pool share of each source by its recall within a full pool on held-out users (its contribution)."""
+    scores = recommender.source_scores(task.history)
+    found = {}
+    for name in recommender.source_names:
+        top = top_k(scores[name], task.excluded, recommender.pool_size)
+        found[name] = float(list_metrics(task, top, recommender.pool_size).recall.mean())
+    total = sum(found.values())
+    return {n: (v / total if total > 0 else 1.0 / len(found)) for n, v in found.items()}
+
+
+def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: RankerConfig = RankerConfig(),
+                    weights: EventWeights = EventWeights(), exclude: Exclude = "seen",
+                    relevant_events: tuple[str, ...] = ("cart", "purchase")) -> FittedRecommender:
+    """Sources, shares, ranker and served mode from `train_events` (nothing after them is read)."""
+    torch.manual_seed(config.seed)
+    inner = user_holdout(train_events, config.holdout_fraction)
+    inner = Split(inner.train, inner.test, np.asarray(items, dtype=np.int64), "ranker")
+    task = build_task(inner, weights, exclude, relevant_events)
+    if len(task.users) < 10:
+        raise DataError(f"only {len(task.users)} users have ranker targets; need at least 10")
+    sources, popularity = fit_sources(inner.train, inner, config, weights)
+    rec = Recommender(inner.items, sources, {n: 1.0 / len(sources) for n in sources}, popularity,
+                      item_stats_of(inner.train, inner), config.pool_size)
+    rec.shares = _shares(rec, task)
+
+    rng = np.random.default_rng(config.seed)
+    is_valid = rng.random(len(task.users)) < config.valid_fraction
+    fit_rows, valid_rows = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
+    scores = rec.source_scores(task.history)
+    pool = rec.pool(scores, task.excluded)
+    dense, sparse = rec.features(task.history, scores, pool)
+    labels = _pool_labels(task, pool)
+    model = DLRM(DLRMConfig(n_dense=rec.n_dense, cardinalities=rec.cardinalities,
+                            embedding_dim=config.embedding_dim, bottom_mlp=[64, 32], top_mlp=[64, 32]))
+    c = pool.shape[1]
+    dense_t = torch.from_numpy(dense).view(len(pool), c, -1)
+    sparse_t = torch.from_numpy(sparse).view(len(pool), c, -1)
+    labels_t = torch.from_numpy(labels)
+    valid_t = torch.from_numpy(pool >= 0)
+    trainable = fit_rows[labels[fit_rows].any(axis=1)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+
+    def valid_ndcg() -> float:
+        top = _rank(model, dense_t[valid_rows], sparse_t[valid_rows], pool[valid_rows], config.k)
+        return float(_sub_metrics(task, valid_rows, top, config.k).ndcg.mean())
+
+    best, best_state, stale = -1.0, None, 0
+    for epoch in range(config.epochs):
+        model.train()
+        order = trainable[rng.permutation(len(trainable))]
+        for start in range(0, len(order), config.batch_users):
+            rows = torch.from_numpy(order[start:start + config.batch_users])
+            logits = model(dense_t[rows].reshape(-1, dense_t.shape[2]),
+                           sparse_t[rows].reshape(-1, sparse_t.shape[2])).view(len(rows), c)
+            logits = logits.masked_fill(~valid_t[rows], float("-inf"))
+            target = labels_t[rows].float()
+            target = target / target.sum(dim=1, keepdim=True)
+            loss = -(target * F.log_softmax(logits, dim=1).nan_to_num(neginf=0.0)).sum(dim=1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        ndcg = valid_ndcg()
+        log.info("ranker epoch %d: valid ndcg@%d %.4f", epoch, config.k, ndcg)
+        if ndcg > best:
+            best, best_state, stale = ndcg, {k: v.clone() for k, v in model.state_dict().items()}, 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+
+    # Served mode: the ranker only where it beats every source alone on the held-out users.
+    evidence = {"ranker": best}
+    for name in rec.source_names:
+        top = top_k(scores[name][valid_rows], task.excluded[valid_rows], config.k)
+        evidence[name] = float(_sub_metrics(task, valid_rows, top, config.k).ndcg.mean())
+    mode = max(evidence, key=evidence.get)
+    log.info("served mode %s (held-out ndcg@%d: %s)", mode, config.k, {k: round(v, 4) for k, v in evidence.items()})
+
+    full_sources, full_popularity = fit_sources(train_events, inner, config, weights)
+    final = Recommender(inner.items, full_sources, rec.shares, full_popularity, item_stats_of(train_events, inner),
+                        config.pool_size, mode,
+                        {f"valid_ndcg_at_{config.k}.{k}": v for k, v in evidence.items()}
+                        | {f"share.{k}": v for k, v in rec.shares.items()}
+                        | {"ranker_users": float(len(trainable)), "valid_users": float(len(valid_rows))})
+    return FittedRecommender(final, model)
+
+
+def _pool_labels(task: Task, pool: np.ndarray) -> np.ndarray:
+    """(n_users, pool_size) bool: the candidate is one of the user's relevant items."""
+    rel = task.relevant
+    out = np.zeros(pool.shape, dtype=bool)
+    for r in range(pool.shape[0]):
+        row = rel.indices[rel.indptr[r]:rel.indptr[r + 1]]
+        if len(row):
+            out[r] = np.isin(pool[r], row) & (pool[r] >= 0)
+    return out
+
+
+def _rank(model: DLRM, dense: torch.Tensor, sparse: torch.Tensor, pool: np.ndarray, k: int) -> np.ndarray:
+    model.eval()
+    n, c = pool.shape
+    with torch.no_grad():
+        logits = model(dense.reshape(n * c, -1), sparse.reshape(n * c, -1)).view(n, c).numpy()
+    logits = np.where(pool >= 0, logits, -np.inf)
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(pool, order, axis=1)
+
+
+def _sub_metrics(task: Task, rows: np.ndarray, top: np.ndarray, k: int) -> ListMetrics:
+    return list_metrics(task.subset(rows), top, k)
+
