@@ -93,26 +93,30 @@ class ItemKNN:
             raise ModelError(f"item_knn needs neighbours >= 1 and shrink >= 0; got {self.neighbours}, {self.shrink}")
         matrix = _as_matrix(interactions)
         n_items = self.n_items = matrix.shape[1]
-        by_item = matrix.T.tocsr()  # (items, users)
-        by_column = matrix.tocsc()  # column slices are cheap in CSC
-        norms = np.sqrt(np.asarray(by_item.multiply(by_item).sum(axis=1), dtype=np.float64).ravel())
+        by_item = matrix.T.tocsr()  # (items, users): row slices are cheap
+        norms = np.sqrt(np.asarray(by_item.multiply(by_item).sum(axis=1)).ravel())  # float32
         keep = min(self.neighbours, max(n_items - 1, 1))
         block = self.block_columns or max(1, _BLOCK_CELLS // max(n_items, 1))
-        rows, cols, vals = [], [], []
+        neighbours, targets, vals = [], [], []
         for start in range(0, n_items, block):
             stop = min(start + block, n_items)
-            # Sparse x sparse costs sum over users of (items per user)^2, far below a dense product.
-            dots = (by_item @ by_column[:, start:stop]).toarray()  # (items, stop - start)
-            sim = dots / (np.outer(norms, norms[start:stop]) + self.shrink + 1e-12)
-            sim[np.arange(start, stop), np.arange(stop - start)] = 0.0
-            top = np.argpartition(-sim, keep - 1, axis=0)[:keep]  # (keep, stop - start) item rows
-            top_vals = np.take_along_axis(sim, top, axis=0)
+            # X^T X is symmetric, so target item j's column is its row: rows keep each target's
+            # candidates contiguous for argpartition. Sparse x sparse costs sum over users of
+            # (items per user)^2, far below a dense product.
+            dots = by_item[start:stop] @ matrix  # (stop - start, items), CSR
+            target = np.repeat(np.arange(start, stop), np.diff(dots.indptr))
+            # Scale the stored dots only: cheaper than a dense outer product of the norms.
+            dots.data /= norms[target] * norms[dots.indices] + (self.shrink + 1e-12)
+            dots.data[dots.indices == target] = 0.0  # an item is not its own neighbour
+            sim = dots.toarray()
+            top = np.argpartition(sim, n_items - keep, axis=1)[:, n_items - keep :]  # (block, keep)
+            top_vals = np.take_along_axis(sim, top, axis=1)
             positive = top_vals > 0  # zero similarity carries no evidence: keep S sparse
-            rows.append(top[positive])
-            cols.append(np.broadcast_to(np.arange(start, stop), top.shape)[positive])
+            neighbours.append(top[positive])
+            targets.append(np.broadcast_to(np.arange(start, stop)[:, None], top.shape)[positive])
             vals.append(top_vals[positive])
         self._similarity = sp.csr_matrix(
-            (np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+            (np.concatenate(vals), (np.concatenate(neighbours), np.concatenate(targets))),
             shape=(n_items, n_items),
         )
         return self
@@ -245,7 +249,7 @@ def top_k(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> np.ndarr
     if np.isnan(scores).any():
         raise ModelError("top_k: scores contain NaN; a scorer produced an undefined score")
     n_rows, n_items = scores.shape
-    work = np.array(scores, dtype=np.float64)
+    work = np.array(scores, dtype=np.result_type(scores.dtype, np.float32))  # a copy: -inf marks excluded
     if exclude is not None:
         if exclude.shape != scores.shape:
             raise ModelError(f"top_k: exclude has shape {exclude.shape}, scores {scores.shape}")
