@@ -40,6 +40,7 @@ class RankerConfig:
     pool_size: int = 200
     holdout_fraction: float = 0.2  # of each user's training sessions: the ranker's targets
     valid_fraction: float = 0.25  # of the ranker's users: held out to choose the served mode
+    cuts: int = 3  # holdouts stacked back in time, each a list per user for the ranker
     epochs: int = 30
     patience: int = 5
     batch_users: int = 128
@@ -121,41 +122,77 @@ def _shares(recommender: Recommender, task: Task) -> dict[str, float]:
     return {n: (v / total if total > 0 else 1.0 / len(found)) for n, v in found.items()}
 
 
-def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: RankerConfig = RankerConfig(),
-                    weights: EventWeights = EventWeights(), exclude: Exclude = "seen",
-                    relevant_events: tuple[str, ...] = ("cart", "purchase")) -> FittedRecommender:
-    """Sources, shares, ranker and served mode from `train_events` (nothing after them is read)."""
-    torch.manual_seed(config.seed)
-    inner = user_holdout(train_events, config.holdout_fraction)
-    inner = Split(inner.train, inner.test, np.asarray(items, dtype=np.int64), "ranker")
-    task = build_task(inner, weights, exclude, relevant_events)
-    if len(task.users) < 10:
-        raise DataError(f"only {len(task.users)} users have ranker targets; need at least 10")
-    sources, popularity = fit_sources(inner.train, inner, config, weights)
-    rec = Recommender(inner.items, sources, {n: 1.0 / len(sources) for n in sources}, popularity,
-                      item_stats_of(inner.train, inner), config.pool_size)
-    rec.shares = _shares(rec, task)
+@dataclass
+class _Lists:
+    """One cut's candidate pools with features and labels, for the ranker's training or validation."""
 
-    rng = np.random.default_rng(config.seed)
-    is_valid = rng.random(len(task.users)) < config.valid_fraction
-    fit_rows, valid_rows = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
+    task: Task
+    pool: np.ndarray  # (n_users, pool_size)
+    dense: torch.Tensor  # (n_users, pool_size, n_dense)
+    sparse: torch.Tensor  # (n_users, pool_size, 1)
+    labels: np.ndarray  # (n_users, pool_size) bool
+    scores: dict[str, np.ndarray]
+
+
+def _cut_lists(events: pd.DataFrame, items: np.ndarray, config: RankerConfig, weights: EventWeights,
+               exclude: Exclude, relevant_events: tuple[str, ...],
+               shares: dict[str, float] | None) -> tuple[_Lists, Recommender, pd.DataFrame]:
+    """Sources fitted on each user's earlier sessions, pools for the later ones; and the earlier events."""
+    inner = user_holdout(events, config.holdout_fraction)
+    inner = Split(inner.train, inner.test, items, "ranker")
+    task = build_task(inner, weights, exclude, relevant_events)
+    sources, popularity = fit_sources(inner.train, inner, config, weights)
+    rec = Recommender(items, sources, {n: 1.0 / len(sources) for n in sources}, popularity,
+                      item_stats_of(inner.train, inner), config.pool_size)
+    rec.shares = shares or _shares(rec, task)
     scores = rec.source_scores(task.history)
     pool = rec.pool(scores, task.excluded)
     dense, sparse = rec.features(task.history, scores, pool)
-    labels = _pool_labels(task, pool)
+    c = pool.shape[1]
+    lists = _Lists(task, pool, torch.from_numpy(dense).view(len(pool), c, -1),
+                   torch.from_numpy(sparse).view(len(pool), c, -1), _pool_labels(task, pool), scores)
+    return lists, rec, inner.train
+
+
+def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: RankerConfig = RankerConfig(),
+                    weights: EventWeights = EventWeights(), exclude: Exclude = "seen",
+                    relevant_events: tuple[str, ...] = ("cart", "purchase")) -> FittedRecommender:
+    """Sources, shares, ranker and served mode from `train_events` (nothing after them is read).
+
+    Cut 1 holds out each user's last sessions; its users are split into ranker-training and
+    validation users. Each further cut repeats the holdout on the events before the previous one,
+    giving the ranker more lists from the same users (validation users' lists excluded).
+    """
+    torch.manual_seed(config.seed)
+    items = np.asarray(items, dtype=np.int64)
+    first, rec, earlier = _cut_lists(train_events, items, config, weights, exclude, relevant_events, None)
+    if len(first.task.users) < 10:
+        raise DataError(f"only {len(first.task.users)} users have ranker targets; need at least 10")
+    rng = np.random.default_rng(config.seed)
+    is_valid = rng.random(len(first.task.users)) < config.valid_fraction
+    valid_users = set(first.task.users[is_valid].tolist())
+    valid_rows = np.flatnonzero(is_valid)
+    training = [(first, np.flatnonzero(~is_valid))]
+    for _ in range(config.cuts - 1):
+        try:
+            more, _, earlier = _cut_lists(earlier, items, config, weights, exclude, relevant_events, rec.shares)
+        except DataError:  # too little history left for another cut
+            break
+        training.append((more, np.flatnonzero([u not in valid_users for u in more.task.users.tolist()])))
+    dense = torch.cat([t.dense[rows] for t, rows in training])
+    sparse = torch.cat([t.sparse[rows] for t, rows in training])
+    labels = np.concatenate([t.labels[rows] for t, rows in training])
+    valid_mask = torch.from_numpy(np.concatenate([t.pool[rows] >= 0 for t, rows in training]))
+    trainable = np.flatnonzero(labels.any(axis=1))
+    labels_t = torch.from_numpy(labels)
     model = DLRM(DLRMConfig(n_dense=rec.n_dense, cardinalities=rec.cardinalities,
                             embedding_dim=config.embedding_dim, bottom_mlp=[64, 32], top_mlp=[64, 32]))
-    c = pool.shape[1]
-    dense_t = torch.from_numpy(dense).view(len(pool), c, -1)
-    sparse_t = torch.from_numpy(sparse).view(len(pool), c, -1)
-    labels_t = torch.from_numpy(labels)
-    valid_t = torch.from_numpy(pool >= 0)
-    trainable = fit_rows[labels[fit_rows].any(axis=1)]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    c = first.pool.shape[1]
 
     def valid_ndcg() -> float:
-        top = _rank(model, dense_t[valid_rows], sparse_t[valid_rows], pool[valid_rows], config.k)
-        return float(_sub_metrics(task, valid_rows, top, config.k).ndcg.mean())
+        top = _rank(model, first.dense[valid_rows], first.sparse[valid_rows], first.pool[valid_rows], config.k)
+        return float(_sub_metrics(first.task, valid_rows, top, config.k).ndcg.mean())
 
     best, best_state, stale = -1.0, None, 0
     for epoch in range(config.epochs):
@@ -163,9 +200,9 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
         order = trainable[rng.permutation(len(trainable))]
         for start in range(0, len(order), config.batch_users):
             rows = torch.from_numpy(order[start:start + config.batch_users])
-            logits = model(dense_t[rows].reshape(-1, dense_t.shape[2]),
-                           sparse_t[rows].reshape(-1, sparse_t.shape[2])).view(len(rows), c)
-            logits = logits.masked_fill(~valid_t[rows], float("-inf"))
+            logits = model(dense[rows].reshape(-1, dense.shape[2]),
+                           sparse[rows].reshape(-1, sparse.shape[2])).view(len(rows), c)
+            logits = logits.masked_fill(~valid_mask[rows], float("-inf"))
             target = labels_t[rows].float()
             target = target / target.sum(dim=1, keepdim=True)
             loss = -(target * F.log_softmax(logits, dim=1).nan_to_num(neginf=0.0)).sum(dim=1).mean()
@@ -186,17 +223,19 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
     # Served mode: the ranker only where it beats every source alone on the held-out users.
     evidence = {"ranker": best}
     for name in rec.source_names:
-        top = top_k(scores[name][valid_rows], task.excluded[valid_rows], config.k)
-        evidence[name] = float(_sub_metrics(task, valid_rows, top, config.k).ndcg.mean())
+        top = top_k(first.scores[name][valid_rows], first.task.excluded[valid_rows], config.k)
+        evidence[name] = float(_sub_metrics(first.task, valid_rows, top, config.k).ndcg.mean())
     mode = max(evidence, key=evidence.get)
     log.info("served mode %s (held-out ndcg@%d: %s)", mode, config.k, {k: round(v, 4) for k, v in evidence.items()})
 
-    full_sources, full_popularity = fit_sources(train_events, inner, config, weights)
-    final = Recommender(inner.items, full_sources, rec.shares, full_popularity, item_stats_of(train_events, inner),
+    split = Split(train_events, train_events.iloc[:0], items, "full")
+    full_sources, full_popularity = fit_sources(train_events, split, config, weights)
+    final = Recommender(items, full_sources, rec.shares, full_popularity, item_stats_of(train_events, split),
                         config.pool_size, mode,
                         {f"valid_ndcg_at_{config.k}.{k}": v for k, v in evidence.items()}
                         | {f"share.{k}": v for k, v in rec.shares.items()}
-                        | {"ranker_users": float(len(trainable)), "valid_users": float(len(valid_rows))})
+                        | {"ranker_lists": float(len(trainable)), "valid_users": float(len(valid_rows)),
+                           "cuts": float(len(training))})
     return FittedRecommender(final, model)
 
 
