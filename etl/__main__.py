@@ -1,4 +1,5 @@
-"""Command line: `python -m etl generate ...` writes synthetic events, `python -m etl run ...` the ETL."""
+"""Command line: `python -m etl generate ...` writes synthetic events, `python -m etl public NAME ...`
+a real public data set shipped in a package, `python -m etl run ...` the ETL."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from datetime import date
 from pathlib import Path
 
 from etl.errors import EtlError
 from etl.pipeline import EtlConfig, run_etl
+from etl.public_data import INSTACART_END, PUBLIC_DATASETS, write_public_events
 from etl.synthetic import SyntheticConfig, iter_event_days, write_events
 from settings import run_command
 
@@ -26,6 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--products", type=int, default=None, help="default scales with --events")
     gen.add_argument("--out", type=Path, required=True, help="raw directory to write")
     gen.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    public = sub.add_parser("public", help="write a real public data set (shipped in a package) "
+                                           "as raw REES46 day partitions")
+    public.add_argument("dataset", choices=sorted(PUBLIC_DATASETS))
+    public.add_argument("--raw-dir", type=Path, required=True, help="raw directory to write (empty)")
+    public.add_argument("--end", type=date.fromisoformat, default=INSTACART_END,
+                        help="day of the last events, YYYY-MM-DD; run the nightly for the day after")
+    public.add_argument("--spread-days", type=int, default=7,
+                        help="users' last orders are spread over this many days ending at --end")
+    public.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     run = sub.add_parser("run", help="events -> impressions -> encoded train/valid/test")
     run.add_argument("--events", type=Path, required=True, help="validated events file or directory")
     run.add_argument("--out", type=Path, required=True)
@@ -47,6 +59,9 @@ def _run(args: argparse.Namespace) -> None:
         paths = write_events(iter_event_days(config), args.out, config=config, fmt=args.format)
         print(json.dumps({"raw_dir": str(args.out), "files": [str(p) for p in paths],
                           "config": asdict(config.resolved())}, indent=2))
+    elif args.command == "public":
+        print(json.dumps(write_public_events(args.dataset, args.raw_dir, end=args.end,
+                                             spread_days=args.spread_days, fmt=args.format), indent=2))
     else:
         config = EtlConfig(freq_threshold=args.freq_threshold, oov_buckets=args.oov_buckets,
                            embedding_dim=args.embedding_dim)

@@ -1,5 +1,7 @@
 """Readers for raw inputs: REES46 events (CSV/Parquet), Criteo TSV and the API-store export.
 
+The readers of real public data sets shipped in packages live in `etl.public_data`.
+
 Streaming readers yield pandas chunks built from pyarrow record batches, so memory is bounded by
 the chunk size; `read_events_dask` gives a Dask DataFrame for the ETL workflow.
 """
@@ -20,6 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from etl.errors import ReaderError
+from etl.public_data import read_instacart_sample  # noqa: F401  (public data readers live there)
 from etl.synthetic import EVENT_COLUMNS, EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)

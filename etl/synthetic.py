@@ -388,12 +388,15 @@ def generate(config: SyntheticConfig) -> SyntheticData:
 
 
 def write_events(events: pd.DataFrame | Iterable[pd.DataFrame], raw_dir: Path,
-                 config: SyntheticConfig | None = None, fmt: str = "parquet") -> list[Path]:
+                 config: SyntheticConfig | None = None, fmt: str = "parquet",
+                 generator: str = "etl.synthetic", source: dict | None = None) -> list[Path]:
     """Write `raw_dir/date=YYYY-MM-DD/events.{parquet,csv}` per day and `raw_dir/manifest.json`.
 
     `events` is one frame or an iterable of frames (e.g. `iter_event_days`); the config for the
     manifest comes from the argument or from the frame's `attrs` as set by `generate`. `fmt` is
     "parquet" or "csv" (REES46's own distribution format); both stream, one writer per day.
+    Real data (`etl.public_data`) names its reader in `generator` and its arguments in `source`;
+    its manifest has no config, so no planted truth is looked for.
     """
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"fmt must be 'parquet' or 'csv', got {fmt!r}")
@@ -426,7 +429,8 @@ def write_events(events: pd.DataFrame | Iterable[pd.DataFrame], raw_dir: Path,
     finally:
         for writer in writers.values():
             writer.close()
-    manifest = {"generator": "etl.synthetic", "config": config_dict,
+    manifest = {"generator": generator, "config": config_dict,
+                **({"source": source} if source is not None else {}),
                 "files": {d: str(p.relative_to(raw_dir)) for d, p in sorted(paths.items())},
                 "events_per_day": dict(sorted(counts.items())), "n_events": sum(counts.values())}
     (raw_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))

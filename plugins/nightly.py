@@ -241,8 +241,8 @@ def _train_inputs(features: Stage) -> dict[str, Path]:
 def _oracle_auc(features: Stage, settings: Settings) -> float | None:
     """The generator's ceiling on the test split, when the raw data came from `etl.synthetic`."""
     manifest = settings.raw_dir / "manifest.json"
-    if not manifest.exists():
-        return None
+    if not manifest.exists() or not json.loads(manifest.read_text()).get("config"):
+        return None  # real data (etl.public_data) has a manifest but no planted truth
     from etl.synthetic import GroundTruth, oracle_auc
     import pandas as pd
 
