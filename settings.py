@@ -62,6 +62,7 @@ class Settings:
     sagemaker_image_uri: str
     sagemaker_instance_type: str
     sagemaker_endpoint_name: str
+    dask_scheduler: str = ""  # dask.distributed scheduler the ETL runs on; empty = threads in-process
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -94,6 +95,7 @@ class Settings:
             sagemaker_image_uri=_env("RECSYS_SAGEMAKER_IMAGE_URI", ""),
             sagemaker_instance_type=_env("RECSYS_SAGEMAKER_INSTANCE_TYPE", "ml.g4dn.xlarge"),
             sagemaker_endpoint_name=_env("RECSYS_SAGEMAKER_ENDPOINT", ""),
+            dask_scheduler=_env("RECSYS_DASK_SCHEDULER", ""),
         )
 
     # Where each stage writes; stage outputs are versioned by run date (YYYY-MM-DD).
@@ -119,6 +121,50 @@ class Settings:
 
 def get_settings() -> Settings:
     return Settings.from_env()
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """The production topology that `python -m cli stack up` runs on one machine (ops/stack.py).
+
+    Services it does not start (PostgreSQL, Redis) are given by URL; every port is configurable.
+    """
+
+    host: str  # address the UIs and services bind to
+    postgres_url: str  # server URL without a database; the stack creates `<db_prefix>_<role>` there
+    db_prefix: str
+    broker_url: str  # Celery broker
+    ratelimit_storage: str  # the API's Flask-Limiter storage while the stack runs it
+    airflow_port: int  # Airflow API server and UI
+    mlflow_port: int  # MLflow tracking server and UI
+    dask_port: int  # dask.distributed scheduler
+    dask_workers: int
+    artifacts: str  # MLflow artifact store: a local directory, or s3://bucket/prefix
+    schedule: bool  # False: the scheduler runs triggered DAG runs only (tests, demos)
+    start_timeout_s: float  # how long `up` waits for each service's health check
+    stop_timeout_s: float  # SIGTERM to SIGKILL in `down`
+
+    @classmethod
+    def from_env(cls) -> "StackSettings":
+        return cls(
+            host=_env("RECSYS_STACK_HOST", "127.0.0.1"),
+            postgres_url=_env("RECSYS_STACK_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432"),
+            db_prefix=_env("RECSYS_STACK_DB_PREFIX", "recsys_stack"),
+            broker_url=_env("RECSYS_STACK_BROKER_URL", "redis://127.0.0.1:6379/0"),
+            ratelimit_storage=_env("RECSYS_STACK_RATELIMIT_STORAGE", "redis://127.0.0.1:6379/1"),
+            airflow_port=_env_int("RECSYS_AIRFLOW_PORT", 8080),
+            mlflow_port=_env_int("RECSYS_MLFLOW_PORT", 5001),
+            dask_port=_env_int("RECSYS_DASK_PORT", 8786),
+            dask_workers=_env_int("RECSYS_DASK_WORKERS", 2),
+            artifacts=_env("RECSYS_STACK_ARTIFACTS", ""),
+            schedule=_env("RECSYS_STACK_SCHEDULE", "true").lower() in ("1", "true", "yes"),
+            start_timeout_s=_env_float("RECSYS_STACK_START_TIMEOUT", 180.0),
+            stop_timeout_s=_env_float("RECSYS_STACK_STOP_TIMEOUT", 20.0),
+        )
+
+    def database_url(self, role: str) -> str:
+        """SQLAlchemy URL of the stack's database for `role` (airflow, mlflow, api)."""
+        return f"{self.postgres_url.rstrip('/')}/{self.db_prefix}_{role}"
 
 
 # ---------------------------------------------------------------- command lines

@@ -9,6 +9,8 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ class EtlConfig:
     valid_days: int = 1
     test_days: int = 1
     events_per_partition: int = 2_000_000  # sizes the impression shuffle
+    scheduler: str = ""  # dask.distributed scheduler address (tcp://host:port); empty = local threads
 
 
 @dataclass
@@ -142,10 +145,30 @@ def _write_split(frame: dd.DataFrame, out: Path) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("part-*.parquet"))
 
 
+@contextmanager
+def _cluster(address: str) -> Iterator[None]:
+    """Make the dask.distributed scheduler at `address` the default for computations inside;
+    nothing when empty. Its workers share this machine's filesystem (paths are passed as-is)."""
+    if not address:
+        yield
+        return
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        log.info("ETL on the dask cluster %s (%d workers)", address, len(client.scheduler_info()["workers"]))
+        yield
+
+
 def run_etl(events: Path, out_dir: Path, config: EtlConfig | None = None) -> EtlOutputs:
     """Aggregate `events` (validated REES46 Parquet/CSV, a file or directory) into impressions,
-    split by time, fit the workflow on train and write encoded splits, schema and workflow."""
+    split by time, fit the workflow on train and write encoded splits, schema and workflow.
+    With `config.scheduler` set, every Dask computation runs on that distributed cluster."""
     config = config or EtlConfig()
+    with _cluster(config.scheduler):
+        return _run_etl(events, out_dir, config)
+
+
+def _run_etl(events: Path, out_dir: Path, config: EtlConfig) -> EtlOutputs:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = read_events_dask(events, columns=_EVENT_COLUMNS)

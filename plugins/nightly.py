@@ -97,7 +97,7 @@ def fit_workflow(run_date: str, validated: Stage, settings: Settings) -> Stage:
     from etl import EtlConfig, run_etl
 
     out_dir = settings.run_dir(run_date) / "features"
-    outputs = run_etl(Path(validated["events"]), out_dir, EtlConfig())
+    outputs = run_etl(Path(validated["events"]), out_dir, EtlConfig(scheduler=settings.dask_scheduler))
     return {
         "dir": str(out_dir),
         "train": str(outputs.train_dir),
