@@ -52,7 +52,7 @@ def nightly_training() -> None:
     def fit_workflow(validated: dict, ds: str | None = None) -> dict:
         return nightly.fit_workflow(ds, validated, get_settings())
 
-    @task(execution_timeout=timedelta(hours=4))
+    @task(execution_timeout=timedelta(hours=4), queue="gpu")  # the GPU worker's queue (CeleryExecutor)
     def train(features: dict, ds: str | None = None) -> dict:
         return nightly.train(ds, features, get_settings())
 
