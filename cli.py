@@ -6,6 +6,7 @@
     airflow    run the `airflow` command with this project's configuration
     demo       generate -> nightly DAG -> deploy DAG (both through Airflow) -> API -> a response
     stop       stop the local Triton server and the API started by `demo`
+    stack      up|status|down: the production topology (Airflow on Celery, MLflow server, Dask, ...)
 """
 
 from __future__ import annotations
@@ -230,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     dem = sub.add_parser("demo")
     dem.add_argument("--events", type=int, default=300_000)
     sub.add_parser("stop")
+    stk = sub.add_parser("stack", help="the production topology on this machine (ops/stack.py)")
+    stk.add_argument("action", choices=["up", "status", "down", "reload-api"],
+                     help="reload-api: the API's workers restart and load the newest deployment")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
@@ -248,6 +252,33 @@ def main(argv: list[str] | None = None) -> int:
         demo(settings, args.events)
     elif args.command == "stop":
         stop(settings)
+    elif args.command == "stack":
+        return stack_command(settings, args.action)
+    return 0
+
+
+def stack_command(settings: Settings, action: str) -> int:
+    """`stack up|status|down`; 1 when a part is unhealthy or failed to start."""
+    from ops import StackError, down, reload_api, status, up
+    from settings import StackSettings
+
+    stack = StackSettings.from_env()
+    try:
+        if action == "up":
+            up(settings, stack)
+        elif action == "down":
+            down(settings, stack)
+        elif action == "reload-api":
+            reload_api(settings, stack)
+        else:
+            parts = status(settings, stack)
+            for part in parts:
+                state = "healthy" if part.healthy else ("running" if part.running else "down")
+                print(f"{part.name:<22} {state:<8} pid {part.pid or '-':<8} {part.detail}")
+            return 0 if all(p.healthy for p in parts if p.name != "triton" or p.pid) else 1
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
