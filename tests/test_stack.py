@@ -1,0 +1,217 @@
+"""The production topology really run: `python -m cli stack up` starts Airflow on Celery with
+PostgreSQL and Redis, an MLflow server, a Dask cluster and the API; the *scheduler* runs the
+nightly DAG triggered through Airflow's REST API; `stack down` leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.integration
+
+RUN_DATE = date(2026, 11, 20)
+POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+
+
+def _postgres_and_redis_up() -> bool:
+    import redis
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(f"{POSTGRES}/postgres")
+        with engine.connect():
+            pass
+        engine.dispose()
+        return bool(redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_timeout=2).ping())
+    except Exception:
+        return False
+
+
+def _processes_with_home(home: Path) -> list[str]:
+    """Processes (other than this one) whose environment names `home` as RECSYS_HOME."""
+    needle = f"RECSYS_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")[:120]
+                found.append(f"{entry.name}: {command!r}")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def _drop_databases(prefix: str) -> None:
+    """Drop the databases this test's stack created (their names carry the test's own prefix)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        for role in ("airflow", "mlflow", "api"):
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{prefix}_{role}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    if not _postgres_and_redis_up():
+        pytest.skip("needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379")
+    home = tmp_path / "home"
+    prefix = f"recsys_stack_t{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW", "MLFLOW_", "RECSYS_"))} | {
+        "RECSYS_HOME": str(home),
+        "RECSYS_STACK_DB_PREFIX": prefix,
+        "RECSYS_STACK_POSTGRES": POSTGRES,
+        # Databases of their own on the shared Redis, away from other tests' limits.
+        "RECSYS_STACK_BROKER_URL": "redis://127.0.0.1:6379/11",
+        "RECSYS_STACK_RATELIMIT_STORAGE": "redis://127.0.0.1:6379/12",
+        "RECSYS_STACK_SCHEDULE": "false",  # only the run this test triggers
+        "RECSYS_STACK_STOP_TIMEOUT": "15",
+        "RECSYS_AIRFLOW_PORT": str(free_port()),
+        "RECSYS_MLFLOW_PORT": str(free_port()),
+        "RECSYS_DASK_PORT": str(free_port()),
+        "RECSYS_API_PORT": str(free_port()),
+        "RECSYS_TRITON_HTTP_PORT": str(free_port()),
+        "RECSYS_TRITON_GRPC_PORT": str(free_port()),
+        "RECSYS_WINDOW_DAYS": "6",
+        "RECSYS_TRAIN_EPOCHS": "2",
+    }
+    try:
+        yield env
+    finally:
+        cli(env, "stack", "down", timeout=180)
+        _drop_databases(prefix)
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class Airflow:
+    """Airflow's REST API, logged in as the stack's admin."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.url = f"http://127.0.0.1:{env['RECSYS_AIRFLOW_PORT']}"
+        passwords = Path(env["RECSYS_HOME"]) / "stack" / "airflow-passwords.json"
+        body = {"username": "admin", "password": json.loads(passwords.read_text())["admin"]}
+        token = requests.post(f"{self.url}/auth/token", json=body, timeout=10).json()["access_token"]
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def get(self, path: str) -> dict:
+        response = self.session.get(f"{self.url}/api/v2{path}", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def trigger(self, dag_id: str, run_id: str, conf: dict) -> dict:
+        response = self.session.post(f"{self.url}/api/v2/dags/{dag_id}/dagRuns", timeout=10, json={
+            "dag_run_id": run_id, "logical_date": f"{RUN_DATE.isoformat()}T00:00:00Z", "conf": conf})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait(self, dag_id: str, run_id: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            if state in ("success", "failed"):
+                return state
+            time.sleep(3)
+        raise AssertionError(f"{dag_id} run {run_id} still not finished after {timeout_s:.0f} s: "
+                             f"{self.tasks(dag_id, run_id)}")
+
+    def tasks(self, dag_id: str, run_id: str) -> dict[str, dict]:
+        items = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return {t["task_id"]: t for t in items}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str) -> object:
+        entry = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")
+        value = entry["value"]
+        return json.loads(value) if isinstance(value, str) else value
+
+
+def test_scheduler_runs_the_nightly_on_celery_and_the_api_answers(stack_env: dict[str, str]) -> None:
+    env, home = stack_env, Path(stack_env["RECSYS_HOME"])
+    made = cli(env, "generate", "--events", "60000", "--users", "300", "--products", "150",
+               "--end", RUN_DATE.isoformat(), "--days", "6")
+    assert made.returncode == 0, made.stderr[-3000:]
+
+    started = cli(env, "stack", "up", timeout=420)
+    assert started.returncode == 0, started.stdout + started.stderr[-4000:]
+    assert "generated Airflow password for 'admin'" in started.stdout
+    assert oct((home / "stack" / "airflow-passwords.json").stat().st_mode & 0o777) == "0o600"
+    shown = cli(env, "stack", "status", timeout=60)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert all(f"{part} " in shown.stdout and "healthy" in line
+               for part in ("mlflow", "dask-workers", "airflow-scheduler", "worker-gpu", "api")
+               for line in shown.stdout.splitlines() if line.startswith(f"{part} "))
+
+    airflow = Airflow(env)
+    assert requests.get(f"{airflow.url}/api/v2/dags", timeout=10).status_code == 401  # login is on
+    deadline = time.monotonic() + 120  # the dag-processor parses the DAG files after start
+    while {"nightly_training", "deploy_model"} - {d["dag_id"] for d in airflow.get("/dags")["dags"]}:
+        assert time.monotonic() < deadline, "the dag-processor did not register the DAGs"
+        time.sleep(2)
+    run_id = "stack-test"
+    airflow.trigger("nightly_training", run_id, {"deploy": True})
+    state = airflow.wait("nightly_training", run_id, timeout_s=480)
+    tasks = airflow.tasks("nightly_training", run_id)
+    assert state == "success", {t: (v["state"], v["try_number"]) for t, v in tasks.items()}
+    assert tasks["train"]["queue"] == "gpu" and tasks["ingest"]["queue"] == "default"
+    etl_log = next((home / "stack" / "airflow" / "logs").glob(f"dag_id=nightly_training/run_id={run_id}"
+                                                                "/task_id=fit_workflow/attempt=*.log"))
+    assert "ETL on the dask cluster" in etl_log.read_text()
+
+    # The promotion decision the DAG recorded, against the MLflow server's registry.
+    from mlflow import MlflowClient
+
+    decision = airflow.xcom("nightly_training", run_id, "promote")
+    mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['RECSYS_MLFLOW_PORT']}")
+    model = mlflow.get_registered_model("dlrm-ranker")
+    deploys = airflow.get("/dags/deploy_model/dagRuns")["dag_runs"]
+    if decision["promoted"]:
+        assert model.aliases["champion"] == str(decision["version"])
+        assert len(deploys) == 1 and deploys[0]["conf"]["version"] == "champion"
+        assert airflow.wait("deploy_model", deploys[0]["dag_run_id"], timeout_s=300) == "success"
+    else:
+        assert "champion" not in model.aliases and deploys == []
+    assert model.aliases["challenger"] == str(decision["version"])
+
+    # The API under gunicorn on PostgreSQL answers with the deployed ranker (or popular items).
+    validated = home / "runs" / RUN_DATE.isoformat() / "validation" / "valid" / "events.parquet"
+    api_env = env | {"RECSYS_DATABASE_URL": f"{POSTGRES}/{env['RECSYS_STACK_DB_PREFIX']}_api"}
+    seeded = subprocess.run([sys.executable, "-m", "api", "seed", "--events", str(validated)], cwd=REPO,
+                            env=api_env, capture_output=True, text=True, timeout=300)
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    if decision["promoted"]:  # the API's workers built their (absent) ranker before the deploy
+        reloaded = cli(env, "stack", "reload-api", timeout=120)
+        assert reloaded.returncode == 0, reloaded.stderr[-3000:]
+    events = pd.read_parquet(validated, columns=["user_id", "event_type"])
+    customer = int(events.loc[events.event_type == "purchase", "user_id"].value_counts().index[0])
+    answer = requests.get(f"http://127.0.0.1:{env['RECSYS_API_PORT']}/customers/{customer}/recommendations?k=10",
+                          timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert len(body["items"]) == 10
+    assert body["ranker"] == ("triton" if decision["promoted"] else body["ranker"])
+
+    stopped = cli(env, "stack", "down", timeout=180)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert _processes_with_home(home) == []
+    assert not list((home / "stack" / "pids").glob("*.json"))
