@@ -1,2 +1,4 @@
-CREATE DATABASE airflow;
-CREATE DATABASE mlflow;
+-- The stack's databases, named as ops/stack.py names them (`<RECSYS_STACK_DB_PREFIX>_<role>`).
+CREATE DATABASE recsys_airflow;
+CREATE DATABASE recsys_mlflow;
+CREATE DATABASE recsys_api;
