@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-fast clean stop airflow-ui mlflow-ui bench-api
+.PHONY: venv demo test test-fast clean stop airflow-ui mlflow-ui bench-api stack stack-status stack-down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ clean:
 
 stop: $(STAMP)
 	$(BIN)/python -m cli stop
+
+# The production topology on this machine (Airflow on Celery + PostgreSQL + Redis, MLflow server,
+# Dask, Triton, API under gunicorn): README "The production topology".
+stack: $(STAMP)
+	$(BIN)/python -m cli stack up
+
+stack-status: $(STAMP)
+	$(BIN)/python -m cli stack status
+
+stack-down: $(STAMP)
+	$(BIN)/python -m cli stack down
 
 airflow-ui: $(STAMP)
 	$(BIN)/python -m cli airflow standalone
