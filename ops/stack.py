@@ -304,17 +304,16 @@ def up(settings: Settings, stack: StackSettings, progress: Callable[[str], None]
     """Start every part of the stack and wait until each is healthy; on a failure everything
     started is stopped again and the error names the part and quotes its log."""
     table = ProcessTable(stack_dir(settings))
-    running = [r.name for r in table.records() if table.is_running(r)]
-    if running:
-        raise StackError(f"the stack in {stack_dir(settings)} already runs {running}; `stack down` first")
+    running = {r.name for r in table.records() if table.is_running(r)}
     secret, new_password = ensure_secrets(settings)
     if new_password:
         progress(f"generated Airflow password for '{ADMIN}' (shown once; kept in "
                  f"{stack_dir(settings) / PASSWORDS_FILE}, mode 600): {new_password}")
     env = stack_env(settings, stack, secret)
     parts = services(settings, stack, env)
-    ports = {"airflow": stack.airflow_port, "mlflow": stack.mlflow_port, "dask": stack.dask_port,
-             "api": settings.api_port}
+    ports = {name: port for name, port in (("airflow-api-server", stack.airflow_port), ("mlflow", stack.mlflow_port),
+                                           ("dask-scheduler", stack.dask_port), ("api", settings.api_port))
+             if name not in running}
     busy = {name: port for name, port in ports.items() if not _port_free(_client_host(stack.host), port)}
     if busy:
         raise StackError(f"ports in use: {busy}; free them or set RECSYS_AIRFLOW_PORT, RECSYS_MLFLOW_PORT, "
@@ -322,16 +321,20 @@ def up(settings: Settings, stack: StackSettings, progress: Callable[[str], None]
     created = ensure_databases(stack)
     progress(f"postgres   databases ready ({', '.join(created) + ' created' if created else 'existing'})")
     started = time.monotonic()
+    if running:  # a second `up` starts what is missing (a crashed worker, say) and leaves the rest
+        progress(f"already running: {', '.join(sorted(running))}")
     try:
         by_name = {s.name: s for s in parts}
         # MLflow and Dask do not need Airflow's schema: they start while it migrates.
         for name in ("mlflow", "dask-scheduler"):
-            table.start(by_name[name])
+            if name not in running:
+                table.start(by_name[name])
         _run_once("airflow-db-migrate", [_bin("airflow"), "db", "migrate"], env, table)
         progress(f"airflow    metadata DB migrated ({time.monotonic() - started:.0f} s)")
         _run_once("api-init-db", [sys.executable, "-m", "api", "init-db"], env, table)
         for service in parts:
-            if table.record(service.name) is None:
+            record = table.record(service.name)
+            if record is None or not table.is_running(record):
                 table.start(service)
         for service in parts:
             _wait_healthy(table, service, stack.start_timeout_s)
@@ -339,7 +342,8 @@ def up(settings: Settings, stack: StackSettings, progress: Callable[[str], None]
         triton = _start_triton(settings)
         progress(f"{TRITON:<22} {triton}")
     except BaseException:
-        down(settings, stack, progress=lambda _: None)
+        if not running:  # a fresh start that failed leaves nothing; a top-up leaves what ran before
+            down(settings, stack, progress=lambda _: None)
         raise
     u = urls(settings, stack)
     progress(f"stack up in {time.monotonic() - started:.0f} s; logs and pids in {stack_dir(settings)}")

@@ -1,11 +1,13 @@
 """The production topology really run: `python -m cli stack up` starts Airflow on Celery with
 PostgreSQL and Redis, an MLflow server, a Dask cluster and the API; the *scheduler* runs the
-nightly DAG triggered through Airflow's REST API; `stack down` leaves no process behind."""
+nightly DAG triggered through Airflow's REST API; `stack down` leaves no process behind. A Celery
+worker killed mid-task is recovered by Airflow's own retry."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -97,6 +99,7 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     finally:
         cli(env, "stack", "down", timeout=180)
         _drop_databases(prefix)
+    assert _processes_with_home(home) == []
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -215,3 +218,68 @@ def test_scheduler_runs_the_nightly_on_celery_and_the_api_answers(stack_env: dic
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     assert _processes_with_home(home) == []
     assert not list((home / "stack" / "pids").glob("*.json"))
+
+
+# Parsed by the dag-processor (Airflow's cluster policy hook): retries come after 5 s instead of
+# the nightly's 5 minutes, so the test waits for Airflow's retry, not for the clock.
+FAST_RETRY_POLICY = """
+from datetime import timedelta
+
+
+def task_policy(task):
+    task.retry_delay = timedelta(seconds=5)
+"""
+
+
+def test_a_killed_celery_worker_is_retried_without_a_duplicate_registration(stack_env: dict[str, str],
+                                                                             tmp_path: Path) -> None:
+    policy_dir = tmp_path / "policy"
+    policy_dir.mkdir()
+    (policy_dir / "airflow_local_settings.py").write_text(FAST_RETRY_POLICY)
+    env = stack_env | {
+        "PYTHONPATH": str(policy_dir),
+        # A task whose worker died stops heartbeating; the scheduler fails it (then retries) after this.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "45",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+        "RECSYS_TRAIN_EPOCHS": "6",  # long enough a train task to be killed in the middle of it
+    }
+    home = Path(env["RECSYS_HOME"])
+    made = cli(env, "generate", "--events", "60000", "--users", "300", "--products", "150",
+               "--end", RUN_DATE.isoformat(), "--days", "6")
+    assert made.returncode == 0, made.stderr[-3000:]
+    started = cli(env, "stack", "up", timeout=420)
+    assert started.returncode == 0, started.stdout + started.stderr[-4000:]
+    airflow = Airflow(env)
+    deadline = time.monotonic() + 120
+    while "nightly_training" not in {d["dag_id"] for d in airflow.get("/dags")["dags"]}:
+        assert time.monotonic() < deadline, "the dag-processor did not register the DAG"
+        time.sleep(2)
+    run_id = "worker-killed"
+    airflow.trigger("nightly_training", run_id, {"deploy": False})
+
+    deadline = time.monotonic() + 300
+    while airflow.tasks("nightly_training", run_id)["train"]["state"] != "running":
+        assert time.monotonic() < deadline, airflow.tasks("nightly_training", run_id)
+        time.sleep(1)
+    time.sleep(3)  # in the middle of training
+    worker = json.loads((home / "stack" / "pids" / "worker-gpu.json").read_text())
+    os.killpg(worker["pid"], signal.SIGKILL)  # the worker, its pool and the task's supervisor
+    restarted = cli(env, "stack", "up", timeout=300)  # what a process supervisor would do
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr[-4000:]
+    assert "already running" in restarted.stdout
+
+    state = airflow.wait("nightly_training", run_id, timeout_s=480)
+    tasks = airflow.tasks("nightly_training", run_id)
+    assert state == "success", {t: (v["state"], v["try_number"]) for t, v in tasks.items()}
+    assert tasks["train"]["try_number"] == 2
+    assert all(t["try_number"] == 1 for name, t in tasks.items() if name not in ("train", "trigger_deploy")
+               and t["state"] == "success")
+
+    from mlflow import MlflowClient
+
+    mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['RECSYS_MLFLOW_PORT']}")
+    versions = mlflow.search_model_versions("name = 'dlrm-ranker'")
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("dlrm-ranker").experiment_id])
+    assert len(versions) == 1 and len(runs) == 1
+    assert versions[0].run_id == runs[0].info.run_id
+    assert airflow.xcom("nightly_training", run_id, "register")["version"] == versions[0].version
