@@ -130,6 +130,18 @@ def test_distributed_local_cluster_gives_the_same_outputs_as_the_default_schedul
         etl.schema_path.read_text())["columns"]
 
 
+def test_scheduler_address_in_the_config_runs_the_etl_on_that_cluster(raw, etl, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        config = EtlConfig(freq_threshold=3, oov_buckets=4, scheduler=cluster.scheduler_address)
+        out = run_etl(raw, tmp_path / "cluster", config)
+        done = cluster.scheduler.transition_counter
+    assert done > 0  # the cluster did the work, no Client was made by the caller
+    assert out.rows == etl.rows
+    pd.testing.assert_frame_equal(_sorted(_split(out.train_dir)), _sorted(_split(etl.train_dir)))
+
+
 def test_too_few_days_for_the_time_split_fails_with_the_days_found(tmp_path):
     data = generate(SyntheticConfig(n_events=2_000, days=2, seed=1))
     write_events(data.events, tmp_path / "raw")
