@@ -283,3 +283,43 @@ def test_a_killed_celery_worker_is_retried_without_a_duplicate_registration(stac
     assert len(versions) == 1 and len(runs) == 1
     assert versions[0].run_id == runs[0].info.run_id
     assert airflow.xcom("nightly_training", run_id, "register")["version"] == versions[0].version
+
+
+def test_mlflow_server_of_the_stack_keeps_artifacts_in_s3(tmp_path: Path, moto_url: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """RECSYS_STACK_ARTIFACTS=s3://...: the stack's MLflow server proxies artifacts to S3 (moto)."""
+    if not _postgres_and_redis_up():
+        pytest.skip("needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379")
+    import boto3
+    import mlflow
+
+    from ops.processes import ProcessTable
+    from ops.stack import _wait_healthy, ensure_databases, services, stack_env
+    from settings import Settings, StackSettings
+
+    prefix = f"recsys_stack_t{uuid.uuid4().hex[:8]}"
+    for name, value in {"RECSYS_HOME": str(tmp_path), "RECSYS_STACK_DB_PREFIX": prefix,
+                        "RECSYS_STACK_ARTIFACTS": "s3://recsys-mlflow/mlartifacts", "AWS_ENDPOINT_URL": moto_url,
+                        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "RECSYS_MLFLOW_PORT": str(free_port())}.items():
+        monkeypatch.setenv(name, value)
+    s3 = boto3.client("s3", endpoint_url=moto_url)
+    s3.create_bucket(Bucket="recsys-mlflow")
+    settings, stack = Settings.from_env(), StackSettings.from_env()
+    server = next(s for s in services(settings, stack, stack_env(settings, stack, {
+        "fernet_key": "", "jwt_secret": "", "api_secret_key": ""})) if s.name == "mlflow")
+    table = ProcessTable(tmp_path / "stack")
+    ensure_databases(stack, roles=("mlflow",))
+    try:
+        table.start(server)
+        _wait_healthy(table, server, timeout_s=180)
+        client = mlflow.MlflowClient(tracking_uri=server.health_url.removesuffix("/health"))
+        experiment = client.create_experiment("s3-check", artifact_location="mlflow-artifacts:/s3-check")
+        run = client.create_run(experiment)
+        (tmp_path / "note.txt").write_text("kept in S3")
+        client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+    finally:
+        table.stop("mlflow", timeout_s=15)
+        _drop_databases(prefix)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="recsys-mlflow").get("Contents", [])]
+    assert any(key.startswith("mlartifacts/s3-check/") and key.endswith("note.txt") for key in keys), keys
