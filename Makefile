@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-fast clean stop airflow-ui mlflow-ui bench-api stack stack-status stack-down
+.PHONY: venv demo test test-fast clean stop airflow-ui mlflow-ui bench-api stack stack-demo stack-status stack-down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ stop: $(STAMP)
 # Dask, Triton, API under gunicorn): README "The production topology".
 stack: $(STAMP)
 	$(BIN)/python -m cli stack up
+
+# The stack, then the nightly DAG run by its scheduler, the deploy, one answer: a line per stage.
+stack-demo: $(STAMP)
+	$(BIN)/python -m cli stack demo
 
 stack-status: $(STAMP)
 	$(BIN)/python -m cli stack status

@@ -232,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     dem.add_argument("--events", type=int, default=300_000)
     sub.add_parser("stop")
     stk = sub.add_parser("stack", help="the production topology on this machine (ops/stack.py)")
-    stk.add_argument("action", choices=["up", "status", "down", "reload-api"],
-                     help="reload-api: the API's workers restart and load the newest deployment")
+    stk.add_argument("action", choices=["up", "status", "down", "reload-api", "demo"],
+                     help="reload-api: the API's workers restart and load the newest deployment; "
+                          "demo: up, then the nightly DAG through the scheduler, deploy, one answer")
+    stk.add_argument("--events", type=int, default=100_000, help="demo: synthetic events to generate")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
@@ -253,12 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "stop":
         stop(settings)
     elif args.command == "stack":
-        return stack_command(settings, args.action)
+        return stack_command(settings, args.action, args.events)
     return 0
 
 
-def stack_command(settings: Settings, action: str) -> int:
-    """`stack up|status|down`; 1 when a part is unhealthy or failed to start."""
+def stack_command(settings: Settings, action: str, events: int = 100_000) -> int:
+    """`stack up|status|down|reload-api|demo`; 1 when a part is unhealthy or failed to start."""
     from ops import StackError, down, reload_api, status, up
     from settings import StackSettings
 
@@ -270,6 +272,11 @@ def stack_command(settings: Settings, action: str) -> int:
             down(settings, stack)
         elif action == "reload-api":
             reload_api(settings, stack)
+        elif action == "demo":
+            from ops.demo import demo as stack_demo
+
+            logging.getLogger().setLevel(logging.WARNING)  # the demo tells its own story, one line a stage
+            return 0 if stack_demo(settings, stack, events)["state"] == "success" else 1
         else:
             parts = status(settings, stack)
             for part in parts:

@@ -1,0 +1,103 @@
+"""`python -m cli stack demo`: the whole path on the production topology, told in a few lines.
+
+The stack comes up, synthetic events are written, the scheduler runs the nightly DAG (triggered
+through the REST API) on the Celery workers, the promotion triggers the deploy DAG, and the API
+answers one recommendation. Airflow's own logs stay in files ($RECSYS_HOME/stack/); the terminal
+gets one line per stage and a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import date, timedelta
+
+import requests
+
+from ops.airflow_client import AirflowClient
+from ops.stack import ADMIN, PASSWORDS_FILE, admin_password, reload_api, stack_dir, up, urls
+from settings import Settings, StackSettings
+
+NIGHTLY, DEPLOY = "nightly_training", "deploy_model"
+
+
+def _task_line(progress: Callable[[str], None]) -> Callable[[dict], None]:
+    def show(task: dict) -> None:
+        took = f"{task['duration']:.0f} s" if task.get("duration") is not None else ""
+        queue = f"queue {task['queue']}" if task["state"] != "skipped" else ""
+        progress(f"      {task['task_id']:<16} {task['state']:<8} {took:>6}  {queue}")
+    return show
+
+
+def demo(settings: Settings, stack: StackSettings, events: int,
+         progress: Callable[[str], None] = print) -> dict:
+    from etl.synthetic import SyntheticConfig, generate, write_events
+
+    started = time.monotonic()
+    run_date = date.today().isoformat()
+    progress("[1/5] the stack: Airflow on Celery, MLflow server, Dask, API")
+    up(settings, stack, progress=lambda line: progress(f"      {line}"))
+
+    progress(f"[2/5] {events:,} synthetic events for the {settings.window_days} days before {run_date}")
+    config = SyntheticConfig(n_events=events, n_users=max(200, events // 500), n_products=max(100, events // 1000),
+                             start_date=date.today() - timedelta(days=settings.window_days),
+                             days=settings.window_days, seed=7)
+    write_events(generate(config).events, settings.raw_dir, config=config)
+
+    u = urls(settings, stack)
+    airflow = AirflowClient(u["airflow"], ADMIN, admin_password(settings))
+    airflow.wait_for_dags({NIGHTLY, DEPLOY}, timeout_s=180)
+    run_id = f"demo-{run_date}-{int(time.time())}"
+    progress(f"[3/5] {NIGHTLY} run {run_id}, run by the scheduler on the Celery workers")
+    airflow.trigger(NIGHTLY, run_id, run_date, {"deploy": True})
+    state = airflow.wait(NIGHTLY, run_id, timeout_s=3600, on_task=_task_line(progress))
+    if state != "success":
+        progress(f"      the run {state}; task logs: {stack_dir(settings) / 'airflow' / 'logs'}")
+        return {"state": state}
+    decision = airflow.xcom(NIGHTLY, run_id, "promote")
+
+    deploys = [r for r in airflow.runs(DEPLOY) if r.get("triggered_by") != "rest_api"] if decision["promoted"] else []
+    if deploys:
+        latest = max(deploys, key=lambda r: r["queued_at"])
+        progress(f"[4/5] {DEPLOY}, triggered by the promotion: champion -> local Triton")
+        airflow.wait(DEPLOY, latest["dag_run_id"], timeout_s=1800, on_task=_task_line(progress))
+        reload_api(settings, stack)
+    else:
+        progress(f"[4/5] no deploy: {decision['reason']}")
+
+    progress("[5/5] the API: store loaded from the validated events, one recommendation")
+    from api.store import seed_from_events
+
+    import pandas as pd
+
+    validated = settings.run_dir(run_date) / "validation" / "valid" / "events.parquet"
+    seed_from_events(stack.database_url("api"), validated)
+    buyers = pd.read_parquet(validated, columns=["user_id", "event_type"])
+    customer = int(buyers.loc[buyers.event_type == "purchase", "user_id"].value_counts().index[0])
+    answer = requests.get(f"{u['api']}/customers/{customer}/recommendations?k=5", timeout=30).json()
+
+    report = json.loads((settings.run_dir(run_date) / "eval.json").read_text())
+    progress("")
+    progress(f"trained : DLRM ranker + two-tower retrieval on {run_date}'s window, registered as version "
+             f"{decision['version']}")
+    progress(f"metrics : {_metrics(report)}")
+    progress(f"champion: {'version ' + str(decision['version']) if decision['promoted'] else 'unchanged'} "
+             f"({decision['reason']})")
+    progress(f"answer  : customer {customer} -> {[i['product_id'] for i in answer['items']]} "
+             f"(ranker {answer['ranker']})")
+    progress(f"Airflow : {u['airflow']}  (user {ADMIN}, password in {stack_dir(settings) / PASSWORDS_FILE})")
+    progress(f"MLflow  : {u['mlflow']}    API: {u['api']}")
+    progress(f"logs    : {stack_dir(settings) / 'logs'} (services), {stack_dir(settings) / 'airflow' / 'logs'} (tasks)")
+    progress(f"done in {time.monotonic() - started:.0f} s; the stack keeps running (make stack-down)")
+    return {"state": state, "decision": decision, "answer": answer}
+
+
+def _metrics(report: dict) -> str:
+    """The ranker against the same-run baselines: popularity for ranking, the generator's oracle for AUC."""
+    pairs = [("NDCG@10", "ndcg_at_10", "popularity", "baseline_ndcg_at_10"),
+             ("Recall@10", "recall_at_10", "popularity", "baseline_recall_at_10"),
+             ("AUC", "auc", "oracle", "oracle_auc")]
+    shown = [f"{label} {report[ours]:.4f} ({other} {report[theirs]:.4f})"
+             for label, ours, other, theirs in pairs if ours in report and theirs in report]
+    return "; ".join(shown) or json.dumps(report)[:200]
