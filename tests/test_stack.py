@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import requests
 
+from ops.airflow_client import AirflowClient
 from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.integration
@@ -107,46 +108,11 @@ def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.Com
                           capture_output=True, text=True, timeout=timeout)
 
 
-class Airflow:
-    """Airflow's REST API, logged in as the stack's admin."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.url = f"http://127.0.0.1:{env['RECSYS_AIRFLOW_PORT']}"
-        passwords = Path(env["RECSYS_HOME"]) / "stack" / "airflow-passwords.json"
-        body = {"username": "admin", "password": json.loads(passwords.read_text())["admin"]}
-        token = requests.post(f"{self.url}/auth/token", json=body, timeout=10).json()["access_token"]
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {token}"
-
-    def get(self, path: str) -> dict:
-        response = self.session.get(f"{self.url}/api/v2{path}", timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def trigger(self, dag_id: str, run_id: str, conf: dict) -> dict:
-        response = self.session.post(f"{self.url}/api/v2/dags/{dag_id}/dagRuns", timeout=10, json={
-            "dag_run_id": run_id, "logical_date": f"{RUN_DATE.isoformat()}T00:00:00Z", "conf": conf})
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def wait(self, dag_id: str, run_id: str, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            state = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
-            if state in ("success", "failed"):
-                return state
-            time.sleep(3)
-        raise AssertionError(f"{dag_id} run {run_id} still not finished after {timeout_s:.0f} s: "
-                             f"{self.tasks(dag_id, run_id)}")
-
-    def tasks(self, dag_id: str, run_id: str) -> dict[str, dict]:
-        items = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-        return {t["task_id"]: t for t in items}
-
-    def xcom(self, dag_id: str, run_id: str, task_id: str) -> object:
-        entry = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")
-        value = entry["value"]
-        return json.loads(value) if isinstance(value, str) else value
+def _airflow(env: dict[str, str]) -> AirflowClient:
+    """Airflow's REST API, logged in as the stack's admin with the generated password."""
+    passwords = Path(env["RECSYS_HOME"]) / "stack" / "airflow-passwords.json"
+    return AirflowClient(f"http://127.0.0.1:{env['RECSYS_AIRFLOW_PORT']}", "admin",
+                         json.loads(passwords.read_text())["admin"])
 
 
 def test_scheduler_runs_the_nightly_on_celery_and_the_api_answers(stack_env: dict[str, str]) -> None:
@@ -165,14 +131,11 @@ def test_scheduler_runs_the_nightly_on_celery_and_the_api_answers(stack_env: dic
                for part in ("mlflow", "dask-workers", "airflow-scheduler", "worker-gpu", "api")
                for line in shown.stdout.splitlines() if line.startswith(f"{part} "))
 
-    airflow = Airflow(env)
+    airflow = _airflow(env)
     assert requests.get(f"{airflow.url}/api/v2/dags", timeout=10).status_code == 401  # login is on
-    deadline = time.monotonic() + 120  # the dag-processor parses the DAG files after start
-    while {"nightly_training", "deploy_model"} - {d["dag_id"] for d in airflow.get("/dags")["dags"]}:
-        assert time.monotonic() < deadline, "the dag-processor did not register the DAGs"
-        time.sleep(2)
+    airflow.wait_for_dags({"nightly_training", "deploy_model"}, timeout_s=120)  # parsed after start
     run_id = "stack-test"
-    airflow.trigger("nightly_training", run_id, {"deploy": True})
+    airflow.trigger("nightly_training", run_id, RUN_DATE.isoformat(), {"deploy": True})
     state = airflow.wait("nightly_training", run_id, timeout_s=480)
     tasks = airflow.tasks("nightly_training", run_id)
     assert state == "success", {t: (v["state"], v["try_number"]) for t, v in tasks.items()}
@@ -249,13 +212,10 @@ def test_a_killed_celery_worker_is_retried_without_a_duplicate_registration(stac
     assert made.returncode == 0, made.stderr[-3000:]
     started = cli(env, "stack", "up", timeout=420)
     assert started.returncode == 0, started.stdout + started.stderr[-4000:]
-    airflow = Airflow(env)
-    deadline = time.monotonic() + 120
-    while "nightly_training" not in {d["dag_id"] for d in airflow.get("/dags")["dags"]}:
-        assert time.monotonic() < deadline, "the dag-processor did not register the DAG"
-        time.sleep(2)
+    airflow = _airflow(env)
+    airflow.wait_for_dags({"nightly_training"}, timeout_s=120)
     run_id = "worker-killed"
-    airflow.trigger("nightly_training", run_id, {"deploy": False})
+    airflow.trigger("nightly_training", run_id, RUN_DATE.isoformat(), {"deploy": False})
 
     deadline = time.monotonic() + 300
     while airflow.tasks("nightly_training", run_id)["train"]["state"] != "running":
