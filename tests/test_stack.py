@@ -70,6 +70,15 @@ def _drop_databases(prefix: str) -> None:
     engine.dispose()
 
 
+def _flush_redis(*urls: str) -> None:
+    """Empty the Redis databases the test's stack used: a killed worker's unacknowledged message
+    must not be redelivered to a later run's workers."""
+    import redis
+
+    for url in urls:
+        redis.Redis.from_url(url, socket_timeout=5).flushdb()
+
+
 @pytest.fixture
 def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     if not _postgres_and_redis_up():
@@ -100,6 +109,7 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     finally:
         cli(env, "stack", "down", timeout=180)
         _drop_databases(prefix)
+        _flush_redis(env["RECSYS_STACK_BROKER_URL"], env["RECSYS_STACK_RATELIMIT_STORAGE"])
     assert _processes_with_home(home) == []
 
 
