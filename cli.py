@@ -100,14 +100,7 @@ def run_nightly(settings: Settings, run_date: str) -> dict:
     """All nightly stages in-process, in DAG order."""
     from plugins import nightly
 
-    ingested = nightly.ingest(run_date, settings)
-    validated = nightly.validate(run_date, ingested, settings)
-    features = nightly.fit_workflow(run_date, validated, settings)
-    trained = nightly.train(run_date, features, settings)
-    evaluated = nightly.evaluate(run_date, features, trained, settings)
-    retrieval = nightly.train_retrieval(run_date, features, settings)
-    registered = nightly.register(run_date, validated, features, trained, evaluated, settings, retrieval)
-    return nightly.promote(features, registered, settings)
+    return nightly.run_nightly(run_date, settings)["promote"]
 
 
 def run_deploy(settings: Settings, version: str, target: str) -> dict:
