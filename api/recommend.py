@@ -167,7 +167,7 @@ class Recommender:
             index = self.cache.index()
             pool = _pool(index, history, req, exclude, retrieved)
             if not pool:
-                return Result([], "triton", False)
+                return Result(self.popular(req.k, req.where, exclude), "popular", False)
             products = index.products  # an immutable snapshot: safe to use once the lock is released
             rows, _ = products.rows_of(np.asarray(pool, dtype=np.int64))
         try:
@@ -179,7 +179,13 @@ class Recommender:
             raise ValueError(f"ranker returned {scores.shape[0]} scores for {len(rows)} products")
         order = np.argsort(-scores, kind="stable")[: req.k]
         ids = products.ids[rows]
-        return Result([(int(ids[i]), float(scores[i])) for i in order], "triton", False)
+        return Result(self._top_up([(int(ids[i]), float(scores[i])) for i in order], req, exclude), "triton", False)
+
+    def _top_up(self, ranked: list[tuple[int, float]], req: Request, exclude: set[int]) -> list[tuple[int, float]]:
+        """A list short of k while eligible products remain gets the most popular of them appended."""
+        if len(ranked) >= req.k:
+            return ranked
+        return ranked + self.popular(req.k - len(ranked), req.where, exclude | {p for p, _ in ranked})
 
     def _recommend_served(self, req: Request, served: "TritonRecommender", history: History,
                           exclude: set[int]) -> Result:
@@ -198,10 +204,7 @@ class Recommender:
         except ranker_unavailable_error() as exc:
             log.warning("ranker unavailable for customer %s, serving popular items: %s", req.customer_id, exc)
             return Result(self.popular(req.k, req.where, exclude), "popular", True)
-        if len(ranked) < req.k:
-            listed = exclude | {p for p, _ in ranked}
-            ranked += self.popular(req.k - len(ranked), req.where, listed)
-        return Result(ranked, "triton", False)
+        return Result(self._top_up(ranked, req, exclude), "triton", False)
 
     def _retrieve(self, ranker: Ranker, customer_id: int, exclude: set[int]) -> list[int]:
         """The ranker's retrieval candidates (api.ranking.EncodedRanker.candidates); [] when it has none or fails."""
