@@ -191,7 +191,7 @@ def register(
         # Promotion compares logged metrics only between runs evaluated on the same test set.
         eval_set_hash=data_hash(sorted(Path(features["test"]).glob("*.parquet"))),
         run_date=run_date,
-        input_paths=validated["events"],
+        input_paths=[validated["events"]],
     )
     run_id = log_training_run(
         tracking_uri=settings.mlflow_tracking_uri,

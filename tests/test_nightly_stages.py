@@ -61,3 +61,41 @@ def test_drift_is_measured_against_the_latest_passing_run(settings: Settings) ->
     assert nightly.previous_profile(later, settings) == Path(first["report"]).parent / "profile.json"
     report = json.loads(Path(nightly.validate(later, nightly.ingest(later, settings), settings)["report"]).read_text())
     assert report["drift"]  # compared with the first run's profile
+
+
+def _stage_outputs(tmp: Path) -> tuple[dict, dict, dict, dict]:
+    """The smallest `validate`/`fit_workflow`/`train`/`evaluate` results `register` accepts."""
+    from training import DLRM, DLRMConfig, save_model
+
+    events = tmp / "validation" / "valid" / "events.parquet"
+    events.parent.mkdir(parents=True)
+    events.write_bytes(b"validated events")
+    report = tmp / "validation" / "report.json"
+    report.write_text(json.dumps({"success": True, "unreadable_files": []}))
+    (tmp / "validation" / "data_docs").mkdir()
+    schema = tmp / "features" / "schema.json"
+    (tmp / "features" / "workflow").mkdir(parents=True)
+    (tmp / "features" / "test").mkdir()
+    (tmp / "features" / "test" / "part-0.parquet").write_bytes(b"test split")
+    (tmp / "features" / "workflow" / "workflow.json").write_text('{"ops": []}')
+    schema.write_text(json.dumps({"categorical": ["user_id", "product_id"], "continuous": ["a"]}))
+    model = save_model(DLRM(DLRMConfig(1, [5, 7], embedding_dim=4, bottom_mlp=[8], top_mlp=[8])), tmp / "dlrm.pt")
+    validated = {"events": str(events), "report": str(report), "data_docs": str(report.parent / "data_docs"),
+                 "n_in": 10, "n_passed": 10, "n_quarantined": 0}
+    features = {"schema": str(schema), "workflow": str(tmp / "features" / "workflow"),
+                "train": str(tmp / "features" / "test"), "valid": str(tmp / "features" / "test"),
+                "test": str(tmp / "features" / "test")}
+    trained = {"model_path": str(model), "history": [{"epoch": 1, "loss": 0.5}], "config": {"lr": 0.1}}
+    return validated, features, trained, {"ndcg_at_10": 0.2, "baseline_ndcg_at_10": 0.1}
+
+
+def test_registered_run_names_its_input_paths_whole(recsys_home: Path, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    settings = Settings.from_env()
+    validated, features, trained, evaluated = _stage_outputs(tmp_path / "stages")
+
+    registered = nightly.register(RUN_DATE, validated, features, trained, evaluated, settings)
+
+    run = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(registered["run_id"])
+    assert run.data.tags["lineage.input_paths"] == validated["events"]
