@@ -22,7 +22,7 @@ import urllib.request
 from datetime import date, timedelta
 from pathlib import Path
 
-from settings import Settings, configure_logging
+from settings import Settings, configure_logging, run_command
 
 REPO = Path(__file__).resolve().parent
 log = logging.getLogger("cli")
@@ -108,6 +108,17 @@ def run_nightly(settings: Settings, run_date: str) -> dict:
     retrieval = nightly.train_retrieval(run_date, features, settings)
     registered = nightly.register(run_date, validated, features, trained, evaluated, settings, retrieval)
     return nightly.promote(features, registered, settings)
+
+
+def nightly_errors() -> tuple[type[Exception], ...]:
+    """The errors the nightly stages raise on purpose, one root per package."""
+    from etl.errors import EtlError
+    from plugins.nightly import NoInputData
+    from registry.errors import RegistryError
+    from training.errors import TrainingError
+    from validation import ValidationError
+
+    return (ValidationError, NoInputData, EtlError, TrainingError, RegistryError)
 
 
 def run_deploy(settings: Settings, version: str, target: str) -> dict:
@@ -239,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(generate(settings, args.events, args.end, days, args.seed, args.corrupt,
                                          args.users, args.products), indent=2))
     elif args.command == "nightly":
-        print(json.dumps(run_nightly(settings, args.date), indent=2, default=str))
+        # A night that stops on purpose (validation failed closed, no partitions, a stage's own
+        # error) is one `error:` line and exit 1, not a traceback; the details are in the logs.
+        return run_command(lambda: print(json.dumps(run_nightly(settings, args.date), indent=2, default=str)),
+                           nightly_errors(), exit_code=1)
     elif args.command == "deploy":
         print(json.dumps(run_deploy(settings, args.version, args.target or settings.deploy_target), indent=2))
     elif args.command == "airflow":

@@ -130,7 +130,8 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
-def run_command(command: Callable[[], object], errors: type[Exception], exit_code: int) -> int:
+def run_command(command: Callable[[], object], errors: type[Exception] | tuple[type[Exception], ...],
+                exit_code: int) -> int:
     """The frame of each package's `python -m <package>`: logging configured, `command()` run,
     and the package's own errors reported as one `error: ...` line on stderr with `exit_code`
     instead of a traceback. 0 when the command ran through."""

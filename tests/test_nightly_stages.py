@@ -99,3 +99,20 @@ def test_registered_run_names_its_input_paths_whole(recsys_home: Path, tmp_path:
 
     run = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(registered["run_id"])
     assert run.data.tags["lineage.input_paths"] == validated["events"]
+
+
+def test_cli_nightly_reports_a_closed_validation_as_one_error_line(settings: Settings) -> None:
+    import subprocess
+    import sys
+
+    ingested = nightly.ingest(RUN_DATE, settings)
+    cli.corrupt_rows(Path(ingested["files"][-1]), 400, seed=1)
+
+    done = subprocess.run([sys.executable, "-m", "cli", "nightly", "--date", RUN_DATE],
+                          cwd=cli.REPO, capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "validation failed closed" in errors[0]
+    assert done.stdout == ""
