@@ -251,8 +251,6 @@ def _zero_bytes(path: Path) -> Path:
 TABLE_CORRUPTIONS = {
     "missing_column": (_csv_without("price"), "bad.csv", ["missing_column:price"], 10),
     "extra_column": (_csv_with_extra_column, "bad.csv", ["unexpected_column:coupon"], 10),
-    "header_only": (_header_only, "bad.csv", ["empty_file"], 0),
-    "zero_bytes": (_zero_bytes, "bad.csv", ["empty_file"], 0),
     "garbled_csv": (_garbled_csv, "bad.csv", ["unreadable_file"], 10 + 3),
     "truncated_parquet": (_truncated_parquet, "bad.parquet", ["unreadable_file"], 0),
 }
@@ -273,6 +271,36 @@ def test_table_level_failures_fail_closed_and_keep_the_file(tmp_path: Path, name
     assert Path(bad_file.copied_to).read_bytes() == bad.read_bytes()
     assert report.n_passed == 30 and report.n_in == report.n_passed + report.n_quarantined
     assert any(str(bad) in failure for failure in report.table_failures)
+
+
+EMPTY_FILES = {"header_only": _header_only, "zero_bytes": _zero_bytes}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_FILES))
+def test_an_empty_file_beside_good_ones_is_quarantined_whole_and_the_night_goes_on(
+        tmp_path: Path, name: str) -> None:
+    good = write_csv(as_rees46_csv_strings(events(30, seed=1)), tmp_path / "good.csv")
+    empty = EMPTY_FILES[name](tmp_path / "empty.csv")
+
+    report, failed = run([good, empty], tmp_path / "out", threshold=0.0)
+
+    assert not failed and report.success and report.table_failures == []
+    (empty_file,) = [f for f in report.files if f.path == str(empty)]
+    assert empty_file.file_reasons == ["empty_file"] and empty_file.table_failures == []
+    assert Path(empty_file.copied_to).read_bytes() == empty.read_bytes()
+    assert report.file_reasons == {"empty_file": 1}
+    assert (report.n_in, report.n_passed, report.n_quarantined) == (30, 30, 0)
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_FILES))
+def test_empty_files_as_the_only_inputs_fail_closed(tmp_path: Path, name: str) -> None:
+    empty = EMPTY_FILES[name](tmp_path / "empty.csv")
+
+    report, failed = run([empty], tmp_path / "out")
+
+    assert failed and not report.success
+    assert report.table_failures == [f"{empty}: empty_file"]
+    assert report.n_in == 0
 
 
 def test_rows_of_a_file_missing_a_column_are_quarantined_with_that_reason(tmp_path: Path) -> None:

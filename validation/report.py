@@ -15,7 +15,10 @@ class FileResult:
     n_in: int = 0
     n_passed: int = 0
     n_quarantined: int = 0
-    table_failures: list[str] = field(default_factory=list)
+    table_failures: list[str] = field(default_factory=list)  # each one fails the run closed
+    # Why the whole file went to quarantine/files/ without failing the run on its own
+    # (`empty_file`); an empty file fails the run only when no input holds a record.
+    file_reasons: list[str] = field(default_factory=list)
     copied_to: str | None = None  # set when the whole file went to quarantine/files/
 
 
@@ -35,6 +38,7 @@ class ValidationReport:
     window_start: str
     window_end: str
     table_failures: list[str]  # "<file>: <reason>" and "drift: <what>" entries
+    file_reasons: dict[str, int]  # file-level reason (e.g. empty_file) -> files quarantined whole for it
     files: list[FileResult]
     expectations: dict[str, dict]  # reason code -> expectation type and kwargs
     profile: dict

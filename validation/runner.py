@@ -94,10 +94,15 @@ def _validate_file(run: _Run, path: Path, index: int) -> FileResult:
         result.n_quarantined += remaining
         run.reasons["unreadable_file"] += remaining
         result.table_failures.append("unreadable_file")
-    if result.table_failures:
+    if "empty_file" in result.table_failures:
+        # No record is lost with an empty file, so it need not stop the night: `_finish` fails
+        # the run only when no input holds a record.
+        result.table_failures.remove("empty_file")
+        result.file_reasons.append("empty_file")
+    if result.table_failures or result.file_reasons:
         result.copied_to = str(copy_whole_file(path, run.out_dir, index))
     log.info("%s: %d in, %d passed, %d quarantined %s", path, result.n_in, result.n_passed,
-             result.n_quarantined, result.table_failures or "")
+             result.n_quarantined, (result.table_failures + result.file_reasons) or "")
     return result
 
 
@@ -181,8 +186,11 @@ def _finish(run: _Run, files: list[FileResult], previous: Profile | None, profil
     if measured:
         table_failures += _drift_failures(measured, config)
     bad_fraction = n_quarantined / n_in if n_in else 0.0
-    if n_in == 0 and not table_failures:
-        table_failures.append("input: no records in any file")
+    if n_in == 0:
+        # Nothing to train on: empty files fail closed when no other input holds a record.
+        table_failures += [f"{f.path}: {reason}" for f in files for reason in f.file_reasons]
+        if not table_failures:
+            table_failures.append("input: no records in any file")
     problems = []
     if bad_fraction > config.bad_row_threshold:
         top = ", ".join(f"{r}={n}" for r, n in Counter(run.reasons).most_common(5))
@@ -197,7 +205,8 @@ def _finish(run: _Run, files: list[FileResult], previous: Profile | None, profil
         success=not problems, bad_fraction=bad_fraction, bad_row_threshold=config.bad_row_threshold,
         suite_name=REES46.name, suite_version=SUITE_VERSION,
         window_start=config.window_start.isoformat(), window_end=config.window_end.isoformat(),
-        table_failures=table_failures, files=files, expectations=run.suites.expectations(),
+        table_failures=table_failures, file_reasons=dict(Counter(r for f in files for r in f.file_reasons)),
+        files=files, expectations=run.suites.expectations(),
         profile=run.profile.to_json(), drift=asdict(measured) if measured else None,
         failure_message=message, valid_path=str(run.valid.path), quarantine_path=str(run.quarantine.path),
         quarantine_files_dir=str(out_dir / "quarantine" / "files"), profile_path=str(profile_path),
