@@ -195,6 +195,45 @@ def test_duplicates_are_found_across_files_and_the_first_copy_is_kept(tmp_path: 
     assert set(bad["_reason"]) == {"duplicate_row"}
 
 
+def write_excel_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """CSV as spreadsheet exports write it: a UTF-8 byte-order mark and CRLF line ends."""
+    path.write_bytes(b"\xef\xbb\xbf" + frame.to_csv(index=False, lineterminator="\r\n").encode())
+    return path
+
+
+def test_the_same_events_as_parquet_and_as_bom_crlf_csv_pass_once(tmp_path: Path) -> None:
+    frame = events(20)
+    parquet = tmp_path / "events.parquet"
+    frame.to_parquet(parquet)
+    text = as_rees46_csv_strings(frame)
+    # Same values, other spellings: an offset for the same instant, a trailing zero on a price.
+    text.loc[3, "event_time"] = (frame.loc[3, "event_time"].tz_convert("Asia/Kolkata")).isoformat()
+    text.loc[4, "price"] = f"{frame.loc[4, 'price']:.4f}"
+    csv = write_excel_csv(text, tmp_path / "events.csv")
+
+    report, _ = run([parquet, csv], tmp_path / "out")
+
+    bad = quarantined(tmp_path / "out")
+    assert (report.n_in, report.n_passed, report.n_quarantined) == (40, 20, 20)
+    assert report.reasons == {"duplicate_row": 20}
+    assert bad["_source_file"].unique().tolist() == [str(csv)] and sorted(bad["_row"]) == list(range(20))
+    assert len(pd.read_parquet(tmp_path / "out" / "valid" / "events.parquet")) == 20
+
+
+def test_a_duplicate_with_a_changed_value_is_not_a_duplicate(tmp_path: Path) -> None:
+    frame = events(10)
+    parquet = tmp_path / "events.parquet"
+    frame.to_parquet(parquet)
+    text = as_rees46_csv_strings(frame)
+    text.loc[2, "price"] = str(frame.loc[2, "price"] + 0.01)
+    text.loc[5, "event_time"] = (frame.loc[5, "event_time"] + pd.Timedelta(seconds=1)).isoformat()
+    csv = write_excel_csv(text, tmp_path / "events.csv")
+
+    report, _ = run([parquet, csv], tmp_path / "out")
+
+    assert (report.n_passed, report.reasons) == (12, {"duplicate_row": 8})
+
+
 @pytest.mark.parametrize(("n_bad", "should_fail"), [(4, False), (5, False), (6, True)])
 def test_fails_closed_only_when_bad_fraction_passes_the_threshold(
         tmp_path: Path, n_bad: int, should_fail: bool) -> None:

@@ -89,7 +89,8 @@ class RawFile:
         try:
             if self.parquet:
                 return list(pq.ParquetFile(self.path).schema_arrow.names)
-            with self.path.open("r", encoding="utf-8", newline="") as handle:
+            # utf-8-sig: spreadsheet exports start with a byte-order mark, which Arrow's reader skips.
+            with self.path.open("r", encoding="utf-8-sig", newline="") as handle:
                 header = next(csv.reader(io.StringIO(handle.readline())), [])
             return [name.strip() for name in header]
         except Exception as exc:  # noqa: BLE001 - any parse/decode error means unreadable

@@ -37,7 +37,7 @@ class _Run:
     quarantine: QuarantineWriter
     profile: Profile = field(default_factory=Profile)
     reasons: Counter = field(default_factory=Counter)
-    seen_rows: set[int] = field(default_factory=set)  # 64-bit hashes of raw rows, for duplicates
+    seen_rows: set[int] = field(default_factory=set)  # 64-bit hashes of parsed rows, for duplicates
 
 
 def validate_events(inputs: list[Path], out_dir: Path, config: ValidationConfig) -> ValidationReport:
@@ -132,7 +132,7 @@ def _validate_chunk(run: _Run, path: Path, chunk: RawChunk, schema_reasons: list
     raw = raw[list(REES46.columns)]
     parsed = parse_frame(raw, REES46)
     failing = run.suites.failing_rows(
-        check_frame(raw, parsed, REES46, run.config.window_start, _mark_duplicates(run, raw)), run_name)
+        check_frame(raw, parsed, REES46, run.config.window_start, _mark_duplicates(run, raw, parsed)), run_name)
     per_row: dict[int, list[str]] = {}
     for reason, rows in failing.items():
         run.reasons[reason] += len(rows)
@@ -149,12 +149,17 @@ def _validate_chunk(run: _Run, path: Path, chunk: RawChunk, schema_reasons: list
     result.n_quarantined += int(bad.sum())
 
 
-def _mark_duplicates(run: _Run, raw: pd.DataFrame) -> np.ndarray:
-    """True for a row whose raw values equal an earlier row's in this run (the first is kept)."""
+def _mark_duplicates(run: _Run, raw: pd.DataFrame, parsed: pd.DataFrame) -> np.ndarray:
+    """True for a row whose parsed values equal an earlier row's in this run (the first is kept).
+
+    Parsed, not raw: the same event exported as Parquet and as CSV (other timestamp spelling or
+    offset, "12.50" for 12.5) is one event.
+    """
     # One joined string per row hashes much faster than pandas' per-column Arrow-extension path.
     # No NUL bytes: the hash reads strings as C strings and would stop at the first one.
     joined = pc.binary_join_element_wise(
-        *[pa.array(raw[c]) for c in raw.columns], "\x1f", null_handling="replace", null_replacement="\x1e")
+        *[_value_key(raw[c], parsed[c], REES46.types[c]) for c in REES46.columns], "\x1f",
+        null_handling="replace", null_replacement="\x1e")
     joined = pc.replace_substring(joined, "\x00", "\\x00")  # NULs inside values, same reason
     hashes = pd.util.hash_array(joined.to_numpy(zero_copy_only=False))
     repeated_here = pd.Series(hashes).duplicated(keep="first").to_numpy()
@@ -162,6 +167,21 @@ def _mark_duplicates(run: _Run, raw: pd.DataFrame) -> np.ndarray:
     seen_before = np.fromiter((h in seen for h in hashes.tolist()), dtype=bool, count=len(hashes))
     seen.update(hashes.tolist())
     return repeated_here | seen_before
+
+
+def _value_key(raw: pd.Series, parsed: pd.Series, kind: pa.DataType) -> pa.Array:
+    """One column's values as comparable text: the parsed value (a timestamp as its UTC instant in
+    microseconds, a float in shortest round-trip form) or, where it does not parse, the raw text
+    marked as such, so two different unparseable values never compare equal."""
+    text = pa.array(raw, type=pa.string())
+    if pa.types.is_string(kind):
+        return text
+    values = pa.array(parsed, from_pandas=True)
+    if pa.types.is_timestamp(kind):
+        values = values.cast(pa.int64())
+    key = values.cast(pa.string())
+    unparsed = pc.binary_join_element_wise("raw:", text, "")
+    return pc.if_else(pc.is_null(key), unparsed, key)
 
 
 def _drift_failures(measured: Drift, config: ValidationConfig) -> list[str]:
