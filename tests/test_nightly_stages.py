@@ -116,3 +116,41 @@ def test_cli_nightly_reports_a_closed_validation_as_one_error_line(settings: Set
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "validation failed closed" in errors[0]
     assert done.stdout == ""
+
+
+def _with_noise_file(ingested: dict, tmp_path: Path) -> tuple[dict, Path]:
+    noise = tmp_path / "noise.parquet"
+    noise.write_bytes(bytes(range(256)) * 4)  # no Parquet footer: counted from its size
+    return ingested | {"files": ingested["files"] + [str(noise)]}, noise
+
+
+def test_unreadable_inputs_are_named_in_the_failed_mlflow_run(settings: Settings, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from validation import ValidationFailed
+
+    ingested, noise = _with_noise_file(nightly.ingest(RUN_DATE, settings), tmp_path)
+    cli.corrupt_rows(Path(ingested["files"][0]), 400, seed=1)
+    with pytest.raises(ValidationFailed):
+        nightly.validate(RUN_DATE, ingested, settings)
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(settings.model_name).experiment_id])
+    (listed,) = json.loads(run.data.tags["validation.unreadable_files"])
+    assert listed["path"] == str(noise) and listed["rows"] >= 1 and listed["counted_by"] == "size_estimate"
+    assert run.data.tags["validation.n_unreadable_files"] == "1"
+
+
+def test_unreadable_inputs_are_named_in_the_registered_run(settings: Settings, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    ingested, noise = _with_noise_file(nightly.ingest(RUN_DATE, settings), tmp_path)
+    validated = nightly.validate(RUN_DATE, ingested, settings)  # a few counted rows stay under 5 %
+    _, features, trained, evaluated = _stage_outputs(tmp_path / "stages")
+
+    registered = nightly.register(RUN_DATE, validated, features, trained, evaluated, settings)
+
+    tags = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(registered["run_id"]).data.tags
+    (listed,) = json.loads(tags["validation.unreadable_files"])
+    assert listed["path"] == str(noise)
+    assert tags["validation.n_unreadable_rows"] == str(listed["rows"]) == str(validated["unreadable_files"][0]["rows"])

@@ -290,8 +290,6 @@ def _zero_bytes(path: Path) -> Path:
 TABLE_CORRUPTIONS = {
     "missing_column": (_csv_without("price"), "bad.csv", ["missing_column:price"], 10),
     "extra_column": (_csv_with_extra_column, "bad.csv", ["unexpected_column:coupon"], 10),
-    "garbled_csv": (_garbled_csv, "bad.csv", ["unreadable_file"], 10 + 3),
-    "truncated_parquet": (_truncated_parquet, "bad.parquet", ["unreadable_file"], 0),
 }
 
 
@@ -310,6 +308,56 @@ def test_table_level_failures_fail_closed_and_keep_the_file(tmp_path: Path, name
     assert Path(bad_file.copied_to).read_bytes() == bad.read_bytes()
     assert report.n_passed == 30 and report.n_in == report.n_passed + report.n_quarantined
     assert any(str(bad) in failure for failure in report.table_failures)
+
+
+def _cut_footer(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[:-40])  # the footer is gone, the row groups are not
+    return path
+
+
+def test_unreadable_files_are_counted_reported_and_weigh_on_the_bad_fraction(tmp_path: Path) -> None:
+    good = tmp_path / "good.parquet"
+    events(500, seed=1).to_parquet(good)
+    truncated = tmp_path / "truncated.parquet"
+    events(500, seed=2).to_parquet(truncated)
+    _cut_footer(truncated)
+    noise_parquet = tmp_path / "noise.parquet"
+    noise_parquet.write_bytes(np.random.default_rng(0).bytes(2000))
+    noise_csv = tmp_path / "noise.csv"
+    noise_csv.write_bytes(np.random.default_rng(1).bytes(2000).replace(b"\n", b"\0"))  # one "line"
+    garbled = _garbled_csv(tmp_path / "garbled.csv")
+    inputs = [good, truncated, noise_parquet, noise_csv, garbled]
+
+    report, failed = run(inputs, tmp_path / "out", threshold=1.0)
+
+    assert not failed and report.table_failures == []
+    unreadable = {Path(u["path"]).name: u for u in json.loads(Path(report.report_path).read_text())["unreadable_files"]}
+    assert sorted(unreadable) == ["garbled.csv", "noise.csv", "noise.parquet", "truncated.parquet"]
+    assert all(u["reason"] and Path(u["copied_to"]).is_file() for u in unreadable.values())
+    assert unreadable["truncated.parquet"]["counted_by"] == "size_estimate"
+    assert 250 <= unreadable["truncated.parquet"]["rows"] <= 1000  # 500 real rows
+    assert unreadable["noise.parquet"]["counted_by"] == "size_estimate" and unreadable["noise.parquet"]["rows"] >= 1
+    assert (unreadable["noise.csv"]["counted_by"], unreadable["noise.csv"]["rows"]) == ("csv_lines", 1)
+    assert (unreadable["garbled.csv"]["counted_by"], unreadable["garbled.csv"]["rows"]) == ("csv_lines", 13)
+    n_unreadable = sum(u["rows"] for u in unreadable.values())
+    assert report.n_unreadable == report.reasons["unreadable_file"] == n_unreadable
+    assert report.n_passed == 500 and report.n_in == report.n_passed + report.n_quarantined
+    assert report.n_quarantined == len(quarantined(tmp_path / "out")) + n_unreadable
+    assert report.bad_fraction == pytest.approx(n_unreadable / (500 + n_unreadable))
+    assert report.file_reasons == {"unreadable_file": 4}
+
+    _, failed_at_5_percent = run(inputs, tmp_path / "out5", threshold=0.05)
+    assert failed_at_5_percent
+
+
+def test_an_unreadable_parquet_with_a_readable_footer_counts_its_footer_rows(tmp_path: Path) -> None:
+    from validation.readers import RowCount, count_unreadable_rows
+
+    path = tmp_path / "e.parquet"
+    events(500).to_parquet(path)
+    assert count_unreadable_rows(path) == RowCount(500, "parquet_footer")
+    assert count_unreadable_rows(_cut_footer(path), parquet_bytes_per_row=path.stat().st_size / 500) == \
+        RowCount(500, "size_estimate")
 
 
 EMPTY_FILES = {"header_only": _header_only, "zero_bytes": _zero_bytes}

@@ -18,7 +18,9 @@ from validation.errors import NoInputs, ValidationFailed
 from validation.parsing import check_frame, parse_frame
 from validation.profile import Drift, Profile, drift
 from validation.quarantine import QuarantineWriter, ValidWriter, copy_whole_file
-from validation.readers import RawChunk, RawFile, UnreadableFile, expected_rows
+from validation.readers import (
+    RawChunk, RawFile, UnreadableFile, count_unreadable_rows, is_parquet, parquet_data_bytes_per_row,
+)
 from validation.report import FileResult, ValidationReport
 from validation.suites import REES46, SUITE_VERSION, rees46_row_suite, table_suite
 
@@ -62,6 +64,7 @@ def validate_events(inputs: list[Path], out_dir: Path, config: ValidationConfig)
     finally:
         run.valid.close()
         run.quarantine.close()
+    _count_unreadable(run, inputs, files)
     run.profile.finish()
     profile_path = out_dir / "profile.json"
     run.profile.save(profile_path)
@@ -88,12 +91,11 @@ def _validate_file(run: _Run, path: Path, index: int) -> FileResult:
             empty = pd.DataFrame({c: pd.Series(dtype=object) for c in raw.columns})
             result.table_failures = run.suites.table_failures(empty, f"{_label(index, path)}-table")
     except UnreadableFile as exc:
+        # Its records are counted once every file is read (`_count_unreadable`), and weigh on the
+        # bad fraction like quarantined rows; the file alone does not fail the run.
         log.warning("quarantining unreadable file: %s", exc)
-        remaining = max(expected_rows(path) - result.n_in, 0)
-        result.n_in += remaining
-        result.n_quarantined += remaining
-        run.reasons["unreadable_file"] += remaining
-        result.table_failures.append("unreadable_file")
+        result.unreadable_reason = str(exc)
+        result.file_reasons.append("unreadable_file")
     if "empty_file" in result.table_failures:
         # No record is lost with an empty file, so it need not stop the night: `_finish` fails
         # the run only when no input holds a record.
@@ -104,6 +106,27 @@ def _validate_file(run: _Run, path: Path, index: int) -> FileResult:
     log.info("%s: %d in, %d passed, %d quarantined %s", path, result.n_in, result.n_passed,
              result.n_quarantined, (result.table_failures + result.file_reasons) or "")
     return result
+
+
+def _count_unreadable(run: _Run, inputs: list[Path], files: list[FileResult]) -> None:
+    """Count the records of unreadable files into n_in and n_quarantined (as `n_unreadable`).
+
+    A footerless Parquet is sized by the bytes per row of this run's readable Parquet inputs.
+    """
+    readable = [parquet_data_bytes_per_row(path) for path, f in zip(inputs, files)
+                if f.unreadable_reason is None and f.n_in and is_parquet(path)]
+    readable = [b for b in readable if b is not None]
+    per_row = sum(readable) / len(readable) if readable else None
+    for path, result in zip(inputs, files):
+        if result.unreadable_reason is None:
+            continue
+        count = count_unreadable_rows(path, per_row)
+        # Records read before the failure are already counted; what is left counts at least once.
+        result.n_unreadable = max(count.rows - result.n_in, 1)
+        result.rows_counted_by = count.counted_by
+        result.n_in += result.n_unreadable
+        result.n_quarantined += result.n_unreadable
+        run.reasons["unreadable_file"] += result.n_unreadable
 
 
 def _label(index: int, path: Path) -> str:
@@ -198,9 +221,11 @@ def _finish(run: _Run, files: list[FileResult], previous: Profile | None, profil
     n_in = sum(f.n_in for f in files)
     n_passed = sum(f.n_passed for f in files)
     n_quarantined = sum(f.n_quarantined for f in files)
-    # Every record read is written to exactly one of the two outputs or counted in a quarantined file.
+    n_unreadable = sum(f.n_unreadable for f in files)
+    # Every record is written to exactly one of the two outputs or counted in an unreadable file.
     assert n_in == n_passed + n_quarantined, (n_in, n_passed, n_quarantined)
     assert n_passed == run.valid.rows, (n_passed, run.valid.rows)
+    assert n_quarantined == run.quarantine.rows + n_unreadable, (n_quarantined, run.quarantine.rows, n_unreadable)
     table_failures = [f"{f.path}: {reason}" for f in files for reason in f.table_failures]
     measured = drift(previous, run.profile) if previous else None
     if measured:
@@ -220,8 +245,12 @@ def _finish(run: _Run, files: list[FileResult], previous: Profile | None, profil
         problems.append("table-level failures: " + "; ".join(table_failures))
     message = ("validation failed closed: " + " | ".join(problems) + f"; see {out_dir / 'report.json'} "
                f"and {out_dir / 'quarantine'}") if problems else None
+    unreadable = [{"path": f.path, "reason": f.unreadable_reason, "rows": f.n_unreadable,
+                   "counted_by": f.rows_counted_by, "copied_to": f.copied_to}
+                  for f in files if f.unreadable_reason is not None]
     report = ValidationReport(
-        n_in=n_in, n_passed=n_passed, n_quarantined=n_quarantined, reasons=dict(run.reasons),
+        n_in=n_in, n_passed=n_passed, n_quarantined=n_quarantined, n_unreadable=n_unreadable,
+        unreadable_files=unreadable, reasons=dict(run.reasons),
         success=not problems, bad_fraction=bad_fraction, bad_row_threshold=config.bad_row_threshold,
         suite_name=REES46.name, suite_version=SUITE_VERSION,
         window_start=config.window_start.isoformat(), window_end=config.window_end.isoformat(),
