@@ -121,6 +121,12 @@ ROW_CORRUPTIONS = {
     "future_timestamp": (_set("event_time", "2020-02-01 00:00:00 UTC"), "event_time_future", 5),
     "stale_timestamp": (_set("event_time", "2019-12-31 23:59:59 UTC"), "event_time_stale", 5),
     "duplicated_row": (_duplicate_row(5), "duplicate_row", 40),
+    "nul_in_brand": (_set("brand", "ac\x00me"), "brand_control_characters", 5),
+    "escape_in_session": (_set("user_session", "s-5\x1b[0m"), "user_session_control_characters", 5),
+    "year_one": (_set("event_time", "0001-01-01 00:00:00 UTC"), "event_time_stale", 5),
+    "year_9999": (_set("event_time", "9999-12-31 23:59:59 UTC"), "event_time_future", 5),
+    "nan_price": (_set("price", "NaN"), "price_not_float", 5),
+    "infinite_price": (_set("price", "inf"), "price_not_float", 5),
 }
 
 
@@ -149,7 +155,7 @@ def test_quarantine_count_equals_corrupted_rows_exactly_across_chunks(tmp_path: 
     corrupted = {}
     for offset, (corrupt, reason, _) in enumerate(v for k, v in sorted(ROW_CORRUPTIONS.items())
                                                    if k != "duplicated_row"):
-        row = 7 + 23 * offset  # spread over several 64-row chunks
+        row = 7 + 15 * offset  # spread over several 64-row chunks
         text = _set_row(text, corrupt, row)
         corrupted[row] = reason
     text = pd.concat([text, text.iloc[[0, 150]]], ignore_index=True)  # two exact duplicates
@@ -465,5 +471,6 @@ def test_rows_differing_only_after_a_nul_byte_are_not_duplicates(tmp_path: Path)
     text.loc[2] = text.loc[0]  # the only real duplicate
     report, _ = run([write_csv(text, tmp_path / "e.csv")], tmp_path / "out")
 
-    assert report.reasons == {"duplicate_row": 1}
-    assert quarantined(tmp_path / "out")["_row"].tolist() == [2]
+    assert report.reasons == {"duplicate_row": 1, "brand_control_characters": 4}
+    bad = quarantined(tmp_path / "out")
+    assert bad.loc[bad["_reason"].str.contains("duplicate_row"), "_row"].tolist() == [2]

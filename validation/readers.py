@@ -172,7 +172,9 @@ class RawFile:
                 parse_options=pcsv.ParseOptions(invalid_row_handler=skip_invalid),
                 convert_options=pcsv.ConvertOptions(
                     column_types={name: pa.string() for name in self.columns},
-                    strings_can_be_null=True, quoted_strings_can_be_null=True),
+                    # Only an empty field is missing: "NaN", "NA" or "null" stay text, so they are
+                    # quarantined verbatim with a type reason instead of turning into nulls.
+                    null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True),
             )
         except (pa.ArrowException, OSError) as exc:
             raise UnreadableFile(f"{self.path}: not a readable CSV file ({exc})") from exc
