@@ -474,3 +474,16 @@ def test_rows_differing_only_after_a_nul_byte_are_not_duplicates(tmp_path: Path)
     assert report.reasons == {"duplicate_row": 1, "brand_control_characters": 4}
     bad = quarantined(tmp_path / "out")
     assert bad.loc[bad["_reason"].str.contains("duplicate_row"), "_row"].tolist() == [2]
+
+
+def test_far_dates_are_not_taken_for_duplicates_of_each_other(tmp_path: Path) -> None:
+    text = as_rees46_csv_strings(events(4))
+    text.loc[1:, ["event_type", "product_id", "user_id", "user_session", "price"]] = text.loc[0, [
+        "event_type", "product_id", "user_id", "user_session", "price"]].to_numpy()
+    text.loc[1:, ["category_id", "category_code", "brand"]] = text.loc[0, ["category_id", "category_code", "brand"]].to_numpy()
+    text["event_time"] = ["0001-01-01 00:00:00 UTC", "0002-01-01 00:00:00 UTC",
+                          "9998-01-01 00:00:00 UTC", "9999-01-01 00:00:00 UTC"]
+
+    report, _ = run([write_csv(text, tmp_path / "e.csv")], tmp_path / "out")
+
+    assert report.reasons == {"event_time_stale": 2, "event_time_future": 2}

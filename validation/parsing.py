@@ -52,6 +52,7 @@ def parse_column(raw: pd.Series, kind: pa.DataType) -> pd.Series:
 # 2262-04-11): earlier and later than any window, so such an event is stale or future, not garbled.
 _BEFORE_NS_RANGE = pd.Timestamp("1677-09-22", tz="UTC")
 _AFTER_NS_RANGE = pd.Timestamp("2262-04-10", tz="UTC")
+OUT_OF_RANGE_TIMES = (_BEFORE_NS_RANGE, _AFTER_NS_RANGE)  # stand-ins, not the events' instants
 
 
 def _outside_nanosecond_range(parsed: pd.Series, strings: np.ndarray) -> pd.Series:
