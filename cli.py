@@ -150,12 +150,16 @@ def stop_tracked(settings: Settings, name: str, timeout_s: float = 20.0,
         return False
     stopped = _ours(pgid, start_ticks)
     if stopped:
-        _signal_group(pgid, first_signal)
-        if not _wait_group_gone(pgid, timeout_s):
+        # Airflow runs each task in a session of its own below the executor: those groups go too.
+        groups = [pgid, *_descendant_groups(pgid)]
+        for group in groups:
+            _signal_group(group, first_signal)
+        if not _wait_groups_gone(groups, timeout_s):
             log.warning("%s (process group %d) still runs %.0fs after %s; killing it",
                         name, pgid, timeout_s, signal.Signals(first_signal).name)
-            _signal_group(pgid, signal.SIGKILL)
-            _wait_group_gone(pgid, 10.0)
+            for group in groups:
+                _signal_group(group, signal.SIGKILL)
+            _wait_groups_gone(groups, 10.0)
         log.info("stopped %s (process group %d)", name, pgid)
     path.unlink(missing_ok=True)
     return stopped
@@ -179,14 +183,34 @@ def _start_ticks(pid: int) -> int:
     return int(fields[19]) if fields else -1
 
 
+def _live_processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every live (not zombie) process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _proc_stat(int(entry.name))) and fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group `pgid`."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _proc_stat(int(entry.name))):
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
+    return [pid for pid, (_, group) in _live_processes().items() if group == pgid]
+
+
+def _descendant_groups(pgid: int) -> set[int]:
+    """Process groups, other than `pgid`, of the descendants of its members."""
+    table = _live_processes()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    todo = [pid for pid, (_, group) in table.items() if group == pgid]
+    groups: set[int] = set()
+    while todo:
+        for child in children.get(todo.pop(), []):
+            groups.add(table[child][1])
+            todo.append(child)
+    groups.discard(pgid)
+    return groups
 
 
 def _ours(pgid: int, start_ticks: int) -> bool:
@@ -205,14 +229,14 @@ def _signal_group(pgid: int, signum: int) -> None:
         pass
 
 
-def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+def _wait_groups_gone(groups: list[int], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            os.waitpid(pgid, os.WNOHANG)  # reap the leader when this process started it
+            os.waitpid(groups[0], os.WNOHANG)  # reap the leader when this process started it
         except ChildProcessError:
             pass
-        if not group_members(pgid):
+        if not any(group in groups for _, group in _live_processes().values()):
             return True
         if time.monotonic() >= deadline:
             return False

@@ -17,13 +17,15 @@ import cli
 from settings import Settings
 from tests.conftest import free_port
 
-# A server that ignores SIGTERM, like Airflow's scheduler, with a child that ignores it too.
+# A server that ignores SIGTERM, like Airflow's scheduler, with two children that ignore it too:
+# one in its group, one in a session of its own (as Airflow runs a task).
 STUBBORN = """
 import signal, subprocess, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-child = subprocess.Popen([sys.executable, "-c",
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
-open(sys.argv[1], "w").write(str(child.pid))
+sleeper = [sys.executable, "-c",
+           "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"]
+children = [subprocess.Popen(sleeper), subprocess.Popen(sleeper, start_new_session=True)]
+open(sys.argv[1], "w").write(" ".join(str(child.pid) for child in children))
 time.sleep(600)
 """
 
@@ -45,17 +47,20 @@ def test_stop_ends_a_started_group_that_ignores_sigterm(settings: Settings, tmp_
     ready = tmp_path / "child.pid"
     proc = cli.start_tracked(settings, "stubborn", [sys.executable, "-c", STUBBORN, str(ready)])
     try:
-        _wait_for(lambda: ready.exists() and ready.read_text(), 60, "the server's child")
-        assert len(cli.group_members(proc.pid)) == 2
+        _wait_for(lambda: ready.exists() and ready.read_text(), 60, "the server's children")
+        in_group, own_session = map(int, ready.read_text().split())
+        assert len(cli.group_members(proc.pid)) == 2 and cli.group_members(own_session) == [own_session]
 
         assert cli.main(["stop", "--timeout", "1"]) == 0
 
         assert cli.group_members(proc.pid) == []  # the server and its child, zombies aside
+        assert cli.group_members(own_session) == []
         assert cli.tracked_names(settings) == []
         assert "stopped: stubborn" in capsys.readouterr().out
     finally:
-        if cli.group_members(proc.pid):
-            os.killpg(proc.pid, 9)
+        for group in (proc.pid, *(map(int, ready.read_text().split()) if ready.exists() else ())):
+            if cli.group_members(group):
+                os.killpg(group, 9)
         proc.wait(timeout=10)
 
 
