@@ -1,7 +1,8 @@
 """Command line: `python -m cli <command>` runs each stage by hand with the code the DAGs run.
 
     generate   write synthetic raw events (planted truth) into $RECSYS_HOME/raw
-    nightly    run the nightly stages in-process, no Airflow
+    nightly    run the nightly stages in-process, no Airflow (a stage that stops the night, e.g.
+               validation failing closed: one `error: ...` line on stderr, exit code 1)
     deploy     run the deploy stages in-process, no Airflow
     airflow    run the `airflow` command with this project's configuration (the UI asks for a login)
     mlflow-ui  the MLflow UI on 127.0.0.1 over this project's tracking store
