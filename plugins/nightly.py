@@ -69,7 +69,8 @@ def validate(run_date: str, ingested: Stage, settings: Settings) -> Stage:
 
         log_rejected_data(
             settings.mlflow_tracking_uri, settings.model_name, str(exc), out_dir / "report.json",
-            out_dir / "data_docs", artifact_root=settings.mlflow_artifact_root, tags={"run_date": run_date},
+            out_dir / "data_docs", artifact_root=settings.mlflow_artifact_root,
+            tags={"run_date": run_date, **unreadable_tags(exc.report.unreadable_files)},
         )
         raise
     log.info(
@@ -82,7 +83,22 @@ def validate(run_date: str, ingested: Stage, settings: Settings) -> Stage:
         "n_in": report.n_in,
         "n_passed": report.n_passed,
         "n_quarantined": report.n_quarantined,
+        "unreadable_files": report.unreadable_files,
     }
+
+
+_MAX_TAG_CHARS = 5000  # MLflow's tag value limit
+
+
+def unreadable_tags(unreadable_files: list[dict]) -> dict[str, str]:
+    """MLflow tags naming the files validation could not read and the records counted for each
+    (the full list is in the logged report.json, `unreadable_files`)."""
+    listed = json.dumps([{k: u[k] for k in ("path", "rows", "counted_by")} for u in unreadable_files])
+    if len(listed) > _MAX_TAG_CHARS:
+        listed = listed[: _MAX_TAG_CHARS - 3] + "..."
+    return {"validation.n_unreadable_files": str(len(unreadable_files)),
+            "validation.n_unreadable_rows": str(sum(u["rows"] for u in unreadable_files)),
+            "validation.unreadable_files": listed}
 
 
 def previous_profile(run_date: str, settings: Settings) -> Path | None:
@@ -239,7 +255,8 @@ def register(
         lineage=lineage,
         artifact_root=settings.mlflow_artifact_root,
         tags={"n_in": str(validated["n_in"]), "n_quarantined": str(validated["n_quarantined"]),
-              "eval.best_baseline": evaluated["best_baseline"], "served_mode": trained["mode"]},
+              "eval.best_baseline": evaluated["best_baseline"], "served_mode": trained["mode"],
+              **unreadable_tags(validated.get("unreadable_files", []))},
     )
     version = register_model(settings.mlflow_tracking_uri, run_id, settings.model_name)
     return {"run_id": run_id, "version": str(version)}
