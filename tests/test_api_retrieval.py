@@ -148,7 +148,7 @@ def test_a_bundle_without_retrieval_serves_catalogue_candidates(
     customer_id, _ = _buyer(app, world["world"].events)
     ranker = app.extensions["recsys_ranker"].get()
     scored = _record_scored(monkeypatch, ranker)
-    body = app.test_client().get(f"/customers/{customer_id}/recommendations?k=5").json
+    body = app.test_client().get(f"/customers/{customer_id}/recommendations?k=5&exclude=purchased").json
     assert body["ranker"] == "triton" and body["fallback"] is False and len(body["items"]) == 5
     assert ranker.retrieval() is None and len(scored[-1]) > 0
 
@@ -163,7 +163,7 @@ def test_a_broken_retrieval_model_is_skipped_without_failing_requests(
     customer_id, _ = _buyer(app, world["world"].events)
     client = app.test_client()
     for _ in range(2):
-        body = client.get(f"/customers/{customer_id}/recommendations?k=5").json
+        body = client.get(f"/customers/{customer_id}/recommendations?k=5&exclude=purchased").json
         assert body["ranker"] == "triton" and body["fallback"] is False and len(body["items"]) == 5
     errors = [r for r in caplog.records if "could not load the retrieval model" in r.getMessage()]
     assert len(errors) == 1  # logged once per bundle, not per request

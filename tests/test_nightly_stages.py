@@ -79,14 +79,20 @@ def _stage_outputs(tmp: Path) -> tuple[dict, dict, dict, dict]:
     (tmp / "features" / "test" / "part-0.parquet").write_bytes(b"test split")
     (tmp / "features" / "workflow" / "workflow.json").write_text('{"ops": []}')
     schema.write_text(json.dumps({"categorical": ["user_id", "product_id"], "continuous": ["a"]}))
-    model = save_model(DLRM(DLRMConfig(1, [5, 7], embedding_dim=4, bottom_mlp=[8], top_mlp=[8])), tmp / "dlrm.pt")
+    model = save_model(DLRM(DLRMConfig(1, [5, 7], embedding_dim=4, bottom_mlp=[8], top_mlp=[8])),
+                       tmp / "model" / "ranker.pt")
+    (tmp / "eval").mkdir()
+    (tmp / "eval" / "comparison.json").write_text("{}")
     validated = {"events": str(events), "report": str(report), "data_docs": str(report.parent / "data_docs"),
                  "n_in": 10, "n_passed": 10, "n_quarantined": 0}
     features = {"schema": str(schema), "workflow": str(tmp / "features" / "workflow"),
                 "train": str(tmp / "features" / "test"), "valid": str(tmp / "features" / "test"),
                 "test": str(tmp / "features" / "test")}
-    trained = {"model_path": str(model), "history": [{"epoch": 1, "loss": 0.5}], "config": {"lr": 0.1}}
-    return validated, features, trained, {"ndcg_at_10": 0.2, "baseline_ndcg_at_10": 0.1}
+    trained = {"model_path": str(model), "model_dir": str(model.parent), "schema": str(schema), "mode": "ranker",
+               "history": [{"epoch": 1, "loss": 0.5}], "config": {"lr": 0.1}}
+    evaluated = {"metrics": {"ndcg_at_10": 0.2, "baseline_ndcg_at_10": 0.1}, "best_baseline": "ease",
+                 "dir": str(tmp / "eval")}
+    return validated, features, trained, evaluated
 
 
 def test_registered_run_names_its_input_paths_whole(recsys_home: Path, tmp_path: Path) -> None:
@@ -95,7 +101,7 @@ def test_registered_run_names_its_input_paths_whole(recsys_home: Path, tmp_path:
     settings = Settings.from_env()
     validated, features, trained, evaluated = _stage_outputs(tmp_path / "stages")
 
-    registered = nightly.register(RUN_DATE, validated, features, trained, evaluated, settings)
+    registered = nightly.register(RUN_DATE, validated, features, trained, evaluated, None, settings)
 
     run = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(registered["run_id"])
     assert run.data.tags["lineage.input_paths"] == validated["events"]
@@ -148,7 +154,7 @@ def test_unreadable_inputs_are_named_in_the_registered_run(settings: Settings, t
     validated = nightly.validate(RUN_DATE, ingested, settings)  # a few counted rows stay under 5 %
     _, features, trained, evaluated = _stage_outputs(tmp_path / "stages")
 
-    registered = nightly.register(RUN_DATE, validated, features, trained, evaluated, settings)
+    registered = nightly.register(RUN_DATE, validated, features, trained, evaluated, None, settings)
 
     tags = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(registered["run_id"]).data.tags
     (listed,) = json.loads(tags["validation.unreadable_files"])
