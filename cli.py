@@ -362,16 +362,18 @@ def demo(settings: Settings, events: int) -> None:
     started = time.time()
     print(f"[1/6] generating {events:,} synthetic events (planted truth) into {settings.raw_dir}")
     made = generate(settings, events, today, settings.window_days, seed=7, corrupt=30,
-                    users=max(200, events // 500), products=max(100, events // 1000))
+                    users=max(200, events // 500), products=max(1000, events // 100))
     print(f"      {made['events']:,} events in {len(made['files'])} day files, {made['corrupted']} rows corrupted on purpose")
     print("[2/6] Airflow metadata DB")
     run_airflow(settings, "db", "migrate")
     print(f"[3/6] nightly_training DAG for {run_date} (airflow dags test)")
     run_airflow(settings, "dags", "test", "nightly_training", run_date, "-c", json.dumps({"deploy": False}))
-    print("[4/6] deploy_model DAG: champion -> local Triton")
+    version, why = _deploy_choice(settings)
+    print(f"      promotion: {why}")
+    print(f"[4/6] deploy_model DAG: {version} -> local Triton")
     run_airflow(
         settings, "dags", "test", "deploy_model", run_date,
-        "-c", json.dumps({"version": "champion", "target": "local"}),
+        "-c", json.dumps({"version": version, "target": "local"}),
     )
     print("[5/6] API: loading the store from the validated events, starting gunicorn")
     from api.store import seed_from_events
@@ -386,17 +388,37 @@ def demo(settings: Settings, events: int) -> None:
         body = json.loads(response.read())
     print(f"[6/6] GET {url}")
     print(json.dumps(body, indent=2))
-    report = json.loads((settings.run_dir(run_date) / "eval.json").read_text())
-    print(f"\nmodel vs popularity on the test day: {_metrics_line(report)}")
+    report = json.loads((settings.run_dir(run_date) / "eval" / "comparison.json").read_text())
+    print(f"\nNDCG@10 on the held-out day, full catalogue (95% interval over users):\n{_metrics_lines(report)}")
     print(f"done in {time.time() - started:.0f} s. The API and Triton keep running (stop: make stop).")
     print(f"MLflow UI : make mlflow-ui    (then http://127.0.0.1:{settings.mlflow_ui_port})")
     print(f"Airflow UI: make airflow-ui   (then http://{settings.airflow_host}:{settings.airflow_port}, user "
           f"'{AIRFLOW_ADMIN}', password in {airflow_passwords_file(settings)}; the DAG runs above are listed)")
 
 
-def _metrics_line(report: dict) -> str:
-    keys = ["auc", "oracle_auc", "ndcg_at_10", "baseline_ndcg_at_10", "recall_at_10", "baseline_recall_at_10"]
-    return ", ".join(f"{k}={report[k]:.4f}" for k in keys if k in report)
+def _metrics_lines(report: dict) -> str:
+    """One line per method of the night's comparison (plugins.nightly.evaluate's comparison.json)."""
+    metrics = report["metrics"]
+    methods = sorted({key.split(".")[0] for key in metrics if key.endswith(".ndcg_at_10")},
+                     key=lambda m: (m != "served", -metrics[f"{m}.ndcg_at_10"]))
+    return "\n".join(f"  {m:12s} {metrics[f'{m}.ndcg_at_10']:.4f}  [{metrics[f'{m}.ndcg_at_10_ci_low']:.4f}, "
+                     f"{metrics[f'{m}.ndcg_at_10_ci_high']:.4f}]" for m in methods)
+
+
+def _deploy_choice(settings: Settings) -> tuple[str, str]:
+    """`champion` when the gate promoted one; else the new `challenger`, with the gate's reason, so the
+    demo still shows the served path (the nightly DAG itself deploys only a promoted champion)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    challenger = client.get_model_version_by_alias(settings.model_name, "challenger")
+    reason = challenger.tags.get("promotion.reason", "no decision recorded")
+    try:
+        client.get_model_version_by_alias(settings.model_name, "champion")
+        return "champion", reason
+    except MlflowException:
+        return "challenger", f"{reason} (no champion: the demo deploys the challenger to show it)"
 
 
 def stop(settings: Settings, timeout_s: float = 20.0) -> list[str]:
