@@ -12,7 +12,7 @@ from flask import Flask, request
 from flask_limiter import Limiter
 from sqlalchemy.engine import make_url
 
-from api import auth, customers, errors, health, interactions, openapi, products, ratelimit
+from api import auth, customers, errors, health, interactions, openapi, products, ratelimit, resources
 from api.catalogue import CacheConfig, CatalogueCache
 from api.recommend import Ranker, Recommender
 from api.store import Store
@@ -118,7 +118,9 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     app.extensions["recsys_limiter"] = limiter
     auth.init_app(app, auth.KeyRing.parse(app.config.get("API_KEYS", ""), app.config.get("API_KEY_PEPPER", "")),
                   float(app.config["API_KEY_CACHE_TTL_S"]))
+    app.before_request(resources.check_path_ids)
     errors.register_error_handlers(app)
+    app.url_map.converters["id"] = resources.IdConverter
     for module in (health, openapi, customers, products, interactions):
         app.register_blueprint(module.bp)
     return app

@@ -38,7 +38,9 @@ def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 
 def _path_id() -> dict[str, Any]:
-    return {"name": "ident", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+    # The bounds the `id` route converter enforces: ASCII digits, BIGINT range; outside them is a 404.
+    return {"name": "ident", "in": "path", "required": True,
+            "schema": {"type": "integer", "minimum": s.MIN_ID, "maximum": s.MAX_ID}}
 
 
 def _op(summary: str, ok: str, out: type[BaseModel] | None, body: type[BaseModel] | None = None,

@@ -9,16 +9,43 @@ from typing import Any, TypeVar
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
+from pydantic_core import from_json
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from werkzeug.routing import BaseConverter
 
 from api.errors import Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType
-from api.schemas import MAX_ID, BulkResult, PageQuery
+from api.schemas import MAX_ID, MIN_ID, BulkResult, PageQuery
 from api.store import Base, Store
 
 M = TypeVar("M", bound=BaseModel)
 # Hook run on validated items before insert (e.g. checking that referenced rows exist).
 Precheck = Callable[[Session, list[BaseModel]], None]
+
+
+class IdConverter(BaseConverter):
+    """`<id:ident>`: ASCII digits only (werkzeug's `int` takes any Unicode digit, e.g. full-width ones).
+
+    The range is checked by `check_path_ids`, not here: a converter that refuses a value makes
+    werkzeug answer 405 for the other methods of the path instead of 404.
+    """
+
+    regex = r"[0-9]+"
+    weight = 50
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: int) -> str:
+        return str(int(value))
+
+
+def check_path_ids() -> None:
+    """before_request hook (after auth and limits): a path id outside the BIGINT ids the store holds
+    names no row, so it is a 404 before any query sees it (SQLite raises OverflowError on it)."""
+    ident = (request.view_args or {}).get("ident")
+    if isinstance(ident, int) and not MIN_ID <= ident <= MAX_ID:
+        raise NotFound(f"id {ident} is outside {MIN_ID}..{MAX_ID}, so nothing has it", field="id")
 
 
 def store() -> Store:
@@ -122,8 +149,15 @@ def register_crud(bp: Blueprint, orm: type[Base], out: type[BaseModel], create: 
         return jsonify(body), 201
 
     def create_bulk() -> ResponseReturnValue:
-        # Check the count before validating items so a huge batch is refused cheaply.
-        raw = request.get_json(silent=True) if request.mimetype == "application/json" else None
+        # Check the count before validating items so a huge batch is refused cheaply. pydantic's
+        # parser bounds nesting depth (json.loads raises RecursionError on deep arrays); a body it
+        # cannot parse is left to parse_body, which answers 400.
+        raw = None
+        if request.mimetype == "application/json":
+            try:
+                raw = from_json(request.get_data(cache=True))
+            except ValueError:
+                raw = None
         if isinstance(raw, dict) and isinstance(raw.get("items"), list):
             check_bulk_size(len(raw["items"]))
         payload = parse_body(bulk)
@@ -166,6 +200,6 @@ def register_crud(bp: Blueprint, orm: type[Base], out: type[BaseModel], create: 
     bp.add_url_rule("", "create", create_one or create_generic, methods=["POST"])
     bp.add_url_rule("/bulk", "create_bulk", create_bulk, methods=["POST"])
     bp.add_url_rule("", "list", listing, methods=["GET"])
-    bp.add_url_rule("/<int:ident>", "read", read, methods=["GET"])
-    bp.add_url_rule("/<int:ident>", "modify", modify, methods=["PUT", "PATCH"])
-    bp.add_url_rule("/<int:ident>", "delete", delete, methods=["DELETE"])
+    bp.add_url_rule("/<id:ident>", "read", read, methods=["GET"])
+    bp.add_url_rule("/<id:ident>", "modify", modify, methods=["PUT", "PATCH"])
+    bp.add_url_rule("/<id:ident>", "delete", delete, methods=["DELETE"])
