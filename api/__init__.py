@@ -39,6 +39,8 @@ def default_config() -> dict[str, Any]:
         "TRITON_URL": st.triton_http_url,
         "SERVING_DIR": str(st.serving_dir),
         "BULK_LIMIT": 1000,
+        # Event times may lie this far past the server's clock (clients' clocks drift), no further.
+        "EVENT_TIME_SKEW_S": st.event_time_skew_s,
         "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
         "INIT_DB": True,
         # Per-worker caches of the catalogue (seconds); 0 re-reads the database on every request.

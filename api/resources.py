@@ -56,7 +56,8 @@ def parse_body(model: type[M]) -> M:
     """Validate the JSON body against `model` (strict, no unknown fields); errors become 400/415/422."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType(f"send the body as application/json, not {request.mimetype or 'nothing'!r}")
-    return model.model_validate_json(request.get_data(cache=False) or b"")
+    context = {"event_time_skew_s": current_app.config["EVENT_TIME_SKEW_S"]}
+    return model.model_validate_json(request.get_data(cache=False) or b"", context=context)
 
 
 def parse_query(model: type[M]) -> M:
@@ -71,15 +72,8 @@ def get_or_404(session: Session, orm: type[Base], ident: int) -> Any:
 
 
 def to_json(out: type[BaseModel], obj: Any) -> dict[str, Any]:
-    data = out.model_validate(obj).model_dump(mode="json")
-    return {k: _utc(v) if k.endswith("_at") or k.endswith("_time") else v for k, v in data.items()}
-
-
-def _utc(value: Any) -> Any:
-    # SQLite drops the zone of stored timestamps; everything is stored in UTC.
-    if isinstance(value, str) and len(value) >= 19 and not (value.endswith("Z") or "+" in value[19:]):
-        return value + "Z"
-    return value
+    # Timestamps are aware UTC datetimes here (the store's UtcDateTime, the schemas' EventTime): "...Z".
+    return out.model_validate(obj).model_dump(mode="json")
 
 
 def paginate(session: Session, orm: type[Base], out: type[BaseModel], query: PageQuery,

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
 
 MIN_ID = 1
 MAX_ID = 2**63 - 1  # ids are BIGINT in PostgreSQL (and SQLite's INTEGER)
+
+
+# Event times before the Unix epoch are typos or sentinels (0001-01-01 broke reads and the export), and
+# ones in the future beyond a clock skew are wrong clocks; the skew comes from the app's config
+# (EVENT_TIME_SKEW_S, passed as validation context), this is its default.
+EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EVENT_TIME_SKEW_S = 300.0
+
+
+def _utc_event_time(value: datetime, info: ValidationInfo) -> datetime:
+    """Naive times are UTC; aware ones are converted to UTC; both must lie in 1970-01-01 .. now + skew."""
+    skew_s = float((info.context or {}).get("event_time_skew_s", EVENT_TIME_SKEW_S))
+    latest = datetime.now(timezone.utc) + timedelta(seconds=skew_s)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    if value < EARLIEST_EVENT_TIME or value > latest:  # compared as instants, before any conversion overflows
+        raise ValueError(f"event time must lie between {EARLIEST_EVENT_TIME.isoformat()} and now + {skew_s:g} s "
+                         f"(now is {datetime.now(timezone.utc).isoformat(timespec='seconds')})")
+    return value.astimezone(timezone.utc)
 
 
 def _not_text(value: Any) -> Any:
@@ -21,6 +40,7 @@ def _not_text(value: Any) -> Any:
 PositiveId = Annotated[int, Field(strict=False, ge=MIN_ID, le=MAX_ID), BeforeValidator(_not_text)]
 CategoryId = Annotated[int, Field(strict=False, ge=0, le=MAX_ID), BeforeValidator(_not_text)]
 EventType = Literal["view", "cart", "remove_from_cart", "purchase"]
+EventTime = Annotated[datetime, AfterValidator(_utc_event_time)]
 
 
 class Body(BaseModel):
@@ -90,7 +110,8 @@ class InteractionCreate(Body):
     customer_id: PositiveId
     product_id: PositiveId
     event_type: EventType
-    event_time: datetime | None = Field(None, description="defaults to now (UTC)")
+    event_time: EventTime | None = Field(None, description="defaults to now; stored and returned in UTC; "
+                                         "1970-01-01 .. now + a small clock skew")
     session: str | None = Field(None, max_length=100)
 
 
@@ -98,7 +119,7 @@ class InteractionUpdate(Body):
     """PUT replaces every field (missing ones take their defaults); PATCH changes only those sent."""
 
     event_type: EventType = "view"
-    event_time: datetime | None = None
+    event_time: EventTime | None = None
     session: str | None = Field(None, max_length=100)
 
 

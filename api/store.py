@@ -23,6 +23,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    TypeDecorator,
     create_engine,
     event,
     text,
@@ -50,6 +51,29 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class UtcDateTime(TypeDecorator):
+    """A timestamp stored as UTC on every backend and read back aware, in UTC.
+
+    PostgreSQL's timestamptz keeps the instant, but SQLite has no zone type: SQLAlchemy writes the
+    wall-clock digits and drops the offset, so 12:00+02:00 came back as 12:00Z. Binding converts to
+    UTC first (naive values are UTC by convention), so both backends hold the same instant.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        utc = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -59,7 +83,7 @@ class Customer(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
     name: Mapped[str | None] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Product(Base):
@@ -80,7 +104,7 @@ class Interaction(Base):
     customer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("customers.id", ondelete="CASCADE"))
     product_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("products.id", ondelete="CASCADE"))
     event_type: Mapped[str] = mapped_column(String(20))
-    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    event_time: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     session: Mapped[str | None] = mapped_column(String(100))
     __table_args__ = (
         CheckConstraint(
@@ -99,7 +123,7 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
     key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     role: Mapped[str] = mapped_column(String(10))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 RESOURCES: dict[str, type[Base]] = {"customers": Customer, "products": Product, "interactions": Interaction}

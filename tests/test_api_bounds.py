@@ -77,3 +77,77 @@ def test_spec_states_the_bounds_of_path_ids(strict: FlaskClient) -> None:
     ids = [param["schema"] for ops in spec["paths"].values() for param in ops.get("parameters", [])
            if param["name"] == "ident"]
     assert ids and all(s == {"type": "integer", "minimum": MIN_ID, "maximum": MAX_ID} for s in ids)
+
+
+def _stored_times(app: Flask) -> list[datetime]:
+    from sqlalchemy import select
+
+    from api.store import Interaction
+
+    with app.extensions["recsys_store"].engine.connect() as conn:
+        return list(conn.execute(select(Interaction.event_time).order_by(Interaction.id)).scalars())
+
+
+def test_event_times_are_stored_and_returned_in_utc_on_each_database(both: FlaskClient, tmp_path: Path) -> None:
+    from api.seed import export_interactions
+
+    created = both.post("/interactions", json={"customer_id": 1, "product_id": 1, "event_type": "view",
+                                               "event_time": "2026-01-01T12:00:00+02:00"})
+    assert created.status_code == 201 and created.json["event_time"] == "2026-01-01T10:00:00Z"
+    iid = created.json["id"]
+    assert both.get(f"/interactions/{iid}").json["event_time"] == "2026-01-01T10:00:00Z"
+    bulk = both.post("/interactions/bulk", json={"items": [{"customer_id": 1, "product_id": 1, "event_type": "cart",
+                                                            "event_time": "2026-01-01T05:00:00-05:00"}]})
+    assert bulk.status_code == 201
+    patched = both.patch(f"/interactions/{iid}", json={"event_time": "2026-01-01T12:00:00-05:00"})
+    assert patched.status_code == 200 and patched.json["event_time"] == "2026-01-01T17:00:00Z"
+    assert both.get(f"/interactions/{iid}").json["event_time"] == "2026-01-01T17:00:00Z"
+    assert [i["event_time"] for i in both.get("/interactions").json["items"]] == [
+        "2026-01-01T17:00:00Z", "2026-01-01T10:00:00Z"]
+    app: Flask = both.application
+    assert _stored_times(app) == [datetime(2026, 1, 1, 17, tzinfo=timezone.utc),
+                                  datetime(2026, 1, 1, 10, tzinfo=timezone.utc)]
+    # The export reads the raw stored text (SQLite) or timestamptz (PostgreSQL): the same instants.
+    out = tmp_path / "export.csv"
+    export_interactions(app.extensions["recsys_store"], out)
+    import pandas as pd
+
+    exported = pd.read_csv(out, parse_dates=["event_time"]).event_time.sort_values().tolist()
+    assert [t.isoformat() for t in exported] == ["2026-01-01T10:00:00+00:00", "2026-01-01T17:00:00+00:00"]
+    assert both.get("/customers/1").json["created_at"].endswith("Z")
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+14:00", "1969-12-31T23:59:59Z", "9999-12-31T23:59:59-14:00",
+                                  "DAY_AFTER_TOMORROW"])
+def test_event_times_outside_epoch_to_now_are_422_naming_the_field(both: FlaskClient, tmp_path: Path,
+                                                                   when: str) -> None:
+    from api.seed import export_interactions
+
+    if when == "DAY_AFTER_TOMORROW":
+        when = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    event = {"customer_id": 1, "product_id": 1, "event_type": "view", "event_time": when}
+    one = both.post("/interactions", json=event)
+    assert one.status_code == 422 and one.json["error"]["field"] == "event_time"
+    many = both.post("/interactions/bulk", json={"items": [{**event, "event_time": None}, event]})
+    assert many.status_code == 422 and many.json["error"]["field"] == "items.1.event_time"
+    iid = both.post("/interactions", json={**event, "event_time": "1970-01-01T00:00:00Z"}).json["id"]
+    for method in ("patch", "put"):
+        changed = getattr(both, method)(f"/interactions/{iid}", json={"event_time": when})
+        assert changed.status_code == 422 and changed.json["error"]["field"] == "event_time"
+    # Nothing unreadable got in: reads, list pages and the export still work.
+    assert both.get(f"/interactions/{iid}").json["event_time"] == "1970-01-01T00:00:00Z"
+    assert both.get("/interactions").json["total"] == 1
+    assert export_interactions(both.application.extensions["recsys_store"], tmp_path / "out.parquet") == 1
+
+
+def test_event_time_clock_skew_is_configurable(tmp_path: Path) -> None:
+    soon = (datetime.now(timezone.utc) + timedelta(minutes=30)).isoformat()
+    for skew_s, status in ((60.0, 422), (3600.0, 201)):
+        app = create_app(make_config(tmp_path / str(skew_s), EVENT_TIME_SKEW_S=skew_s))
+        client = app.test_client()
+        client.post("/customers", json={"id": 1})
+        client.post("/products", json={"id": 1})
+        resp = client.post("/interactions", json={"customer_id": 1, "product_id": 1, "event_type": "view",
+                                                  "event_time": soon})
+        assert resp.status_code == status
+        app.extensions["recsys_store"].dispose()
