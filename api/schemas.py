@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
+import re
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 MIN_ID = 1
 MAX_ID = 2**63 - 1  # ids are BIGINT in PostgreSQL (and SQLite's INTEGER)
@@ -43,10 +45,22 @@ EventType = Literal["view", "cart", "remove_from_cart", "purchase"]
 EventTime = Annotated[datetime, AfterValidator(_utc_event_time)]
 
 
+# C0 and C1 control characters (NUL among them): PostgreSQL refuses NUL in text (a 500 before), SQLite
+# stored it; no name, brand, code or session needs any of them, so both backends answer 422 alike.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 class Body(BaseModel):
     """Request bodies: unknown fields and type coercions are errors, so the client hears about typos."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="after", check_fields=False)
+    @classmethod
+    def _printable(cls, value: Any) -> Any:
+        if isinstance(value, str) and (found := CONTROL_CHARACTERS.search(value)):
+            raise ValueError(f"control character U+{ord(found.group()):04X} at position {found.start()} is not allowed")
+        return value
 
 
 class Query(BaseModel):

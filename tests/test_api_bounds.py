@@ -151,3 +151,22 @@ def test_event_time_clock_skew_is_configurable(tmp_path: Path) -> None:
                                                   "event_time": soon})
         assert resp.status_code == status
         app.extensions["recsys_store"].dispose()
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "tab\there", "line\n", "bell\x07", "del\x7f", "c1\x85"])
+def test_control_characters_in_strings_are_422_naming_the_field_on_each_database(both: FlaskClient,
+                                                                                 bad: str) -> None:
+    attempts = [
+        ("post", "/customers", {"id": 2, "name": bad}, "name"),
+        ("patch", "/customers/1", {"email": bad}, "email"),
+        ("put", "/products/1", {"brand": bad}, "brand"),
+        ("post", "/products/bulk", {"items": [{"id": 3}, {"id": 4, "category_code": bad}]}, "items.1.category_code"),
+        ("post", "/interactions", {"customer_id": 1, "product_id": 1, "event_type": "view", "session": bad},
+         "session"),
+    ]
+    for method, path, body, field in attempts:
+        resp = getattr(both, method)(path, json=body)
+        assert (resp.status_code, resp.json["error"]["field"]) == (422, field), (path, resp.json)
+    assert both.get("/customers").json["total"] == 1 and both.get("/products").json["total"] == 1
+    assert both.get("/interactions").json["total"] == 0
+    assert both.post("/customers", json={"id": 2, "name": "Zoë 東京 \u200d"}).status_code == 201
