@@ -48,6 +48,8 @@ EventTime = Annotated[datetime, AfterValidator(_utc_event_time)]
 # C0 and C1 control characters (NUL among them): PostgreSQL refuses NUL in text (a 500 before), SQLite
 # stored it; no name, brand, code or session needs any of them, so both backends answer 422 alike.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The same rule as the spec states it (Body's validator enforces it with a message naming the character).
+Text = Annotated[str, Field(json_schema_extra={"pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"})]
 
 
 class Body(BaseModel):
@@ -70,8 +72,8 @@ class Query(BaseModel):
 
 
 class CustomerFields(Body):
-    name: str | None = Field(None, max_length=200)
-    email: str | None = Field(None, max_length=320)
+    name: Text | None = Field(None, max_length=200)
+    email: Text | None = Field(None, max_length=320)
 
 
 class CustomerCreate(CustomerFields):
@@ -92,10 +94,10 @@ class CustomerOut(BaseModel):
 
 
 class ProductFields(Body):
-    name: str | None = Field(None, max_length=300)
+    name: Text | None = Field(None, max_length=300)
     category_id: CategoryId | None = None
-    category_code: str | None = Field(None, max_length=200)
-    brand: str | None = Field(None, max_length=200)
+    category_code: Text | None = Field(None, max_length=200)
+    brand: Text | None = Field(None, max_length=200)
     price: float = Field(0.0, ge=0, le=1e12, allow_inf_nan=False, description="in the catalogue's currency")
     available: bool = True
 
@@ -126,7 +128,7 @@ class InteractionCreate(Body):
     event_type: EventType
     event_time: EventTime | None = Field(None, description="defaults to now; stored and returned in UTC; "
                                          "1970-01-01 .. now + a small clock skew")
-    session: str | None = Field(None, max_length=100)
+    session: Text | None = Field(None, max_length=100)
 
 
 class InteractionUpdate(Body):
@@ -134,7 +136,7 @@ class InteractionUpdate(Body):
 
     event_type: EventType = "view"
     event_time: EventTime | None = None
-    session: str | None = Field(None, max_length=100)
+    session: Text | None = Field(None, max_length=100)
 
 
 class InteractionOut(BaseModel):
