@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,11 @@ from sqlalchemy.engine import make_url
 from api import auth, customers, errors, health, interactions, openapi, products, ratelimit, resources
 from api.catalogue import CacheConfig, CatalogueCache
 from api.recommend import Ranker, Recommender
-from api.store import Store
+from api.store import Store, normalise_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_app", "default_config", "Ranker", "RankerSlot"]
+__all__ = ["create_app", "default_config", "warm_up", "Ranker", "RankerSlot"]
 
 
 def default_config() -> dict[str, Any]:
@@ -48,6 +49,8 @@ def default_config() -> dict[str, Any]:
         "INTERACTIONS_TTL_S": CacheConfig.interactions_ttl_s,
         "CATALOGUE_REBUILD_S": CacheConfig.rebuild_s,
         "API_KEY_CACHE_TTL_S": auth.KEY_CACHE_TTL_S,
+        # /health answers from a result this many seconds old at most (per worker).
+        "HEALTH_CACHE_S": st.health_cache_s,
     }
 
 
@@ -90,7 +93,7 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     app.config.update(config or {})
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    url = app.config["DATABASE_URL"]
+    url = normalise_url(app.config["DATABASE_URL"])
     _ensure_sqlite_dir(url)
     store = Store(url, schema=app.config.get("DATABASE_SCHEMA"))
     if app.config.get("INIT_DB", True):
@@ -106,7 +109,10 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     ))
     app.extensions["recsys_catalogue"] = cache
     app.extensions["recsys_recommender"] = Recommender(store, cache)
+    app.extensions["recsys_health"] = health.HealthCheck(float(app.config["HEALTH_CACHE_S"]))
 
+    # Registered before the limiter's own hook so that it runs after it (Flask runs them in reverse).
+    app.after_request(ratelimit.retry_after_only_when_refused)
     limiter = Limiter(
         key_func=auth.rate_limit_key,
         default_limits=[app.config["RATELIMIT_DEFAULT"]] if app.config.get("RATELIMIT_DEFAULT") else [],
@@ -126,6 +132,33 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     for module in (health, openapi, customers, products, interactions):
         app.register_blueprint(module.bp)
     return app
+
+
+def warm_up(app: Flask) -> None:
+    """Do a worker's first-request work before it takes requests (gunicorn's post_worker_init calls this):
+    load the catalogue cache, build the ranker and let it encode the catalogue, rank once for the customer
+    of the latest interaction. The first recommendation of a cold worker took 1.7-3 s. Never raises: a
+    worker that cannot warm up still serves, and pays on its first request."""
+    from sqlalchemy import select
+
+    from api.candidates import ProductFilter
+    from api.recommend import Request
+    from api.store import Interaction
+
+    start = time.perf_counter()
+    try:
+        recommender: Recommender = app.extensions["recsys_recommender"]
+        ranker = app.extensions["recsys_ranker"].get()
+        recommender.popular(1)
+        with app.extensions["recsys_store"].engine.connect() as conn:
+            customer = conn.execute(select(Interaction.customer_id).order_by(Interaction.id.desc()).limit(1)).scalar()
+        if customer is not None:
+            recommender.recommend(Request(int(customer), 10, ProductFilter(), True), ranker)
+    except Exception:  # noqa: BLE001 - warming is an optimisation, never a reason not to serve
+        log.exception("warm-up failed; the first request of this worker does the work instead")
+        return
+    log.info("worker warmed up in %.2f s (ranker: %s)", time.perf_counter() - start,
+             type(ranker).__name__ if ranker is not None else "none")
 
 
 def _ensure_sqlite_dir(url: str) -> None:

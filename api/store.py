@@ -144,10 +144,21 @@ class _PendingInsert:
         self.error: BaseException | None = None
 
 
+def normalise_url(url: str) -> str:
+    """`postgresql://` (and Heroku-style `postgres://`) mean the psycopg2 driver this project depends on;
+    SQLAlchemy 2 would pick psycopg 3 for a bare `postgresql://`, which is not installed."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 class Store:
     """Owns the engine and hands out sessions; `schema` puts all tables in one PostgreSQL schema."""
 
     def __init__(self, url: str, schema: str | None = None) -> None:
+        url = normalise_url(url)
         self.url = url
         self.schema = schema
         # A file database has no connection to lose, so only servers get a ping per checkout.
