@@ -56,6 +56,7 @@ class Settings:
     api_key_pepper: str  # secret mixed into stored API-key hashes
     event_time_skew_s: float  # how far past the server's clock an interaction's event_time may lie
     health_cache_s: float  # /health reuses its last result this long (per worker)
+    auth_failure_limit: str  # failed authentications per address before 429, e.g. "20 per minute"
     deploy_target: str  # "local" or "sagemaker"
     aws_endpoint_url: str  # empty = real AWS; a moto server URL in tests
     aws_region: str
@@ -90,6 +91,7 @@ class Settings:
             api_key_pepper=_env("RECSYS_API_KEY_PEPPER", ""),
             event_time_skew_s=_env_float("RECSYS_EVENT_TIME_SKEW_S", 300.0),
             health_cache_s=_env_float("RECSYS_HEALTH_CACHE_S", 1.0),
+            auth_failure_limit=_env("RECSYS_AUTH_FAILURE_LIMIT", "20 per minute"),
             deploy_target=_env("RECSYS_DEPLOY_TARGET", "local"),
             aws_endpoint_url=_env("AWS_ENDPOINT_URL", ""),
             aws_region=_env("AWS_DEFAULT_REGION", "us-east-1"),

@@ -32,7 +32,8 @@ def default_config() -> dict[str, Any]:
         "DATABASE_URL": st.database_url,
         "DATABASE_SCHEMA": None,  # PostgreSQL schema holding the tables; None = the default one
         "RATELIMIT_STORAGE_URI": st.ratelimit_storage_uri,
-        "RATELIMIT_DEFAULT": st.ratelimit_default,
+        # Flask-Limiter's own name for limits shared by all routes; per caller (api.auth.rate_limit_key).
+        "RATELIMIT_APPLICATION": st.ratelimit_default,
         "RATELIMIT_KEY_PREFIX": "recsys-api",
         "RATELIMIT_ENABLED": True,
         "API_KEYS": st.api_keys,
@@ -49,6 +50,8 @@ def default_config() -> dict[str, Any]:
         "INTERACTIONS_TTL_S": CacheConfig.interactions_ttl_s,
         "CATALOGUE_REBUILD_S": CacheConfig.rebuild_s,
         "API_KEY_CACHE_TTL_S": auth.KEY_CACHE_TTL_S,
+        # Requests without a valid key allowed per address before it gets 429s (limits' notation).
+        "AUTH_FAILURE_LIMIT": st.auth_failure_limit,
         # /health answers from a result this many seconds old at most (per worker).
         "HEALTH_CACHE_S": st.health_cache_s,
     }
@@ -113,10 +116,12 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
 
     # Registered before the limiter's own hook so that it runs after it (Flask runs them in reverse).
     app.after_request(ratelimit.retry_after_only_when_refused)
+    # One budget per caller across all endpoints (application limits), not one per endpoint: spreading
+    # requests over routes must not multiply the allowance.
     limiter = Limiter(
         key_func=auth.rate_limit_key,
-        default_limits=[app.config["RATELIMIT_DEFAULT"]] if app.config.get("RATELIMIT_DEFAULT") else [],
-        default_limits_exempt_when=lambda: request.endpoint in auth.PUBLIC_ENDPOINTS,
+        application_limits=[app.config["RATELIMIT_APPLICATION"]] if app.config.get("RATELIMIT_APPLICATION") else [],
+        application_limits_exempt_when=lambda: request.endpoint in auth.PUBLIC_ENDPOINTS,
         storage_uri=ratelimit.storage_uri(app.config["RATELIMIT_STORAGE_URI"]),
         key_prefix=app.config.get("RATELIMIT_KEY_PREFIX", "recsys-api"),
         headers_enabled=True,

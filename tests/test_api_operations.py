@@ -48,7 +48,7 @@ def test_health_checks_the_database_and_ranker_once_per_cache_period(tmp_path: P
 
 
 def test_retry_after_is_sent_only_with_429(tmp_path: Path) -> None:
-    client = create_app(make_config(tmp_path, RATELIMIT_DEFAULT="2 per minute")).test_client()
+    client = create_app(make_config(tmp_path, RATELIMIT_APPLICATION="2 per minute")).test_client()
     ok = client.get("/customers")
     assert ok.status_code == 200 and "Retry-After" not in ok.headers
     assert "X-RateLimit-Remaining" in ok.headers

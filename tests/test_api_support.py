@@ -28,7 +28,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}",
         "DATABASE_SCHEMA": None,
         "RATELIMIT_STORAGE_URI": "memory://",
-        "RATELIMIT_DEFAULT": "10000 per minute",
+        "RATELIMIT_APPLICATION": "10000 per minute",
         "RATELIMIT_KEY_PREFIX": f"recsys-test-{uuid.uuid4().hex}",
         "API_KEYS": "",
         "API_KEY_PEPPER": "test-pepper",
