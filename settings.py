@@ -57,6 +57,7 @@ class Settings:
     event_time_skew_s: float  # how far past the server's clock an interaction's event_time may lie
     health_cache_s: float  # /health reuses its last result this long (per worker)
     auth_failure_limit: str  # failed authentications per address before 429, e.g. "20 per minute"
+    idempotency_ttl_s: float  # how long a POST's Idempotency-Key and its answer are kept
     deploy_target: str  # "local" or "sagemaker"
     aws_endpoint_url: str  # empty = real AWS; a moto server URL in tests
     aws_region: str
@@ -92,6 +93,7 @@ class Settings:
             event_time_skew_s=_env_float("RECSYS_EVENT_TIME_SKEW_S", 300.0),
             health_cache_s=_env_float("RECSYS_HEALTH_CACHE_S", 1.0),
             auth_failure_limit=_env("RECSYS_AUTH_FAILURE_LIMIT", "20 per minute"),
+            idempotency_ttl_s=_env_float("RECSYS_IDEMPOTENCY_TTL_S", 86400.0),
             deploy_target=_env("RECSYS_DEPLOY_TARGET", "local"),
             aws_endpoint_url=_env("AWS_ENDPOINT_URL", ""),
             aws_region=_env("AWS_DEFAULT_REGION", "us-east-1"),

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from api import auth, customers, errors, health, interactions, openapi, products, ratelimit, resources
 from api.catalogue import CacheConfig, CatalogueCache
+from api.idempotency import Idempotency
 from api.recommend import Ranker, Recommender
 from api.store import Store, normalise_url
 
@@ -52,6 +53,8 @@ def default_config() -> dict[str, Any]:
         "API_KEY_CACHE_TTL_S": auth.KEY_CACHE_TTL_S,
         # Requests without a valid key allowed per address before it gets 429s (limits' notation).
         "AUTH_FAILURE_LIMIT": st.auth_failure_limit,
+        # How long a POST's Idempotency-Key is remembered (its answer replayed to retries).
+        "IDEMPOTENCY_TTL_S": st.idempotency_ttl_s,
         # /health answers from a result this many seconds old at most (per worker).
         "HEALTH_CACHE_S": st.health_cache_s,
     }
@@ -113,6 +116,7 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     app.extensions["recsys_catalogue"] = cache
     app.extensions["recsys_recommender"] = Recommender(store, cache)
     app.extensions["recsys_health"] = health.HealthCheck(float(app.config["HEALTH_CACHE_S"]))
+    app.extensions["recsys_idempotency"] = Idempotency(store, float(app.config["IDEMPOTENCY_TTL_S"]))
 
     # Registered before the limiter's own hook so that it runs after it (Flask runs them in reverse).
     app.after_request(ratelimit.retry_after_only_when_refused)

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 from werkzeug.routing import BaseConverter
 
 from api.errors import Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType
+from api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from api.idempotency import Idempotency
 from api.schemas import MAX_ID, MIN_ID, BulkResult, PageQuery
 from api.store import Base, Store
 
@@ -50,6 +52,10 @@ def check_path_ids() -> None:
 
 def store() -> Store:
     return current_app.extensions["recsys_store"]
+
+
+def idempotency() -> Idempotency:
+    return current_app.extensions["recsys_idempotency"]
 
 
 def parse_body(model: type[M]) -> M:
@@ -135,12 +141,20 @@ def register_crud(bp: Blueprint, orm: type[Base], out: type[BaseModel], create: 
 
     def create_generic() -> ResponseReturnValue:
         item = parse_body(create)
-        with store().session() as session:
+
+        def write(session: Session) -> tuple[dict[str, Any], int]:
             if precheck:
                 precheck(session, [item])
             (new_id,) = insert_rows(session, orm, [item], numbered, defaults)
-            body = to_json(out, session.get(orm, new_id))
-        return jsonify(body), 201
+            return to_json(out, session.get(orm, new_id)), 201
+
+        return idempotency().run(item, write)
+
+    def create_route() -> ResponseReturnValue:
+        # A request with an Idempotency-Key takes the transactional path, which records the answer.
+        if create_one is not None and IDEMPOTENCY_HEADER not in request.headers:
+            return create_one()
+        return create_generic()
 
     def create_bulk() -> ResponseReturnValue:
         # Check the count before validating items so a huge batch is refused cheaply. pydantic's
@@ -157,11 +171,14 @@ def register_crud(bp: Blueprint, orm: type[Base], out: type[BaseModel], create: 
         payload = parse_body(bulk)
         items = payload.items  # type: ignore[attr-defined]
         check_bulk_size(len(items))
-        with store().session() as session:
+
+        def write(session: Session) -> tuple[dict[str, Any], int]:
             if precheck:
                 precheck(session, items)
             ids = insert_rows(session, orm, items, numbered, defaults)
-        return jsonify(BulkResult(created=len(ids), ids=ids).model_dump()), 201
+            return BulkResult(created=len(ids), ids=ids).model_dump(), 201
+
+        return idempotency().run(payload, write)
 
     def read(ident: int) -> ResponseReturnValue:
         with store().session() as session:
@@ -191,7 +208,7 @@ def register_crud(bp: Blueprint, orm: type[Base], out: type[BaseModel], create: 
         with store().session() as session:
             return jsonify(paginate(session, orm, out, query, filters(query) if filters else None))
 
-    bp.add_url_rule("", "create", create_one or create_generic, methods=["POST"])
+    bp.add_url_rule("", "create", create_route, methods=["POST"])
     bp.add_url_rule("/bulk", "create_bulk", create_bulk, methods=["POST"])
     bp.add_url_rule("", "list", listing, methods=["GET"])
     bp.add_url_rule("/<id:ident>", "read", read, methods=["GET"])

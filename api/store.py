@@ -23,6 +23,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     TypeDecorator,
     create_engine,
     event,
@@ -124,6 +125,21 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     role: Mapped[str] = mapped_column(String(10))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class IdempotencyRecord(Base):
+    """The first answer to a POST sent with an Idempotency-Key, replayed to retries of the same request.
+
+    Written in the transaction of the write it answers, so a row exists exactly when the write committed.
+    """
+
+    __tablename__ = "idempotency_keys"
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)  # the caller (api.idempotency.scope)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of method, path and the validated body
+    status: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)  # the JSON answer, as first sent
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
 
 
 RESOURCES: dict[str, type[Base]] = {"customers": Customer, "products": Product, "interactions": Interaction}
