@@ -50,6 +50,9 @@ class Settings:
     triton_model_name: str
     database_url: str
     api_port: int
+    api_workers: int  # gunicorn worker processes of the API
+    api_worker_connections: int  # connections one API worker holds at once
+    api_header_timeout_s: int  # seconds to send a request's headers; also the idle keep-alive limit
     ratelimit_storage_uri: str
     ratelimit_default: str
     api_keys: str  # "key:role,key:role"; empty = auth off (embedded default)
@@ -86,6 +89,9 @@ class Settings:
             triton_model_name=_env("RECSYS_TRITON_MODEL", "dlrm"),
             database_url=_env("RECSYS_DATABASE_URL", f"sqlite:///{home / 'api.db'}"),
             api_port=_env_int("RECSYS_API_PORT", 5000),
+            api_workers=_env_int("RECSYS_API_WORKERS", 2),
+            api_worker_connections=_env_int("RECSYS_API_WORKER_CONNECTIONS", 1000),
+            api_header_timeout_s=_env_int("RECSYS_API_HEADER_TIMEOUT_S", 5),
             ratelimit_storage_uri=_env("RECSYS_RATELIMIT_STORAGE", "memory://"),
             ratelimit_default=_env("RECSYS_RATELIMIT_DEFAULT", "600 per minute"),
             api_keys=_env("RECSYS_API_KEYS", ""),
