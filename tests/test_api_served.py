@@ -1,4 +1,5 @@
-"""The API as served (gunicorn with api/gunicorn_conf.py): slow clients cannot starve the workers."""
+"""The API as served (gunicorn with api/gunicorn_conf.py): slow clients cannot starve the workers, and the
+gevent workers rank with a real Triton, warmed up before their first request."""
 
 from __future__ import annotations
 
@@ -31,12 +32,12 @@ class Server:
     log: Path
 
 
-def _start(tmp_path: Path, attempt: int) -> tuple[subprocess.Popen, Server]:
+def _start(tmp_path: Path, attempt: int, overrides: dict[str, str]) -> tuple[subprocess.Popen, Server]:
     port = free_port()
     log = tmp_path / f"gunicorn-{attempt}.log"
     env = {**os.environ, "RECSYS_HOME": str(tmp_path / "home"), "RECSYS_DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}",
            "RECSYS_API_WORKERS": str(WORKERS), "RECSYS_API_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO), **overrides}
     for name in ("RECSYS_API_KEYS", "RECSYS_RATELIMIT_STORAGE"):
         env.pop(name, None)
     with open(log, "wb") as out:
@@ -55,15 +56,14 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=30)
 
 
-@pytest.fixture
-def served_api(tmp_path: Path) -> Iterator[Server]:
+def serve(tmp_path: Path, **overrides: str) -> Iterator[Server]:
     """`python -m api serve` as a user runs it: gunicorn with the project's config, on a free port.
 
     Ready once its own log says it listens on the port and /health answers (another test's server may take
     a port between free_port() and the bind: then gunicorn exits and a new port is tried).
     """
     for attempt in range(3):
-        proc, server = _start(tmp_path, attempt)
+        proc, server = _start(tmp_path, attempt, overrides)
         try:
             deadline = time.monotonic() + 120
             while proc.poll() is None and time.monotonic() < deadline:
@@ -83,6 +83,11 @@ def served_api(tmp_path: Path) -> Iterator[Server]:
         finally:
             _stop(proc)
     pytest.fail("no free port could be bound in 3 attempts")
+
+
+@pytest.fixture
+def served_api(tmp_path: Path) -> Iterator[Server]:
+    yield from serve(tmp_path)
 
 
 class Dribbler:
@@ -168,3 +173,43 @@ def test_idle_keep_alive_connections_are_closed(served_api: Server) -> None:
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_gevent_workers_rank_with_triton_warmed_up(tmp_path: Path) -> None:
+    """The served path under gevent: a real Triton ranks, as in-process; each worker warmed the ranker up."""
+    import pandas as pd
+
+    from api import create_app
+    from api.seed import seed
+    from serving.bundle import build_bundle
+    from tests.serving_world import build_serving_world, running_triton
+    from tests.test_api_support import make_config
+
+    (tmp_path / "world").mkdir()
+    world = build_serving_world(tmp_path / "world")
+    home = tmp_path / "home"
+    bundle = build_bundle(world.model_dir, home / "serving", version=1)
+    (home / "serving" / "current").symlink_to(bundle.name)
+    triton_gen = running_triton(bundle, tmp_path / "triton")
+    triton = next(triton_gen)
+    try:
+        config = make_config(tmp_path, SERVING_DIR=str(home / "serving"), TRITON_URL=triton.http_url)
+        in_process = create_app(config)
+        seed(in_process.extensions["recsys_store"], world.events)
+        customer = int(pd.read_parquet(world.events).user_id.iloc[0])
+        path = f"/customers/{customer}/recommendations?k=5&exclude_purchased=false"
+        want = in_process.test_client().get(path).json
+        host, port = triton.http_url.rsplit(":", 1)
+        for server in serve(tmp_path, RECSYS_HOME=str(home), RECSYS_DATABASE_URL=config["DATABASE_URL"],
+                            RECSYS_TRITON_HOST=host, RECSYS_TRITON_HTTP_PORT=port):
+            got = requests.get(server.url + path, timeout=30).json()
+            assert got["ranker"] == "triton" and got["fallback"] is False
+            assert [i["product_id"] for i in got["items"]] == [i["product_id"] for i in want["items"]]
+            deadline = time.monotonic() + 120  # the other worker may still be warming up (guard only)
+            while server.log.read_text().count("worker warmed up") < WORKERS and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert server.log.read_text().count("worker warmed up") == WORKERS
+            assert "(ranker: EncodedRanker)" in server.log.read_text()
+        in_process.extensions["recsys_store"].dispose()
+    finally:
+        triton_gen.close()
