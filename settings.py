@@ -53,6 +53,7 @@ class Settings:
     api_workers: int  # gunicorn worker processes of the API
     api_worker_connections: int  # connections one API worker holds at once
     api_header_timeout_s: int  # seconds to send a request's headers; also the idle keep-alive limit
+    api_trusted_proxies: int  # proxies in front of the API whose X-Forwarded-For is trusted (0 = none)
     ratelimit_storage_uri: str
     ratelimit_default: str
     api_keys: str  # "key:role,key:role"; empty = auth off (embedded default)
@@ -92,6 +93,7 @@ class Settings:
             api_workers=_env_int("RECSYS_API_WORKERS", 2),
             api_worker_connections=_env_int("RECSYS_API_WORKER_CONNECTIONS", 1000),
             api_header_timeout_s=_env_int("RECSYS_API_HEADER_TIMEOUT_S", 5),
+            api_trusted_proxies=_env_int("RECSYS_API_TRUSTED_PROXIES", 0),
             ratelimit_storage_uri=_env("RECSYS_RATELIMIT_STORAGE", "memory://"),
             ratelimit_default=_env("RECSYS_RATELIMIT_DEFAULT", "600 per minute"),
             api_keys=_env("RECSYS_API_KEYS", ""),

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask, request
 from flask_limiter import Limiter
 from sqlalchemy.engine import make_url
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import auth, customers, errors, health, interactions, openapi, products, ratelimit, resources
 from api.catalogue import CacheConfig, CatalogueCache
@@ -55,6 +56,9 @@ def default_config() -> dict[str, Any]:
         "AUTH_FAILURE_LIMIT": st.auth_failure_limit,
         # How long a POST's Idempotency-Key is remembered (its answer replayed to retries).
         "IDEMPOTENCY_TTL_S": st.idempotency_ttl_s,
+        # Proxies in front (nginx) whose X-Forwarded-For is trusted for the client's address; 0 = none, so
+        # the header cannot be forged to pick another address's rate-limit and auth-failure buckets.
+        "TRUSTED_PROXIES": st.api_trusted_proxies,
         # /health answers from a result this many seconds old at most (per worker).
         "HEALTH_CACHE_S": st.health_cache_s,
     }
@@ -98,6 +102,8 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     app.config.update(default_config())
     app.config.update(config or {})
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    if int(app.config.get("TRUSTED_PROXIES", 0)) > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["TRUSTED_PROXIES"]))  # type: ignore[method-assign]
 
     url = normalise_url(app.config["DATABASE_URL"])
     _ensure_sqlite_dir(url)

@@ -177,3 +177,13 @@ def test_failed_authentications_are_limited_per_address(tmp_path: Path) -> None:
     elsewhere = {"REMOTE_ADDR": "10.0.0.2"}
     assert c.get("/customers", headers={"X-API-Key": "guess-4"}, environ_base=elsewhere).status_code == 401
     assert c.get("/customers", headers={"X-API-Key": "r-key-123"}, environ_base=elsewhere).status_code == 200
+
+
+def test_forwarded_addresses_count_only_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    def statuses(client: FlaskClient) -> list[int]:
+        return [client.get("/customers", headers={"X-Forwarded-For": f"10.1.0.{i}"}).status_code for i in range(5)]
+
+    direct = _limited(tmp_path / "direct", API_KEYS="")
+    assert statuses(direct) == [200, 200, 200, 429, 429]  # a forged header picks no fresh bucket
+    proxied = _limited(tmp_path / "proxied", API_KEYS="", TRUSTED_PROXIES=1)
+    assert statuses(proxied) == [200] * 5  # behind nginx: each client has its own address's bucket
