@@ -125,8 +125,7 @@ def start_api(settings: Settings) -> int:
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("gunicorn")),
-            "-c", "python:api.gunicorn_conf",  # gevent workers: slow clients cannot starve them
-            "--workers", "2",
+            "-c", "python:api.gunicorn_conf",  # gevent workers (RECSYS_API_WORKERS): slow clients cannot starve them
             "--bind", f"127.0.0.1:{settings.api_port}",
             "--pid", str(pidfile),
             "api.wsgi:app",

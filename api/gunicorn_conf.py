@@ -41,7 +41,7 @@ control_socket_disable = True
 def post_worker_init(worker: Any) -> None:
     """Per worker, after the app is loaded and before it accepts: app logging, cooperative psycopg2, warm-up."""
     configure_logging()  # the app's own loggers (gunicorn configures only its own)
-    if worker_class == "gevent" and type(worker).__name__.startswith("Gevent"):
+    if type(worker).__name__.startswith("Gevent"):  # not when --worker-class picks another on the command line
         from psycogreen.gevent import patch_psycopg
 
         patch_psycopg()
