@@ -154,8 +154,12 @@ def test_with_auth_off_sent_keys_do_not_choose_the_bucket(tmp_path: Path) -> Non
     assert statuses == [200, 200, 200, 429, 429]
 
 
-def test_a_key_has_one_budget_across_endpoints(tmp_path: Path) -> None:
-    c = _limited(tmp_path)
+def test_a_key_has_one_budget_across_endpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Through the documented setting, as an operator sets it.
+    monkeypatch.setenv("RECSYS_RATELIMIT_DEFAULT", "3 per minute")
+    config = make_config(tmp_path, API_KEYS=KEYS, AUTH_FAILURE_LIMIT="1000 per minute")
+    del config["RATELIMIT_APPLICATION"]
+    c = create_app(config).test_client()
     key = {"X-API-Key": "a-key-789"}
     paths = ["/customers", "/products", "/interactions", "/products/popular", "/customers/1/recommendations"]
     assert [c.get(p, headers=key).status_code for p in paths] == [200, 200, 200, 429, 429]
