@@ -82,11 +82,14 @@ class StoredKeys:
         self._any: tuple[float, bool] | None = None
         self._lock = threading.Lock()
 
-    def role(self, key_hash: str) -> str | None:
+    def role(self, key_hash: str, look_up: bool = True) -> str | None:
+        """The key's role; a hash not cached is looked up in the database unless `look_up` is False."""
         now = self.clock()
         hit = self._roles.get(key_hash)
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
+        if not look_up:
+            return None
         with self.store.engine.connect() as conn:
             role = conn.execute(select(ApiKey.role).where(ApiKey.key_hash == key_hash)).scalar()
         with self._lock:
@@ -126,7 +129,10 @@ def caller() -> Caller:
         found = Caller(auth_on=False, role=None, key_hash=None)
     elif presented:
         digest = hash_key(presented, ring.pepper)
-        role = ring.hashes.get(digest) or stored.role(digest)
+        role = ring.hashes.get(digest) or stored.role(digest, look_up=False)
+        # An address blocked for failed authentications is refused anyway: its guesses cost no query.
+        if role is None and _auth_failures_blocked() is None:
+            role = stored.role(digest)
         found = Caller(auth_on=True, role=role, key_hash=digest if role else None)
     else:
         found = Caller(auth_on=True, role=None, key_hash=None)

@@ -191,3 +191,18 @@ def test_forwarded_addresses_count_only_behind_a_trusted_proxy(tmp_path: Path) -
     assert statuses(direct) == [200, 200, 200, 429, 429]  # a forged header picks no fresh bucket
     proxied = _limited(tmp_path / "proxied", API_KEYS="", TRUSTED_PROXIES=1)
     assert statuses(proxied) == [200] * 5  # behind nginx: each client has its own address's bucket
+
+
+def test_guesses_from_a_blocked_address_cost_no_database_lookup(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    app.config["AUTH_FAILURE_LIMIT"] = "2 per minute"
+    create_key(app.extensions["recsys_store"], "read", "test-pepper")  # auth on, through a stored key
+    stored = app.extensions["recsys_stored_keys"]
+    lookups: list[str] = []
+    real_role = stored.role
+    monkeypatch.setattr(stored, "role", lambda digest, look_up=True: (
+        lookups.append(digest) if look_up else None, real_role(digest, look_up))[1])
+    c = app.test_client()
+    assert [c.get("/customers", headers={"X-API-Key": f"guess-{i}"}).status_code for i in range(2)] == [401, 401]
+    assert len(lookups) == 2
+    assert [c.get("/customers", headers={"X-API-Key": f"more-{i}"}).status_code for i in range(20)] == [429] * 20
+    assert len(lookups) == 2
