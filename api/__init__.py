@@ -11,14 +11,16 @@ from typing import Any
 
 from flask import Flask, request
 from flask_limiter import Limiter
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import auth, customers, errors, health, interactions, openapi, products, ratelimit, resources
+from api.candidates import ProductFilter
 from api.catalogue import CacheConfig, CatalogueCache
 from api.idempotency import Idempotency
-from api.recommend import Ranker, Recommender
-from api.store import Store, normalise_url
+from api.recommend import Ranker, Recommender, Request
+from api.store import Interaction, Store, normalise_url
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +156,6 @@ def warm_up(app: Flask) -> None:
     load the catalogue cache, build the ranker and let it encode the catalogue, rank once for the customer
     of the latest interaction. The first recommendation of a cold worker took 1.7-3 s. Never raises: a
     worker that cannot warm up still serves, and pays on its first request."""
-    from sqlalchemy import select
-
-    from api.candidates import ProductFilter
-    from api.recommend import Request
-    from api.store import Interaction
-
     start = time.perf_counter()
     try:
         recommender: Recommender = app.extensions["recsys_recommender"]
