@@ -319,7 +319,7 @@ def start_api(settings: Settings) -> int:
         settings, "api",
         [
             str(Path(sys.executable).with_name("gunicorn")),
-            "--workers", "2",
+            "-c", "python:api.gunicorn_conf",  # gevent workers (RECSYS_API_WORKERS): slow clients cannot starve them
             "--bind", f"127.0.0.1:{settings.api_port}",
             "api.wsgi:app",
         ],

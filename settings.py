@@ -57,10 +57,18 @@ class Settings:
     airflow_host: str  # address the Airflow UI/API server binds; 0.0.0.0 exposes it to the network
     airflow_port: int
     mlflow_ui_port: int
+    api_workers: int  # gunicorn worker processes of the API
+    api_worker_connections: int  # connections one API worker holds at once
+    api_header_timeout_s: int  # seconds to send a request's headers; also the idle keep-alive limit
+    api_trusted_proxies: int  # proxies in front of the API whose X-Forwarded-For is trusted (0 = none)
     ratelimit_storage_uri: str
     ratelimit_default: str
     api_keys: str  # "key:role,key:role"; empty = auth off (embedded default)
     api_key_pepper: str  # secret mixed into stored API-key hashes
+    event_time_skew_s: float  # how far past the server's clock an interaction's event_time may lie
+    health_cache_s: float  # /health reuses its last result this long (per worker)
+    auth_failure_limit: str  # failed authentications per address before 429, e.g. "20 per minute"
+    idempotency_ttl_s: float  # how long a POST's Idempotency-Key and its answer are kept
     deploy_target: str  # "local" or "sagemaker"
     aws_endpoint_url: str  # empty = real AWS; a moto server URL in tests
     aws_region: str
@@ -96,10 +104,18 @@ class Settings:
             airflow_host=_env("RECSYS_AIRFLOW_HOST", "127.0.0.1"),
             airflow_port=_env_int("RECSYS_AIRFLOW_PORT", 8080),
             mlflow_ui_port=_env_int("RECSYS_MLFLOW_UI_PORT", 5001),
+            api_workers=_env_int("RECSYS_API_WORKERS", 2),
+            api_worker_connections=_env_int("RECSYS_API_WORKER_CONNECTIONS", 1000),
+            api_header_timeout_s=_env_int("RECSYS_API_HEADER_TIMEOUT_S", 5),
+            api_trusted_proxies=_env_int("RECSYS_API_TRUSTED_PROXIES", 0),
             ratelimit_storage_uri=_env("RECSYS_RATELIMIT_STORAGE", "memory://"),
             ratelimit_default=_env("RECSYS_RATELIMIT_DEFAULT", "600 per minute"),
             api_keys=_env("RECSYS_API_KEYS", ""),
             api_key_pepper=_env("RECSYS_API_KEY_PEPPER", ""),
+            event_time_skew_s=_env_float("RECSYS_EVENT_TIME_SKEW_S", 300.0),
+            health_cache_s=_env_float("RECSYS_HEALTH_CACHE_S", 1.0),
+            auth_failure_limit=_env("RECSYS_AUTH_FAILURE_LIMIT", "20 per minute"),
+            idempotency_ttl_s=_env_float("RECSYS_IDEMPOTENCY_TTL_S", 86400.0),
             deploy_target=_env("RECSYS_DEPLOY_TARGET", "local"),
             aws_endpoint_url=_env("AWS_ENDPOINT_URL", ""),
             aws_region=_env("AWS_DEFAULT_REGION", "us-east-1"),

@@ -15,7 +15,7 @@ bp = Blueprint("customers", __name__, url_prefix="/customers")
 register_crud(bp, Customer, CustomerOut, CustomerCreate, CustomerBulk, CustomerUpdate)
 
 
-@bp.get("/<int:ident>/recommendations")
+@bp.get("/<id:ident>/recommendations")
 def recommendations(ident: int) -> ResponseReturnValue:
     """Top-k products for a customer; unknown customers get popular items, a down ranker sets `fallback`."""
     query = parse_query(RecommendQuery)
