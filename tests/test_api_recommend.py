@@ -128,6 +128,12 @@ def test_similar_products_share_sessions_or_customers(client: FlaskClient) -> No
     body = client.get("/products/1/similar?k=10").json
     ids = _ids_of(body)
     assert set(ids) == {2, 3, 5, 6} and 1 not in ids  # s1 and s3 session-mates, plus customer 1's product 5
+    # product 1's contexts: s1, s3, c1, c2 (4); product 2's: s1, c1 (2), both shared: 2 / sqrt(4 * 2)
+    scores = {item["product_id"]: item["score"] for item in body["items"]}
+    assert scores[2] == pytest.approx(2 / (4 * 2) ** 0.5)
+    # product 6 (s3, s4, c2, c3) shares s3 and c2 with product 1: 2 / sqrt(4 * 4), below product 2
+    assert scores[6] == pytest.approx(0.5) and ids.index(2) < ids.index(6)
+    assert all(0 < s <= 1 for s in scores.values())
     assert client.get("/products/404/similar").status_code == 404
 
 
