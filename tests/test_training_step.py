@@ -187,26 +187,11 @@ def test_batches_of_another_size_than_the_first_skip_the_compiled_functions() ->
     assert sizes == [16, 16, 16]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc heap knobs")
-def test_cpu_steps_reuse_the_heap_instead_of_page_faulting_their_temporaries() -> None:
-    import resource
-    import statistics
-
-    # Lookup rows of 8192 x 9 x 128 fp32 = 38 MB: above glibc's largest mmap threshold (32 MB), so
-    # without the retained heap every step maps and faults them in afresh (~31k faults measured).
-    cards = (50_000, 20_000, 30_000, 7, 1000, 5000, 300, 80_000)
-    batches = _batches(cards, 2, 8192, seed=4)
-    model = DLRM(DLRMConfig(3, list(cards), embedding_dim=128, bottom_mlp=[64], top_mlp=[64]))
-    step = TrainStep(model, StepOptions(bf16=True), torch.device("cpu"))
-    assert retain_freed_memory() and retain_freed_memory()  # on (glibc) and idempotent
-    for i in range(3):
-        step(*batches[i % 2])
-    faults = []
-    for i in range(6):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        step(*batches[i % 2])
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    assert statistics.median(faults) < 2000, faults
+def test_retaining_freed_memory_is_on_and_idempotent_on_glibc() -> None:
+    # How many page faults a step saves is a property of the machine: bench/cpu_heap_faults.py.
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc heap knobs")
+    assert retain_freed_memory() and retain_freed_memory()
 
 
 def _anon_huge_kb(address: int) -> int:
@@ -231,9 +216,10 @@ def test_the_cpu_table_moves_to_huge_pages_with_its_data_unchanged() -> None:
     before = table.detach().clone()
     step = TrainStep(model, StepOptions(), torch.device("cpu"))
     assert torch.equal(table, before)
-    if step.huge_pages:  # False where MADV_COLLAPSE is missing (Linux < 6.1) or found no free huge page
-        assert _anon_huge_kb(table.data_ptr() + table.untyped_storage().nbytes() // 2) >= 2048
     assert step(*_batches((40_000, 50), 1, 64, seed=5)[0]).isfinite()
+    if not step.huge_pages:
+        pytest.skip("MADV_COLLAPSE is missing (Linux < 6.1) or found no free huge page")
+    assert _anon_huge_kb(table.data_ptr() + table.untyped_storage().nbytes() // 2) >= 2048
 
 
 def test_sparse_optimizers_accept_a_tensor_learning_rate() -> None:
