@@ -159,3 +159,13 @@ def export_interactions(store: Store, out: Path) -> int:
         pd.DataFrame(columns=REES46_COLUMNS).to_csv(out, index=False)
     log.info("exported %d interactions to %s", total, out)
     return total
+
+
+def seed_from_events(database_url: str, events: Path, schema: str | None = None) -> SeedResult:
+    """Create the tables if needed and load REES46 events (a file or a directory of them) into the store."""
+    store = Store(database_url, schema=schema)
+    try:
+        store.init_db()
+        return seed(store, Path(events))
+    finally:
+        store.dispose()

@@ -10,8 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -31,9 +30,6 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-
-if TYPE_CHECKING:
-    from api.seed import SeedResult
 
 log = logging.getLogger(__name__)
 
@@ -306,15 +302,3 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     cursor.close()
-
-
-def seed_from_events(database_url: str, events: Path, schema: str | None = None) -> "SeedResult":
-    """Create the tables if needed and load REES46 events (a file or a directory of them) into the store."""
-    from api.seed import seed  # api.seed builds on this module
-
-    store = Store(database_url, schema=schema)
-    try:
-        store.init_db()
-        return seed(store, Path(events))
-    finally:
-        store.dispose()

@@ -1,8 +1,9 @@
 """Training: the DLRM ranker, its data loader, trainer and evaluation."""
 
-from training.dlrm import DLRM, DLRMConfig, load_model, save_model
+from training.dlrm import DLRM, DLRMConfig, save_model
 from training.errors import CheckpointError, ConfigError, DataError, TrainingError
 from training.evaluate import EvalInputs, EvalReport, evaluate
+from training.saved import load_model
 from training.trainer import TrainConfig, TrainInputs, TrainResult, train
 
 __all__ = [

@@ -308,17 +308,3 @@ def save_model(model: DLRM, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": asdict(model.config), "state_dict": model.state_dict()}, path)
     return path
-
-
-def load_model(path: Path, map_location: str | torch.device = "cpu") -> DLRM:
-    """Rebuild a model saved by `save_model` (or `baselines.save_logreg`), in eval mode."""
-    blob = torch.load(Path(path), map_location=map_location, weights_only=True)
-    if blob.get("kind") == "logreg":
-        from training.baselines import LogisticRegression, LogisticRegressionConfig
-
-        baseline = LogisticRegression(LogisticRegressionConfig(**blob["config"]))
-        baseline.load_state_dict(blob["state_dict"])
-        return baseline.eval()  # type: ignore[return-value]  # same forward signature as DLRM
-    model = DLRM(DLRMConfig(**blob["config"]))
-    model.load_state_dict(blob["state_dict"])
-    return model.eval()

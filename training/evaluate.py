@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from training.data import part_files, load_schema, load_split
-from training.dlrm import load_model
+from training.saved import load_model
 from training.errors import DataError
 from training.metrics import auc, coverage, logloss, ranking_metrics
 from training.trainer import predict

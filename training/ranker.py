@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from models.classic import CLASSIC, ItemScorer, top_k
 from serving.recommender import PairScorer, Recommender, item_statistics
-from training.dlrm import DLRM, DLRMConfig, load_model, save_model
+from training.dlrm import DLRM, DLRMConfig, save_model
+from training.saved import load_model
 from training.errors import DataError
 from training.quality import (EventWeights, Exclude, ListMetrics, Split, Task, build_task, interaction_matrix,
                               list_metrics, user_holdout)
