@@ -26,7 +26,7 @@ import pandas as pd
 
 from serving.bundle import RETRIEVAL_DIR, SCHEMA_FILE, ServingBundle
 from serving.ranking import PRODUCT_COLUMNS
-from serving.triton_client import Protocol, Ranker as TritonClient
+from serving.triton_client import Protocol, TritonClient
 
 if TYPE_CHECKING:
     from api.catalogue import CatalogueIndex, Products
