@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from contracts import EVENT_TYPES
+
 MAX_ID = 2**63 - 1  # ids are BIGINT in PostgreSQL
 
 
@@ -19,7 +21,7 @@ def _not_text(value: Any) -> Any:
 # JSON Schema counts 3.0 as an integer, so accept it; strings and booleans stay errors.
 PositiveId = Annotated[int, Field(strict=False, ge=1, le=MAX_ID), BeforeValidator(_not_text)]
 CategoryId = Annotated[int, Field(strict=False, ge=0, le=MAX_ID), BeforeValidator(_not_text)]
-EventType = Literal["view", "cart", "remove_from_cart", "purchase"]
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 
 
 class Body(BaseModel):

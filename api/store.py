@@ -31,9 +31,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, Program
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from contracts import EVENT_TYPES
+
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase")
 # SQLite: the write path copies the WAL into the database file this often, outside the write lock
 # (Store._checkpoint_if_due); SQLite's own checkpoint, inside a commit, is the backstop past this many pages.
 CHECKPOINT_EVERY_S = 2.0
@@ -80,7 +81,7 @@ class Interaction(Base):
     session: Mapped[str | None] = mapped_column(String(100))
     __table_args__ = (
         CheckConstraint(
-            "event_type IN ('view','cart','remove_from_cart','purchase')", name="ck_interactions_event_type"
+            f"event_type IN ({','.join(repr(t) for t in EVENT_TYPES)})", name="ck_interactions_event_type"
         ),
         # Recommendations read a customer's history, a product's popularity and session co-occurrence.
         Index("ix_interactions_customer_event", "customer_id", "event_type", "product_id"),

@@ -24,6 +24,7 @@ from mlflow.tracking._model_registry import utils as _registry_utils
 from mlflow.tracking._tracking_service import utils as _tracking_utils
 from mlflow.types import Schema, TensorSpec
 
+from contracts import SCHEMA_FILE, WORKFLOW_DIR
 from registry import plots
 from registry.errors import MissingArtifact
 from registry.lineage import Lineage
@@ -32,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"  # name of the logged model inside the run
 WEIGHTS_FILE = "dlrm.pt"
-SCHEMA_FILE = "schema.json"
-WORKFLOW_DIR = "workflow"
 TAG_MODEL_URI = "recsys.model_uri"
 # Accepted keys of the `artifacts` argument for the two files the logged model must carry.
 SCHEMA_KEYS = ("schema", "schema.json")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contracts import SCHEMA_FILE, WORKFLOW_DIR
 from serving.errors import BundleError
 from serving.schema import FeatureSchema, read_schema
 
@@ -25,8 +26,6 @@ log = logging.getLogger(__name__)
 # `dlrm.pt` is what the registry logs; `model.pt` what training writes.
 WEIGHT_FILE_NAMES = ("dlrm.pt", "model.pt")
 ONNX_FILE = "model.onnx"
-SCHEMA_FILE = "schema.json"
-WORKFLOW_DIR = "workflow"
 REPO_DIR = "triton_repo"
 DEPLOYMENT_FILE = "deployment.json"
 RETRIEVAL_DIR = "retrieval"  # optional two-tower candidate model: two_tower.pt + catalogue.parquet

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from contracts import SCHEMA_FILE
 from training.baselines import LogisticRegression, LogisticRegressionConfig, save_logreg
 from training.data import BatchIterator, InteractionTensors, Schema, load_schema, load_split
 from training.dlrm import DLRM, DLRMConfig, save_model
@@ -40,7 +41,7 @@ class TrainInputs:
     @classmethod
     def from_etl_dir(cls, etl_dir: Path) -> "TrainInputs":
         etl_dir = Path(etl_dir)
-        return cls(etl_dir / "train", etl_dir / "valid", etl_dir / "schema.json")
+        return cls(etl_dir / "train", etl_dir / "valid", etl_dir / SCHEMA_FILE)
 
 
 @dataclass

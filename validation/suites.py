@@ -22,8 +22,9 @@ from great_expectations.expectations import (
     ExpectTableRowCountToBeBetween,
 )
 
+from contracts import EVENT_TYPES
+
 SUITE_VERSION = "rees46-v1"
-EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase")
 TYPED_PREFIX = "_typed_"
 DUPLICATE_COLUMN = "_is_duplicate"
 
