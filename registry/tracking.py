@@ -1,7 +1,7 @@
 """Log one training run to MLflow: params, per-epoch metrics, eval metrics, plots, lineage, model.
 
 The model is logged with the MLflow pytorch flavour and, next to it inside the same logged
-model, the files deployment needs (`dlrm.pt` from `training.save_model`, `schema.json`,
+model, the files deployment needs (`dlrm.pt` from `models.saved.save_model`, `schema.json`,
 `workflow/`), so `models:/<name>@champion` alone is enough to build a serving bundle.
 """
 
@@ -190,7 +190,7 @@ def log_training_run(
     the promotion gate cannot compare logged metrics and needs a `reevaluate` callable.
     artifact_root: where a new experiment stores artifacts (None: the server's default).
     """
-    from training import load_model  # training imports torch; keep registry import light
+    from models.saved import load_model  # imports torch; keep registry import light
 
     model_path = Path(model_path)
     if not model_path.is_file():

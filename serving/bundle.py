@@ -59,7 +59,7 @@ def find_weights(model_dir: Path) -> Path:
         return candidates[0]
     raise BundleError(
         f"{model_dir} holds {[p.name for p in candidates] or 'no *.pt files'}; expected one of "
-        f"{WEIGHT_FILE_NAMES} written by training.save_model"
+        f"{WEIGHT_FILE_NAMES} written by models.saved.save_model"
     )
 
 

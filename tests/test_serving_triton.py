@@ -22,7 +22,8 @@ from serving.local_triton import ServerHandle, read_handle, start_server, stop_s
 from serving.triton_client import TritonClient
 from serving.triton_repo import build_repository
 from tests.conftest import free_port
-from training import DLRM, DLRMConfig, load_model, save_model
+from models.dlrm import DLRM, DLRMConfig
+from models.saved import load_model, save_model
 
 pytestmark = pytest.mark.integration
 

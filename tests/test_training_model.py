@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import DLRM, DLRMConfig, load_model, save_model
-from training.baselines import LogisticRegression, LogisticRegressionConfig, save_logreg
+from models.dlrm import DLRM, DLRMConfig
+from models.logreg import LogisticRegression, LogisticRegressionConfig, save_logreg
+from models.saved import load_model, save_model
 from training.optim import LRSchedule, RowWiseAdagrad, SparseSGD, merge_duplicate_rows, sum_by_id
 
 

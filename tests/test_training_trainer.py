@@ -106,7 +106,7 @@ def test_cli_trains_then_evaluates(small: Path, tmp_path: Path, capsys: pytest.C
 
 
 def test_cpu_step_is_compiled_only_for_runs_long_enough_to_repay_the_compile() -> None:
-    from training.step import CPU_COMPILE_MIN_STEPS
+    from training.fastpath import CPU_COMPILE_MIN_STEPS
     from training.trainer import step_options
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from contracts import SCHEMA_FILE
+from models.saved import load_model
 from training.data import part_files, load_schema, load_split
-from training.saved import load_model
 from training.errors import DataError
 from training.metrics import auc, coverage, logloss, ranking_metrics
 from training.trainer import predict

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from contracts import SCHEMA_FILE
-from training.baselines import LogisticRegression, LogisticRegressionConfig, save_logreg
+from models.dlrm import DLRM, DLRMConfig, save_model
+from models.logreg import LogisticRegression, LogisticRegressionConfig, save_logreg
 from training.data import BatchIterator, InteractionTensors, Schema, load_schema, load_split
-from training.dlrm import DLRM, DLRMConfig, save_model
 from training.errors import CheckpointError, ConfigError
+from training.fastpath import StepOptions, TrainStep, compile_pays_off, native_bf16
 from training.metrics import auc, logloss
 from training.optim import LRSchedule
-from training.step import StepOptions, TrainStep, compile_pays_off, native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class TrainConfig:
     precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto": bf16 where the device has native bf16 GEMMs
     device: str = "auto"  # "auto", "cpu", "cuda"
     # torch.compile of the step (CUDA: always, plus one CUDA graph per step; CPU: only runs of at least
-    # training.step.CPU_COMPILE_MIN_STEPS planned steps, see compile_pays_off); False: eager everywhere
+    # training.fastpath.CPU_COMPILE_MIN_STEPS planned steps, see compile_pays_off); False: eager everywhere
     fast_path: bool = True
     # CUDA fast path only: compile the MLPs with inductor's max-autotune (Triton GEMMs with bias and
     # ReLU fused in: +7% samples/s at config b on an H200) for ~2 min of autotuning per batch shape
