@@ -44,12 +44,19 @@ class Settings:
     train_epochs: int
     train_batch_size: int
     train_device: str  # "auto", "cpu", "cuda"
+    event_weights: str  # "view=0.25,cart=0.5,purchase=1": interest per event type (training.quality.EventWeights)
+    exclude: str  # "seen", "purchased" or "none": what the API leaves out by default, and the evaluation too
+    test_days: int  # last days of the window held out to evaluate the night's model
+    min_eval_users: int  # fewer evaluated users than this: the gate keeps the champion ("not enough evidence")
     triton_http_port: int
     triton_grpc_port: int
     triton_host: str
     triton_model_name: str
     database_url: str
     api_port: int
+    airflow_host: str  # address the Airflow UI/API server binds; 0.0.0.0 exposes it to the network
+    airflow_port: int
+    mlflow_ui_port: int
     ratelimit_storage_uri: str
     ratelimit_default: str
     api_keys: str  # "key:role,key:role"; empty = auth off (embedded default)
@@ -76,12 +83,19 @@ class Settings:
             train_epochs=_env_int("RECSYS_TRAIN_EPOCHS", 3),
             train_batch_size=_env_int("RECSYS_TRAIN_BATCH_SIZE", 4096),
             train_device=_env("RECSYS_TRAIN_DEVICE", "auto"),
+            event_weights=_env("RECSYS_EVENT_WEIGHTS", "view=0.25,cart=0.5,purchase=1,remove_from_cart=0"),
+            exclude=_env("RECSYS_EXCLUDE", "seen"),
+            test_days=_env_int("RECSYS_TEST_DAYS", 1),
+            min_eval_users=_env_int("RECSYS_MIN_EVAL_USERS", 100),
             triton_http_port=_env_int("RECSYS_TRITON_HTTP_PORT", 8000),
             triton_grpc_port=_env_int("RECSYS_TRITON_GRPC_PORT", 8001),
             triton_host=_env("RECSYS_TRITON_HOST", "127.0.0.1"),
             triton_model_name=_env("RECSYS_TRITON_MODEL", "dlrm"),
             database_url=_env("RECSYS_DATABASE_URL", f"sqlite:///{home / 'api.db'}"),
             api_port=_env_int("RECSYS_API_PORT", 5000),
+            airflow_host=_env("RECSYS_AIRFLOW_HOST", "127.0.0.1"),
+            airflow_port=_env_int("RECSYS_AIRFLOW_PORT", 8080),
+            mlflow_ui_port=_env_int("RECSYS_MLFLOW_UI_PORT", 5001),
             ratelimit_storage_uri=_env("RECSYS_RATELIMIT_STORAGE", "memory://"),
             ratelimit_default=_env("RECSYS_RATELIMIT_DEFAULT", "600 per minute"),
             api_keys=_env("RECSYS_API_KEYS", ""),
@@ -103,6 +117,11 @@ class Settings:
 
     def run_dir(self, run_date: str) -> Path:
         return self.home / "runs" / run_date
+
+    @property
+    def pid_dir(self) -> Path:
+        """One JSON file per long-running process group the project started (`python -m cli stop`)."""
+        return self.home / "pids"
 
     @property
     def serving_dir(self) -> Path:
@@ -130,7 +149,8 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
-def run_command(command: Callable[[], object], errors: type[Exception], exit_code: int) -> int:
+def run_command(command: Callable[[], object], errors: type[Exception] | tuple[type[Exception], ...],
+                exit_code: int) -> int:
     """The frame of each package's `python -m <package>`: logging configured, `command()` run,
     and the package's own errors reported as one `error: ...` line on stderr with `exit_code`
     instead of a traceback. 0 when the command ran through."""

@@ -38,6 +38,7 @@ def default_config() -> dict[str, Any]:
         "API_KEY_PEPPER": st.api_key_pepper,
         "TRITON_URL": st.triton_http_url,
         "SERVING_DIR": str(st.serving_dir),
+        "EXCLUDE": st.exclude,  # default exclusion of recommendations (the evaluation's too)
         "BULK_LIMIT": 1000,
         "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
         "INIT_DB": True,
@@ -74,6 +75,9 @@ class RankerSlot:
             return None
         try:
             # Imported here: the API runs (popular items only) where serving's dependencies are absent.
+            if (bundle / "recommender").is_dir():  # the served recommender, ranked on Triton
+                served = importlib.import_module("serving.recommender")
+                return served.TritonRecommender.from_bundle(bundle, self._triton_url)
             ranking = importlib.import_module("api.ranking")
             return ranking.EncodedRanker.from_bundle(bundle, self._triton_url)
         except Exception as exc:  # a broken bundle must not take the API down; popular items still work

@@ -167,7 +167,17 @@ class RecommendQuery(Query):
     category_id: int | None = Field(None, ge=0, le=MAX_ID)
     min_price: float | None = Field(None, ge=0, allow_inf_nan=False)
     max_price: float | None = Field(None, ge=0, allow_inf_nan=False)
-    exclude_purchased: bool = True
+    # What to leave out: products the customer has seen (interacted with in any way), purchased, or none.
+    # Default: the deployment's RECSYS_EXCLUDE ("seen"), which is also what the offline evaluation excludes.
+    exclude: Literal["seen", "purchased", "none"] | None = None
+    exclude_purchased: bool | None = None  # older form: true = "purchased", false = "none"
+
+    def exclusion(self, default: str) -> str:
+        if self.exclude is not None:
+            return self.exclude
+        if self.exclude_purchased is not None:
+            return "purchased" if self.exclude_purchased else "none"
+        return default
 
 
 class TopKQuery(Query):
