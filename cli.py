@@ -376,7 +376,7 @@ def demo(settings: Settings, events: int) -> None:
         "-c", json.dumps({"version": version, "target": "local"}),
     )
     print("[5/6] API: loading the store from the validated events, starting gunicorn")
-    from api.store import seed_from_events
+    from api.seed import seed_from_events
 
     validated = settings.run_dir(run_date) / "validation" / "valid" / "events.parquet"
     seed_from_events(settings.database_url, validated)

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from contracts import EVENT_TYPES
+
 MIN_ID = 1
 MAX_ID = 2**63 - 1  # ids are BIGINT in PostgreSQL (and SQLite's INTEGER)
 
@@ -51,7 +53,7 @@ def _not_text(value: Any) -> Any:
 # JSON Schema counts 3.0 as an integer, so accept it; strings and booleans stay errors.
 PositiveId = Annotated[int, Field(strict=False, ge=MIN_ID, le=MAX_ID), BeforeValidator(_not_text)]
 CategoryId = Annotated[int, Field(strict=False, ge=0, le=MAX_ID), BeforeValidator(_not_text)]
-EventType = Literal["view", "cart", "remove_from_cart", "purchase"]
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 EventTime = Annotated[datetime, AfterValidator(_utc_event_time)]
 # Checked on POST, PUT and PATCH alike (all three validate through CustomerFields).
 Email = Annotated[str, AfterValidator(_email), Field(json_schema_extra={"format": "email"})]

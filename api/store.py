@@ -10,8 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -34,12 +33,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, Program
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-if TYPE_CHECKING:
-    from api.seed import SeedResult
+from contracts import EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase")
 # SQLite: the write path copies the WAL into the database file this often, outside the write lock
 # (Store._checkpoint_if_due); SQLite's own checkpoint, inside a commit, is the backstop past this many pages.
 CHECKPOINT_EVERY_S = 2.0
@@ -109,7 +106,7 @@ class Interaction(Base):
     session: Mapped[str | None] = mapped_column(String(100))
     __table_args__ = (
         CheckConstraint(
-            "event_type IN ('view','cart','remove_from_cart','purchase')", name="ck_interactions_event_type"
+            f"event_type IN ({','.join(repr(t) for t in EVENT_TYPES)})", name="ck_interactions_event_type"
         ),
         # Recommendations read a customer's history, a product's popularity and session co-occurrence.
         Index("ix_interactions_customer_event", "customer_id", "event_type", "product_id"),
@@ -357,15 +354,3 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     cursor.close()
-
-
-def seed_from_events(database_url: str, events: Path, schema: str | None = None) -> "SeedResult":
-    """Create the tables if needed and load REES46 events (a file or a directory of them) into the store."""
-    from api.seed import seed  # api.seed builds on this module
-
-    store = Store(database_url, schema=schema)
-    try:
-        store.init_db()
-        return seed(store, Path(events))
-    finally:
-        store.dispose()

@@ -152,7 +152,7 @@ def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64) -> N
     """Score a random valid batch through Triton and compare with onnxruntime on the same file."""
     import onnxruntime as ort
 
-    from serving.triton_client import Ranker
+    from serving.triton_client import TritonClient
 
     schema = json.loads((bundle_dir / "schema.json").read_text())
     columns = {c["name"]: c for c in schema["columns"]}
@@ -161,7 +161,7 @@ def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64) -> N
     sparse = np.stack(
         [rng.integers(0, columns[name]["cardinality"], rows) for name in schema["categorical"]], axis=1
     ).astype(np.int64)
-    served = Ranker(url, model_name).score(dense, sparse)
+    served = TritonClient(url, model_name).score(dense, sparse)
     session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     expected = session.run(None, {"dense": dense, "sparse": sparse})[0].reshape(-1)
     if not np.allclose(served, expected, atol=1e-5):

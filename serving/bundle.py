@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contracts import SCHEMA_FILE, WORKFLOW_DIR
 from serving.errors import BundleError
 from serving.recommender import RECOMMENDER_FILE
 from serving.schema import FeatureSchema, read_schema
@@ -26,8 +27,6 @@ log = logging.getLogger(__name__)
 # `dlrm.pt` is what the registry logs; `model.pt` what training writes.
 WEIGHT_FILE_NAMES = ("dlrm.pt", "model.pt")
 ONNX_FILE = "model.onnx"
-SCHEMA_FILE = "schema.json"
-WORKFLOW_DIR = "workflow"
 REPO_DIR = "triton_repo"
 DEPLOYMENT_FILE = "deployment.json"
 RETRIEVAL_DIR = "retrieval"  # optional two-tower candidate model: two_tower.pt + catalogue.parquet
@@ -63,7 +62,7 @@ def find_weights(model_dir: Path) -> Path:
         return candidates[0]
     raise BundleError(
         f"{model_dir} holds {[p.name for p in candidates] or 'no *.pt files'}; expected one of "
-        f"{WEIGHT_FILE_NAMES} written by training.save_model"
+        f"{WEIGHT_FILE_NAMES} written by models.saved.save_model"
     )
 
 

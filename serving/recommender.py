@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from models.classic import ItemScorer, index_of, top_k
 
 if TYPE_CHECKING:
-    from serving.triton_client import Ranker as TritonClient
+    from serving.triton_client import TritonClient
 
 # dense (n_pairs, n_dense) float32, sparse (n_pairs, n_sparse) int64 -> (n_pairs,) scores
 PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -254,7 +254,7 @@ class TritonRecommender:
     def from_bundle(cls, bundle_dir: Path, triton_url: str, protocol: str = "http",
                     timeout_s: float = 5.0) -> "TritonRecommender":
         from serving.bundle import RECOMMENDER_DIR, ServingBundle
-        from serving.triton_client import Ranker as Client
+        from serving.triton_client import TritonClient as Client
 
         bundle = ServingBundle.load(Path(bundle_dir))
         recommender = Recommender.load(Path(bundle_dir) / (bundle.deployment.recommender or RECOMMENDER_DIR))

@@ -25,7 +25,9 @@ from serving.bundle import ServingBundle, build_bundle
 from settings import Settings
 from tests.serving_world import build_serving_world, running_triton
 from tests.test_api_support import make_config
-from training.retrieval import RetrievalConfig, build_candidate_index, load_two_tower, train_retrieval
+from models.two_tower import load_two_tower
+from serving.candidate_index import build_candidate_index
+from training.retrieval import RetrievalConfig, train_retrieval
 
 
 @pytest.fixture(scope="module")

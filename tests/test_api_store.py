@@ -146,7 +146,7 @@ def test_unreachable_database_is_503_not_500(tmp_path: Path) -> None:
 
 
 def test_seed_from_events_loads_a_store_the_app_then_serves(tmp_path: Path) -> None:
-    from api.store import seed_from_events
+    from api.seed import seed_from_events
 
     events = _events(500)
     events.to_parquet(tmp_path / "events.parquet")

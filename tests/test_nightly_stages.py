@@ -65,7 +65,7 @@ def test_drift_is_measured_against_the_latest_passing_run(settings: Settings) ->
 
 def _stage_outputs(tmp: Path) -> tuple[dict, dict, dict, dict]:
     """The smallest `validate`/`fit_workflow`/`train`/`evaluate` results `register` accepts."""
-    from training import DLRM, DLRMConfig, save_model
+    from models.dlrm import DLRM, DLRMConfig, save_model
 
     events = tmp / "validation" / "valid" / "events.parquet"
     events.parent.mkdir(parents=True)

@@ -152,7 +152,7 @@ def test_triton_serves_the_champion_and_the_api_ranks_with_it(pipeline_home) -> 
     os.environ.update(pipeline_home["env"])
     try:
         app = create_app({"TESTING": True})
-        from api.store import seed_from_events
+        from api.seed import seed_from_events
 
         seed_from_events(settings.database_url, pipeline_home["home"] / "runs" / RUN_DATE.isoformat()
                          / "validation" / "valid" / "events.parquet")

@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 import registry
 from registry import Lineage
-from training import DLRM, DLRMConfig, load_model, save_model
+from models.dlrm import DLRM, DLRMConfig
+from models.saved import load_model, save_model
 
 N_DENSE, CARDINALITIES = 3, [5, 7]
 _names = count()

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from models.classic import CLASSIC, ItemScorer, top_k
+from models.dlrm import DLRM, DLRMConfig, save_model
+from models.saved import load_model
 from serving.recommender import PairScorer, Recommender, item_statistics
-from training.dlrm import DLRM, DLRMConfig, load_model, save_model
 from training.errors import DataError
 from training.quality import (EventWeights, Exclude, ListMetrics, Split, Task, build_task, interaction_matrix,
                               list_metrics, user_holdout)

@@ -23,8 +23,9 @@ from great_expectations.expectations import (
     ExpectTableRowCountToBeBetween,
 )
 
+from contracts import EVENT_TYPES
+
 SUITE_VERSION = "rees46-v2"  # v2: control characters in strings are quarantined
-EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase")
 TYPED_PREFIX = "_typed_"
 DUPLICATE_COLUMN = "_is_duplicate"
 CONTROL_PREFIX = "_control_"  # `_control_<col>`: the string value holds a control character
