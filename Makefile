@@ -26,6 +26,8 @@ test-fast: $(STAMP)
 clean:
 	rm -rf var .pytest_cache
 
+# Triton, the API, Airflow (standalone or its servers) and the MLflow UI: every process group
+# `python -m cli` started, SIGTERM then SIGKILL.
 stop: $(STAMP)
 	$(BIN)/python -m cli stop
 
@@ -48,7 +50,7 @@ airflow-ui: $(STAMP)
 	$(BIN)/python -m cli airflow standalone
 
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/var/mlflow.db --port 5001
+	$(BIN)/python -m cli mlflow-ui
 
 # The API benchmark's load generator is Debian's wrk (apt; sudo where not root).
 bench-api: $(STAMP)

@@ -1,12 +1,15 @@
 """Command line: `python -m cli <command>` runs each stage by hand with the code the DAGs run.
 
     generate   write synthetic raw events (planted truth) into $RECSYS_HOME/raw
-    nightly    run the nightly stages in-process, no Airflow
+    nightly    run the nightly stages in-process, no Airflow (a stage that stops the night, e.g.
+               validation failing closed: one `error: ...` line on stderr, exit code 1)
     deploy     run the deploy stages in-process, no Airflow
-    airflow    run the `airflow` command with this project's configuration
+    airflow    run the `airflow` command with this project's configuration (the UI asks for a login)
+    mlflow-ui  the MLflow UI on 127.0.0.1 over this project's tracking store
     demo       generate -> nightly DAG -> deploy DAG (both through Airflow) -> API -> a response
-    stop       stop the local Triton server and the API started by `demo`
-    stack      up|status|down: the production topology (Airflow on Celery, MLflow server, Dask, ...)
+    stop       stop everything the project started: Triton, the API, Airflow, the MLflow UI
+    stack      up|status|down|reload-api|demo: the production topology (Airflow on Celery, MLflow
+               server, Dask cluster, API, Triton) as local processes (ops/stack.py)
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,35 +27,223 @@ import urllib.request
 from datetime import date, timedelta
 from pathlib import Path
 
-from settings import Settings, configure_logging
+from settings import Settings, configure_logging, run_command
 
 REPO = Path(__file__).resolve().parent
 log = logging.getLogger("cli")
+
+
+# Airflow commands that run until stopped; they are tracked so `stop` can end them.
+LONG_RUNNING_AIRFLOW = ("standalone", "api-server", "scheduler", "dag-processor", "triggerer")
+AIRFLOW_ADMIN = "admin"  # the one user of airflow.cfg's simple_auth_manager_users
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
     """Environment for Airflow subprocesses: the repo's airflow.cfg, state under $RECSYS_HOME/airflow."""
     state = settings.home / "airflow"
     state.mkdir(parents=True, exist_ok=True)
+    # Tasks reach the execution API on the API server; 0.0.0.0 binds loopback too.
+    reach = "127.0.0.1" if settings.airflow_host in ("0.0.0.0", "::") else settings.airflow_host
     return os.environ | {
         "AIRFLOW_HOME": str(REPO),
         "RECSYS_HOME": str(settings.home),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{state / 'airflow.db'}",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(state / "logs"),
         "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(state / "logs" / "dag_processor"),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(state / "passwords.json"),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(airflow_passwords_file(settings)),
+        "AIRFLOW__API__HOST": settings.airflow_host,
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{reach}:{settings.airflow_port}/execution/",
         # `airflow standalone` starts its components as `airflow ...` from PATH.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
 
 
+def airflow_passwords_file(settings: Settings) -> Path:
+    return settings.home / "airflow" / "passwords.json"
+
+
+def ensure_airflow_login(settings: Settings) -> Path:
+    """The admin's password, generated once into a file only its owner can read; returns the file.
+
+    Airflow's simple auth manager would generate it too, but world-readable and only into its log.
+    """
+    path = airflow_passwords_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    passwords = json.loads(path.read_text() or "{}") if path.exists() else {}
+    if AIRFLOW_ADMIN not in passwords:
+        passwords[AIRFLOW_ADMIN] = secrets.token_urlsafe(16)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(passwords) + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
 def run_airflow(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the Airflow CLI of this venv with the project's configuration."""
+    """Run the Airflow CLI of this venv with the project's configuration.
+
+    Servers (`standalone`, `api-server`, `scheduler`, ...) run as a tracked process group that
+    `python -m cli stop` ends; Ctrl-C stops the group the same way.
+    """
     airflow = Path(sys.executable).with_name("airflow")
     cmd = [str(airflow), *args]
     log.info("$ airflow %s", " ".join(args))
-    return subprocess.run(cmd, env=airflow_env(settings), check=check)
+    if not args or args[0] not in LONG_RUNNING_AIRFLOW:
+        return subprocess.run(cmd, env=airflow_env(settings), check=check)
+    if args[0] in ("standalone", "api-server"):
+        passwords = ensure_airflow_login(settings)
+        print(f"Airflow UI: http://{settings.airflow_host}:{settings.airflow_port} "
+              f"(user '{AIRFLOW_ADMIN}', password in {passwords})", flush=True)
+    name = f"airflow-{args[0]}"
+    proc = start_tracked(settings, name, cmd, env=airflow_env(settings))
+    try:
+        returncode = proc.wait()
+    except KeyboardInterrupt:
+        # Standalone shuts its components down on SIGINT; whatever ignores it is killed.
+        stop_tracked(settings, name, first_signal=signal.SIGINT)
+        returncode = proc.wait()
+    finally:
+        forget(settings, name, proc.pid)
+    if check and returncode:
+        raise subprocess.CalledProcessError(returncode, cmd)
+    return subprocess.CompletedProcess(cmd, returncode)
+
+
+# ---------------------------------------------------------------- processes the project starts
+# Each long-running process starts in a session of its own (so its pid is its process group id)
+# and leaves `<pid_dir>/<name>.json`; `stop` signals the whole group, so children go too, and
+# escalates to SIGKILL for a group that ignores SIGTERM (Airflow's scheduler does).
+
+
+def start_tracked(settings: Settings, name: str, command: list[str], **popen) -> subprocess.Popen:
+    """Start `command` as a new process group and record it under `name` for `stop`."""
+    stop_tracked(settings, name)  # one of each: a second start replaces the first
+    proc = subprocess.Popen(command, start_new_session=True, **popen)
+    settings.pid_dir.mkdir(parents=True, exist_ok=True)
+    record = {"name": name, "pgid": proc.pid, "start_ticks": _start_ticks(proc.pid), "command": command}
+    (settings.pid_dir / f"{name}.json").write_text(json.dumps(record))
+    return proc
+
+
+def forget(settings: Settings, name: str, pgid: int) -> None:
+    """Drop the record of `name` if it is still the one for `pgid`."""
+    path = settings.pid_dir / f"{name}.json"
+    try:
+        if json.loads(path.read_text())["pgid"] == pgid:
+            path.unlink()
+    except (OSError, ValueError, KeyError):
+        pass
+
+
+def stop_tracked(settings: Settings, name: str, timeout_s: float = 20.0,
+                 first_signal: int = signal.SIGTERM) -> bool:
+    """End the recorded process group `name`: `first_signal`, then SIGKILL after `timeout_s`.
+
+    False when nothing of it was running. A record whose pid now belongs to another process
+    (same number, other start time) is dropped without signalling anyone.
+    """
+    path = settings.pid_dir / f"{name}.json"
+    try:
+        record = json.loads(path.read_text())
+        pgid, start_ticks = int(record["pgid"]), int(record["start_ticks"])
+    except (OSError, ValueError, KeyError):
+        path.unlink(missing_ok=True)
+        return False
+    stopped = _ours(pgid, start_ticks)
+    if stopped:
+        # Airflow runs each task in a session of its own below the executor: those groups go too.
+        groups = [pgid, *_descendant_groups(pgid)]
+        for group in groups:
+            _signal_group(group, first_signal)
+        if not _wait_groups_gone(groups, timeout_s):
+            log.warning("%s (process group %d) still runs %.0fs after %s; killing it",
+                        name, pgid, timeout_s, signal.Signals(first_signal).name)
+            for group in groups:
+                _signal_group(group, signal.SIGKILL)
+            _wait_groups_gone(groups, 10.0)
+        log.info("stopped %s (process group %d)", name, pgid)
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+def tracked_names(settings: Settings) -> list[str]:
+    return sorted(p.stem for p in settings.pid_dir.glob("*.json")) if settings.pid_dir.is_dir() else []
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state is [0], pgrp [2], starttime [19])."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _start_ticks(pid: int) -> int:
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else -1
+
+
+def _live_processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every live (not zombie) process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _proc_stat(int(entry.name))) and fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`."""
+    return [pid for pid, (_, group) in _live_processes().items() if group == pgid]
+
+
+def _descendant_groups(pgid: int) -> set[int]:
+    """Process groups, other than `pgid`, of the descendants of its members."""
+    table = _live_processes()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    todo = [pid for pid, (_, group) in table.items() if group == pgid]
+    groups: set[int] = set()
+    while todo:
+        for child in children.get(todo.pop(), []):
+            groups.add(table[child][1])
+            todo.append(child)
+    groups.discard(pgid)
+    return groups
+
+
+def _ours(pgid: int, start_ticks: int) -> bool:
+    """The group still runs and is the one recorded: a live leader must have the recorded start
+    time; without a leader, live members keep the group id from being reused, so they are ours."""
+    if not group_members(pgid):
+        return False
+    leader = _proc_stat(pgid)
+    return leader is None or leader[0] == "Z" or int(leader[19]) == start_ticks
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_groups_gone(groups: list[int], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.waitpid(groups[0], os.WNOHANG)  # reap the leader when this process started it
+        except ChildProcessError:
+            pass
+        if not any(group in groups for _, group in _live_processes().values()):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def generate(
@@ -101,14 +293,18 @@ def run_nightly(settings: Settings, run_date: str) -> dict:
     """All nightly stages in-process, in DAG order."""
     from plugins import nightly
 
-    ingested = nightly.ingest(run_date, settings)
-    validated = nightly.validate(run_date, ingested, settings)
-    features = nightly.fit_workflow(run_date, validated, settings)
-    trained = nightly.train(run_date, features, settings)
-    evaluated = nightly.evaluate(run_date, features, trained, settings)
-    retrieval = nightly.train_retrieval(run_date, features, settings)
-    registered = nightly.register(run_date, validated, features, trained, evaluated, settings, retrieval)
-    return nightly.promote(features, registered, settings)
+    return nightly.run_nightly(run_date, settings)["promote"]
+
+
+def nightly_errors() -> tuple[type[Exception], ...]:
+    """The errors the nightly stages raise on purpose, one root per package."""
+    from etl.errors import EtlError
+    from plugins.nightly import NoInputData
+    from registry.errors import RegistryError
+    from training.errors import TrainingError
+    from validation import ValidationError
+
+    return (ValidationError, NoInputData, EtlError, TrainingError, RegistryError)
 
 
 def run_deploy(settings: Settings, version: str, target: str) -> dict:
@@ -120,18 +316,16 @@ def run_deploy(settings: Settings, version: str, target: str) -> dict:
 
 def start_api(settings: Settings) -> int:
     """gunicorn serving the API in the background; returns its pid once /health answers."""
-    pidfile = settings.home / "api.pid"
-    stop_api(settings)
     log_file = open(settings.home / "api.log", "ab")
-    proc = subprocess.Popen(
+    proc = start_tracked(
+        settings, "api",
         [
             str(Path(sys.executable).with_name("gunicorn")),
-            "--workers", "2",
+            "-c", "python:api.gunicorn_conf",  # gevent workers (RECSYS_API_WORKERS): slow clients cannot starve them
             "--bind", f"127.0.0.1:{settings.api_port}",
-            "--pid", str(pidfile),
             "api.wsgi:app",
         ],
-        stdout=log_file, stderr=log_file, start_new_session=True,
+        stdout=log_file, stderr=log_file,
         env=os.environ | {"RECSYS_HOME": str(settings.home)},
     )
     url = f"http://127.0.0.1:{settings.api_port}/health"
@@ -146,14 +340,19 @@ def start_api(settings: Settings) -> int:
     raise RuntimeError(f"the API did not answer on {url}; see {settings.home / 'api.log'}")
 
 
-def stop_api(settings: Settings) -> None:
-    pidfile = settings.home / "api.pid"
-    if pidfile.exists():
-        try:
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
-        except (ProcessLookupError, ValueError):
-            pass
-        pidfile.unlink(missing_ok=True)
+def mlflow_ui(settings: Settings) -> int:
+    """The MLflow UI over this project's tracking store, on loopback, tracked for `stop`."""
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri",
+           settings.mlflow_tracking_uri, "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port)]
+    print(f"MLflow UI: http://127.0.0.1:{settings.mlflow_ui_port}", flush=True)
+    proc = start_tracked(settings, "mlflow-ui", cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop_tracked(settings, "mlflow-ui", first_signal=signal.SIGINT)
+        return proc.wait()
+    finally:
+        forget(settings, "mlflow-ui", proc.pid)
 
 
 def demo(settings: Settings, events: int) -> None:
@@ -165,19 +364,21 @@ def demo(settings: Settings, events: int) -> None:
     started = time.time()
     print(f"[1/6] generating {events:,} synthetic events (planted truth) into {settings.raw_dir}")
     made = generate(settings, events, today, settings.window_days, seed=7, corrupt=30,
-                    users=max(200, events // 500), products=max(100, events // 1000))
+                    users=max(200, events // 500), products=max(1000, events // 100))
     print(f"      {made['events']:,} events in {len(made['files'])} day files, {made['corrupted']} rows corrupted on purpose")
     print("[2/6] Airflow metadata DB")
     run_airflow(settings, "db", "migrate")
     print(f"[3/6] nightly_training DAG for {run_date} (airflow dags test)")
     run_airflow(settings, "dags", "test", "nightly_training", run_date, "-c", json.dumps({"deploy": False}))
-    print("[4/6] deploy_model DAG: champion -> local Triton")
+    version, why = _deploy_choice(settings)
+    print(f"      promotion: {why}")
+    print(f"[4/6] deploy_model DAG: {version} -> local Triton")
     run_airflow(
         settings, "dags", "test", "deploy_model", run_date,
-        "-c", json.dumps({"version": "champion", "target": "local"}),
+        "-c", json.dumps({"version": version, "target": "local"}),
     )
     print("[5/6] API: loading the store from the validated events, starting gunicorn")
-    from api.store import seed_from_events
+    from api.seed import seed_from_events
 
     validated = settings.run_dir(run_date) / "validation" / "valid" / "events.parquet"
     seed_from_events(settings.database_url, validated)
@@ -189,23 +390,49 @@ def demo(settings: Settings, events: int) -> None:
         body = json.loads(response.read())
     print(f"[6/6] GET {url}")
     print(json.dumps(body, indent=2))
-    report = json.loads((settings.run_dir(run_date) / "eval.json").read_text())
-    print(f"\nmodel vs popularity on the test day: {_metrics_line(report)}")
+    report = json.loads((settings.run_dir(run_date) / "eval" / "comparison.json").read_text())
+    print(f"\nNDCG@10 on the held-out day, full catalogue (95% interval over users):\n{_metrics_lines(report)}")
     print(f"done in {time.time() - started:.0f} s. The API and Triton keep running (stop: make stop).")
-    print(f"MLflow UI : .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} --port 5001")
-    print("Airflow UI: make airflow-ui   (then http://127.0.0.1:8080; the DAG runs above are listed)")
+    print(f"MLflow UI : make mlflow-ui    (then http://127.0.0.1:{settings.mlflow_ui_port})")
+    print(f"Airflow UI: make airflow-ui   (then http://{settings.airflow_host}:{settings.airflow_port}, user "
+          f"'{AIRFLOW_ADMIN}', password in {airflow_passwords_file(settings)}; the DAG runs above are listed)")
 
 
-def _metrics_line(report: dict) -> str:
-    keys = ["auc", "oracle_auc", "ndcg_at_10", "baseline_ndcg_at_10", "recall_at_10", "baseline_recall_at_10"]
-    return ", ".join(f"{k}={report[k]:.4f}" for k in keys if k in report)
+def _metrics_lines(report: dict) -> str:
+    """One line per method of the night's comparison (plugins.nightly.evaluate's comparison.json)."""
+    metrics = report["metrics"]
+    methods = sorted({key.split(".")[0] for key in metrics if key.endswith(".ndcg_at_10")},
+                     key=lambda m: (m != "served", -metrics[f"{m}.ndcg_at_10"]))
+    return "\n".join(f"  {m:12s} {metrics[f'{m}.ndcg_at_10']:.4f}  [{metrics[f'{m}.ndcg_at_10_ci_low']:.4f}, "
+                     f"{metrics[f'{m}.ndcg_at_10_ci_high']:.4f}]" for m in methods)
 
 
-def stop(settings: Settings) -> None:
+def _deploy_choice(settings: Settings) -> tuple[str, str]:
+    """`champion` when the gate promoted one; else the new `challenger`, with the gate's reason, so the
+    demo still shows the served path (the nightly DAG itself deploys only a promoted champion)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    challenger = client.get_model_version_by_alias(settings.model_name, "challenger")
+    reason = challenger.tags.get("promotion.reason", "no decision recorded")
+    try:
+        client.get_model_version_by_alias(settings.model_name, "champion")
+        return "champion", reason
+    except MlflowException:
+        return "challenger", f"{reason} (no champion: the demo deploys the challenger to show it)"
+
+
+def stop(settings: Settings, timeout_s: float = 20.0) -> list[str]:
+    """Stop everything the project started: Triton, then each tracked group (API, Airflow, MLflow UI).
+
+    Returns the names of what was running.
+    """
     from serving.local_triton import stop_server
 
-    stop_api(settings)
-    stop_server(settings.serving_dir / "triton")
+    stopped = ["triton"] if stop_server(settings.serving_dir / "triton", timeout_s=timeout_s) else []
+    stopped += [name for name in tracked_names(settings) if stop_tracked(settings, name, timeout_s)]
+    return stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     af.add_argument("args", nargs=argparse.REMAINDER)
     dem = sub.add_parser("demo")
     dem.add_argument("--events", type=int, default=300_000)
-    sub.add_parser("stop")
+    sub.add_parser("mlflow-ui")
+    stp = sub.add_parser("stop")
+    stp.add_argument("--timeout", type=float, default=20.0, help="seconds from SIGTERM to SIGKILL")
     stk = sub.add_parser("stack", help="the production topology on this machine (ops/stack.py)")
     stk.add_argument("action", choices=["up", "status", "down", "reload-api", "demo"],
                      help="reload-api: the API's workers restart and load the newest deployment; "
@@ -245,15 +474,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(generate(settings, args.events, args.end, days, args.seed, args.corrupt,
                                          args.users, args.products), indent=2))
     elif args.command == "nightly":
-        print(json.dumps(run_nightly(settings, args.date), indent=2, default=str))
+        # A night that stops on purpose (validation failed closed, no partitions, a stage's own
+        # error) is one `error:` line and exit 1, not a traceback; the details are in the logs.
+        return run_command(lambda: print(json.dumps(run_nightly(settings, args.date), indent=2, default=str)),
+                           nightly_errors(), exit_code=1)
     elif args.command == "deploy":
         print(json.dumps(run_deploy(settings, args.version, args.target or settings.deploy_target), indent=2))
     elif args.command == "airflow":
         return run_airflow(settings, *args.args, check=False).returncode
+    elif args.command == "mlflow-ui":
+        return mlflow_ui(settings)
     elif args.command == "demo":
         demo(settings, args.events)
     elif args.command == "stop":
-        stop(settings)
+        stopped = stop(settings, args.timeout)
+        print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
     elif args.command == "stack":
         return stack_command(settings, args.action, args.events)
     return 0

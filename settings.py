@@ -44,16 +44,31 @@ class Settings:
     train_epochs: int
     train_batch_size: int
     train_device: str  # "auto", "cpu", "cuda"
+    event_weights: str  # "view=0.25,cart=0.5,purchase=1": interest per event type (training.quality.EventWeights)
+    exclude: str  # "seen", "purchased" or "none": what the API leaves out by default, and the evaluation too
+    test_days: int  # last days of the window held out to evaluate the night's model
+    min_eval_users: int  # fewer evaluated users than this: the gate keeps the champion ("not enough evidence")
     triton_http_port: int
     triton_grpc_port: int
     triton_host: str
     triton_model_name: str
     database_url: str
     api_port: int
+    airflow_host: str  # address the Airflow UI/API server binds; 0.0.0.0 exposes it to the network
+    airflow_port: int
+    mlflow_ui_port: int
+    api_workers: int  # gunicorn worker processes of the API
+    api_worker_connections: int  # connections one API worker holds at once
+    api_header_timeout_s: int  # seconds to send a request's headers; also the idle keep-alive limit
+    api_trusted_proxies: int  # proxies in front of the API whose X-Forwarded-For is trusted (0 = none)
     ratelimit_storage_uri: str
     ratelimit_default: str
     api_keys: str  # "key:role,key:role"; empty = auth off (embedded default)
     api_key_pepper: str  # secret mixed into stored API-key hashes
+    event_time_skew_s: float  # how far past the server's clock an interaction's event_time may lie
+    health_cache_s: float  # /health reuses its last result this long (per worker)
+    auth_failure_limit: str  # failed authentications per address before 429, e.g. "20 per minute"
+    idempotency_ttl_s: float  # how long a POST's Idempotency-Key and its answer are kept
     deploy_target: str  # "local" or "sagemaker"
     aws_endpoint_url: str  # empty = real AWS; a moto server URL in tests
     aws_region: str
@@ -77,16 +92,31 @@ class Settings:
             train_epochs=_env_int("RECSYS_TRAIN_EPOCHS", 3),
             train_batch_size=_env_int("RECSYS_TRAIN_BATCH_SIZE", 4096),
             train_device=_env("RECSYS_TRAIN_DEVICE", "auto"),
+            event_weights=_env("RECSYS_EVENT_WEIGHTS", "view=0.25,cart=0.5,purchase=1,remove_from_cart=0"),
+            exclude=_env("RECSYS_EXCLUDE", "seen"),
+            test_days=_env_int("RECSYS_TEST_DAYS", 1),
+            min_eval_users=_env_int("RECSYS_MIN_EVAL_USERS", 100),
             triton_http_port=_env_int("RECSYS_TRITON_HTTP_PORT", 8000),
             triton_grpc_port=_env_int("RECSYS_TRITON_GRPC_PORT", 8001),
             triton_host=_env("RECSYS_TRITON_HOST", "127.0.0.1"),
             triton_model_name=_env("RECSYS_TRITON_MODEL", "dlrm"),
             database_url=_env("RECSYS_DATABASE_URL", f"sqlite:///{home / 'api.db'}"),
             api_port=_env_int("RECSYS_API_PORT", 5000),
+            airflow_host=_env("RECSYS_AIRFLOW_HOST", "127.0.0.1"),
+            airflow_port=_env_int("RECSYS_AIRFLOW_PORT", 8080),
+            mlflow_ui_port=_env_int("RECSYS_MLFLOW_UI_PORT", 5001),
+            api_workers=_env_int("RECSYS_API_WORKERS", 2),
+            api_worker_connections=_env_int("RECSYS_API_WORKER_CONNECTIONS", 1000),
+            api_header_timeout_s=_env_int("RECSYS_API_HEADER_TIMEOUT_S", 5),
+            api_trusted_proxies=_env_int("RECSYS_API_TRUSTED_PROXIES", 0),
             ratelimit_storage_uri=_env("RECSYS_RATELIMIT_STORAGE", "memory://"),
             ratelimit_default=_env("RECSYS_RATELIMIT_DEFAULT", "600 per minute"),
             api_keys=_env("RECSYS_API_KEYS", ""),
             api_key_pepper=_env("RECSYS_API_KEY_PEPPER", ""),
+            event_time_skew_s=_env_float("RECSYS_EVENT_TIME_SKEW_S", 300.0),
+            health_cache_s=_env_float("RECSYS_HEALTH_CACHE_S", 1.0),
+            auth_failure_limit=_env("RECSYS_AUTH_FAILURE_LIMIT", "20 per minute"),
+            idempotency_ttl_s=_env_float("RECSYS_IDEMPOTENCY_TTL_S", 86400.0),
             deploy_target=_env("RECSYS_DEPLOY_TARGET", "local"),
             aws_endpoint_url=_env("AWS_ENDPOINT_URL", ""),
             aws_region=_env("AWS_DEFAULT_REGION", "us-east-1"),
@@ -105,6 +135,11 @@ class Settings:
 
     def run_dir(self, run_date: str) -> Path:
         return self.home / "runs" / run_date
+
+    @property
+    def pid_dir(self) -> Path:
+        """One JSON file per long-running process group the project started (`python -m cli stop`)."""
+        return self.home / "pids"
 
     @property
     def serving_dir(self) -> Path:
@@ -128,15 +163,15 @@ class StackSettings:
     """The production topology that `python -m cli stack up` runs on one machine (ops/stack.py).
 
     Services it does not start (PostgreSQL, Redis) are given by URL; every port is configurable.
+    Airflow's address and port, the MLflow server's port and the API's are `Settings`'
+    (RECSYS_AIRFLOW_HOST/_PORT, RECSYS_MLFLOW_UI_PORT, RECSYS_API_PORT), shared with `python -m cli`.
     """
 
-    host: str  # address the UIs and services bind to
+    host: str  # address the stack's services other than Airflow bind to (MLflow, Dask, API)
     postgres_url: str  # server URL without a database; the stack creates `<db_prefix>_<role>` there
     db_prefix: str
     broker_url: str  # Celery broker
     ratelimit_storage: str  # the API's Flask-Limiter storage while the stack runs it
-    airflow_port: int  # Airflow API server and UI
-    mlflow_port: int  # MLflow tracking server and UI
     dask_port: int  # dask.distributed scheduler
     dask_workers: int
     artifacts: str  # MLflow artifact store: a local directory, or s3://bucket/prefix
@@ -152,8 +187,6 @@ class StackSettings:
             db_prefix=_env("RECSYS_STACK_DB_PREFIX", "recsys_stack"),
             broker_url=_env("RECSYS_STACK_BROKER_URL", "redis://127.0.0.1:6379/0"),
             ratelimit_storage=_env("RECSYS_STACK_RATELIMIT_STORAGE", "redis://127.0.0.1:6379/1"),
-            airflow_port=_env_int("RECSYS_AIRFLOW_PORT", 8080),
-            mlflow_port=_env_int("RECSYS_MLFLOW_PORT", 5001),
             dask_port=_env_int("RECSYS_DASK_PORT", 8786),
             dask_workers=_env_int("RECSYS_DASK_WORKERS", 2),
             artifacts=_env("RECSYS_STACK_ARTIFACTS", ""),
@@ -176,7 +209,8 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
-def run_command(command: Callable[[], object], errors: type[Exception], exit_code: int) -> int:
+def run_command(command: Callable[[], object], errors: type[Exception] | tuple[type[Exception], ...],
+                exit_code: int) -> int:
     """The frame of each package's `python -m <package>`: logging configured, `command()` run,
     and the package's own errors reported as one `error: ...` line on stderr with `exit_code`
     instead of a traceback. 0 when the command ran through."""

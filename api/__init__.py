@@ -5,21 +5,26 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, request
 from flask_limiter import Limiter
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, customers, errors, health, interactions, openapi, products, ratelimit
+from api import auth, customers, errors, health, interactions, openapi, products, ratelimit, resources
+from api.candidates import ProductFilter
 from api.catalogue import CacheConfig, CatalogueCache
-from api.recommend import Ranker, Recommender
-from api.store import Store
+from api.idempotency import Idempotency
+from api.recommend import Ranker, Recommender, Request
+from api.store import Interaction, Store, normalise_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_app", "default_config", "Ranker", "RankerSlot"]
+__all__ = ["create_app", "default_config", "warm_up", "Ranker", "RankerSlot"]
 
 
 def default_config() -> dict[str, Any]:
@@ -31,14 +36,18 @@ def default_config() -> dict[str, Any]:
         "DATABASE_URL": st.database_url,
         "DATABASE_SCHEMA": None,  # PostgreSQL schema holding the tables; None = the default one
         "RATELIMIT_STORAGE_URI": st.ratelimit_storage_uri,
-        "RATELIMIT_DEFAULT": st.ratelimit_default,
+        # Flask-Limiter's own name for limits shared by all routes; per caller (api.auth.rate_limit_key).
+        "RATELIMIT_APPLICATION": st.ratelimit_default,
         "RATELIMIT_KEY_PREFIX": "recsys-api",
         "RATELIMIT_ENABLED": True,
         "API_KEYS": st.api_keys,
         "API_KEY_PEPPER": st.api_key_pepper,
         "TRITON_URL": st.triton_http_url,
         "SERVING_DIR": str(st.serving_dir),
+        "EXCLUDE": st.exclude,  # default exclusion of recommendations (the evaluation's too)
         "BULK_LIMIT": 1000,
+        # Event times may lie this far past the server's clock (clients' clocks drift), no further.
+        "EVENT_TIME_SKEW_S": st.event_time_skew_s,
         "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
         "INIT_DB": True,
         # Per-worker caches of the catalogue (seconds); 0 re-reads the database on every request.
@@ -46,6 +55,15 @@ def default_config() -> dict[str, Any]:
         "INTERACTIONS_TTL_S": CacheConfig.interactions_ttl_s,
         "CATALOGUE_REBUILD_S": CacheConfig.rebuild_s,
         "API_KEY_CACHE_TTL_S": auth.KEY_CACHE_TTL_S,
+        # Requests without a valid key allowed per address before it gets 429s (limits' notation).
+        "AUTH_FAILURE_LIMIT": st.auth_failure_limit,
+        # How long a POST's Idempotency-Key is remembered (its answer replayed to retries).
+        "IDEMPOTENCY_TTL_S": st.idempotency_ttl_s,
+        # Proxies in front (nginx) whose X-Forwarded-For is trusted for the client's address; 0 = none, so
+        # the header cannot be forged to pick another address's rate-limit and auth-failure buckets.
+        "TRUSTED_PROXIES": st.api_trusted_proxies,
+        # /health answers from a result this many seconds old at most (per worker).
+        "HEALTH_CACHE_S": st.health_cache_s,
     }
 
 
@@ -74,6 +92,9 @@ class RankerSlot:
             return None
         try:
             # Imported here: the API runs (popular items only) where serving's dependencies are absent.
+            if (bundle / "recommender").is_dir():  # the served recommender, ranked on Triton
+                served = importlib.import_module("serving.recommender")
+                return served.TritonRecommender.from_bundle(bundle, self._triton_url)
             ranking = importlib.import_module("api.ranking")
             return ranking.EncodedRanker.from_bundle(bundle, self._triton_url)
         except Exception as exc:  # a broken bundle must not take the API down; popular items still work
@@ -87,8 +108,10 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     app.config.update(default_config())
     app.config.update(config or {})
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    if int(app.config.get("TRUSTED_PROXIES", 0)) > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["TRUSTED_PROXIES"]))  # type: ignore[method-assign]
 
-    url = app.config["DATABASE_URL"]
+    url = normalise_url(app.config["DATABASE_URL"])
     _ensure_sqlite_dir(url)
     store = Store(url, schema=app.config.get("DATABASE_SCHEMA"))
     if app.config.get("INIT_DB", True):
@@ -104,11 +127,17 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     ))
     app.extensions["recsys_catalogue"] = cache
     app.extensions["recsys_recommender"] = Recommender(store, cache)
+    app.extensions["recsys_health"] = health.HealthCheck(float(app.config["HEALTH_CACHE_S"]))
+    app.extensions["recsys_idempotency"] = Idempotency(store, float(app.config["IDEMPOTENCY_TTL_S"]))
 
+    # Registered before the limiter's own hook so that it runs after it (Flask runs them in reverse).
+    app.after_request(ratelimit.retry_after_only_when_refused)
+    # One budget per caller across all endpoints (application limits), not one per endpoint: spreading
+    # requests over routes must not multiply the allowance.
     limiter = Limiter(
         key_func=auth.rate_limit_key,
-        default_limits=[app.config["RATELIMIT_DEFAULT"]] if app.config.get("RATELIMIT_DEFAULT") else [],
-        default_limits_exempt_when=lambda: request.endpoint in auth.PUBLIC_ENDPOINTS,
+        application_limits=[app.config["RATELIMIT_APPLICATION"]] if app.config.get("RATELIMIT_APPLICATION") else [],
+        application_limits_exempt_when=lambda: request.endpoint in auth.PUBLIC_ENDPOINTS,
         storage_uri=ratelimit.storage_uri(app.config["RATELIMIT_STORAGE_URI"]),
         key_prefix=app.config.get("RATELIMIT_KEY_PREFIX", "recsys-api"),
         headers_enabled=True,
@@ -118,10 +147,33 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     app.extensions["recsys_limiter"] = limiter
     auth.init_app(app, auth.KeyRing.parse(app.config.get("API_KEYS", ""), app.config.get("API_KEY_PEPPER", "")),
                   float(app.config["API_KEY_CACHE_TTL_S"]))
+    app.before_request(resources.check_path_ids)
     errors.register_error_handlers(app)
+    app.url_map.converters["id"] = resources.IdConverter
     for module in (health, openapi, customers, products, interactions):
         app.register_blueprint(module.bp)
     return app
+
+
+def warm_up(app: Flask) -> None:
+    """Do a worker's first-request work before it takes requests (gunicorn's post_worker_init calls this):
+    load the catalogue cache, build the ranker and let it encode the catalogue, rank once for the customer
+    of the latest interaction. The first recommendation of a cold worker took 1.7-3 s. Never raises: a
+    worker that cannot warm up still serves, and pays on its first request."""
+    start = time.perf_counter()
+    try:
+        recommender: Recommender = app.extensions["recsys_recommender"]
+        ranker = app.extensions["recsys_ranker"].get()
+        recommender.popular(1)
+        with app.extensions["recsys_store"].engine.connect() as conn:
+            customer = conn.execute(select(Interaction.customer_id).order_by(Interaction.id.desc()).limit(1)).scalar()
+        if customer is not None:
+            recommender.recommend(Request(int(customer), 10, ProductFilter(), True), ranker)
+    except Exception:  # noqa: BLE001 - warming is an optimisation, never a reason not to serve
+        log.exception("warm-up failed; the first request of this worker does the work instead")
+        return
+    log.info("worker warmed up in %.2f s (ranker: %s)", time.perf_counter() - start,
+             type(ranker).__name__ if ranker is not None else "none")
 
 
 def _ensure_sqlite_dir(url: str) -> None:

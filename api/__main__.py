@@ -23,10 +23,10 @@ def _store(cfg: dict) -> Store:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m api", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the API under gunicorn (app spec api.wsgi:app)")
+    serve = sub.add_parser("serve", help="run the API under gunicorn (api/gunicorn_conf.py, app spec api.wsgi:app)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=5000)
-    serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument("--workers", type=int, default=None, help="default: RECSYS_API_WORKERS")
     sub.add_parser("init-db", help="create the tables in the configured database")
     seed_p = sub.add_parser("seed", help="load customers, products and interactions from REES46 events")
     seed_p.add_argument("--events", type=Path, required=True, help="Parquet/CSV file or a directory of them")
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = default_config()
     if args.command == "serve":
-        gunicorn = [sys.executable, "-m", "gunicorn", "--workers", str(args.workers),
+        # api/gunicorn_conf.py: gevent workers, header and keep-alive timeouts, warm-up per worker.
+        gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
+                    *(["--workers", str(args.workers)] if args.workers else []),
                     "--bind", f"{args.host}:{args.port}", "api.wsgi:app"]
         os.execv(sys.executable, gunicorn)
     store = _store(cfg)

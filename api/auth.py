@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask, current_app, g, request
+from limits import parse as parse_limit
 from sqlalchemy import select
 
-from api.errors import Forbidden, InvalidRequest, Unauthorized
+from api.errors import Forbidden, InvalidRequest, TooManyRequests, Unauthorized
 from api.store import ApiKey, Store
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,14 @@ class StoredKeys:
         self._any: tuple[float, bool] | None = None
         self._lock = threading.Lock()
 
-    def role(self, key_hash: str) -> str | None:
+    def role(self, key_hash: str, look_up: bool = True) -> str | None:
+        """The key's role; a hash not cached is looked up in the database unless `look_up` is False."""
         now = self.clock()
         hit = self._roles.get(key_hash)
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
+        if not look_up:
+            return None
         with self.store.engine.connect() as conn:
             role = conn.execute(select(ApiKey.role).where(ApiKey.key_hash == key_hash)).scalar()
         with self._lock:
@@ -104,37 +108,100 @@ class StoredKeys:
         return found
 
 
-def authenticate() -> None:
-    """before_request hook: no keys configured anywhere -> auth off; else require a key of enough role."""
-    if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
-        return
+@dataclass(frozen=True)
+class Caller:
+    """Who sent the request: `role` None for callers without a valid key (or everyone, with auth off)."""
+
+    auth_on: bool
+    role: str | None
+    key_hash: str | None
+
+
+def caller() -> Caller:
+    """The request's verified identity, resolved once per request (rate limits and auth both ask)."""
+    found = g.get("recsys_caller")
+    if found is not None:
+        return found
     ring: KeyRing = current_app.extensions["recsys_keyring"]
     stored: StoredKeys = current_app.extensions["recsys_stored_keys"]
+    presented = request.headers.get(HEADER)
     if not ring.hashes and not stored.any():
+        found = Caller(auth_on=False, role=None, key_hash=None)
+    elif presented:
+        digest = hash_key(presented, ring.pepper)
+        role = ring.hashes.get(digest) or stored.role(digest, look_up=False)
+        # An address blocked for failed authentications is refused anyway: its guesses cost no query.
+        if role is None and _auth_failures_blocked() is None:
+            role = stored.role(digest)
+        found = Caller(auth_on=True, role=role, key_hash=digest if role else None)
+    else:
+        found = Caller(auth_on=True, role=None, key_hash=None)
+    g.recsys_caller = found
+    return found
+
+
+def _client_address() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _auth_failures_blocked() -> int | None:
+    """Seconds until this address may try keys again, or None while it is under AUTH_FAILURE_LIMIT."""
+    limiter = current_app.extensions["recsys_limiter"]
+    item = parse_limit(current_app.config["AUTH_FAILURE_LIMIT"])
+    ids = (current_app.config.get("RATELIMIT_KEY_PREFIX", "recsys-api"), "auth-failures", _client_address())
+    if limiter.limiter.test(item, *ids):
+        return None
+    reset_at = limiter.limiter.get_window_stats(item, *ids).reset_time
+    return max(1, int(reset_at - time.time()) + 1)
+
+
+def _count_auth_failure() -> None:
+    limiter = current_app.extensions["recsys_limiter"]
+    item = parse_limit(current_app.config["AUTH_FAILURE_LIMIT"])
+    limiter.limiter.hit(item, current_app.config.get("RATELIMIT_KEY_PREFIX", "recsys-api"), "auth-failures",
+                        _client_address())
+
+
+def authenticate() -> None:
+    """before_request hook: no keys configured anywhere -> auth off; else require a key of enough role.
+
+    Failed attempts are counted per address: past AUTH_FAILURE_LIMIT the address gets 429 for every
+    request (valid key or not) until the window ends, so keys cannot be guessed at the request rate.
+    """
+    if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
+        return
+    who = caller()
+    if not who.auth_on:
         g.role = "admin"
         return
-    presented = request.headers.get(HEADER)
-    if not presented:
-        raise Unauthorized(f"missing {HEADER} header", field=HEADER)
-    digest = hash_key(presented, ring.pepper)
-    role = ring.hashes.get(digest) or stored.role(digest)
-    if role is None:
+    # Checked before the key's verdict is used: a blocked address learns nothing about further guesses.
+    blocked_s = _auth_failures_blocked()
+    if blocked_s is not None:
+        raise TooManyRequests(f"too many failed authentications from this address; retry in {blocked_s} s",
+                              retry_after_s=blocked_s, field=HEADER)
+    if who.role is None:
+        _count_auth_failure()
+        if not request.headers.get(HEADER):
+            raise Unauthorized(f"missing {HEADER} header", field=HEADER)
         raise Unauthorized(f"unknown API key in {HEADER}", field=HEADER)
     needed = METHOD_ROLE.get(request.method)
     if needed is None:
         raise InvalidRequest(f"method {request.method} not supported")
-    if RANK[role] < RANK[needed]:
-        raise Forbidden(f"key role {role!r} cannot {request.method}; needs {needed!r} or higher", field=HEADER)
-    g.role = role
+    if RANK[who.role] < RANK[needed]:
+        raise Forbidden(f"key role {who.role!r} cannot {request.method}; needs {needed!r} or higher", field=HEADER)
+    g.role = who.role
 
 
 def rate_limit_key() -> str:
-    """Per-key buckets (the hash, never the raw key); anonymous callers share a bucket per address."""
-    presented = request.headers.get(HEADER)
-    if presented:
-        ring: KeyRing = current_app.extensions["recsys_keyring"]
-        return "key:" + hash_key(presented, ring.pepper)[:32]
-    return "ip:" + (request.remote_addr or "unknown")
+    """The bucket of a request: a verified key's (by its hash, never the raw key), else the address's.
+
+    An unverified key must not choose its bucket: random keys would each get a fresh one. With auth off
+    every caller is anonymous, so the header is ignored.
+    """
+    who = caller()
+    if who.key_hash is not None:
+        return "key:" + who.key_hash[:32]
+    return "ip:" + _client_address()
 
 
 def init_app(app: Flask, ring: KeyRing, cache_ttl_s: float = KEY_CACHE_TTL_S) -> None:

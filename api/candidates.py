@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sqlalchemy import Select, String, case, cast, func, literal, select
@@ -121,8 +122,25 @@ def co_occurring(session: Session, customer_id: int, limit: int, where: ProductF
     return [int(p) for p in session.scalars(where.apply(stmt).limit(limit))]
 
 
+SIMILAR_CANDIDATES = 500  # most-shared products re-scored by cosine, bounding the work on busy products
+
+
+def _contexts(product_ids: Select | list[int] | None = None):  # type: ignore[no-untyped-def]
+    """(pid, ctx) rows: the sessions (`s:<id>`) and customers (`c:<id>`) each product appears in."""
+    by_session = select(Interaction.product_id.label("pid"), (literal("s:") + Interaction.session).label("ctx")) \
+        .where(Interaction.session.is_not(None))
+    by_customer = select(Interaction.product_id.label("pid"),
+                         (literal("c:") + cast(Interaction.customer_id, String)).label("ctx"))
+    if product_ids is not None:
+        by_session = by_session.where(Interaction.product_id.in_(product_ids))
+        by_customer = by_customer.where(Interaction.product_id.in_(product_ids))
+    return by_session.union(by_customer).subquery()
+
+
 def similar_products(session: Session, product_id: int, limit: int) -> list[tuple[int, float]]:
-    """Item-item similarity: products sharing sessions or customers with `product_id`; (product_id, shared)."""
+    """Item-item similarity: (product_id, score) with score = |C(a) & C(b)| / sqrt(|C(a)| |C(b)|), the
+    cosine of the two products' context sets C (the sessions and customers they appear in), in [0, 1].
+    Raw shared counts would rank popular products first for every anchor; the cosine does not."""
     anchor = aliased(Interaction)
     by_session = (
         select(Interaction.product_id.label("pid"), (literal("s:") + anchor.session).label("ctx"))
@@ -142,6 +160,15 @@ def similar_products(session: Session, product_id: int, limit: int) -> list[tupl
         .where(Product.available.is_(True))
         .group_by(Product.id)
         .order_by(shared.desc(), Product.id)
-        .limit(limit)
+        .limit(SIMILAR_CANDIDATES)
     )
-    return [(int(p), float(s)) for p, s in session.execute(stmt)]
+    shared_with = {int(p): float(n) for p, n in session.execute(stmt)}
+    if not shared_with:
+        return []
+    contexts = _contexts([product_id, *shared_with])
+    sizes = {int(p): float(n) for p, n in session.execute(
+        select(contexts.c.pid, func.count()).group_by(contexts.c.pid))}
+    own = sizes.get(product_id, 0.0)
+    scored = [(p, n / math.sqrt(own * sizes[p])) for p, n in shared_with.items() if own > 0 and sizes.get(p)]
+    scored.sort(key=lambda item: (-item[1], item[0]))
+    return scored[:limit]

@@ -15,7 +15,7 @@ bp = Blueprint("customers", __name__, url_prefix="/customers")
 register_crud(bp, Customer, CustomerOut, CustomerCreate, CustomerBulk, CustomerUpdate)
 
 
-@bp.get("/<int:ident>/recommendations")
+@bp.get("/<id:ident>/recommendations")
 def recommendations(ident: int) -> ResponseReturnValue:
     """Top-k products for a customer; unknown customers get popular items, a down ranker sets `fallback`."""
     query = parse_query(RecommendQuery)
@@ -23,7 +23,7 @@ def recommendations(ident: int) -> ResponseReturnValue:
         customer_id=ident,
         k=query.k,
         where=ProductFilter(query.category_id, query.min_price, query.max_price),
-        exclude_purchased=query.exclude_purchased,
+        exclude=query.exclusion(current_app.config.get("EXCLUDE", "seen")),
     )
     ranker = current_app.extensions["recsys_ranker"].get()
     result = current_app.extensions["recsys_recommender"].recommend(req, ranker)

@@ -57,6 +57,14 @@ class Unprocessable(ApiError):
     status, title = 422, "Unprocessable Entity"
 
 
+class TooManyRequests(ApiError):
+    status, title = 429, "Too Many Requests"
+
+    def __init__(self, detail: str, retry_after_s: int, field: str | None = None) -> None:
+        super().__init__(detail, field)
+        self.retry_after_s = retry_after_s
+
+
 def problem(status: int, title: str, detail: str, field: str | None = None) -> Response:
     body: dict[str, Any] = {"status": status, "title": title, "detail": detail, "field": field}
     response = jsonify({"error": body})
@@ -82,7 +90,10 @@ def from_validation_error(exc: ValidationError) -> ApiError:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
-        return problem(exc.status, exc.title, exc.detail, exc.field)
+        response = problem(exc.status, exc.title, exc.detail, exc.field)
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError) -> Response:

@@ -10,6 +10,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api import schemas as s
+from api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from api.idempotency import KEY_PATTERN
 
 bp = Blueprint("openapi", __name__)
 
@@ -38,7 +40,16 @@ def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 
 def _path_id() -> dict[str, Any]:
-    return {"name": "ident", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+    # The bounds the `id` route converter enforces: ASCII digits, BIGINT range; outside them is a 404.
+    return {"name": "ident", "in": "path", "required": True,
+            "schema": {"type": "integer", "minimum": s.MIN_ID, "maximum": s.MAX_ID}}
+
+
+def _idempotency_key() -> dict[str, Any]:
+    return {"name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
+            "description": "retries with the same key and body get the first answer (per API key, "
+                           "kept RECSYS_IDEMPOTENCY_TTL_S); the same key with another body is a 422",
+            "schema": {"type": "string", "pattern": KEY_PATTERN}}
 
 
 def _op(summary: str, ok: str, out: type[BaseModel] | None, body: type[BaseModel] | None = None,
@@ -61,9 +72,10 @@ def _resource(name: str, out, page, create, bulk, update, page_query=s.PageQuery
     return {
         f"/{name}": {
             "get": _op(f"List {name} (limit/offset, with total)", "200", page, params=_query_params(page_query)),
-            "post": _op(f"Create one of {name}", "201", out, create),
+            "post": _op(f"Create one of {name}", "201", out, create, params=[_idempotency_key()]),
         },
-        f"/{name}/bulk": {"post": _op(f"Create many {name} in one request", "201", s.BulkResult, bulk)},
+        f"/{name}/bulk": {"post": _op(f"Create many {name} in one request", "201", s.BulkResult, bulk,
+                                      params=[_idempotency_key()])},
         one: {
             "parameters": [_path_id()],
             "get": _op(f"Read one of {name}", "200", out),

@@ -24,7 +24,7 @@ def popular() -> ResponseReturnValue:
     return jsonify(_scored(current_app.extensions["recsys_recommender"].popular(query.k)))
 
 
-@bp.get("/<int:ident>/similar")
+@bp.get("/<id:ident>/similar")
 def similar(ident: int) -> ResponseReturnValue:
     """Products that share sessions or customers with this one, most shared first."""
     query = parse_query(TopKQuery)

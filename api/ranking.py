@@ -26,11 +26,11 @@ import pandas as pd
 
 from serving.bundle import RETRIEVAL_DIR, SCHEMA_FILE, ServingBundle
 from serving.ranking import PRODUCT_COLUMNS
-from serving.triton_client import Protocol, Ranker as TritonClient
+from serving.triton_client import Protocol, TritonClient
 
 if TYPE_CHECKING:
     from api.catalogue import CatalogueIndex, Products
-    from training.retrieval import CandidateIndex
+    from serving.candidate_index import CandidateIndex
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,8 @@ class EncodedRanker:
             return None
         try:
             # Imported here: torch is only needed when a bundle ships a retrieval model.
-            from training.retrieval import CATALOGUE_FILE, MODEL_FILE, build_candidate_index, load_two_tower
+            from models.two_tower import MODEL_FILE, load_two_tower
+            from serving.candidate_index import CATALOGUE_FILE, build_candidate_index
 
             if not (folder / MODEL_FILE).is_file():
                 log.info("bundle %s ships no retrieval model; candidates come from the catalogue only",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from flask import Response
 from limits.storage.memory import MemoryStorage
 
 SWEEP_EVERY_S = 1.0
@@ -37,3 +38,11 @@ class InlineExpiryMemoryStorage(MemoryStorage):
 def storage_uri(uri: str) -> str:
     """The URI to give Flask-Limiter: memory:// is served by InlineExpiryMemoryStorage, others as given."""
     return SCHEME + uri[len("memory"):] if uri.startswith("memory://") else uri
+
+
+def retry_after_only_when_refused(response: Response) -> Response:
+    """after_request hook: Flask-Limiter puts Retry-After on every limited response, 200s included, where
+    it tells clients to back off for no reason; it belongs to 429 (and 503) only."""
+    if response.status_code not in (429, 503):
+        response.headers.pop("Retry-After", None)
+    return response

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,9 @@ from sqlalchemy import bindparam, select
 from api.candidates import ProductFilter
 from api.catalogue import CatalogueCache, CatalogueIndex, Products
 from api.store import Interaction, Store
+
+if TYPE_CHECKING:
+    from serving.recommender import TritonRecommender
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class Request:
     customer_id: int
     k: int
     where: ProductFilter
-    exclude_purchased: bool
+    exclude: str = "seen"  # "seen", "purchased" or "none": the evaluation excludes the same (RECSYS_EXCLUDE)
 
 
 @dataclass(frozen=True)
@@ -71,21 +74,26 @@ class History:
 
     touched: set[int]
     purchased: set[int]
+    events: list[tuple[int, str]]  # (product_id, event_type) in id order: the served recommender's input
+
+    def excluded(self, exclude: str) -> set[int]:
+        return {"seen": self.touched, "purchased": self.purchased}.get(exclude, set())
 
 
 HISTORY = select(Interaction.product_id, Interaction.event_type).where(
-    Interaction.customer_id == bindparam("customer_id"))
+    Interaction.customer_id == bindparam("customer_id")).order_by(Interaction.id)
 
 
 def read_history(store: Store, customer_id: int) -> History:
     touched: set[int] = set()
     purchased: set[int] = set()
     with store.engine.connect() as conn:
-        for product_id, event_type in conn.execute(HISTORY, {"customer_id": customer_id}).all():
-            touched.add(product_id)
-            if event_type == "purchase":
-                purchased.add(product_id)
-    return History(touched, purchased)
+        events = [(int(p), str(t)) for p, t in conn.execute(HISTORY, {"customer_id": customer_id}).all()]
+    for product_id, event_type in events:
+        touched.add(product_id)
+        if event_type == "purchase":
+            purchased.add(product_id)
+    return History(touched, purchased, events)
 
 
 def _retrieved(index: CatalogueIndex, retrieved: list[int], req: Request, exclude: set[int]) -> list[int]:
@@ -148,16 +156,18 @@ class Recommender:
 
     def recommend(self, req: Request, ranker: Ranker | None) -> Result:
         history = read_history(self.store, req.customer_id)
-        exclude = history.purchased if req.exclude_purchased else set()
+        exclude = history.excluded(req.exclude)
         if ranker is None or not history.touched:
             return Result(self.popular(req.k, req.where, exclude), "popular", False)
+        if hasattr(ranker, "recommender"):  # serving.recommender.TritonRecommender: the evaluated path
+            return self._recommend_served(req, ranker, history, exclude)
         self._attach(ranker)
         retrieved = self._retrieve(ranker, req.customer_id, exclude)
         with self.cache.lock:
             index = self.cache.index()
             pool = _pool(index, history, req, exclude, retrieved)
             if not pool:
-                return Result([], "triton", False)
+                return Result(self.popular(req.k, req.where, exclude), "popular", False)
             products = index.products  # an immutable snapshot: safe to use once the lock is released
             rows, _ = products.rows_of(np.asarray(pool, dtype=np.int64))
         try:
@@ -169,7 +179,32 @@ class Recommender:
             raise ValueError(f"ranker returned {scores.shape[0]} scores for {len(rows)} products")
         order = np.argsort(-scores, kind="stable")[: req.k]
         ids = products.ids[rows]
-        return Result([(int(ids[i]), float(scores[i])) for i in order], "triton", False)
+        return Result(self._top_up([(int(ids[i]), float(scores[i])) for i in order], req, exclude), "triton", False)
+
+    def _top_up(self, ranked: list[tuple[int, float]], req: Request, exclude: set[int]) -> list[tuple[int, float]]:
+        """A list short of k while eligible products remain gets the most popular of them appended."""
+        if len(ranked) >= req.k:
+            return ranked
+        return ranked + self.popular(req.k - len(ranked), req.where, exclude | {p for p, _ in ranked})
+
+    def _recommend_served(self, req: Request, served: "TritonRecommender", history: History,
+                          exclude: set[int]) -> Result:
+        """Candidates, exclusions and filters, ranking: `serving.recommender`, as the evaluator runs it;
+        a list short of k (few eligible products known to the model) is topped up with popular ones."""
+        with self.cache.lock:
+            products = self.cache.index().products
+        items = served.recommender.items
+        rows, found = products.rows_of(items)
+        allowed = found.copy()
+        allowed[found] = products.mask(rows[found], req.where)
+        pids = np.fromiter((p for p, _ in history.events), dtype=np.int64, count=len(history.events))
+        kinds = np.array([t for _, t in history.events], dtype=object)
+        try:
+            ranked = served.recommend(pids, kinds, allowed, np.fromiter(exclude, dtype=np.int64), req.k)
+        except ranker_unavailable_error() as exc:
+            log.warning("ranker unavailable for customer %s, serving popular items: %s", req.customer_id, exc)
+            return Result(self.popular(req.k, req.where, exclude), "popular", True)
+        return Result(self._top_up(ranked, req, exclude), "triton", False)
 
     def _retrieve(self, ranker: Ranker, customer_id: int, exclude: set[int]) -> list[int]:
         """The ranker's retrieval candidates (api.ranking.EncodedRanker.candidates); [] when it has none or fails."""

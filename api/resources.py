@@ -9,11 +9,15 @@ from typing import Any, TypeVar
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
+from pydantic_core import from_json
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from werkzeug.routing import BaseConverter
 
 from api.errors import Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType
-from api.schemas import MAX_ID, BulkResult, PageQuery
+from api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from api.idempotency import Idempotency
+from api.schemas import MAX_ID, MIN_ID, BulkResult, PageQuery
 from api.store import Base, Store
 
 M = TypeVar("M", bound=BaseModel)
@@ -21,15 +25,45 @@ M = TypeVar("M", bound=BaseModel)
 Precheck = Callable[[Session, list[BaseModel]], None]
 
 
+class IdConverter(BaseConverter):
+    """`<id:ident>`: ASCII digits only (werkzeug's `int` takes any Unicode digit, e.g. full-width ones).
+
+    The range is checked by `check_path_ids`, not here: a converter that refuses a value makes
+    werkzeug answer 405 for the other methods of the path instead of 404.
+    """
+
+    regex = r"[0-9]+"
+    weight = 50
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: int) -> str:
+        return str(int(value))
+
+
+def check_path_ids() -> None:
+    """before_request hook (after auth and limits): a path id outside the BIGINT ids the store holds
+    names no row, so it is a 404 before any query sees it (SQLite raises OverflowError on it)."""
+    ident = (request.view_args or {}).get("ident")
+    if isinstance(ident, int) and not MIN_ID <= ident <= MAX_ID:
+        raise NotFound(f"id {ident} is outside {MIN_ID}..{MAX_ID}, so nothing has it", field="id")
+
+
 def store() -> Store:
     return current_app.extensions["recsys_store"]
+
+
+def idempotency() -> Idempotency:
+    return current_app.extensions["recsys_idempotency"]
 
 
 def parse_body(model: type[M]) -> M:
     """Validate the JSON body against `model` (strict, no unknown fields); errors become 400/415/422."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType(f"send the body as application/json, not {request.mimetype or 'nothing'!r}")
-    return model.model_validate_json(request.get_data(cache=False) or b"")
+    context = {"event_time_skew_s": current_app.config["EVENT_TIME_SKEW_S"]}
+    return model.model_validate_json(request.get_data(cache=False) or b"", context=context)
 
 
 def parse_query(model: type[M]) -> M:
@@ -44,15 +78,8 @@ def get_or_404(session: Session, orm: type[Base], ident: int) -> Any:
 
 
 def to_json(out: type[BaseModel], obj: Any) -> dict[str, Any]:
-    data = out.model_validate(obj).model_dump(mode="json")
-    return {k: _utc(v) if k.endswith("_at") or k.endswith("_time") else v for k, v in data.items()}
-
-
-def _utc(value: Any) -> Any:
-    # SQLite drops the zone of stored timestamps; everything is stored in UTC.
-    if isinstance(value, str) and len(value) >= 19 and not (value.endswith("Z") or "+" in value[19:]):
-        return value + "Z"
-    return value
+    # Timestamps are aware UTC datetimes here (the store's UtcDateTime, the schemas' EventTime): "...Z".
+    return out.model_validate(obj).model_dump(mode="json")
 
 
 def paginate(session: Session, orm: type[Base], out: type[BaseModel], query: PageQuery,
@@ -114,26 +141,44 @@ def register_crud(bp: Blueprint, orm: type[Base], out: type[BaseModel], create: 
 
     def create_generic() -> ResponseReturnValue:
         item = parse_body(create)
-        with store().session() as session:
+
+        def write(session: Session) -> tuple[dict[str, Any], int]:
             if precheck:
                 precheck(session, [item])
             (new_id,) = insert_rows(session, orm, [item], numbered, defaults)
-            body = to_json(out, session.get(orm, new_id))
-        return jsonify(body), 201
+            return to_json(out, session.get(orm, new_id)), 201
+
+        return idempotency().run(item, write)
+
+    def create_route() -> ResponseReturnValue:
+        # A request with an Idempotency-Key takes the transactional path, which records the answer.
+        if create_one is not None and IDEMPOTENCY_HEADER not in request.headers:
+            return create_one()
+        return create_generic()
 
     def create_bulk() -> ResponseReturnValue:
-        # Check the count before validating items so a huge batch is refused cheaply.
-        raw = request.get_json(silent=True) if request.mimetype == "application/json" else None
+        # Check the count before validating items so a huge batch is refused cheaply. pydantic's
+        # parser bounds nesting depth (json.loads raises RecursionError on deep arrays); a body it
+        # cannot parse is left to parse_body, which answers 400.
+        raw = None
+        if request.mimetype == "application/json":
+            try:
+                raw = from_json(request.get_data(cache=True))
+            except ValueError:
+                raw = None
         if isinstance(raw, dict) and isinstance(raw.get("items"), list):
             check_bulk_size(len(raw["items"]))
         payload = parse_body(bulk)
         items = payload.items  # type: ignore[attr-defined]
         check_bulk_size(len(items))
-        with store().session() as session:
+
+        def write(session: Session) -> tuple[dict[str, Any], int]:
             if precheck:
                 precheck(session, items)
             ids = insert_rows(session, orm, items, numbered, defaults)
-        return jsonify(BulkResult(created=len(ids), ids=ids).model_dump()), 201
+            return BulkResult(created=len(ids), ids=ids).model_dump(), 201
+
+        return idempotency().run(payload, write)
 
     def read(ident: int) -> ResponseReturnValue:
         with store().session() as session:
@@ -163,9 +208,9 @@ def register_crud(bp: Blueprint, orm: type[Base], out: type[BaseModel], create: 
         with store().session() as session:
             return jsonify(paginate(session, orm, out, query, filters(query) if filters else None))
 
-    bp.add_url_rule("", "create", create_one or create_generic, methods=["POST"])
+    bp.add_url_rule("", "create", create_route, methods=["POST"])
     bp.add_url_rule("/bulk", "create_bulk", create_bulk, methods=["POST"])
     bp.add_url_rule("", "list", listing, methods=["GET"])
-    bp.add_url_rule("/<int:ident>", "read", read, methods=["GET"])
-    bp.add_url_rule("/<int:ident>", "modify", modify, methods=["PUT", "PATCH"])
-    bp.add_url_rule("/<int:ident>", "delete", delete, methods=["DELETE"])
+    bp.add_url_rule("/<id:ident>", "read", read, methods=["GET"])
+    bp.add_url_rule("/<id:ident>", "modify", modify, methods=["PUT", "PATCH"])
+    bp.add_url_rule("/<id:ident>", "delete", delete, methods=["DELETE"])

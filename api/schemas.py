@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
-MAX_ID = 2**63 - 1  # ids are BIGINT in PostgreSQL
+from contracts import EVENT_TYPES
+
+MIN_ID = 1
+MAX_ID = 2**63 - 1  # ids are BIGINT in PostgreSQL (and SQLite's INTEGER)
+
+
+# Event times before the Unix epoch are typos or sentinels (0001-01-01 broke reads and the export), and
+# ones in the future beyond a clock skew are wrong clocks; the skew comes from the app's config
+# (EVENT_TIME_SKEW_S, passed as validation context), this is its default.
+EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EVENT_TIME_SKEW_S = 300.0
+
+
+def _utc_event_time(value: datetime, info: ValidationInfo) -> datetime:
+    """Naive times are UTC; aware ones are converted to UTC; both must lie in 1970-01-01 .. now + skew."""
+    skew_s = float((info.context or {}).get("event_time_skew_s", EVENT_TIME_SKEW_S))
+    latest = datetime.now(timezone.utc) + timedelta(seconds=skew_s)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    if value < EARLIEST_EVENT_TIME or value > latest:  # compared as instants, before any conversion overflows
+        raise ValueError(f"event time must lie between {EARLIEST_EVENT_TIME.isoformat()} and now + {skew_s:g} s "
+                         f"(now is {datetime.now(timezone.utc).isoformat(timespec='seconds')})")
+    return value.astimezone(timezone.utc)
+
+
+def _email(value: str) -> str:
+    """Syntax only (no DNS; RFC 2606 .test addresses allowed): a shop's address book is not ours to
+    judge beyond "this is an address"; returns email-validator's normalised form."""
+    try:
+        return validate_email(value, check_deliverability=False, globally_deliverable=False,
+                              test_environment=True).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not an email address: {exc}") from None
 
 
 def _not_text(value: Any) -> Any:
@@ -17,15 +51,32 @@ def _not_text(value: Any) -> Any:
 
 
 # JSON Schema counts 3.0 as an integer, so accept it; strings and booleans stay errors.
-PositiveId = Annotated[int, Field(strict=False, ge=1, le=MAX_ID), BeforeValidator(_not_text)]
+PositiveId = Annotated[int, Field(strict=False, ge=MIN_ID, le=MAX_ID), BeforeValidator(_not_text)]
 CategoryId = Annotated[int, Field(strict=False, ge=0, le=MAX_ID), BeforeValidator(_not_text)]
-EventType = Literal["view", "cart", "remove_from_cart", "purchase"]
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+EventTime = Annotated[datetime, AfterValidator(_utc_event_time)]
+# Checked on POST, PUT and PATCH alike (all three validate through CustomerFields).
+Email = Annotated[str, AfterValidator(_email), Field(json_schema_extra={"format": "email"})]
+
+
+# C0 and C1 control characters (NUL among them): PostgreSQL refuses NUL in text (a 500 before), SQLite
+# stored it; no name, brand, code or session needs any of them, so both backends answer 422 alike.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The same rule as the spec states it (Body's validator enforces it with a message naming the character).
+Text = Annotated[str, Field(json_schema_extra={"pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"})]
 
 
 class Body(BaseModel):
     """Request bodies: unknown fields and type coercions are errors, so the client hears about typos."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="after", check_fields=False)
+    @classmethod
+    def _printable(cls, value: Any) -> Any:
+        if isinstance(value, str) and (found := CONTROL_CHARACTERS.search(value)):
+            raise ValueError(f"control character U+{ord(found.group()):04X} at position {found.start()} is not allowed")
+        return value
 
 
 class Query(BaseModel):
@@ -35,8 +86,8 @@ class Query(BaseModel):
 
 
 class CustomerFields(Body):
-    name: str | None = Field(None, max_length=200)
-    email: str | None = Field(None, max_length=320)
+    name: Text | None = Field(None, max_length=200)
+    email: Email | None = Field(None, max_length=320)
 
 
 class CustomerCreate(CustomerFields):
@@ -57,10 +108,10 @@ class CustomerOut(BaseModel):
 
 
 class ProductFields(Body):
-    name: str | None = Field(None, max_length=300)
+    name: Text | None = Field(None, max_length=300)
     category_id: CategoryId | None = None
-    category_code: str | None = Field(None, max_length=200)
-    brand: str | None = Field(None, max_length=200)
+    category_code: Text | None = Field(None, max_length=200)
+    brand: Text | None = Field(None, max_length=200)
     price: float = Field(0.0, ge=0, le=1e12, allow_inf_nan=False, description="in the catalogue's currency")
     available: bool = True
 
@@ -89,16 +140,17 @@ class InteractionCreate(Body):
     customer_id: PositiveId
     product_id: PositiveId
     event_type: EventType
-    event_time: datetime | None = Field(None, description="defaults to now (UTC)")
-    session: str | None = Field(None, max_length=100)
+    event_time: EventTime | None = Field(None, description="defaults to now; stored and returned in UTC; "
+                                         "1970-01-01 .. now + a small clock skew")
+    session: Text | None = Field(None, max_length=100)
 
 
 class InteractionUpdate(Body):
     """PUT replaces every field (missing ones take their defaults); PATCH changes only those sent."""
 
     event_type: EventType = "view"
-    event_time: datetime | None = None
-    session: str | None = Field(None, max_length=100)
+    event_time: EventTime | None = None
+    session: Text | None = Field(None, max_length=100)
 
 
 class InteractionOut(BaseModel):
@@ -165,7 +217,17 @@ class RecommendQuery(Query):
     category_id: int | None = Field(None, ge=0, le=MAX_ID)
     min_price: float | None = Field(None, ge=0, allow_inf_nan=False)
     max_price: float | None = Field(None, ge=0, allow_inf_nan=False)
-    exclude_purchased: bool = True
+    # What to leave out: products the customer has seen (interacted with in any way), purchased, or none.
+    # Default: the deployment's RECSYS_EXCLUDE ("seen"), which is also what the offline evaluation excludes.
+    exclude: Literal["seen", "purchased", "none"] | None = None
+    exclude_purchased: bool | None = None  # older form: true = "purchased", false = "none"
+
+    def exclusion(self, default: str) -> str:
+        if self.exclude is not None:
+            return self.exclude
+        if self.exclude_purchased is not None:
+            return "purchased" if self.exclude_purchased else "none"
+        return default
 
 
 class TopKQuery(Query):

@@ -13,12 +13,11 @@ import pyarrow.parquet as pq
 from sqlalchemy import String, insert, select, type_coerce
 
 from api.store import Customer, Interaction, Product, Store
+from contracts import EVENT_TYPES, RAW_EVENT_COLUMNS
 
 log = logging.getLogger(__name__)
 
-REES46_COLUMNS = ["event_time", "event_type", "product_id", "category_id", "category_code", "brand", "price",
-                  "user_id", "user_session"]
-EVENT_TYPES = {"view", "cart", "remove_from_cart", "purchase"}
+REES46_COLUMNS = list(RAW_EVENT_COLUMNS)
 CHUNK = 50_000
 EXPORT_SCHEMA = pa.schema([
     ("event_time", pa.timestamp("us", tz="UTC")), ("event_type", pa.string()), ("product_id", pa.int64()),
@@ -159,3 +158,13 @@ def export_interactions(store: Store, out: Path) -> int:
         pd.DataFrame(columns=REES46_COLUMNS).to_csv(out, index=False)
     log.info("exported %d interactions to %s", total, out)
     return total
+
+
+def seed_from_events(database_url: str, events: Path, schema: str | None = None) -> SeedResult:
+    """Create the tables if needed and load REES46 events (a file or a directory of them) into the store."""
+    store = Store(database_url, schema=schema)
+    try:
+        store.init_db()
+        return seed(store, Path(events))
+    finally:
+        store.dispose()

@@ -10,8 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -23,6 +22,8 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
+    TypeDecorator,
     create_engine,
     event,
     text,
@@ -32,12 +33,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, Program
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-if TYPE_CHECKING:
-    from api.seed import SeedResult
+from contracts import EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase")
 # SQLite: the write path copies the WAL into the database file this often, outside the write lock
 # (Store._checkpoint_if_due); SQLite's own checkpoint, inside a commit, is the backstop past this many pages.
 CHECKPOINT_EVERY_S = 2.0
@@ -50,6 +49,29 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class UtcDateTime(TypeDecorator):
+    """A timestamp stored as UTC on every backend and read back aware, in UTC.
+
+    PostgreSQL's timestamptz keeps the instant, but SQLite has no zone type: SQLAlchemy writes the
+    wall-clock digits and drops the offset, so 12:00+02:00 came back as 12:00Z. Binding converts to
+    UTC first (naive values are UTC by convention), so both backends hold the same instant.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        utc = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -59,7 +81,7 @@ class Customer(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
     name: Mapped[str | None] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Product(Base):
@@ -80,11 +102,11 @@ class Interaction(Base):
     customer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("customers.id", ondelete="CASCADE"))
     product_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("products.id", ondelete="CASCADE"))
     event_type: Mapped[str] = mapped_column(String(20))
-    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    event_time: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     session: Mapped[str | None] = mapped_column(String(100))
     __table_args__ = (
         CheckConstraint(
-            "event_type IN ('view','cart','remove_from_cart','purchase')", name="ck_interactions_event_type"
+            f"event_type IN ({','.join(repr(t) for t in EVENT_TYPES)})", name="ck_interactions_event_type"
         ),
         # Recommendations read a customer's history, a product's popularity and session co-occurrence.
         Index("ix_interactions_customer_event", "customer_id", "event_type", "product_id"),
@@ -99,7 +121,22 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
     key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     role: Mapped[str] = mapped_column(String(10))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class IdempotencyRecord(Base):
+    """The first answer to a POST sent with an Idempotency-Key, replayed to retries of the same request.
+
+    Written in the transaction of the write it answers, so a row exists exactly when the write committed.
+    """
+
+    __tablename__ = "idempotency_keys"
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)  # the caller (api.idempotency.scope)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of method, path and the validated body
+    status: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)  # the JSON answer, as first sent
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
 
 
 RESOURCES: dict[str, type[Base]] = {"customers": Customer, "products": Product, "interactions": Interaction}
@@ -120,10 +157,21 @@ class _PendingInsert:
         self.error: BaseException | None = None
 
 
+def normalise_url(url: str) -> str:
+    """`postgresql://` (and Heroku-style `postgres://`) mean the psycopg2 driver this project depends on;
+    SQLAlchemy 2 would pick psycopg 3 for a bare `postgresql://`, which is not installed."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 class Store:
     """Owns the engine and hands out sessions; `schema` puts all tables in one PostgreSQL schema."""
 
     def __init__(self, url: str, schema: str | None = None) -> None:
+        url = normalise_url(url)
         self.url = url
         self.schema = schema
         # A file database has no connection to lose, so only servers get a ping per checkout.
@@ -306,15 +354,3 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     cursor.close()
-
-
-def seed_from_events(database_url: str, events: Path, schema: str | None = None) -> "SeedResult":
-    """Create the tables if needed and load REES46 events (a file or a directory of them) into the store."""
-    from api.seed import seed  # api.seed builds on this module
-
-    store = Store(database_url, schema=schema)
-    try:
-        store.init_db()
-        return seed(store, Path(events))
-    finally:
-        store.dispose()

@@ -4,7 +4,8 @@
 
 One run builds everything from `etl.synthetic` data: ETL workflow, a small DLRM trained for one epoch,
 a serving bundle, a local Triton (serving.local_triton) and a SQLite store with a 10k-product catalogue.
-Two gunicorn servers run with the same config (2 gthread workers x 4 threads, keep-alive): the API
+Two gunicorn servers run with the same worker settings (2 gevent workers by default, as api/gunicorn_conf.py
+serves; --worker-class gthread for 2 x 4 threads): the API
 (auth on, rate limits on but raised) and a bare Flask app answering a fixed JSON list (the floor,
 `floor_app()` below).
 Measured, each on loopback:
@@ -123,15 +124,15 @@ def build_world(workdir: Path, n_events: int, n_users: int, n_products: int) -> 
 class Gunicorn:
     """A gunicorn process group on a free port; stopped with SIGTERM to its group."""
 
-    def __init__(self, app_spec: str, workers: int, threads: int, env: dict[str, str], cwd: Path,
-                 log_path: Path) -> None:
+    def __init__(self, app_spec: str, workers: int, worker_class: str, threads: int, env: dict[str, str],
+                 cwd: Path, log_path: Path, config: str | None = None) -> None:
         self.port = free_port()
-        # gthread workers keep connections alive (sync ones close each) and overlap a request's wait
-        # on Triton with another request's work.
-        worker_class = ["--worker-class", "gthread", "--threads", str(threads)] if threads > 1 else ["--worker-class", "sync"]
-        self.command = [sys.executable, "-m", "gunicorn", "--workers", str(workers), *worker_class,
-                        "--bind", f"127.0.0.1:{self.port}", "--backlog", "2048", "--log-level", "warning",
-                        app_spec]
+        # gevent is what api/gunicorn_conf.py serves with (slow clients cost a greenlet); gthread workers
+        # keep connections alive and overlap a request's wait on Triton with another request's work.
+        flags = ["--worker-class", worker_class] + (["--threads", str(threads)] if worker_class == "gthread" else [])
+        self.command = [sys.executable, "-m", "gunicorn", *(["-c", config] if config else []), "--workers",
+                        str(workers), *flags, "--bind", f"127.0.0.1:{self.port}", "--backlog", "2048",
+                        "--log-level", "warning", "--no-control-socket", app_spec]
         with open(log_path, "ab") as out:
             self.proc = subprocess.Popen(self.command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
@@ -360,7 +361,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--products", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (API and floor alike)")
-    parser.add_argument("--worker-threads", type=int, default=4, help="threads per gunicorn worker; 1 = sync workers")
+    parser.add_argument("--worker-class", default="gevent", choices=("gevent", "gthread", "sync"),
+                        help="gunicorn worker class (API and floor alike); the API also loads api/gunicorn_conf.py")
+    parser.add_argument("--worker-threads", type=int, default=4, help="threads per gthread worker")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (closed loop)")
     parser.add_argument("--duration", type=int, default=20, help="seconds per closed-loop run")
@@ -389,8 +392,10 @@ def main() -> None:
            "RECSYS_TRITON_HOST": triton_host, "RECSYS_TRITON_HTTP_PORT": triton_port,
            "PYTHONPATH": str(ROOT)}
     logs = args.workdir / "gunicorn.log"
-    api = Gunicorn("api.wsgi:app", args.workers, args.worker_threads, env, ROOT, logs)
-    floor = Gunicorn("api_latency:floor_app()", args.workers, args.worker_threads, env, ROOT / "bench", logs)
+    api = Gunicorn("api.wsgi:app", args.workers, args.worker_class, args.worker_threads, env, ROOT, logs,
+                   config="python:api.gunicorn_conf")
+    floor = Gunicorn("api_latency:floor_app()", args.workers, args.worker_class, args.worker_threads, env,
+                     ROOT / "bench", logs)
     script = args.workdir / "load.lua"
     script.write_text(WRK_LUA)
     customers, products = args.workdir / "customers.txt", args.workdir / "products.txt"

@@ -3,7 +3,7 @@
     python bench/etl_throughput.py --rows 2000000 --workdir /tmp/etl_bench
 
 Ops: FillMissing(0) -> LogOp -> Normalize on I1-I13; Categorify by frequency on C1-C26. Engines:
-`etl.arrow_engine` (ours), plain pandas and polars (lazy), each in its own process so peak RSS is
+`bench/arrow_engine.py` (ours), plain pandas and polars (lazy), each in its own process so peak RSS is
 its own. Appends one JSON object per measurement to bench/results/etl_throughput.json.
 """
 
@@ -63,7 +63,7 @@ def make_input(path: Path, rows: int, seed: int = 0) -> dict:
 
 
 def run_ours(src: Path, dst: Path) -> None:
-    from etl.arrow_engine import fit_transform_parquet
+    from bench.arrow_engine import fit_transform_parquet
 
     fit_transform_parquet(src, dst.parent, SPARSE, DENSE, freq_threshold=1, num_buckets=0)
 
@@ -108,7 +108,7 @@ ENGINES = {"ours": run_ours, "pandas": run_pandas, "polars": run_polars}
 def _child(engine: str, src: Path, dst: Path) -> None:
     import polars  # noqa: F401  (imports are not part of the measured work)
 
-    import etl.arrow_engine  # noqa: F401
+    import bench.arrow_engine  # noqa: F401
 
     start = time.perf_counter()
     ENGINES[engine](src, dst)

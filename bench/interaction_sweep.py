@@ -1,12 +1,12 @@
-"""Launch settings of the dot-interaction Triton kernels (`training/interaction_triton.py`), CUDA.
+"""Launch settings of the dot-interaction Triton kernels (`training/fastpath/interaction_triton.py`), CUDA.
 
 For configs b (dim 128) and a (dim 16) at batch 65536 (Criteo Kaggle tables, F = 27), times the
 forward and the backward kernel alone, reading the rows from the fp32 table (`gather`, what the
 step does at dim >= 64) and from a looked-up bf16 copy (`copy`), for samples per program x warps
 x pipeline stages x columns per block of the rows (`--columns`, both kernels; forward and
 backward are timed apart). Appends one row per config and way of reading the rows to
-`bench/results/interaction_sweep.json`; the module's launch settings by row width
-(`WIDE_ROWS`, `NARROW_ROWS`) come from here.
+`bench/results/interaction_sweep.json`; the launch table by row width
+(`training/fastpath/launch.py`: `INTERACTION_WIDE_ROWS`, `INTERACTION_NARROW_ROWS`) comes from here.
 
     python bench/interaction_sweep.py --git-sha $(git rev-parse --short HEAD)
     python bench/interaction_sweep.py --configs b --samples 8,16 --warps 1,2,4 --stages 3 --columns 32,64,128
@@ -42,7 +42,8 @@ def cuda_ms(fn, n: int = 20) -> float:  # noqa: ANN001
 
 
 def sweep(key: str, batch: int, grid: dict[str, list[int]]) -> list[dict]:
-    from training import interaction_triton as it  # needs triton, which CUDA builds of torch ship
+    from training.fastpath import interaction_triton as it  # needs triton, which CUDA builds of torch ship
+    from training.fastpath.launch import InteractionLaunch, interaction_launch
 
     dev = torch.device("cuda")
     cfg = configs(None)[key]
@@ -55,26 +56,22 @@ def sweep(key: str, batch: int, grid: dict[str, list[int]]) -> list[dict]:
     carrier = torch.empty(batch, n_features, dim, device=dev, dtype=torch.bfloat16)
     copy = torch.cat([torch.zeros(batch, 1, dim, device=dev), table[ids]], 1).to(torch.bfloat16)
     grad = torch.randn(batch, dim + n_features * (n_features - 1) // 2, device=dev, dtype=torch.bfloat16)
-    kept = it.launch_for(dim)
-    settings = [it.Launch(s, w, st, c, c) for s, w, st, c in itertools.product(
+    kept = interaction_launch(dim)
+    settings = [InteractionLaunch(s, w, st, c, c) for s, w, st, c in itertools.product(
         grid["samples"], grid["warps"], grid["stages"], [c or None for c in grid["columns"]])]
     rows = []
-    try:
-        for setting in ([kept] if kept not in settings else []) + settings:
-            it.LAUNCH = setting
-            times = {
-                "fwd_gather": cuda_ms(lambda: it.dot_interaction(dense, carrier, n_features, table, ids)),
-                "bwd_gather": cuda_ms(lambda: it.dot_interaction_backward(grad, dense, carrier, n_features, table, ids)),
-                "fwd_copy": cuda_ms(lambda: it.dot_interaction(dense, copy, n_features)),
-                "bwd_copy": cuda_ms(lambda: it.dot_interaction_backward(grad, dense, copy, n_features)),
-            }
-            samples, warps, stages, fwd_cols, bwd_cols = setting
-            rows.append({"config": key, "dim": dim, "batch_size": batch, "samples": samples, "warps": warps,
-                         "stages": stages, "forward_columns": fwd_cols, "backward_columns": bwd_cols, "ms": times,
-                         "kept": setting == kept})
-            print(key, tuple(setting), {k: round(v, 3) for k, v in times.items()}, flush=True)
-    finally:
-        it.LAUNCH = None
+    for setting in ([kept] if kept not in settings else []) + settings:
+        times = {
+            "fwd_gather": cuda_ms(lambda: it.forward_with(setting, dense, carrier, n_features, table, ids)),
+            "bwd_gather": cuda_ms(lambda: it.backward_with(setting, grad, dense, carrier, n_features, table, ids)),
+            "fwd_copy": cuda_ms(lambda: it.forward_with(setting, dense, copy, n_features)),
+            "bwd_copy": cuda_ms(lambda: it.backward_with(setting, grad, dense, copy, n_features)),
+        }
+        samples, warps, stages, fwd_cols, bwd_cols = setting
+        rows.append({"config": key, "dim": dim, "batch_size": batch, "samples": samples, "warps": warps,
+                     "stages": stages, "forward_columns": fwd_cols, "backward_columns": bwd_cols, "ms": times,
+                     "kept": setting == kept})
+        print(key, tuple(setting), {k: round(v, 3) for k, v in times.items()}, flush=True)
     return rows
 
 

@@ -58,7 +58,7 @@ DATASETS: dict[str, Callable[[], tuple[pd.DataFrame, object]]] = {
 
 def oracle_scorer(truth, task):  # type: ignore[no-untyped-def]
     """Rows of the planted interest, re-indexed to the task's catalogue columns."""
-    from training.quality import index_of
+    from models.classic import index_of
 
     order = np.argsort(truth.product_ids)
     cols = index_of(truth.product_ids[order], task.split.items)

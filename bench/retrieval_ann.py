@@ -1,6 +1,6 @@
 """Candidate retrieval: exact inner-product top-k against the faiss IVF index, per API query.
 
-`training.retrieval.CandidateIndex` searches exactly below `ANN_MIN_ITEMS` products and through
+`serving.candidate_index.CandidateIndex` searches exactly below `ANN_MIN_ITEMS` products and through
 faiss IVF-Flat above. For catalogue sizes around and beyond that threshold this measures, in one
 run on the same vectors: build time, the median time of one query (one user, top 100, as the API
 asks) for both, and the IVF's recall@100 against the exact result.
@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.train_throughput import append_results, git_sha  # noqa: E402
-from training.retrieval import CandidateIndex, TwoTower, TwoTowerConfig  # noqa: E402
+from models.two_tower import TwoTower, TwoTowerConfig  # noqa: E402
+from serving.candidate_index import CandidateIndex  # noqa: E402
 
 log = logging.getLogger("bench.retrieval_ann")
 RESULTS = REPO / "bench" / "results" / "retrieval_ann.json"

@@ -1,4 +1,4 @@
-"""Launch settings of the fused segment-sum + row-wise Adagrad kernel (`training/rowwise_triton.py`), CUDA.
+"""Launch settings of the fused segment-sum + row-wise Adagrad kernel (`training/fastpath/rowwise_triton.py`), CUDA.
 
 For configs b (dim 128) and a (dim 16) at batch 65536 (Criteo Kaggle tables), times the whole
 update the step runs (sort, numbering, segment-sum + update, split rows) on the step's own
@@ -6,7 +6,8 @@ inputs: the fused fp32 table, the batch's 26 ids per sample and their bf16 gradi
 interaction's (B, 27, dim) layout. Sweeps positions per program (chunk) x columns per block x
 warps x chunks per program. Appends one row per config to `bench/results/rowwise_sweep.json`
 (`value` = the kept setting's ms, `baseline` = the fastest setting's, ratio = baseline / value);
-`FusedRowWiseAdagradKernel`'s defaults come from here.
+the launch table by row width (`training/fastpath/launch.py`: `ROWWISE_WIDE_ROWS`,
+`ROWWISE_NARROW_ROWS`) comes from here.
 
     python bench/rowwise_sweep.py --git-sha $(git rev-parse --short HEAD)
 """
@@ -25,7 +26,8 @@ from train_throughput import configs, make_batches  # noqa: E402
 
 
 def sweep(key: str, batch: int) -> list[dict]:
-    from training.rowwise_triton import FusedRowWiseAdagradKernel
+    from training.fastpath.launch import RowwiseLaunch
+    from training.fastpath.rowwise_triton import FusedRowWiseAdagradKernel
 
     dev = torch.device("cuda")
     cfg = configs(None)[key]
@@ -36,13 +38,13 @@ def sweep(key: str, batch: int) -> list[dict]:
     weight = torch.empty(sum(cfg.cardinalities), dim, device=dev).uniform_(-0.05, 0.05)
     state = torch.zeros(weight.shape[0], device=dev)
     grads = torch.randn(batch, 1 + len(cfg.cardinalities), dim, device=dev, dtype=torch.bfloat16) * 1e-3
-    kept = FusedRowWiseAdagradKernel().launch(dim)
+    kept = tuple(FusedRowWiseAdagradKernel().launch(dim))[:4]
     rows = []
     dim_p = max(16, 1 << (dim - 1).bit_length())
     for chunk, columns, warps, per in itertools.product((16, 32, 64), (16, 32, 64, 128), (1, 2, 4, 8), (1, 8)):
         if columns > dim_p or (warps == 1 and chunk == 64) or (warps == 8 and chunk == 16):
             continue
-        kernel = FusedRowWiseAdagradKernel(chunk=chunk, columns=columns, num_warps=warps, per_program=per)
+        kernel = FusedRowWiseAdagradKernel(RowwiseLaunch(chunk=chunk, columns=columns, warps=warps, per_program=per))
         ms = cuda_ms(lambda: kernel(weight, state, ids, grads, 0.01, 1e-8))
         rows.append({"chunk": chunk, "columns": columns, "warps": warps, "per_program": per, "ms": ms,
                      "kept": (chunk, columns, warps, per) == kept})

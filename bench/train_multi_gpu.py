@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.train_throughput import N_DENSE, append_results, configs, git_sha  # noqa: E402
 from training.distributed import ShardedDLRM, ShardedStepConfig, end_rank, init_process_group, sync  # noqa: E402
-from training.dlrm import DLRMConfig  # noqa: E402
+from models.dlrm import DLRMConfig  # noqa: E402
 
 log = logging.getLogger("bench.train_multi_gpu")
 RESULTS = REPO / "bench" / "results" / "train_multi_gpu.json"

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from training.data import load_schema, load_split
     from training.metrics import auc, logloss
     from training.trainer import TrainConfig, TrainInputs, predict, resolve_device, train
-    from training.dlrm import load_model
+    from models.saved import load_model
 
     prepared = json.loads((args.data / "oracle.json").read_text())
     oracle = prepared["oracle_auc"]

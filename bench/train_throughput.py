@@ -1,13 +1,13 @@
 """Training throughput (samples/s) of our DLRM step against a facebookresearch/dlrm-style baseline.
 
 Each measurement is forward + backward + optimizer step on batches already on the device. Ours is
-`training.step.TrainStep`, the step `training.train()` runs: one fused table, a detached lookup
+`training.fastpath.TrainStep`, the step `training.train()` runs: one fused table, a detached lookup
 whose gradient feeds the row-wise Adagrad (on CUDA the fused Triton kernels of
-`training.rowwise_triton`; on the CPU a sort + `embedding_bag` segment sum), the one-bmm interaction
+`training.fastpath.rowwise_triton`; on the CPU a sort + `embedding_bag` segment sum), the one-bmm interaction
 backward, fused Adam for the MLPs, bf16 autocast where the trainer picks it (GPU; CPUs with
 AVX512-BF16/AMX), torch.compile of the lookup and dense part (as `train()` does on CUDA and for long
-CPU runs, `training.step.compile_pays_off`) and one CUDA graph per step on CUDA. `--variants` times
-switched-off versions of the same step in the same run; on the CPU all variants and the baseline
+CPU runs, `training.fastpath.compile_pays_off`) and one CUDA graph per step on CUDA. `--variants` times
+the same step with one technique switched off (a named `FastPath` value each) in the same run; on the CPU all variants and the baseline
 take turns repeat by repeat. The baseline is built like the reference DLRM: one
 `nn.EmbeddingBag(mode="sum", sparse=True)` per table looked up in a Python loop, fp32,
 `torch.optim.SGD`, the same MLPs and data.
@@ -22,7 +22,6 @@ runs on the bare GPU machine. Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -30,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,10 +40,11 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.dlrm import DLRM, DLRMConfig, mlp  # noqa: E402
-from training.optim import RowWiseAdagrad, id_rows  # noqa: E402
-from training.step import (  # noqa: E402
-    CPU_COMPILE_MIN_STEPS, StepOptions, TrainStep, compile_pays_off, native_bf16, retain_freed_memory)
+from models.dlrm import DLRM, DLRMConfig, mlp  # noqa: E402
+from training.fastpath import (  # noqa: E402
+    CPU_COMPILE_MIN_STEPS, FastPath, StepOptions, TrainStep, compile_pays_off, native_bf16, retain_freed_memory)
+from training.fastpath.launch import ROWWISE_WIDE_ROWS  # noqa: E402
+from training.optim import id_rows  # noqa: E402
 
 log = logging.getLogger("bench.train_throughput")
 
@@ -114,88 +114,40 @@ def reference_step(cfg: BenchConfig, device: torch.device, batch: int) -> Callab
     return step
 
 
-VARIANTS = {
-    # name: (fused Triton row-wise Adagrad, fused interaction backward, pad F to a multiple of 8,
-    #        lookup with a leading slot so one bmm writes dense + embedding gradients,
-    #        update fused into the segment-sum kernel, Triton interaction kernels on CUDA)
-    "fast": (True, None, None, True, True, True),  # what training.train() runs
-    "bmm_interaction": (True, None, None, True, True, False),  # the interaction as batched matmuls (pads F when dim > 32)
-    "pad": (True, True, True, True, True, False),
-    "no_pad": (True, True, False, True, True, False),
-    "no_lead": (True, None, None, False, True, False),  # two bmms for the interaction's input gradients
-    "two_kernel_update": (True, None, None, True, False, False),  # segment-sum, then a separate update of every row
-    "prev_round": (True, None, None, False, False, False),  # the step as committed two rounds ago (15.3M on b)
-    "autograd_interaction": (True, False, False, False, True, False),
-    "torch_sparse": (False, False, False, False, False, False),  # the first step: torch sort + scatter-add row-wise Adagrad
-    # `fast` without the zero columns that align the 13 dense inputs for cuBLAS (`DenseArch.align_input`)
-    "unaligned_dense": (True, None, None, True, True, True),
-    # `fast` with a looked-up (B, F, dim) copy of the rows for the interaction, instead of its
-    # kernels reading the table (`TrainStep.rows_from_table`)
-    "lookup_rows": (True, None, None, True, True, True),
-    # `fast` with `StepOptions.autotune` (TrainConfig.autotune): the dense part compiled by
-    # inductor's max-autotune (Triton GEMM templates with bias and ReLU fused in, where they win)
-    "autotune_mlp": (True, None, None, True, True, True),
+# The step with one technique switched off (or changed), each a named `FastPath`; `fast` is what
+# training.train() runs. Off CUDA the CUDA-only switches change nothing.
+VARIANTS: dict[str, FastPath] = {
+    "fast": FastPath(),
+    "bmm_interaction": FastPath(triton_interaction=False),  # batched matmuls (pads F when dim > 32)
+    "pad": FastPath(triton_interaction=False, pad=True),
+    "no_pad": FastPath(triton_interaction=False, pad=False),
+    "no_lead": FastPath(triton_interaction=False, lead_slot=False),  # two bmms for the input gradients
+    "autograd_interaction": FastPath(fused_interaction=False, pad=False),
+    "torch_sparse": FastPath(fused_interaction=False, pad=False, fused_rowwise=False),  # the first step
+    "unaligned_dense": FastPath(align_dense=False),  # K = 13 for the first dense layer
+    "lookup_rows": FastPath(rows_from_table=False),  # a looked-up (B, F, dim) copy for the interaction
+    "autotune_mlp": FastPath(),  # with StepOptions.autotune (TrainConfig.autotune): see AUTOTUNED
+    # the row update's launch at dim >= 64 with one setting changed; the second and third fastest
+    # of bench/rowwise_sweep.py at dim 128 (`c16_cols16`, `c32_cols32_w2`)
+    "warps8": FastPath(rowwise_launch=ROWWISE_WIDE_ROWS._replace(warps=8)),
+    "per1": FastPath(rowwise_launch=ROWWISE_WIDE_ROWS._replace(per_program=1)),
+    "per4_s2": FastPath(rowwise_launch=ROWWISE_WIDE_ROWS._replace(per_program=4, stages=2)),
+    "c16_cols16": FastPath(rowwise_launch=ROWWISE_WIDE_ROWS._replace(columns=16)),
+    "c32_cols32_w2": FastPath(rowwise_launch=ROWWISE_WIDE_ROWS._replace(chunk=32, warps=2)),
 }
-# `fast` with other launch settings of the fused segment-sum + update kernel (`launch`)
-KERNEL_VARIANTS = {
-    "warps8": {"num_warps": 8}, "per1": {"per_program": 1}, "per4_s2": {"per_program": 4, "stages": 2},
-    # the settings before bench/rowwise_sweep.py: whole rows, 64 positions, 4 warps; 8 chunks per
-    # program at dim >= 64 (`before_wide`, compare at config b), 1 below (`before_narrow`, config a)
-    "before_wide": {"chunk": 64, "columns": 128, "num_warps": 4, "per_program": 8},
-    "before_narrow": {"chunk": 64, "columns": 128, "num_warps": 4, "per_program": 1},
-    # the second and third fastest at dim 128 in the sweep
-    "c16_cols16": {"columns": 16}, "c32_cols32_w2": {"chunk": 32, "num_warps": 2},
-}
-VARIANTS.update({name: VARIANTS["fast"] for name in KERNEL_VARIANTS})
-# `fast` with the interaction kernels launched at every dim as at dim < 64 (8 samples per program,
-# 2 warps, whole rows): the settings before the column-block sweep
-VARIANTS["interaction_before"] = VARIANTS["fast"]
-
-
-@contextlib.contextmanager
-def interaction_launch(variant: str) -> Iterator[None]:
-    """Launch the interaction kernels as `variant` asks while its step is built and captured."""
-    if variant != "interaction_before":
-        yield
-        return
-    from torch._inductor import config as inductor_config
-
-    from training import interaction_triton as it
-
-    it.LAUNCH = it.NARROW_ROWS
-    try:
-        # Inductor's graph cache does not tell the launch settings apart: it would hand back the
-        # graph compiled for an earlier variant.
-        with inductor_config.patch(force_disable_caches=True):
-            yield
-    finally:
-        it.LAUNCH = None
+# the dense part compiled by inductor's max-autotune (Triton GEMM templates with bias and ReLU fused in)
+AUTOTUNED = frozenset({"autotune_mlp"})
 
 
 def fast_step(cfg: BenchConfig, device: torch.device, bf16: bool, compile_: bool, graph: bool,
               variant: str = "fast") -> TrainStep:
-    """The trainer's own step (training.step.TrainStep) on a freshly initialised DLRM."""
-    fused_sparse, fused_interaction, pad, lead_slot, fuse_update, triton_interaction = VARIANTS[variant]
+    """The trainer's own step (training.fastpath.TrainStep) on a freshly initialised DLRM."""
     torch.manual_seed(0)
     with device:  # build the tables in place: a 10M-row table is slow to init on the host
         model = DLRM(DLRMConfig(N_DENSE, cfg.cardinalities, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp))
-    model.interaction.fused_backward = fused_interaction
-    model.interaction.pad = pad
-    model.interaction.triton = triton_interaction
-    model.dense_arch.align_input = variant != "unaligned_dense"
-    autotune = variant == "autotune_mlp" and device.type == "cuda"
-    step = TrainStep(model, StepOptions(lr=1e-3, embedding_lr=0.05, bf16=bf16, compile=compile_, cuda_graph=graph,
-                                        autotune=autotune), device)
-    step.lead_slot = step.lead_slot and lead_slot
-    step.rows_from_table = step.rows_from_table and lead_slot and variant != "lookup_rows"
-    if not fused_sparse:
-        step.sparse_opt = RowWiseAdagrad(step.table, lr=0.05, fused=False)
-    elif getattr(step.sparse_opt, "fused", False):
-        kernel = step.sparse_opt._kernel  # type: ignore[union-attr]
-        kernel.fuse = fuse_update
-        for knob, value in KERNEL_VARIANTS.get(variant, {}).items():
-            setattr(kernel, knob, value)
-    return step
+    autotune = variant in AUTOTUNED and device.type == "cuda"
+    options = StepOptions(lr=1e-3, embedding_lr=0.05, bf16=bf16, compile=compile_, cuda_graph=graph, autotune=autotune)
+    return TrainStep(model, options, device, VARIANTS[variant])
 
 
 def make_batches(cfg: BenchConfig, batch: int, n: int, device: torch.device) -> list[tuple[torch.Tensor, ...]]:
@@ -251,7 +203,7 @@ def measure(
 def git_sha() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "training", "bench/train_throughput.py"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "models", "training", "bench/train_throughput.py"],
                                cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -304,17 +256,17 @@ def release() -> None:
 def check_fused_adagrad(device: torch.device) -> list[dict]:
     """The Triton row-wise Adagrad against an fp64 reference on the touched rows, incl. a table of
     more than 2^31 elements (64-bit offsets) and hot ids; untouched rows must stay bit-identical."""
-    from training.rowwise_triton import FusedRowWiseAdagradKernel
+    from training.fastpath.rowwise_triton import FusedRowWiseAdagradKernel
 
     out = []
     g = torch.Generator(device="cpu").manual_seed(3)
     # lead > 0: gradients as the step passes them, the ids' rows behind `lead` slots of (B, W, dim);
-    # fuse False: the two-kernel update (every row through the scratch buffer).
-    cases = [(1000, 16, 50_000, torch.bfloat16, 0, True), (3, 128, 70_001, torch.bfloat16, 0, True),
-             (20_000_000, 128, 1_703_936, torch.bfloat16, 1, True), (5000, 12, 40_000, torch.float32, 2, True),
-             (1000, 16, 50_000, torch.bfloat16, 0, False), (5000, 12, 40_000, torch.float32, 1, False),
-             *[(30_000, 128, 1_703_936, torch.bfloat16, 1, knobs) for knobs in KERNEL_VARIANTS.values()]]
-    for rows, dim, n, dtype, lead, fuse in cases:
+    # launch: the table's settings (None) or those of a variant.
+    launches = {v.rowwise_launch for v in VARIANTS.values() if v.rowwise_launch is not None}
+    cases = [(1000, 16, 50_000, torch.bfloat16, 0, None), (3, 128, 70_001, torch.bfloat16, 0, None),
+             (20_000_000, 128, 1_703_936, torch.bfloat16, 1, None), (5000, 12, 40_000, torch.float32, 2, None),
+             *[(30_000, 128, 1_703_936, torch.bfloat16, 1, launch) for launch in sorted(launches)]]
+    for rows, dim, n, dtype, lead, launch in cases:
         weight = torch.empty(rows, dim, device=device).uniform_(-0.05, 0.05)
         state = torch.rand(rows, device=device)
         ids = torch.randint(0, rows, (n,), generator=g).to(device)
@@ -331,14 +283,14 @@ def check_fused_adagrad(device: torch.device) -> list[dict]:
         summed = torch.zeros(uniq.numel(), dim, dtype=torch.float64, device=device).index_add_(0, inverse, grads.double())
         s_ref = s0 + summed.pow(2).mean(1)
         w_ref = w0 - 0.05 * summed / (s_ref.sqrt() + 1e-8).unsqueeze(1)
-        kernel = FusedRowWiseAdagradKernel(**fuse) if isinstance(fuse, dict) else FusedRowWiseAdagradKernel(fuse=fuse)
+        kernel = FusedRowWiseAdagradKernel(launch)
         kernel(weight, state, ids, grads if passed is None else passed, 0.05, 1e-8)
         err_w = float((weight[uniq].double() - w_ref).norm() / (w_ref - w0).norm())
         err_s = float((state[uniq].double() - s_ref).norm() / s_ref.norm())
         untouched_same = bool(torch.equal(weight[probe], before_probe))
         scratch_zero = bool(kernel.summed.abs().max() == 0)
-        row = {"rows": rows, "dim": dim, "n": n, "dtype": str(dtype), "lead_slots": lead, "fused_update": fuse if isinstance(fuse, bool) else dict(fuse),
-               "rel_err_update": err_w,
+        row = {"rows": rows, "dim": dim, "n": n, "dtype": str(dtype), "lead_slots": lead,
+               "launch": launch._asdict() if launch else "table", "rel_err_update": err_w,
                "rel_err_state": err_s, "untouched_rows_same": untouched_same, "scratch_zeroed": scratch_zero}
         log.info("check fused adagrad %s", row)
         assert err_w < 1e-4 and err_s < 1e-5 and untouched_same and scratch_zero, row
@@ -435,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     compile_ = compile_pays_off(device, CPU_COMPILE_MIN_STEPS) if args.compile == "auto" else args.compile == "on"
     use_graph = cuda and not args.no_graph
     bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
-    # The trainer's CPU step keeps freed memory in the heap (training.step.retain_freed_memory);
+    # The trainer's CPU step keeps freed memory in the heap (training.fastpath.retain_freed_memory);
     # it is process-wide, so the baseline below runs with the same allocator.
     heap_retained = retain_freed_memory() if not cuda else False
     cpu = cpu_identity() if not cuda else {}
@@ -458,9 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                 for variant in variants:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
-                    with interaction_launch(variant):  # compiled and captured during the warm-up
-                        step = fast_step(cfg, device, bf16=bf16, compile_=compile_, graph=use_graph, variant=variant)
-                        per_repeat |= measure({variant: step}, batches, warmup, steps, args.repeats, device)
+                    step = fast_step(cfg, device, bf16=bf16, compile_=compile_, graph=use_graph, variant=variant)
+                    per_repeat |= measure({variant: step}, batches, warmup, steps, args.repeats, device)
                     peaks[variant] = torch.cuda.max_memory_allocated()
                     del step
                     release()

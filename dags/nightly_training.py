@@ -1,8 +1,9 @@
-"""Nightly: ingest -> validate -> fit_workflow -> train (+ train_retrieval) -> evaluate -> register -> promote (-> deploy).
+"""Nightly: ingest -> validate -> fit_workflow -> train -> evaluate (+ train_retrieval) -> register -> promote (-> deploy).
 
-Wiring only; each task calls the same stage function that `python -m cli nightly` runs
-(plugins/nightly.py). Validation failing closed fails the run without retries, so nothing
-downstream is trained or promoted.
+Wiring only. The tasks are `plugins.nightly.NIGHTLY_STAGES`, in that order, each calling the same
+stage function that `python -m cli nightly` runs, with the outputs of the stages it needs as XComs.
+Validation failing closed fails the run without retries, so nothing downstream is trained or promoted;
+a promotion triggers the deploy DAG to `RECSYS_DEPLOY_TARGET`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,24 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from plugins import nightly
 from settings import get_settings
+
+# Errors that retrying the same inputs cannot fix: the task fails at once.
+FAIL_FAST = {"ingest": (nightly.NoInputData,)}
+# train: the Celery queue of the GPU worker (`stack up`, docker/, docs/KUBERNETES.md); other executors ignore it.
+TASK_ARGS = {"validate": {"retries": 0}, "train": {"execution_timeout": timedelta(hours=4), "queue": "gpu"}}
+
+
+def _stage_task(stage: nightly.StageSpec):  # type: ignore[no-untyped-def]
+    @task(task_id=stage.name, **TASK_ARGS.get(stage.name, {}))
+    def run(*inputs: dict, ds: str | None = None) -> dict:
+        from validation import ValidationFailed
+
+        try:
+            return stage.run(ds, *inputs, get_settings())
+        except (ValidationFailed, *FAIL_FAST.get(stage.name, ())) as exc:  # fail closed
+            raise AirflowFailException(str(exc)) from exc
+
+    return run
 
 
 @dag(
@@ -32,67 +51,18 @@ from settings import get_settings
     doc_md=__doc__,
 )
 def nightly_training() -> None:
-    @task
-    def ingest(ds: str | None = None) -> dict:
-        try:
-            return nightly.ingest(ds, get_settings())
-        except nightly.NoInputData as exc:
-            raise AirflowFailException(str(exc)) from exc
-
-    @task(retries=0)
-    def validate(ingested: dict, ds: str | None = None) -> dict:
-        from validation import ValidationFailed
-
-        try:
-            return nightly.validate(ds, ingested, get_settings())
-        except ValidationFailed as exc:  # fail closed: retrying the same bad data cannot help
-            raise AirflowFailException(str(exc)) from exc
-
-    @task
-    def fit_workflow(validated: dict, ds: str | None = None) -> dict:
-        return nightly.fit_workflow(ds, validated, get_settings())
-
-    @task(execution_timeout=timedelta(hours=4), queue="gpu")  # the GPU worker's queue (CeleryExecutor)
-    def train(features: dict, ds: str | None = None) -> dict:
-        return nightly.train(ds, features, get_settings())
-
-    @task
-    def train_retrieval(features: dict, ds: str | None = None) -> dict:
-        return nightly.train_retrieval(ds, features, get_settings())
-
-    @task
-    def evaluate(features: dict, trained: dict, ds: str | None = None) -> dict:
-        return nightly.evaluate(ds, features, trained, get_settings())
-
-    @task
-    def register(
-        validated: dict,
-        features: dict,
-        trained: dict,
-        evaluated: dict,
-        retrieval: dict,
-        ds: str | None = None,
-    ) -> dict:
-        return nightly.register(ds, validated, features, trained, evaluated, get_settings(), retrieval)
-
-    @task
-    def promote(features: dict, registered: dict) -> dict:
-        return nightly.promote(features, registered, get_settings())
+    outputs: dict = {}
+    for stage in nightly.NIGHTLY_STAGES:
+        outputs[stage.name] = _stage_task(stage)(*(outputs[n] for n in stage.needs))
 
     @task.short_circuit
     def promoted(decision: dict, params: dict | None = None) -> bool:
         return bool(decision["promoted"]) and bool((params or {}).get("deploy", True))
 
-    validated = validate(ingest())
-    features = fit_workflow(validated)
-    trained = train(features)
-    evaluated = evaluate(features, trained)
-    retrieval = train_retrieval(features)
-    decision = promote(features, register(validated, features, trained, evaluated, retrieval))
-    promoted(decision) >> TriggerDagRunOperator(
+    promoted(outputs["promote"]) >> TriggerDagRunOperator(
         task_id="trigger_deploy",
         trigger_dag_id="deploy_model",
-        conf={"version": "champion", "target": "local"},
+        conf={"version": "champion", "target": get_settings().deploy_target},
     )
 
 

@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from contracts import SCHEMA_FILE, WORKFLOW_DIR
 from etl.errors import EtlError, ReaderError, SplitError
 from etl.ops import Categorify, FillMissing, LogOp, Normalize
 from etl.pipeline import SPLITS, EtlOutputs
@@ -307,8 +308,8 @@ def run_criteo_etl(tsv_paths: list[Path], out_dir: Path,
         meta = _encode(raw._meta, workflow)
         rows[name] = _write_split(raw.map_partitions(_encode, workflow, meta=meta), dirs[name])
         log.info("wrote %s: %d rows", name, rows[name])
-    workflow_dir = workflow.save(out_dir / "workflow")
-    schema_path = out_dir / "schema.json"
+    workflow_dir = workflow.save(out_dir / WORKFLOW_DIR)
+    schema_path = out_dir / SCHEMA_FILE
     schema_path.write_text(json.dumps(_schema(workflow, meta, config, rows, split), indent=2))
     shutil.rmtree(work)
     return EtlOutputs(train_dir=dirs["train"], valid_dir=dirs["valid"], test_dir=dirs["test"],

@@ -19,6 +19,7 @@ import dask.dataframe as dd
 import pandas as pd
 import pyarrow.parquet as pq
 
+from contracts import SCHEMA_FILE, WORKFLOW_DIR
 from etl.errors import EtlError, SplitError
 from etl.ops import Categorify, FillMissing, LogOp, Normalize
 from etl.ops_derived import JoinGroupby, LabelFromEventType, Rename, TargetEncoding
@@ -200,9 +201,9 @@ def _run_etl(events: Path, out_dir: Path, config: EtlConfig) -> EtlOutputs:
     for split in SPLITS:
         rows[split] = _write_split(encoded[split], dirs[split])
         log.info("wrote %s: %d impressions", split, rows[split])
-    workflow_dir = workflow.save(out_dir / "workflow")
+    workflow_dir = workflow.save(out_dir / WORKFLOW_DIR)
     schema = _schema(workflow, encoded["train"]._meta, config, rows, days)
-    schema_path = out_dir / "schema.json"
+    schema_path = out_dir / SCHEMA_FILE
     schema_path.write_text(json.dumps(schema, indent=2))
     shutil.rmtree(work)
     return EtlOutputs(train_dir=dirs["train"], valid_dir=dirs["valid"], test_dir=dirs["test"],

@@ -28,14 +28,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from contracts import RAW_EVENT_COLUMNS
 from etl.errors import SyntheticDataError
 
 log = logging.getLogger(__name__)
 
-EVENT_COLUMNS = [
-    "event_time", "event_type", "product_id", "category_id", "category_code",
-    "brand", "price", "user_id", "user_session",
-]
+EVENT_COLUMNS = list(RAW_EVENT_COLUMNS)
 EVENTS_SCHEMA = pa.schema([
     ("event_time", pa.timestamp("us", tz="UTC")),
     ("event_type", pa.string()),

@@ -20,13 +20,13 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
+from contracts import WORKFLOW_FILE
 from etl import ops_derived  # noqa: F401  (registers the derived ops for Workflow.load)
 from etl.errors import WorkflowError
 from etl.ops import ROW_KEY_COLUMN, Op
 
 log = logging.getLogger(__name__)
 
-WORKFLOW_FILE = "workflow.json"
 FORMAT_VERSION = 1
 
 

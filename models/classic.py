@@ -136,7 +136,7 @@ class EASE:
     float32 items x items matrices (~18 GiB at 30k items), hence `max_items`.
     """
 
-    l2: float = 500.0
+    l2: float = 10_000.0  # chosen on the synthetic shop (bench/quality.py; 500, 2000, 10000 tried)
     max_items: int = 30_000
     name: str = field(default="ease", init=False)
     n_items: int = field(default=0, init=False)
@@ -170,16 +170,16 @@ class ALS:
 
     Minimises sum_{u,i} c_ui (p_ui - x_u . y_i)^2 + regularization (|x|^2 + |y|^2) with
     p_ui = [X_ui > 0] and c_ui = alpha * X_ui on observed cells, 1 elsewhere (implicit 0.7's
-    convention: no "1 +"); alpha=40 is the paper's choice. Fit uses implicit's conjugate-gradient
+    convention: no "1 +"; the paper used alpha=40, the synthetic shop chose 10). Fit uses implicit's conjugate-gradient
     solver; score folds each history row in with implicit's exact `recalculate_user` least squares
     against the fixed item factors, then returns x_row . y_i. num_threads=1 keeps runs identical on
     a shared box; random_state seeds the initial factors.
     """
 
-    factors: int = 64
-    regularization: float = 0.05
+    factors: int = 8  # factors, regularization, alpha: chosen on the synthetic shop (bench/quality.py)
+    regularization: float = 1.0
     iterations: int = 15
-    alpha: float = 40.0
+    alpha: float = 10.0
     random_state: int = 0
     num_threads: int = 1
     name: str = field(default="als", init=False)
@@ -270,3 +270,12 @@ def top_k(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> np.ndarr
     items, values = np.take_along_axis(items, order, axis=1), np.take_along_axis(values, order, axis=1)
     result[:, :take] = np.where(np.isneginf(values), -1, items)
     return result
+
+
+def index_of(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Position of each id in the sorted array `sorted_ids` (a catalogue's columns), -1 where absent."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(sorted_ids) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
+    at = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+    return np.where(sorted_ids[at] == ids, at, -1)

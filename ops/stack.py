@@ -91,8 +91,8 @@ def artifact_store(settings: Settings, stack: StackSettings) -> str:
 def urls(settings: Settings, stack: StackSettings) -> dict[str, str]:
     host = _client_host(stack.host)
     return {
-        "airflow": f"http://{host}:{stack.airflow_port}",
-        "mlflow": f"http://{host}:{stack.mlflow_port}",
+        "airflow": f"http://{_client_host(settings.airflow_host)}:{settings.airflow_port}",
+        "mlflow": f"http://{host}:{settings.mlflow_ui_port}",
         "dask": f"tcp://{host}:{stack.dask_port}",
         "api": f"http://{host}:{settings.api_port}",
         "triton": f"http://{settings.triton_http_url}",
@@ -124,8 +124,8 @@ def stack_env(settings: Settings, stack: StackSettings, secret: dict[str, str]) 
         "AIRFLOW__CELERY__BROKER_URL": stack.broker_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + airflow_db,
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
-        "AIRFLOW__API__HOST": stack.host,
-        "AIRFLOW__API__PORT": str(stack.airflow_port),
+        "AIRFLOW__API__HOST": settings.airflow_host,
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__API__SECRET_KEY": secret["api_secret_key"],
         "AIRFLOW__API_AUTH__JWT_SECRET": secret["jwt_secret"],
@@ -153,7 +153,7 @@ def services(settings: Settings, stack: StackSettings, env: dict[str, str]) -> l
         for queue, n in QUEUES.items()
     ]
     return [
-        Service("mlflow", [_bin("mlflow"), "server", "--host", host, "--port", str(stack.mlflow_port),
+        Service("mlflow", [_bin("mlflow"), "server", "--host", host, "--port", str(settings.mlflow_ui_port),
                            "--workers", "1", "--backend-store-uri", stack.database_url("mlflow"),
                            "--artifacts-destination", artifact_store(settings, stack)],
                 full, health_url=f"{u['mlflow']}/health", cwd=str(stack_dir(settings))),
@@ -164,7 +164,8 @@ def services(settings: Settings, stack: StackSettings, env: dict[str, str]) -> l
                                  "--nthreads", "1", "--no-dashboard",
                                  "--local-directory", str(stack_dir(settings) / "dask")],
                 full, cwd=str(REPO)),
-        Service("airflow-api-server", [airflow, "api-server", "--host", host, "--port", str(stack.airflow_port),
+        Service("airflow-api-server", [airflow, "api-server", "--host", settings.airflow_host,
+                                       "--port", str(settings.airflow_port),
                                        "--workers", "1"],
                 full, health_url=monitor, cwd=str(REPO)),
         # Airflow's monitor reports these three by their heartbeats in the metadata DB.
@@ -175,8 +176,9 @@ def services(settings: Settings, stack: StackSettings, env: dict[str, str]) -> l
         Service("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"], full,
                 health_url=f"{monitor}#triggerer", cwd=str(REPO)),
         *workers,
-        Service("api", [_bin("gunicorn"), "--workers", "2", "--bind", f"{host}:{settings.api_port}",
-                        "api.wsgi:app"],
+        # The API's own gunicorn settings (gevent workers), as everywhere it is served.
+        Service("api", [_bin("gunicorn"), "-c", "python:api.gunicorn_conf", "--workers", str(settings.api_workers),
+                        "--bind", f"{host}:{settings.api_port}", "api.wsgi:app"],
                 full, health_url=f"{u['api']}/health", cwd=str(REPO)),
     ]
 
@@ -311,12 +313,13 @@ def up(settings: Settings, stack: StackSettings, progress: Callable[[str], None]
                  f"{stack_dir(settings) / PASSWORDS_FILE}, mode 600): {new_password}")
     env = stack_env(settings, stack, secret)
     parts = services(settings, stack, env)
-    ports = {name: port for name, port in (("airflow-api-server", stack.airflow_port), ("mlflow", stack.mlflow_port),
+    ports = {name: port for name, port in (("airflow-api-server", settings.airflow_port),
+                                           ("mlflow", settings.mlflow_ui_port),
                                            ("dask-scheduler", stack.dask_port), ("api", settings.api_port))
              if name not in running}
     busy = {name: port for name, port in ports.items() if not _port_free(_client_host(stack.host), port)}
     if busy:
-        raise StackError(f"ports in use: {busy}; free them or set RECSYS_AIRFLOW_PORT, RECSYS_MLFLOW_PORT, "
+        raise StackError(f"ports in use: {busy}; free them or set RECSYS_AIRFLOW_PORT, RECSYS_MLFLOW_UI_PORT, "
                          "RECSYS_DASK_PORT, RECSYS_API_PORT")
     created = ensure_databases(stack)
     progress(f"postgres   databases ready ({', '.join(created) + ' created' if created else 'existing'})")

@@ -37,32 +37,36 @@ def resolve(version: str, settings: Settings) -> Stage:
         f"models:/{settings.model_name}/{number}",
         settings.serving_dir / "downloads" / str(number),
     )
-    _download_retrieval(settings, str(number), Path(model_dir))
+    _download_optional(settings, str(number), Path(model_dir))
     log.info("resolve: %s -> version %s at %s", version, number, model_dir)
     return {"version": str(number), "model_dir": str(model_dir)}
 
 
-def _download_retrieval(settings: Settings, number: str, model_dir: Path) -> None:
-    """Fetch the run's `retrieval/` artifacts (two-tower model) into model_dir/retrieval when logged.
+OPTIONAL_ARTIFACTS = ("recommender", "retrieval")  # the served recommender; the two-tower model
 
-    Optional: a run without them, or a failed download, leaves the bundle to serve without retrieval.
+
+def _download_optional(settings: Settings, number: str, model_dir: Path) -> None:
+    """Fetch the run's `recommender/` and `retrieval/` artifacts into model_dir when logged.
+
+    Optional: a version without them, or a failed download, leaves the bundle to serve without them
+    (the API then ranks with the legacy encoded ranker or serves popular items).
     """
     from mlflow.exceptions import MlflowException
 
     from registry.tracking import tracking
 
-    try:
-        with tracking(settings.mlflow_tracking_uri) as client:
-            run_id = client.get_model_version(settings.model_name, number).run_id
-            if not run_id or not client.list_artifacts(run_id, "retrieval"):
-                log.info("resolve: version %s has no retrieval artifacts; serving without them", number)
-                return
-            client.download_artifacts(run_id, "retrieval", str(model_dir))
-    except (MlflowException, OSError) as exc:
-        log.warning("resolve: could not download the retrieval model of version %s (%s); serving without it",
-                    number, exc)
-        return
-    log.info("resolve: retrieval model of version %s at %s", number, model_dir / "retrieval")
+    for name in OPTIONAL_ARTIFACTS:
+        try:
+            with tracking(settings.mlflow_tracking_uri) as client:
+                run_id = client.get_model_version(settings.model_name, number).run_id
+                if not run_id or not client.list_artifacts(run_id, name):
+                    log.info("resolve: version %s has no %s artifacts; serving without them", number, name)
+                    continue
+                client.download_artifacts(run_id, name, str(model_dir))
+        except (MlflowException, OSError) as exc:
+            log.warning("resolve: could not download %s of version %s (%s); serving without it", name, number, exc)
+            continue
+        log.info("resolve: %s of version %s at %s", name, number, model_dir / name)
 
 
 def package(resolved: Stage, settings: Settings) -> Stage:
@@ -148,7 +152,7 @@ def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64) -> N
     """Score a random valid batch through Triton and compare with onnxruntime on the same file."""
     import onnxruntime as ort
 
-    from serving.triton_client import Ranker
+    from serving.triton_client import TritonClient
 
     schema = json.loads((bundle_dir / "schema.json").read_text())
     columns = {c["name"]: c for c in schema["columns"]}
@@ -157,7 +161,7 @@ def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64) -> N
     sparse = np.stack(
         [rng.integers(0, columns[name]["cardinality"], rows) for name in schema["categorical"]], axis=1
     ).astype(np.int64)
-    served = Ranker(url, model_name).score(dense, sparse)
+    served = TritonClient(url, model_name).score(dense, sparse)
     session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     expected = session.run(None, {"dense": dense, "sparse": sparse})[0].reshape(-1)
     if not np.allclose(served, expected, atol=1e-5):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,8 @@ def validate(run_date: str, ingested: Stage, settings: Settings) -> Stage:
 
         log_rejected_data(
             settings.mlflow_tracking_uri, settings.model_name, str(exc), out_dir / "report.json",
-            out_dir / "data_docs", artifact_root=settings.mlflow_artifact_root, tags={"run_date": run_date},
+            out_dir / "data_docs", artifact_root=settings.mlflow_artifact_root,
+            tags={"run_date": run_date, **unreadable_tags(exc.report.unreadable_files)},
         )
         raise
     log.info(
@@ -81,7 +83,22 @@ def validate(run_date: str, ingested: Stage, settings: Settings) -> Stage:
         "n_in": report.n_in,
         "n_passed": report.n_passed,
         "n_quarantined": report.n_quarantined,
+        "unreadable_files": report.unreadable_files,
     }
+
+
+_MAX_TAG_CHARS = 5000  # MLflow's tag value limit
+
+
+def unreadable_tags(unreadable_files: list[dict]) -> dict[str, str]:
+    """MLflow tags naming the files validation could not read and the records counted for each
+    (the full list is in the logged report.json, `unreadable_files`)."""
+    listed = json.dumps([{k: u[k] for k in ("path", "rows", "counted_by")} for u in unreadable_files])
+    if len(listed) > _MAX_TAG_CHARS:
+        listed = listed[: _MAX_TAG_CHARS - 3] + "..."
+    return {"validation.n_unreadable_files": str(len(unreadable_files)),
+            "validation.n_unreadable_rows": str(sum(u["rows"] for u in unreadable_files)),
+            "validation.unreadable_files": listed}
 
 
 def previous_profile(run_date: str, settings: Settings) -> Path | None:
@@ -109,23 +126,38 @@ def fit_workflow(run_date: str, validated: Stage, settings: Settings) -> Stage:
     }
 
 
-def train(run_date: str, features: Stage, settings: Settings) -> Stage:
-    """Train the DLRM on the ETL output (GPU when present, CPU otherwise)."""
-    from training import TrainConfig, TrainInputs
-    from training import train as train_model
+def _nightly_task(validated: Stage, settings: Settings, with_task: bool = True):  # type: ignore[no-untyped-def]
+    """The night's held-out split (the last `test_days` days of the window) and its evaluation task."""
+    import pandas as pd
 
-    config = TrainConfig(
-        epochs=settings.train_epochs,
-        batch_size=settings.train_batch_size,
-        device=settings.train_device,
-    )
-    data = _train_inputs(features)
-    result = train_model(TrainInputs(**data), config, settings.run_dir(run_date) / "model")
+    from training.quality import EventWeights, build_task, last_days_split
+
+    events = pd.read_parquet(validated["events"], columns=["user_id", "product_id", "event_type", "event_time",
+                                                           "user_session"])
+    split = last_days_split(events, settings.test_days)
+    weights = EventWeights.parse(settings.event_weights)
+    task = build_task(split, weights, settings.exclude) if with_task else None  # type: ignore[arg-type]
+    return split, weights, task
+
+
+def train(run_date: str, validated: Stage, settings: Settings) -> Stage:
+    """Fit the served recommender (candidate sources + DLRM ranker) on the window before the test days."""
+    from training.ranker import MODEL_FILE, SCHEMA_FILE, RankerConfig, fit_recommender
+
+    split, weights, _ = _nightly_task(validated, settings, with_task=False)
+    config = RankerConfig(epochs=max(settings.train_epochs, 1) * 5)
+    fitted = fit_recommender(split.train, split.items, config, weights, settings.exclude)  # type: ignore[arg-type]
+    out = fitted.save(settings.run_dir(run_date) / "model")
+    log.info("train: served mode %s, shares %s", fitted.recommender.mode,
+             {k: round(v, 3) for k, v in fitted.recommender.shares.items()})
     return {
-        "model_path": str(result.model_path),
-        "history": result.history,
-        "best_valid_auc": result.best_valid_auc,
-        "config": _jsonable(asdict(config)),
+        "model_dir": str(out),
+        "model_path": str(out / MODEL_FILE),
+        "schema": str(out / SCHEMA_FILE),
+        "history": fitted.history,
+        "mode": fitted.recommender.mode,
+        "config": _jsonable(asdict(config)) | {"event_weights": settings.event_weights, "exclude": settings.exclude,
+                                               "test_days": settings.test_days},
     }
 
 
@@ -145,22 +177,37 @@ def train_retrieval(run_date: str, features: Stage, settings: Settings) -> Stage
     }
 
 
-def evaluate(run_date: str, features: Stage, trained: Stage, settings: Settings) -> Stage:
-    """Ranking metrics of the model and of the popularity baseline on the same test set."""
-    from training import EvalInputs
-    from training import evaluate as evaluate_model
+def evaluate(run_date: str, validated: Stage, trained: Stage, settings: Settings) -> Stage:
+    """The served path against the classic baselines on the full catalogue, same users (training.compare)."""
+    import pandas as pd
 
-    data = _train_inputs(features)
-    report = evaluate_model(
-        Path(trained["model_path"]),
-        EvalInputs(train_dir=data["train_dir"], test_dir=Path(features["test"]), schema_path=data["schema_path"]),
-    )
-    metrics = report.to_dict()
-    oracle = _oracle_auc(features, settings)
-    if oracle is not None:
-        metrics["oracle_auc"] = oracle
-    (settings.run_dir(run_date) / "eval.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    from registry.plots import comparison_plots
+    from training.compare import SERVED, compare
+    from training.ranker import FittedRecommender
+
+    _, _, task = _nightly_task(validated, settings)
+    fitted = FittedRecommender.load(Path(trained["model_dir"]))
+    comparison = compare(task, fitted.recommender, fitted.scorer())
+    out = settings.run_dir(run_date) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    k, best = comparison.k, comparison.best_baseline
+    per_user = pd.DataFrame({"user_id": task.users} | {name: r.metrics.ndcg for name, r in comparison.results.items()})
+    per_user.to_parquet(out / "per_user_ndcg.parquet", index=False)
+    served = comparison.results[SERVED].metrics.ndcg.mean()
+    versus = comparison.versus[best]
+    metrics = comparison.metrics() | {
+        f"ndcg_at_{k}": float(served),
+        f"baseline_ndcg_at_{k}": float(comparison.results[best].metrics.ndcg.mean()),
+        f"vs_baseline_ndcg_at_{k}_ci_low": versus.low,
+        f"vs_baseline_ndcg_at_{k}_ci_high": versus.high,
+        "cold_test_users": float(task.n_skipped_cold),
+    }
+    (out / "comparison.json").write_text(json.dumps({"metrics": metrics, "best_baseline": best,
+                                                     "skipped": comparison.skipped}, indent=2))
+    comparison_plots(comparison, out / "plots")
+    log.info("evaluate: served ndcg@%d %.4f vs %s %.4f, difference interval [%+.4f, %+.4f], %d users", k, served,
+             best, metrics[f"baseline_ndcg_at_{k}"], versus.low, versus.high, comparison.n_users)
+    return {"metrics": metrics, "best_baseline": best, "dir": str(out)}
 
 
 def register(
@@ -169,86 +216,106 @@ def register(
     features: Stage,
     trained: Stage,
     evaluated: Stage,
+    retrieval: Stage | None,
     settings: Settings,
-    retrieval: Stage | None = None,
 ) -> Stage:
-    """Log the run to MLflow (params, curves, metrics, lineage, artifacts) and register a version."""
+    """Log the run to MLflow (params, curves, the comparison with intervals and plots, lineage,
+    artifacts) and register the ranker, with the recommender it ranks for, as a new version."""
     from registry import Lineage, data_hash, git_sha, log_training_run, register_model
+    from registry.reevaluate import RECOMMENDER_ARTIFACT
 
     artifacts = {
-        "schema.json": Path(features["schema"]),
+        "schema.json": Path(trained["schema"]),
         "workflow": Path(features["workflow"]),
+        RECOMMENDER_ARTIFACT: Path(trained["model_dir"]),
+        "eval": Path(evaluated["dir"]),
         "validation/report.json": Path(validated["report"]),
         "validation/data_docs": Path(validated["data_docs"]),
     }
+    metrics = dict(evaluated["metrics"])
     if retrieval is not None:
         artifacts["retrieval/two_tower.pt"] = Path(retrieval["model_path"])
         artifacts["retrieval/catalogue.parquet"] = Path(retrieval["catalogue_path"])
-        evaluated = evaluated | retrieval["metrics"]
+        metrics |= retrieval["metrics"]
     lineage = Lineage(
         git_sha=git_sha(),
         data_hash=data_hash([Path(validated["events"])]),
-        # Promotion compares logged metrics only between runs evaluated on the same test set.
-        eval_set_hash=data_hash(sorted(Path(features["test"]).glob("*.parquet"))),
+        eval_set_hash=data_hash([Path(validated["events"])]) + f":last{settings.test_days}d",
         run_date=run_date,
-        input_paths=validated["events"],
+        input_paths=[validated["events"]],
     )
     run_id = log_training_run(
         tracking_uri=settings.mlflow_tracking_uri,
         experiment=settings.model_name,
-        params=trained["config"] | {"run_date": run_date},
+        params=trained["config"] | {"run_date": run_date, "served_mode": trained["mode"]},
         history=trained["history"],
-        eval_metrics=evaluated,
+        eval_metrics=metrics,
         model_path=Path(trained["model_path"]),
         artifacts=artifacts,
         lineage=lineage,
         artifact_root=settings.mlflow_artifact_root,
-        tags={"n_in": str(validated["n_in"]), "n_quarantined": str(validated["n_quarantined"])},
+        tags={"n_in": str(validated["n_in"]), "n_quarantined": str(validated["n_quarantined"]),
+              "eval.best_baseline": evaluated["best_baseline"], "served_mode": trained["mode"],
+              **unreadable_tags(validated.get("unreadable_files", []))},
     )
     version = register_model(settings.mlflow_tracking_uri, run_id, settings.model_name)
     return {"run_id": run_id, "version": str(version)}
 
 
-def promote(features: Stage, registered: Stage, settings: Settings) -> Stage:
-    """Move alias `champion` to the new version only if it beats champion and popularity baseline.
+def promote(run_date: str, validated: Stage, evaluated: Stage, registered: Stage, settings: Settings) -> Stage:
+    """Move alias `champion` to the new version only on evidence (registry.promote): enough users, and
+    intervals above zero against the best baseline and the champion re-scored on the same users."""
+    import pandas as pd
 
-    A champion evaluated on another test set is re-scored on this run's test set first.
-    """
     from registry import promote as promote_version
     from registry.reevaluate import reevaluator
-    from training import EvalInputs
 
-    data = _train_inputs(features)
-    eval_inputs = EvalInputs(train_dir=data["train_dir"], test_dir=Path(features["test"]), schema_path=data["schema_path"])
+    _, _, task = _nightly_task(validated, settings)
+    per_user = pd.read_parquet(Path(evaluated["dir"]) / "per_user_ndcg.parquet")
     decision = promote_version(
         settings.mlflow_tracking_uri,
         settings.model_name,
         registered["version"],
-        reevaluate=reevaluator(settings.mlflow_tracking_uri, eval_inputs),
+        reevaluate=reevaluator(settings.mlflow_tracking_uri, settings.model_name, task,
+                               per_user["served"].to_numpy()),
+        min_users=settings.min_eval_users,
     )
-    log.info("promote: %s", decision.reason)
+    log.info("promote: %s (evidence %s)", decision.reason, decision.evidence)
     return _jsonable(asdict(decision)) | {"version": registered["version"]}
 
 
-def _train_inputs(features: Stage) -> dict[str, Path]:
-    return {
-        "train_dir": Path(features["train"]),
-        "valid_dir": Path(features["valid"]),
-        "schema_path": Path(features["schema"]),
-    }
+@dataclass(frozen=True)
+class StageSpec:
+    """One nightly stage: its function `run(run_date, *outputs of needs, settings)` and the stages it reads."""
+
+    name: str
+    run: Callable[..., Stage]
+    needs: tuple[str, ...] = ()
 
 
-def _oracle_auc(features: Stage, settings: Settings) -> float | None:
-    """The generator's ceiling on the test split, when the raw data came from `etl.synthetic`."""
-    manifest = settings.raw_dir / "manifest.json"
-    if not manifest.exists() or not json.loads(manifest.read_text()).get("config"):
-        return None  # real data (etl.public_data) has a manifest but no planted truth
-    from etl.synthetic import GroundTruth, oracle_auc
-    import pandas as pd
+# The one declared order of the nightly run: the DAG builds its tasks from it and `python -m cli
+# nightly` runs it in-process (tests/test_dags.py checks the DAG against it).
+NIGHTLY_STAGES: tuple[StageSpec, ...] = (
+    StageSpec("ingest", ingest),
+    StageSpec("validate", validate, ("ingest",)),
+    StageSpec("fit_workflow", fit_workflow, ("validate",)),
+    StageSpec("train", train, ("validate",)),
+    StageSpec("evaluate", evaluate, ("validate", "train")),
+    StageSpec("train_retrieval", train_retrieval, ("fit_workflow",)),
+    StageSpec("register", register, ("validate", "fit_workflow", "train", "evaluate", "train_retrieval")),
+    StageSpec("promote", promote, ("validate", "evaluate", "register")),
+)
 
-    test = pd.read_parquet(features["test"], columns=["user_id_raw", "product_id_raw", "label"])
-    impressions = test.rename(columns={"user_id_raw": "user_id", "product_id_raw": "product_id"})
-    return float(oracle_auc(GroundTruth.from_manifest(manifest), impressions))
+
+def run_nightly(run_date: str, settings: Settings,
+                progress: Callable[[str, Stage], None] | None = None) -> dict[str, Stage]:
+    """Every stage in order, in-process; returns each stage's output by name."""
+    outputs: dict[str, Stage] = {}
+    for stage in NIGHTLY_STAGES:
+        outputs[stage.name] = stage.run(run_date, *(outputs[n] for n in stage.needs), settings)
+        if progress is not None:
+            progress(stage.name, outputs[stage.name])
+    return outputs
 
 
 def _jsonable(value: Any) -> Any:

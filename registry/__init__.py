@@ -1,7 +1,6 @@
 """MLflow registry layer: run logging with lineage, registration, the promotion gate, downloads."""
 
 from registry.errors import (
-    EvalSetMismatch,
     MetricMissing,
     MissingArtifact,
     ModelNotFound,
@@ -29,7 +28,6 @@ from registry.tracking import (
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
-    "EvalSetMismatch",
     "Lineage",
     "MetricMissing",
     "MissingArtifact",

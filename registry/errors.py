@@ -15,9 +15,5 @@ class ModelNotFound(RegistryError):
     """A registered model, version or alias does not exist in the registry."""
 
 
-class EvalSetMismatch(RegistryError):
-    """Champion and challenger were evaluated on different sets and no re-evaluation was given."""
-
-
 class MetricMissing(RegistryError):
     """A run lacks a metric the promotion gate compares."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -67,3 +68,32 @@ def model_vs_baseline(eval_metrics: dict[str, float], path: Path) -> Path | None
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def comparison_plots(comparison: Any, folder: Path) -> list[Path]:
+    """One bar chart per metric (NDCG, Recall, MRR, HitRate @k): every method with its 95% bootstrap
+    interval over users, the served path first (a `training.compare.Comparison`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    k = comparison.k
+    names = list(comparison.results)
+    paths = []
+    for metric in (f"ndcg_at_{k}", f"recall_at_{k}", f"mrr_at_{k}", f"hitrate_at_{k}"):
+        means, lows, highs = [], [], []
+        for name in names:
+            ci = comparison.results[name].intervals[metric]
+            means.append(ci.mean)
+            lows.append(ci.mean - ci.low)
+            highs.append(ci.high - ci.mean)
+        fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(names)), 3.2))
+        colors = ["tab:green" if n == "served" else "tab:gray" for n in names]
+        ax.bar(range(len(names)), means, yerr=[lows, highs], capsize=4, color=colors)
+        ax.set_xticks(range(len(names)), names, rotation=20)
+        ax.set_title(f"{metric}, full catalogue, {comparison.n_users} users (95% interval)")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = folder / f"{metric}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        paths.append(path)
+    return paths

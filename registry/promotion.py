@@ -1,8 +1,8 @@
 """Registration of logged models and the promotion gate that moves the `champion` alias.
 
-A new version gets alias `challenger`. `promote` moves `champion` to it only when its eval
-metric beats the popularity baseline of its own run and the current champion's metric on the
-same eval set (re-evaluating the champion on the challenger's test set when the sets differ).
+A new version gets alias `challenger`. `promote` moves `champion` to it only on evidence: enough
+evaluated users, and bootstrap intervals of the paired NDCG differences to the best classic baseline
+and to the current champion (re-scored on the same users) that lie above zero.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import mlflow
@@ -18,20 +18,19 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from registry.errors import EvalSetMismatch, MetricMissing, ModelNotFound, RegistryError
-from registry.lineage import TAG_EVAL_SET_HASH
+from registry.errors import MetricMissing, ModelNotFound, RegistryError
 from registry.tracking import TAG_MODEL_URI, tracking
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-Reevaluate = Callable[[str], dict[str, float]]  # model URI -> metrics on the challenger's test set
+Reevaluate = Callable[[str], dict[str, float]]  # champion URI -> its paired comparison on the challenger's users
 
 
 @dataclass(frozen=True)
 class PromotionDecision:
-    """Outcome of the gate; the metrics are the values compared (None where not applicable)."""
+    """Outcome of the gate; `evidence` holds the numbers it was decided on (users, differences, intervals)."""
 
     promoted: bool
     reason: str
@@ -41,6 +40,7 @@ class PromotionDecision:
     champion: float | None
     baseline: float
     champion_version: str | None = None  # the champion before this decision
+    evidence: dict[str, float] = field(default_factory=dict)
 
 
 def register_model(tracking_uri: str, run_id: str, model_name: str) -> str:
@@ -98,8 +98,8 @@ def _metric(metrics: dict[str, float], key: str, where: str) -> float:
     value = metrics.get(key)
     if value is None or not math.isfinite(float(value)):
         raise MetricMissing(
-            f"{where} has no finite metric '{key}' (has: {sorted(metrics)}); log eval metrics "
-            f"'{key}' and 'baseline_<metric>' with registry.log_training_run"
+            f"{where} has no finite metric '{key}' (has: {sorted(metrics)[:20]}...); log the full-catalogue "
+            f"comparison (training.compare) with registry.log_training_run"
         )
     return float(value)
 
@@ -114,7 +114,7 @@ def _record(client: MlflowClient, name: str, mv: ModelVersion, decision: Promoti
         "promotion.champion": "" if decision.champion is None else f"{decision.champion:.6f}",
         "promotion.champion_version": decision.champion_version or "",
         "promotion.decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    } | {f"promotion.evidence.{k}": f"{v:.6g}" for k, v in decision.evidence.items()}
     for key, value in tags.items():
         client.set_model_version_tag(name, mv.version, key, value)
         if mv.run_id:
@@ -127,27 +127,39 @@ def promote(
     version: str,
     metric: str = "ndcg_at_10",
     reevaluate: Reevaluate | None = None,
+    min_users: int = 100,
 ) -> PromotionDecision:
-    """Move alias `champion` to `version` if it beats the baseline and the current champion.
+    """Move alias `champion` to `version` only on evidence, and record why either way.
 
-    reevaluate: called with the champion's `models:/` URI when the champion's eval-set hash
-    differs from the challenger's (or either is unknown); must return metrics on the
-    challenger's test set (see `registry.reevaluate.reevaluator`). Without it such a
-    challenger is not promoted (reason says why): the gate never compares across sets.
-    The decision is recorded as `promotion.*` tags on the version and its run.
+    The challenger's run must carry the full-catalogue comparison (training.compare): `metric` (the
+    served path), `baseline_<metric>` (the best classic baseline on the same users), `eval_users` and
+    the bootstrap interval of the paired difference, `vs_baseline_<metric>_ci_low/_high`. The gate:
+    1. fewer than `min_users` evaluated users -> not enough evidence, champion kept;
+    2. the interval of (served - best baseline) must lie above 0, not merely the mean;
+    3. a current champion is re-scored by `reevaluate(champion_uri)` on the challenger's users, which
+       returns `champion_<metric>`, `diff`, `diff_ci_low`, `diff_ci_high` and `users` (paired); the
+       challenger must beat it with an interval above 0. Without `reevaluate` it is not promoted.
+    The decision and its evidence are tags `promotion.*` on the version and its run.
     """
     with tracking(tracking_uri) as client:
         mv = get_version(client, model_name, version)
         run = client.get_run(mv.run_id)
         where = f"{model_name} v{mv.version} (run {mv.run_id})"
-        score = _metric(run.data.metrics, metric, where)
-        baseline = _metric(run.data.metrics, f"baseline_{metric}", where)
+        metrics = run.data.metrics
+        score = _metric(metrics, metric, where)
+        baseline = _metric(metrics, f"baseline_{metric}", where)
+        users = _metric(metrics, "eval_users", where)
+        low = _metric(metrics, f"vs_baseline_{metric}_ci_low", where)
+        high = _metric(metrics, f"vs_baseline_{metric}_ci_high", where)
         champion_mv = _champion(client, model_name)
+        evidence = {"users": users, "vs_baseline": score - baseline, "vs_baseline_ci_low": low,
+                    "vs_baseline_ci_high": high}
+        best = run.data.tags.get("eval.best_baseline", "the best baseline")
 
         def decide(promoted: bool, reason: str, champion: float | None) -> PromotionDecision:
             decision = PromotionDecision(
                 promoted, reason, str(mv.version), metric, score, champion, baseline,
-                None if champion_mv is None else str(champion_mv.version),
+                None if champion_mv is None else str(champion_mv.version), dict(evidence),
             )
             if promoted:
                 client.set_registered_model_alias(model_name, CHAMPION, mv.version)
@@ -155,59 +167,32 @@ def promote(
             logger.info("promotion of %s v%s: %s", model_name, mv.version, reason)
             return decision
 
-        if score <= baseline:
-            reason = f"{metric} {score:.4f} does not beat baseline {baseline:.4f}"
-            return decide(False, reason, None)
+        if users < min_users:
+            return decide(False, f"not enough evidence: {users:.0f} evaluated users < {min_users}; "
+                                 "champion kept", None)
+        if low <= 0:
+            return decide(False, f"{metric} {score:.4f} does not beat {best} {baseline:.4f} on evidence: "
+                                 f"difference {score - baseline:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}] "
+                                 f"includes 0 ({users:.0f} users)", None)
         if champion_mv is None:
-            return decide(
-                True, f"no champion; {metric} {score:.4f} beats baseline {baseline:.4f}", None
-            )
+            return decide(True, f"no champion; {metric} {score:.4f} beats {best} {baseline:.4f}, difference "
+                                f"interval [{low:+.4f}, {high:+.4f}] over {users:.0f} users", None)
         if str(champion_mv.version) == str(mv.version):
             return decide(False, f"version {mv.version} is already the champion", score)
-
-        try:
-            champion_score = _champion_score(
-                client, model_name, champion_mv, run.data.tags.get(TAG_EVAL_SET_HASH), metric,
-                reevaluate,
-            )
-        except EvalSetMismatch as exc:
-            # Fail closed: a challenger that cannot be compared fairly does not take over.
-            logger.warning("%s", exc)
-            return decide(False, str(exc), None)
-        if score <= champion_score:
-            return decide(
-                False,
-                f"{metric} {score:.4f} does not beat champion v{champion_mv.version} "
-                f"({champion_score:.4f})",
-                champion_score,
-            )
-        return decide(
-            True,
-            f"{metric} {score:.4f} beats champion v{champion_mv.version} ({champion_score:.4f}) "
-            f"and baseline {baseline:.4f}",
-            champion_score,
-        )
-
-
-def _champion_score(
-    client: MlflowClient,
-    name: str,
-    champion_mv: ModelVersion,
-    eval_set_hash: str | None,
-    metric: str,
-    reevaluate: Reevaluate | None,
-) -> float:
-    champion_run = client.get_run(champion_mv.run_id)
-    champion_hash = champion_run.data.tags.get(TAG_EVAL_SET_HASH)
-    where = f"champion {name} v{champion_mv.version}"
-    if eval_set_hash and champion_hash == eval_set_hash:
-        return _metric(champion_run.data.metrics, metric, where)
-    if reevaluate is None:
-        raise EvalSetMismatch(
-            f"{where} was evaluated on eval set {champion_hash!r}, the challenger on "
-            f"{eval_set_hash!r}; pass reevaluate=<callable(model_uri) -> metrics> to score the "
-            f"champion on the challenger's test set"
-        )
-    uri = f"models:/{name}/{champion_mv.version}"
-    logger.info("re-evaluating %s on the challenger's eval set %s", uri, eval_set_hash)
-    return _metric(reevaluate(uri), metric, f"re-evaluation of {where}")
+        uri = f"models:/{model_name}/{champion_mv.version}"
+        if reevaluate is None:
+            # Fail closed: a challenger that cannot be compared on the same users does not take over.
+            return decide(False, f"champion v{champion_mv.version} not re-evaluated on the challenger's users "
+                                 "(pass reevaluate=...); champion kept", None)
+        logger.info("re-evaluating %s on the challenger's users", uri)
+        versus = reevaluate(uri)
+        champion_score = _metric(versus, f"champion_{metric}", f"re-evaluation of {uri}")
+        c_low, c_high = _metric(versus, "diff_ci_low", uri), _metric(versus, "diff_ci_high", uri)
+        evidence |= {"vs_champion": score - champion_score, "vs_champion_ci_low": c_low,
+                     "vs_champion_ci_high": c_high, "champion_users": _metric(versus, "users", uri)}
+        if c_low <= 0:
+            return decide(False, f"{metric} {score:.4f} does not beat champion v{champion_mv.version} "
+                                 f"({champion_score:.4f}) on evidence: interval [{c_low:+.4f}, {c_high:+.4f}]",
+                          champion_score)
+        return decide(True, f"{metric} {score:.4f} beats champion v{champion_mv.version} ({champion_score:.4f}), "
+                            f"interval [{c_low:+.4f}, {c_high:+.4f}], and {best} {baseline:.4f}", champion_score)

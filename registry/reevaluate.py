@@ -1,4 +1,4 @@
-"""Re-scoring a registered model on another test set, for the promotion gate's champion check."""
+"""Re-scoring a registered champion on the challenger's evaluation users, for the promotion gate."""
 
 from __future__ import annotations
 
@@ -7,26 +7,36 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from registry.models import download_model
+import numpy as np
+
 from registry.promotion import Reevaluate
-from registry.tracking import WEIGHTS_FILE
+from registry.tracking import tracking
 
 logger = logging.getLogger(__name__)
 
+RECOMMENDER_ARTIFACT = "recommender"  # the run's folder holding recommender.pkl, ranker.pt, schema.json
 
-def reevaluator(tracking_uri: str, data: Any, k: int = 10) -> Reevaluate:
-    """A `reevaluate` for `promote`: downloads the model URI and runs `training.evaluate` on `data`.
 
-    data: `training.evaluate.EvalInputs` of the challenger's run (its train/test dirs, schema).
-    Returns metrics keyed like the logged ones (`ndcg_at_10`, `baseline_ndcg_at_10`, ...).
-    """
-    from training.evaluate import evaluate  # heavy (torch, pandas); only needed on this path
+def reevaluator(tracking_uri: str, model_name: str, task: Any, challenger_ndcg: np.ndarray, k: int = 10,
+                n_boot: int = 1000) -> Reevaluate:
+    """A `reevaluate` for `promote`: the champion's served path on `task` (a training.quality.Task),
+    paired per user with the challenger's NDCG@k on the same users (`challenger_ndcg`, in task order)."""
+    from training.compare import served_lists  # heavy (torch); only needed on this path
+    from training.quality import bootstrap, list_metrics
+    from training.ranker import FittedRecommender
 
     def reevaluate(model_uri: str) -> dict[str, float]:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = download_model(tracking_uri, model_uri, Path(tmp))
-            report = evaluate(local / WEIGHTS_FILE, data, k=k)
-        logger.info("re-evaluated %s on %s", model_uri, getattr(data, "test_dir", data))
-        return {key: float(value) for key, value in report.to_dict().items()}
+        version = model_uri.rsplit("/", 1)[-1]
+        with tracking(tracking_uri) as client, tempfile.TemporaryDirectory() as tmp:
+            run_id = client.get_model_version(model_name, version).run_id
+            local = Path(client.download_artifacts(run_id, RECOMMENDER_ARTIFACT, tmp))
+            fitted = FittedRecommender.load(local)
+            lists = served_lists(fitted.recommender, fitted.scorer(), task, k)
+        champion = list_metrics(task, lists, k).ndcg
+        diff = bootstrap(np.asarray(challenger_ndcg) - champion, n_boot)
+        logger.info("champion %s re-evaluated on %d users: ndcg@%d %.4f", model_uri, len(champion), k,
+                    champion.mean())
+        return {f"champion_ndcg_at_{k}": float(champion.mean()), "diff": diff.mean, "diff_ci_low": diff.low,
+                "diff_ci_high": diff.high, "users": float(len(champion))}
 
     return reevaluate

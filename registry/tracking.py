@@ -1,7 +1,7 @@
 """Log one training run to MLflow: params, per-epoch metrics, eval metrics, plots, lineage, model.
 
 The model is logged with the MLflow pytorch flavour and, next to it inside the same logged
-model, the files deployment needs (`dlrm.pt` from `training.save_model`, `schema.json`,
+model, the files deployment needs (`dlrm.pt` from `models.saved.save_model`, `schema.json`,
 `workflow/`), so `models:/<name>@champion` alone is enough to build a serving bundle.
 """
 
@@ -24,6 +24,7 @@ from mlflow.tracking._model_registry import utils as _registry_utils
 from mlflow.tracking._tracking_service import utils as _tracking_utils
 from mlflow.types import Schema, TensorSpec
 
+from contracts import SCHEMA_FILE, WORKFLOW_DIR
 from registry import plots
 from registry.errors import MissingArtifact
 from registry.lineage import Lineage
@@ -32,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"  # name of the logged model inside the run
 WEIGHTS_FILE = "dlrm.pt"
-SCHEMA_FILE = "schema.json"
-WORKFLOW_DIR = "workflow"
 TAG_MODEL_URI = "recsys.model_uri"
 # Accepted keys of the `artifacts` argument for the two files the logged model must carry.
 SCHEMA_KEYS = ("schema", "schema.json")
@@ -191,7 +190,7 @@ def log_training_run(
     the promotion gate cannot compare logged metrics and needs a `reevaluate` callable.
     artifact_root: where a new experiment stores artifacts (None: the server's default).
     """
-    from training import load_model  # training imports torch; keep registry import light
+    from models.saved import load_model  # imports torch; keep registry import light
 
     model_path = Path(model_path)
     if not model_path.is_file():

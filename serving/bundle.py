@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contracts import SCHEMA_FILE, WORKFLOW_DIR
 from serving.errors import BundleError
+from serving.recommender import RECOMMENDER_FILE
 from serving.schema import FeatureSchema, read_schema
 
 log = logging.getLogger(__name__)
@@ -25,12 +27,11 @@ log = logging.getLogger(__name__)
 # `dlrm.pt` is what the registry logs; `model.pt` what training writes.
 WEIGHT_FILE_NAMES = ("dlrm.pt", "model.pt")
 ONNX_FILE = "model.onnx"
-SCHEMA_FILE = "schema.json"
-WORKFLOW_DIR = "workflow"
 REPO_DIR = "triton_repo"
 DEPLOYMENT_FILE = "deployment.json"
 RETRIEVAL_DIR = "retrieval"  # optional two-tower candidate model: two_tower.pt + catalogue.parquet
 RETRIEVAL_MODEL_FILE = "two_tower.pt"
+RECOMMENDER_DIR = "recommender"  # the served recommender (serving.recommender) whose pools the model ranks
 PAIR_COLUMNS = ("user_id", "product_id", "category_id", "brand", "price")
 
 
@@ -48,6 +49,7 @@ class Deployment:
     categorical: list[str]
     source: str  # the model directory the bundle was built from
     retrieval: str | None = None  # bundle-relative dir of the two-tower candidate model, if shipped
+    recommender: str | None = None  # bundle-relative dir of the served recommender, if shipped
 
 
 def find_weights(model_dir: Path) -> Path:
@@ -60,7 +62,7 @@ def find_weights(model_dir: Path) -> Path:
         return candidates[0]
     raise BundleError(
         f"{model_dir} holds {[p.name for p in candidates] or 'no *.pt files'}; expected one of "
-        f"{WEIGHT_FILE_NAMES} written by training.save_model"
+        f"{WEIGHT_FILE_NAMES} written by models.saved.save_model"
     )
 
 
@@ -73,6 +75,15 @@ def _copy_retrieval(model_dir: Path, staging: Path) -> str | None:
         return None
     shutil.copytree(source, staging / RETRIEVAL_DIR)
     return RETRIEVAL_DIR
+
+
+def _copy_recommender(model_dir: Path, staging: Path) -> str | None:
+    """Copy model_dir/recommender/ (the served recommender the ranker ranks for) into the bundle."""
+    source = model_dir / RECOMMENDER_DIR
+    if not (source / RECOMMENDER_FILE).is_file():
+        return None
+    shutil.copytree(source, staging / RECOMMENDER_DIR)
+    return RECOMMENDER_DIR
 
 
 def build_bundle(
@@ -116,6 +127,7 @@ def build_bundle(
         shutil.copyfile(schema_path, staging / SCHEMA_FILE)
         shutil.copytree(workflow_dir, staging / WORKFLOW_DIR)
         retrieval = _copy_retrieval(model_dir, staging)
+        recommender = _copy_recommender(model_dir, staging)
         build_repository(onnx_path, schema_path, staging / REPO_DIR, model_name=model_name,
                          version=triton_version, **repository_options)
         deployment = Deployment(
@@ -129,6 +141,7 @@ def build_bundle(
             categorical=list(schema.categorical),
             source=str(model_dir),
             retrieval=retrieval,
+            recommender=recommender,
         )
         (staging / DEPLOYMENT_FILE).write_text(json.dumps(asdict(deployment), indent=2))
         # A rename, so a reader never sees a half-written bundle.

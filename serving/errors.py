@@ -31,6 +31,10 @@ class ServerStartError(ServingError):
     """The local Triton server did not become ready; the message quotes its log tail."""
 
 
+class CandidateError(ServingError):
+    """A candidate index was asked for what it cannot give (k < 1, a catalogue without the item columns)."""
+
+
 class RankerUnavailable(ServingError):
     """Triton cannot be reached or does not serve the model; callers fall back (e.g. popularity)."""
 

@@ -12,9 +12,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from models.dlrm import DLRM
+from models.saved import load_model
 from serving.errors import ExportError, ExportParityError
 from serving.schema import FeatureSchema, read_schema
-from training import DLRM, load_model
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from serving.bundle import ServingBundle
 from serving.errors import BundleError
-from serving.triton_client import Protocol, Ranker
+from serving.triton_client import Protocol, TritonClient
 
 PRODUCT_COLUMNS = ("product_id", "category_id", "brand", "price")
 
@@ -19,7 +19,7 @@ class TritonRankingService:
 
     def __init__(self, bundle_dir: Path, triton_url: str, protocol: Protocol = "http", timeout_s: float = 5.0) -> None:
         self.bundle = ServingBundle.load(Path(bundle_dir))
-        self.ranker = Ranker(triton_url, self.bundle.deployment.model_name, protocol, timeout_s)
+        self.client = TritonClient(triton_url, self.bundle.deployment.model_name, protocol, timeout_s)
 
     def score(self, customer_id: int, products: pd.DataFrame) -> np.ndarray:
         """float32 scores in the row order of `products`; raises `RankerUnavailable` if Triton is down."""
@@ -31,10 +31,10 @@ class TritonRankingService:
         pairs = products[list(PRODUCT_COLUMNS)].reset_index(drop=True)
         pairs.insert(0, "user_id", np.int64(customer_id))
         dense, sparse = self.bundle.encode(pairs)
-        return self.ranker.score(dense, sparse)
+        return self.client.score(dense, sparse)
 
     def is_ready(self) -> bool:
-        return self.ranker.is_ready()
+        return self.client.is_ready()
 
     def close(self) -> None:
-        self.ranker.close()
+        self.client.close()

@@ -17,11 +17,15 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
-from models.classic import ItemScorer, top_k
+from models.classic import ItemScorer, index_of, top_k
+
+if TYPE_CHECKING:
+    from serving.triton_client import TritonClient
 
 # dense (n_pairs, n_dense) float32, sparse (n_pairs, n_sparse) int64 -> (n_pairs,) scores
 PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -36,7 +40,13 @@ def item_statistics(views: np.ndarray, carts: np.ndarray, purchases: np.ndarray)
     wanted = carts + purchases
     prior = (wanted.sum() + 1.0) / (views.sum() + wanted.sum() + 2.0)  # shrink rare items to the shop's rate
     conversion = (wanted + 10.0 * prior) / (views + 10.0)
-    return np.stack([conversion, np.log1p(wanted), np.log1p(views)], axis=1).astype(np.float32)
+    # Counts relative to the catalogue's mean: the ranker is trained on an earlier, smaller slice of
+    # events than the one it serves from, and absolute counts would shift between the two.
+    return np.stack([conversion / prior, _relative_log(wanted), _relative_log(views)], axis=1).astype(np.float32)
+
+
+def _relative_log(counts: np.ndarray) -> np.ndarray:
+    return np.log1p(counts) - np.log1p(counts.mean() if len(counts) else 0.0)
 
 
 @dataclass
@@ -56,6 +66,7 @@ class Recommender:
     pool_size: int = 200
     mode: str = "ranker"
     evidence: dict[str, float] = field(default_factory=dict)  # held-out figures behind `mode` and `shares`
+    event_weights: dict[str, float] = field(default_factory=dict)  # event type -> weight of a history row
 
     @property
     def n_items(self) -> int:
@@ -72,6 +83,37 @@ class Recommender:
     @property
     def cardinalities(self) -> list[int]:
         return [self.n_items + 1]  # item code 0 stands for "unknown"
+
+    def feature_names(self) -> tuple[list[str], list[str]]:
+        """(continuous, categorical) names of the ranker's inputs, in `features` order."""
+        dense = [f"{name}.{part}" for name in self.source_names for part in ("score_z", "inverse_rank")]
+        dense += ["log_popularity", "log_history_length", "conversion", "log_wanted", "log_views"]
+        return dense, ["product"]
+
+    def schema(self) -> dict:
+        """schema.json of the ranker's inputs (docs/CONTRACTS.md layout), for export and Triton."""
+        continuous, categorical = self.feature_names()
+        columns = [{"name": c, "tags": ["continuous"], "dtype": "float32"} for c in continuous]
+        columns += [{"name": "product", "tags": ["categorical", "item"], "cardinality": self.n_items + 1,
+                     "dtype": "int64"}]
+        return {"columns": columns, "continuous": continuous, "categorical": categorical, "target": "relevant"}
+
+    def history(self, product_ids: np.ndarray, event_types: np.ndarray) -> sp.csr_matrix:
+        """(1, n_items) weighted row of one customer's events; products outside the catalogue are ignored."""
+        cols = index_of(self.items, np.asarray(product_ids, dtype=np.int64))
+        weights = np.array([self.event_weights.get(str(t), 0.0) for t in event_types], dtype=np.float32)
+        keep = (cols >= 0) & (weights > 0)
+        row = sp.csr_matrix((weights[keep], (np.zeros(int(keep.sum()), dtype=np.int64), cols[keep])),
+                            shape=(1, self.n_items), dtype=np.float32)
+        row.sum_duplicates()
+        return row
+
+    def blocked(self, allowed: np.ndarray, excluded_ids: np.ndarray) -> np.ndarray:
+        """(1, n_items) bool: items not `allowed` (a mask over `items`) or among `excluded_ids`."""
+        out = ~np.asarray(allowed, dtype=bool).copy()
+        cols = index_of(self.items, np.asarray(excluded_ids, dtype=np.int64))
+        out[cols[cols >= 0]] = True
+        return out[None, :]
 
     # ------------------------------------------------------------------------------ candidates
     def source_scores(self, history: sp.csr_matrix) -> dict[str, np.ndarray]:
@@ -137,7 +179,7 @@ class Recommender:
             dense[:, :, 2 * j] = z
             dense[:, :, 2 * j + 1] = 1.0 / (1.0 + rank)
         base = 2 * len(self.source_names)
-        dense[:, :, base] = np.log1p(self.popularity[safe])
+        dense[:, :, base] = _relative_log(self.popularity)[safe]
         dense[:, :, base + 1] = np.log1p(np.diff(history.indptr))[:, None]
         dense[:, :, base + 2:] = self.item_stats[safe]
         dense[~valid] = 0.0
@@ -194,3 +236,45 @@ class Recommender:
 def _gather(scores: np.ndarray, items: np.ndarray) -> np.ndarray:
     safe = np.where(items >= 0, items, 0)
     return np.where(items >= 0, np.take_along_axis(scores, safe, axis=1), np.nan)
+
+
+class TritonRecommender:
+    """What the API holds for a bundle that ships a recommender: its `Recommender`, ranked on Triton.
+
+    `recommend` is the request-time call of the path the evaluator runs in batch: one customer's
+    events -> weighted history row -> `Recommender.recommend` with Triton as the pair scorer.
+    Raises `serving.errors.RankerUnavailable` when Triton cannot answer (the API then falls back).
+    """
+
+    def __init__(self, recommender: Recommender, client: "TritonClient") -> None:
+        self.recommender = recommender
+        self.client = client
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: Path, triton_url: str, protocol: str = "http",
+                    timeout_s: float = 5.0) -> "TritonRecommender":
+        from serving.bundle import RECOMMENDER_DIR, ServingBundle
+        from serving.triton_client import TritonClient as Client
+
+        bundle = ServingBundle.load(Path(bundle_dir))
+        recommender = Recommender.load(Path(bundle_dir) / (bundle.deployment.recommender or RECOMMENDER_DIR))
+        return cls(recommender, Client(triton_url, bundle.deployment.model_name, protocol, timeout_s))  # type: ignore[arg-type]
+
+    def recommend(self, product_ids: np.ndarray, event_types: np.ndarray, allowed: np.ndarray,
+                  excluded_ids: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Up to k (product_id, score) best first; `allowed` masks `recommender.items` (available,
+        passing the request's filters), `excluded_ids` are never returned. The score is the ranker's
+        probability that the customer interacts with the product next (or the serving source's score
+        in a source mode)."""
+        rec = self.recommender
+        scorer = None if rec.mode != "ranker" else self.client.score
+        items, scores = rec.recommend(rec.history(product_ids, event_types), rec.blocked(allowed, excluded_ids), k,
+                                      scorer)
+        keep = items[0] >= 0
+        return [(int(p), float(s)) for p, s in zip(rec.items[items[0][keep]], scores[0][keep])]
+
+    def is_ready(self) -> bool:
+        return bool(self.client.is_ready())
+
+    def close(self) -> None:
+        self.client.close()

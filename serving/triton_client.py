@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 Protocol = Literal["http", "grpc"]
 
 
-class Ranker:
+class TritonClient:
     """Client of the Triton `dlrm` model: dense (B, n_dense), sparse (B, n_sparse) -> scores (B,).
 
     Requests larger than the model's max_batch_size are split; every transport or server error
@@ -117,7 +117,7 @@ class Ranker:
             except Exception:  # closing a dead connection may fail; nothing to do about it
                 log.debug("closing triton client for %s failed", self.url, exc_info=True)
 
-    def __enter__(self) -> "Ranker":
+    def __enter__(self) -> "TritonClient":
         return self
 
     def __exit__(self, *exc: object) -> None:

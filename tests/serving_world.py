@@ -15,7 +15,7 @@ import torch
 from etl import EtlConfig, EtlOutputs, SyntheticConfig, generate, run_etl
 from serving.local_triton import ServerHandle, start_server, stop_server
 from tests.conftest import free_port
-from training import DLRM, DLRMConfig, save_model
+from models.dlrm import DLRM, DLRMConfig, save_model
 
 
 @dataclass

@@ -100,5 +100,5 @@ def test_recommendations_fall_back_to_popular_when_triton_is_unreachable(world: 
                                  TRITON_URL=f"127.0.0.1:{free_port()}"))
     seed(app.extensions["recsys_store"], world["events"])
     customer_id = int(pd.read_parquet(world["events"]).user_id.iloc[0])
-    body = app.test_client().get(f"/customers/{customer_id}/recommendations?k=5").json
+    body = app.test_client().get(f"/customers/{customer_id}/recommendations?k=5&exclude=purchased").json
     assert body["ranker"] == "popular" and body["fallback"] is True and len(body["items"]) == 5

@@ -38,16 +38,26 @@ def test_recommendations_are_k_distinct_ranked_by_the_ranker(ranked: FlaskClient
     assert scores == sorted(scores, reverse=True)
     customer_id, frame = ranker.calls[-1]
     assert customer_id == 2 and list(frame.columns) == ["product_id", "category_id", "brand", "price"]
-    # Cheapest available, not purchased by customer 2 (product 3), wins under the price ranker.
+    # Cheapest available, not seen by customer 2 (product 3), wins under the price ranker.
     assert ids[0] == 5 and 3 not in ids
 
 
+def test_seen_products_are_excluded_by_default_and_the_exclusion_is_a_parameter(ranked: FlaskClient) -> None:
+    assert ranked.post("/interactions", json={"customer_id": 2, "product_id": 5,
+                                              "event_type": "view"}).status_code == 201
+    assert 5 not in _ids(ranked.get("/customers/2/recommendations?k=20"))  # default: seen, as evaluated
+    assert 5 in _ids(ranked.get("/customers/2/recommendations?k=20&exclude=purchased"))
+    assert 3 not in _ids(ranked.get("/customers/2/recommendations?k=20&exclude=purchased"))
+    assert 3 in _ids(ranked.get("/customers/2/recommendations?k=20&exclude=none"))
+    assert ranked.get("/customers/2/recommendations?exclude=everything").status_code in (400, 422)
+
+
 def test_purchased_products_are_excluded_and_new_purchases_count_at_once(ranked: FlaskClient) -> None:
-    before = _ids(ranked.get("/customers/2/recommendations?k=20"))
+    before = _ids(ranked.get("/customers/2/recommendations?k=20&exclude=purchased"))
     assert 3 not in before and 5 in before
     assert ranked.post("/interactions", json={"customer_id": 2, "product_id": 5,
                                               "event_type": "purchase"}).status_code == 201
-    after = _ids(ranked.get("/customers/2/recommendations?k=20"))
+    after = _ids(ranked.get("/customers/2/recommendations?k=20&exclude=purchased"))
     assert 5 not in after
     assert 3 in _ids(ranked.get("/customers/2/recommendations?k=20&exclude_purchased=false"))
 
@@ -63,7 +73,8 @@ def test_filters_are_respected(ranked: FlaskClient, customer_id: int) -> None:
                             f"&max_price=30"))
     assert items and set(items) <= {6, 7}  # category 2 priced 15 and 25
     # Customer 3 bought 6, so with purchases excluded only 7 remains for them.
-    assert _ids(ranked.get("/customers/3/recommendations?k=20&category_id=2&min_price=10&max_price=30")) == [7]
+    assert _ids(ranked.get("/customers/3/recommendations?k=20&category_id=2&min_price=10&max_price=30"
+                           "&exclude=purchased")) == [7]
 
 
 @pytest.mark.parametrize("customer_id", [4, 777])
@@ -117,6 +128,12 @@ def test_similar_products_share_sessions_or_customers(client: FlaskClient) -> No
     body = client.get("/products/1/similar?k=10").json
     ids = _ids_of(body)
     assert set(ids) == {2, 3, 5, 6} and 1 not in ids  # s1 and s3 session-mates, plus customer 1's product 5
+    # product 1's contexts: s1, s3, c1, c2 (4); product 2's: s1, c1 (2), both shared: 2 / sqrt(4 * 2)
+    scores = {item["product_id"]: item["score"] for item in body["items"]}
+    assert scores[2] == pytest.approx(2 / (4 * 2) ** 0.5)
+    # product 6 (s3, s4, c2, c3) shares s3 and c2 with product 1: 2 / sqrt(4 * 4), below product 2
+    assert scores[6] == pytest.approx(0.5) and ids.index(2) < ids.index(6)
+    assert all(0 < s <= 1 for s in scores.values())
     assert client.get("/products/404/similar").status_code == 404
 
 

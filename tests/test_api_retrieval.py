@@ -25,7 +25,9 @@ from serving.bundle import ServingBundle, build_bundle
 from settings import Settings
 from tests.serving_world import build_serving_world, running_triton
 from tests.test_api_support import make_config
-from training.retrieval import RetrievalConfig, build_candidate_index, load_two_tower, train_retrieval
+from models.two_tower import load_two_tower
+from serving.candidate_index import build_candidate_index
+from training.retrieval import RetrievalConfig, train_retrieval
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +150,7 @@ def test_a_bundle_without_retrieval_serves_catalogue_candidates(
     customer_id, _ = _buyer(app, world["world"].events)
     ranker = app.extensions["recsys_ranker"].get()
     scored = _record_scored(monkeypatch, ranker)
-    body = app.test_client().get(f"/customers/{customer_id}/recommendations?k=5").json
+    body = app.test_client().get(f"/customers/{customer_id}/recommendations?k=5&exclude=purchased").json
     assert body["ranker"] == "triton" and body["fallback"] is False and len(body["items"]) == 5
     assert ranker.retrieval() is None and len(scored[-1]) > 0
 
@@ -163,7 +165,7 @@ def test_a_broken_retrieval_model_is_skipped_without_failing_requests(
     customer_id, _ = _buyer(app, world["world"].events)
     client = app.test_client()
     for _ in range(2):
-        body = client.get(f"/customers/{customer_id}/recommendations?k=5").json
+        body = client.get(f"/customers/{customer_id}/recommendations?k=5&exclude=purchased").json
         assert body["ranker"] == "triton" and body["fallback"] is False and len(body["items"]) == 5
     errors = [r for r in caplog.records if "could not load the retrieval model" in r.getMessage()]
     assert len(errors) == 1  # logged once per bundle, not per request

@@ -20,41 +20,10 @@ from api import create_app
 from api.__main__ import main as cli_main
 from api.seed import REES46_COLUMNS, export_interactions, seed
 from api.store import Product, Store
-from tests.test_api_support import PG_URL, PriceRanker, add_catalogue, make_config
+from tests.test_api_support import (PG_URL, PriceRanker, add_catalogue, make_config, pg_available,  # noqa: F401
+                                    store_config)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _postgres_reachable() -> bool:
-    try:
-        with create_engine(PG_URL, connect_args={"connect_timeout": 3}).connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return True
-    except Exception:
-        return False
-
-
-@pytest.fixture(scope="module")
-def pg_available() -> bool:
-    return _postgres_reachable()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict]:
-    """App config on SQLite, or on the local PostgreSQL in a throw-away schema dropped afterwards."""
-    if request.param == "sqlite":
-        yield make_config(tmp_path)
-        return
-    if not request.getfixturevalue("pg_available"):
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
-    schema = f"recsys_api_test_{uuid.uuid4().hex[:12]}"
-    config = make_config(tmp_path, DATABASE_URL=PG_URL, DATABASE_SCHEMA=schema)
-    try:
-        yield config
-    finally:
-        store = Store(PG_URL, schema=schema)
-        store.drop_all()
-        store.dispose()
 
 
 @pytest.fixture
@@ -177,7 +146,7 @@ def test_unreachable_database_is_503_not_500(tmp_path: Path) -> None:
 
 
 def test_seed_from_events_loads_a_store_the_app_then_serves(tmp_path: Path) -> None:
-    from api.store import seed_from_events
+    from api.seed import seed_from_events
 
     events = _events(500)
     events.to_parquet(tmp_path / "events.parquet")

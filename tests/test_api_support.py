@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
 
 from api import create_app
+from api.store import Store
 
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379"
@@ -26,7 +28,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}",
         "DATABASE_SCHEMA": None,
         "RATELIMIT_STORAGE_URI": "memory://",
-        "RATELIMIT_DEFAULT": "10000 per minute",
+        "RATELIMIT_APPLICATION": "10000 per minute",
         "RATELIMIT_KEY_PREFIX": f"recsys-test-{uuid.uuid4().hex}",
         "API_KEYS": "",
         "API_KEY_PEPPER": "test-pepper",
@@ -36,6 +38,38 @@ def make_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides)
     return config
+
+
+def _postgres_reachable() -> bool:
+    try:
+        with create_engine(PG_URL, connect_args={"connect_timeout": 3}).connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def pg_available() -> bool:
+    return _postgres_reachable()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict]:
+    """App config on SQLite, or on the local PostgreSQL in a throw-away schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield make_config(tmp_path)
+        return
+    if not request.getfixturevalue("pg_available"):
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    schema = f"recsys_api_test_{uuid.uuid4().hex[:12]}"
+    config = make_config(tmp_path, DATABASE_URL=PG_URL, DATABASE_SCHEMA=schema)
+    try:
+        yield config
+    finally:
+        store = Store(PG_URL, schema=schema)
+        store.drop_all()
+        store.dispose()
 
 
 class PriceRanker:

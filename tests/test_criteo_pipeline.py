@@ -14,7 +14,8 @@ from etl.criteo import (CriteoEtlConfig, CriteoRowsRejected, count_rows, generat
                         main as criteo_cli, run_criteo_etl)
 from etl.readers import CRITEO_DENSE, CRITEO_SPARSE, iter_criteo
 from etl.workflow import Workflow
-from training import TrainConfig, TrainInputs, load_model, train
+from models.saved import load_model
+from training import TrainConfig, TrainInputs, train
 from training.data import load_schema, load_split
 from training.metrics import auc
 from training.trainer import predict

@@ -165,7 +165,7 @@ def test_arrow_fast_path_encodes_like_the_workflow(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from etl.arrow_engine import fit_transform_parquet
+    from bench.arrow_engine import fit_transform_parquet
 
     frame = _frame(n=3_000, seed=4)[["brand", "price"]].assign(
         user=lambda d: d["brand"].where(np.arange(len(d)) % 7 != 0, None).astype(object))

@@ -61,3 +61,102 @@ def test_drift_is_measured_against_the_latest_passing_run(settings: Settings) ->
     assert nightly.previous_profile(later, settings) == Path(first["report"]).parent / "profile.json"
     report = json.loads(Path(nightly.validate(later, nightly.ingest(later, settings), settings)["report"]).read_text())
     assert report["drift"]  # compared with the first run's profile
+
+
+def _stage_outputs(tmp: Path) -> tuple[dict, dict, dict, dict]:
+    """The smallest `validate`/`fit_workflow`/`train`/`evaluate` results `register` accepts."""
+    from models.dlrm import DLRM, DLRMConfig, save_model
+
+    events = tmp / "validation" / "valid" / "events.parquet"
+    events.parent.mkdir(parents=True)
+    events.write_bytes(b"validated events")
+    report = tmp / "validation" / "report.json"
+    report.write_text(json.dumps({"success": True, "unreadable_files": []}))
+    (tmp / "validation" / "data_docs").mkdir()
+    schema = tmp / "features" / "schema.json"
+    (tmp / "features" / "workflow").mkdir(parents=True)
+    (tmp / "features" / "test").mkdir()
+    (tmp / "features" / "test" / "part-0.parquet").write_bytes(b"test split")
+    (tmp / "features" / "workflow" / "workflow.json").write_text('{"ops": []}')
+    schema.write_text(json.dumps({"categorical": ["user_id", "product_id"], "continuous": ["a"]}))
+    model = save_model(DLRM(DLRMConfig(1, [5, 7], embedding_dim=4, bottom_mlp=[8], top_mlp=[8])),
+                       tmp / "model" / "ranker.pt")
+    (tmp / "eval").mkdir()
+    (tmp / "eval" / "comparison.json").write_text("{}")
+    validated = {"events": str(events), "report": str(report), "data_docs": str(report.parent / "data_docs"),
+                 "n_in": 10, "n_passed": 10, "n_quarantined": 0}
+    features = {"schema": str(schema), "workflow": str(tmp / "features" / "workflow"),
+                "train": str(tmp / "features" / "test"), "valid": str(tmp / "features" / "test"),
+                "test": str(tmp / "features" / "test")}
+    trained = {"model_path": str(model), "model_dir": str(model.parent), "schema": str(schema), "mode": "ranker",
+               "history": [{"epoch": 1, "loss": 0.5}], "config": {"lr": 0.1}}
+    evaluated = {"metrics": {"ndcg_at_10": 0.2, "baseline_ndcg_at_10": 0.1}, "best_baseline": "ease",
+                 "dir": str(tmp / "eval")}
+    return validated, features, trained, evaluated
+
+
+def test_registered_run_names_its_input_paths_whole(recsys_home: Path, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    settings = Settings.from_env()
+    validated, features, trained, evaluated = _stage_outputs(tmp_path / "stages")
+
+    registered = nightly.register(RUN_DATE, validated, features, trained, evaluated, None, settings)
+
+    run = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(registered["run_id"])
+    assert run.data.tags["lineage.input_paths"] == validated["events"]
+
+
+def test_cli_nightly_reports_a_closed_validation_as_one_error_line(settings: Settings) -> None:
+    import subprocess
+    import sys
+
+    ingested = nightly.ingest(RUN_DATE, settings)
+    cli.corrupt_rows(Path(ingested["files"][-1]), 400, seed=1)
+
+    done = subprocess.run([sys.executable, "-m", "cli", "nightly", "--date", RUN_DATE],
+                          cwd=cli.REPO, capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "validation failed closed" in errors[0]
+    assert done.stdout == ""
+
+
+def _with_noise_file(ingested: dict, tmp_path: Path) -> tuple[dict, Path]:
+    noise = tmp_path / "noise.parquet"
+    noise.write_bytes(bytes(range(256)) * 4)  # no Parquet footer: counted from its size
+    return ingested | {"files": ingested["files"] + [str(noise)]}, noise
+
+
+def test_unreadable_inputs_are_named_in_the_failed_mlflow_run(settings: Settings, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from validation import ValidationFailed
+
+    ingested, noise = _with_noise_file(nightly.ingest(RUN_DATE, settings), tmp_path)
+    cli.corrupt_rows(Path(ingested["files"][0]), 400, seed=1)
+    with pytest.raises(ValidationFailed):
+        nightly.validate(RUN_DATE, ingested, settings)
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(settings.model_name).experiment_id])
+    (listed,) = json.loads(run.data.tags["validation.unreadable_files"])
+    assert listed["path"] == str(noise) and listed["rows"] >= 1 and listed["counted_by"] == "size_estimate"
+    assert run.data.tags["validation.n_unreadable_files"] == "1"
+
+
+def test_unreadable_inputs_are_named_in_the_registered_run(settings: Settings, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    ingested, noise = _with_noise_file(nightly.ingest(RUN_DATE, settings), tmp_path)
+    validated = nightly.validate(RUN_DATE, ingested, settings)  # a few counted rows stay under 5 %
+    _, features, trained, evaluated = _stage_outputs(tmp_path / "stages")
+
+    registered = nightly.register(RUN_DATE, validated, features, trained, evaluated, None, settings)
+
+    tags = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(registered["run_id"]).data.tags
+    (listed,) = json.loads(tags["validation.unreadable_files"])
+    assert listed["path"] == str(noise)
+    assert tags["validation.n_unreadable_rows"] == str(listed["rows"]) == str(validated["unreadable_files"][0]["rows"])

@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 import registry
 from registry import Lineage
-from training import DLRM, DLRMConfig, load_model, save_model
+from models.dlrm import DLRM, DLRMConfig
+from models.saved import load_model, save_model
 
 N_DENSE, CARDINALITIES = 3, [5, 7]
 _names = count()
@@ -47,14 +48,19 @@ def store(tmp_path_factory) -> dict:
     }
 
 
-def log_run(store: dict, ndcg: float, baseline: float, eval_set: str = "test-A") -> str:
+def log_run(store: dict, ndcg: float, baseline: float, eval_set: str = "test-A", users: int = 500,
+            interval: tuple[float, float] | None = None) -> str:
+    """A run carrying the full-catalogue comparison the gate reads; the difference interval is centred on
+    ndcg - baseline, +-0.02, unless given."""
+    low, high = interval or (ndcg - baseline - 0.02, ndcg - baseline + 0.02)
     return registry.log_training_run(
         store["uri"],
         "recsys-tests",
         params={"lr": 0.01, "embedding_dim": 4},
         history=[{"epoch": 1, "loss": 0.6, "valid_auc": 0.6}, {"epoch": 2, "loss": 0.5, "valid_auc": 0.7}],
         eval_metrics={"ndcg_at_10": ndcg, "baseline_ndcg_at_10": baseline, "auc": 0.7,
-                      "oracle_auc": None, "k": 10},
+                      "oracle_auc": None, "k": 10, "eval_users": users,
+                      "vs_baseline_ndcg_at_10_ci_low": low, "vs_baseline_ndcg_at_10_ci_high": high},
         model_path=store["model_path"],
         artifacts=store["artifacts"],
         lineage=Lineage("abc123", "datahash", eval_set, "2026-11-24", ["raw/date=2026-11-24"]),
@@ -184,29 +190,55 @@ def _champion_version(store: dict, name: str) -> str | None:
         return None
 
 
+def _versus(champion: float, diff: float, half: float = 0.02):  # type: ignore[no-untyped-def]
+    """A reevaluate callable: the champion re-scored on the challenger's users, a paired difference."""
+    asked: list[str] = []
+
+    def reevaluate(uri: str) -> dict[str, float]:
+        asked.append(uri)
+        return {"champion_ndcg_at_10": champion, "diff": diff, "diff_ci_low": diff - half,
+                "diff_ci_high": diff + half, "users": 500.0}
+
+    reevaluate.asked = asked  # type: ignore[attr-defined]
+    return reevaluate
+
+
 def test_promotion_gate_sequence(store: dict) -> None:
-    """First model beats baseline -> champion; worse challenger -> kept; better -> moved."""
+    """First model beats the baseline on evidence -> champion; a challenger no better than the
+    re-scored champion -> kept; a clearly better one -> moved, with its evidence recorded."""
     name = new_name()
     v1 = registry.register_model(store["uri"], log_run(store, 0.30, 0.20), name)
     first = registry.promote(store["uri"], name, v1)
     assert first.promoted and first.champion is None and _champion_version(store, name) == v1
 
-    v2 = registry.register_model(store["uri"], log_run(store, 0.25, 0.20), name)
-    worse = registry.promote(store["uri"], name, v2)
-    assert not worse.promoted
-    assert worse.champion == pytest.approx(0.30) and worse.champion_version == v1
+    v2 = registry.register_model(store["uri"], log_run(store, 0.31, 0.20), name)
+    tie = _versus(champion=0.30, diff=0.01)  # interval [-0.01, 0.03] includes 0
+    kept = registry.promote(store["uri"], name, v2, reevaluate=tie)
+    assert not kept.promoted and kept.champion == pytest.approx(0.30) and kept.champion_version == v1
+    assert tie.asked == [f"models:/{name}/{v1}"] and "interval" in kept.reason
     assert _champion_version(store, name) == v1
 
     v3 = registry.register_model(store["uri"], log_run(store, 0.40, 0.20), name)
-    better = registry.promote(store["uri"], name, v3)
+    better = registry.promote(store["uri"], name, v3, reevaluate=_versus(champion=0.30, diff=0.10))
     assert better.promoted and _champion_version(store, name) == v3
+    assert better.evidence["vs_champion_ci_low"] == pytest.approx(0.08)
 
     client = client_for(store)
     assert client.get_model_version(name, v2).tags["promotion.decision"] == "rejected"
     tags = client.get_model_version(name, v3).tags
     assert tags["promotion.decision"] == "promoted" and tags["promotion.champion_version"] == v1
+    assert float(tags["promotion.evidence.users"]) == 500
     run_tags = client.get_run(client.get_model_version(name, v3).run_id).data.tags
     assert run_tags["promotion.decision"] == "promoted"
+
+
+def test_a_tie_with_the_best_baseline_is_not_promoted(store: dict) -> None:
+    """A mean above the baseline is not enough: the interval of the difference must exclude 0."""
+    name = new_name()
+    version = registry.register_model(store["uri"], log_run(store, 0.22, 0.20, interval=(-0.01, 0.05)), name)
+    decision = registry.promote(store["uri"], name, version)
+    assert not decision.promoted and "includes 0" in decision.reason
+    assert _champion_version(store, name) is None
 
 
 def test_model_worse_than_baseline_is_never_promoted(store: dict) -> None:
@@ -217,26 +249,22 @@ def test_model_worse_than_baseline_is_never_promoted(store: dict) -> None:
     assert _champion_version(store, name) is None
 
 
-def test_champion_from_another_eval_set_is_reevaluated_on_the_challengers(store: dict) -> None:
+def test_too_few_evaluated_users_is_not_enough_evidence(store: dict) -> None:
     name = new_name()
-    v1 = registry.register_model(store["uri"], log_run(store, 0.50, 0.20, "day-1"), name)
+    version = registry.register_model(store["uri"], log_run(store, 0.50, 0.20, users=4), name)
+    decision = registry.promote(store["uri"], name, version, min_users=100)
+    assert not decision.promoted and "not enough evidence" in decision.reason
+    assert _champion_version(store, name) is None
+
+
+def test_a_champion_that_cannot_be_rescored_is_kept(store: dict) -> None:
+    name = new_name()
+    v1 = registry.register_model(store["uri"], log_run(store, 0.30, 0.20), name)
     registry.promote(store["uri"], name, v1)
-    # The logged 0.50 was on day-1's set; on day-2's set the champion scores 0.33.
-    v2 = registry.register_model(store["uri"], log_run(store, 0.35, 0.20, "day-2"), name)
-    refused = registry.promote(store["uri"], name, v2)
-    assert not refused.promoted and "reevaluate" in refused.reason
+    v2 = registry.register_model(store["uri"], log_run(store, 0.50, 0.20), name)
+    refused = registry.promote(store["uri"], name, v2)  # no reevaluate: fail closed
+    assert not refused.promoted and "re-evaluated" in refused.reason
     assert _champion_version(store, name) == v1
-
-    asked: list[str] = []
-
-    def reevaluate(uri: str) -> dict[str, float]:
-        asked.append(uri)
-        return {"ndcg_at_10": 0.33}
-
-    decision = registry.promote(store["uri"], name, v2, reevaluate=reevaluate)
-    assert asked == [f"models:/{name}/{v1}"]
-    assert decision.promoted and decision.champion == pytest.approx(0.33)
-    assert _champion_version(store, name) == v2
 
 
 def test_deployment_tag_lands_on_the_version(store: dict) -> None:

@@ -18,7 +18,8 @@ import torch
 import registry
 from registry import Lineage
 from tests.conftest import free_port
-from training import DLRM, DLRMConfig, load_model, save_model
+from models.dlrm import DLRM, DLRMConfig
+from models.saved import load_model, save_model
 
 pytestmark = pytest.mark.integration
 

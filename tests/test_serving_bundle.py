@@ -17,7 +17,7 @@ from serving.local_triton import start_server, stop_server
 from serving.ranking import TritonRankingService
 from tests.conftest import free_port
 from tests.serving_world import build_serving_world
-from training import load_model
+from models.saved import load_model
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import torch
 
 from serving.errors import ExportError, ExportParityError, SchemaError
 from serving.export import ScoringHead, export_onnx, export_torchscript, onnx_parity, random_batch
-from training import DLRM, DLRMConfig, load_model, save_model
+from models.dlrm import DLRM, DLRMConfig
+from models.saved import load_model, save_model
 
 
 def write_model_dir(root: Path, n_dense: int = 3, cardinalities: tuple[int, ...] = (11, 7, 5), seed: int = 0) -> Path:

@@ -11,7 +11,7 @@ import torch
 from serving.errors import RepositoryError
 from serving.export import export_onnx
 from serving.triton_repo import build_repository, read_repository
-from training import DLRM, DLRMConfig, save_model
+from models.dlrm import DLRM, DLRMConfig, save_model
 
 
 @pytest.fixture(scope="module")

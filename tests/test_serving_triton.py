@@ -19,10 +19,11 @@ import tritonclient.http as httpclient
 from serving.errors import RankerUnavailable, ServerStartError
 from serving.export import export_onnx, random_batch
 from serving.local_triton import ServerHandle, read_handle, start_server, stop_server
-from serving.triton_client import Ranker
+from serving.triton_client import TritonClient
 from serving.triton_repo import build_repository
 from tests.conftest import free_port
-from training import DLRM, DLRMConfig, load_model, save_model
+from models.dlrm import DLRM, DLRMConfig
+from models.saved import load_model, save_model
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerHan
     assert cli.returncode == 0, cli.stderr
     handle = read_handle(state_dir)
     assert handle is not None and json.loads(cli.stdout)["pid"] == handle.pid
-    assert Ranker(handle.http_url).is_ready()
+    assert TritonClient(handle.http_url).is_ready()
     try:
         yield handle, root, model_path
     finally:
@@ -94,20 +95,20 @@ def test_scores_over_both_protocols_equal_torch(served: tuple[ServerHandle, Path
     handle, _, model_path = served
     dense, sparse = random_batch(load_model(model_path), 40, seed=7)  # 40 > max_batch_size: split
     url = handle.http_url if protocol == "http" else handle.grpc_url
-    with Ranker(url, protocol=protocol) as ranker:
-        scores = ranker.score(dense.numpy(), sparse.numpy())
-        assert ranker.max_batch_size() == MAX_BATCH
+    with TritonClient(url, protocol=protocol) as client:
+        scores = client.score(dense.numpy(), sparse.numpy())
+        assert client.max_batch_size() == MAX_BATCH
     assert scores.shape == (40,) and scores.dtype == np.float32
     np.testing.assert_allclose(scores, torch_scores(model_path, dense, sparse), atol=1e-5)
 
 
-def test_one_ranker_serves_concurrent_threads(served: tuple[ServerHandle, Path, Path]) -> None:
+def test_one_triton_client_serves_concurrent_threads(served: tuple[ServerHandle, Path, Path]) -> None:
     handle, _, model_path = served
     model = load_model(model_path)
     batches = [random_batch(model, 5 + i, seed=i) for i in range(8)]
-    ranker = Ranker(handle.http_url)
+    client = TritonClient(handle.http_url)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda b: ranker.score(b[0].numpy(), b[1].numpy()), batches))
+        results = list(pool.map(lambda b: client.score(b[0].numpy(), b[1].numpy()), batches))
     for (dense, sparse), scores in zip(batches, results):
         np.testing.assert_allclose(scores, torch_scores(model_path, dense, sparse), atol=1e-5)
 
@@ -152,11 +153,11 @@ def test_served_twin_runs_the_python_backend_and_leaves_the_shipped_repository_a
 def test_unknown_model_is_unavailable_with_the_url_in_the_message(served: tuple[ServerHandle, Path, Path]) -> None:
     handle, _, _ = served
     with pytest.raises(RankerUnavailable, match=handle.http_url):
-        Ranker(handle.http_url, model_name="nope").score(np.zeros((1, 3), np.float32), np.zeros((1, 3), np.int64))
+        TritonClient(handle.http_url, model_name="nope").score(np.zeros((1, 3), np.float32), np.zeros((1, 3), np.int64))
 
 
 def test_empty_batch_needs_no_server() -> None:
-    assert Ranker("127.0.0.1:1").score(np.zeros((0, 3)), np.zeros((0, 3))).shape == (0,)
+    assert TritonClient("127.0.0.1:1").score(np.zeros((0, 3)), np.zeros((0, 3))).shape == (0,)
 
 
 def test_start_on_a_busy_port_fails_without_touching_the_running_server(
@@ -167,7 +168,7 @@ def test_start_on_a_busy_port_fails_without_touching_the_running_server(
     with pytest.raises(ServerStartError, match=f"{busy_port}.*already in use"):
         start_server(root / "repo", free_port(), busy_port, tmp_path / "other-state")
     assert read_handle(tmp_path / "other-state") is None
-    assert Ranker(handle.http_url).is_ready()
+    assert TritonClient(handle.http_url).is_ready()
 
 
 def test_a_server_that_dies_at_start_is_reported_with_its_log(tmp_path: Path) -> None:
@@ -190,17 +191,17 @@ def test_restart_with_a_new_version_replaces_the_server_then_stop_makes_it_unava
     assert sorted(p.name for p in (root / "repo" / "dlrm").iterdir()) == ["1", "2", "config.pbtxt"]
     dense, sparse = random_batch(load_model(model_v2), 8, seed=11)
     for protocol, url in (("http", new.http_url), ("grpc", new.grpc_url)):
-        scores = Ranker(url, protocol=protocol).score(dense.numpy(), sparse.numpy())
+        scores = TritonClient(url, protocol=protocol).score(dense.numpy(), sparse.numpy())
         np.testing.assert_allclose(scores, torch_scores(model_v2, dense, sparse), atol=1e-5)
         assert not np.allclose(scores, torch_scores(model_v1, dense, sparse), atol=1e-3)
 
-    ranker = Ranker(new.http_url, protocol="http")
-    assert ranker.is_ready()
+    client = TritonClient(new.http_url, protocol="http")
+    assert client.is_ready()
     assert stop_server(root / "state") is True
     assert pid_gone(new.pid)
     assert live_group_members(new.pid) == []  # tritonserver and its backend stub went with it
-    assert not ranker.is_ready()
+    assert not client.is_ready()
     for protocol, url in (("http", new.http_url), ("grpc", new.grpc_url)):
         with pytest.raises(RankerUnavailable, match=url):
-            Ranker(url, protocol=protocol, timeout_s=2).score(dense.numpy(), sparse.numpy())
+            TritonClient(url, protocol=protocol, timeout_s=2).score(dense.numpy(), sparse.numpy())
     assert stop_server(root / "state") is False  # idempotent

@@ -96,7 +96,7 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "RECSYS_STACK_SCHEDULE": "false",  # only the run this test triggers
         "RECSYS_STACK_STOP_TIMEOUT": "15",
         "RECSYS_AIRFLOW_PORT": str(free_port()),
-        "RECSYS_MLFLOW_PORT": str(free_port()),
+        "RECSYS_MLFLOW_UI_PORT": str(free_port()),
         "RECSYS_DASK_PORT": str(free_port()),
         "RECSYS_API_PORT": str(free_port()),
         "RECSYS_TRITON_HTTP_PORT": str(free_port()),
@@ -127,7 +127,7 @@ def _airflow(env: dict[str, str]) -> AirflowClient:
 
 def test_scheduler_runs_the_nightly_on_celery_and_the_api_answers(stack_env: dict[str, str]) -> None:
     env, home = stack_env, Path(stack_env["RECSYS_HOME"])
-    made = cli(env, "generate", "--events", "60000", "--users", "300", "--products", "150",
+    made = cli(env, "generate", "--events", "80000", "--users", "300", "--products", "1500",
                "--end", RUN_DATE.isoformat(), "--days", "6")
     assert made.returncode == 0, made.stderr[-3000:]
 
@@ -158,7 +158,7 @@ def test_scheduler_runs_the_nightly_on_celery_and_the_api_answers(stack_env: dic
     from mlflow import MlflowClient
 
     decision = airflow.xcom("nightly_training", run_id, "promote")
-    mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['RECSYS_MLFLOW_PORT']}")
+    mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['RECSYS_MLFLOW_UI_PORT']}")
     model = mlflow.get_registered_model("dlrm-ranker")
     deploys = airflow.get("/dags/deploy_model/dagRuns")["dag_runs"]
     if decision["promoted"]:
@@ -217,7 +217,7 @@ def test_a_killed_celery_worker_is_retried_without_a_duplicate_registration(stac
         "RECSYS_TRAIN_EPOCHS": "6",  # long enough a train task to be killed in the middle of it
     }
     home = Path(env["RECSYS_HOME"])
-    made = cli(env, "generate", "--events", "60000", "--users", "300", "--products", "150",
+    made = cli(env, "generate", "--events", "80000", "--users", "300", "--products", "1500",
                "--end", RUN_DATE.isoformat(), "--days", "6")
     assert made.returncode == 0, made.stderr[-3000:]
     started = cli(env, "stack", "up", timeout=420)
@@ -247,7 +247,7 @@ def test_a_killed_celery_worker_is_retried_without_a_duplicate_registration(stac
 
     from mlflow import MlflowClient
 
-    mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['RECSYS_MLFLOW_PORT']}")
+    mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['RECSYS_MLFLOW_UI_PORT']}")
     versions = mlflow.search_model_versions("name = 'dlrm-ranker'")
     runs = mlflow.search_runs([mlflow.get_experiment_by_name("dlrm-ranker").experiment_id])
     assert len(versions) == 1 and len(runs) == 1
@@ -271,7 +271,7 @@ def test_mlflow_server_of_the_stack_keeps_artifacts_in_s3(tmp_path: Path, moto_u
     for name, value in {"RECSYS_HOME": str(tmp_path), "RECSYS_STACK_DB_PREFIX": prefix,
                         "RECSYS_STACK_ARTIFACTS": "s3://recsys-mlflow/mlartifacts", "AWS_ENDPOINT_URL": moto_url,
                         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "RECSYS_MLFLOW_PORT": str(free_port())}.items():
+                        "AWS_DEFAULT_REGION": "us-east-1", "RECSYS_MLFLOW_UI_PORT": str(free_port())}.items():
         monkeypatch.setenv(name, value)
     s3 = boto3.client("s3", endpoint_url=moto_url)
     s3.create_bucket(Bucket="recsys-mlflow")

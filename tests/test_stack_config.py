@@ -24,8 +24,9 @@ COMPOSE = REPO / "docker" / "compose.yaml"
 def _compose_view(monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, StackSettings, dict[str, str]]:
     """The stack as compose runs it: home /data, bound to 0.0.0.0, PostgreSQL/Redis by service name."""
     monkeypatch.setenv("RECSYS_HOME", "/data")
-    for name in ("RECSYS_API_PORT", "RECSYS_AIRFLOW_PORT", "RECSYS_MLFLOW_PORT", "RECSYS_DASK_PORT",
-                 "RECSYS_STACK_ARTIFACTS", "RECSYS_STACK_DB_PREFIX", "RECSYS_STACK_SCHEDULE"):
+    monkeypatch.setenv("RECSYS_AIRFLOW_HOST", "0.0.0.0")
+    for name in ("RECSYS_API_PORT", "RECSYS_AIRFLOW_PORT", "RECSYS_MLFLOW_UI_PORT", "RECSYS_DASK_PORT",
+                 "RECSYS_API_WORKERS", "RECSYS_STACK_ARTIFACTS", "RECSYS_STACK_DB_PREFIX", "RECSYS_STACK_SCHEDULE"):
         monkeypatch.delenv(name, raising=False)
     stack = dataclasses.replace(StackSettings.from_env(), host="0.0.0.0", db_prefix="recsys",
                                 postgres_url="postgresql+psycopg2://recsys:recsys@postgres:5432",

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from tests.conftest import free_port
 from tests.test_training_support import PlantedData, write_etl_output
-from training.dlrm import DLRM, DLRMConfig
+from models.dlrm import DLRM, DLRMConfig
 from training.distributed import Shard, ShardedDLRM, ShardedStepConfig, end_rank, plan_shards
 from training.optim import RowWiseAdagrad
 

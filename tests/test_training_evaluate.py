@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from tests.test_training_support import write_etl_output
-from training import DLRM, DLRMConfig, EvalInputs, TrainConfig, TrainInputs, evaluate, save_model, train
+from models.dlrm import DLRM, DLRMConfig, save_model
+from training import EvalInputs, TrainConfig, TrainInputs, evaluate, train
 from training.errors import DataError
 
 SCHEMA = {

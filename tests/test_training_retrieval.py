@@ -11,21 +11,17 @@ import pytest
 import torch
 
 from etl import EtlConfig, SyntheticConfig, generate, run_etl
-from training.errors import DataError
+from models import ModelError
+from models.two_tower import TwoTower, TwoTowerConfig, load_two_tower, save_two_tower
+from serving.candidate_index import CATALOGUE_COLUMNS, CandidateIndex, build_candidate_index
+from serving.errors import CandidateError
 from training.retrieval import (
-    CATALOGUE_COLUMNS,
-    CandidateIndex,
     RetrievalConfig,
     RetrievalResult,
-    build_candidate_index,
     catalogue_from_etl,
     evaluate_retrieval,
     in_batch_softmax_loss,
-    load_two_tower,
-    save_two_tower,
     train_retrieval,
-    TwoTower,
-    TwoTowerConfig,
 )
 
 # interaction_scale 1.5 instead of the generator's 0.6: with the default the planted affinity
@@ -108,10 +104,10 @@ def test_a_repeated_item_in_the_batch_is_not_its_own_negative() -> None:
 
 
 def test_missing_model_or_catalogue_columns_raise_actionable_errors(trained: Trained, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="run train_retrieval first"):
+    with pytest.raises(ModelError, match="run train_retrieval first"):
         load_two_tower(tmp_path / "nope.pt")
     model = load_two_tower(trained.result.model_path)
-    with pytest.raises(DataError, match="brand"):
+    with pytest.raises(CandidateError, match="brand"):
         build_candidate_index(model, trained.catalogue.drop(columns=["brand"]))
 
 

@@ -121,6 +121,12 @@ ROW_CORRUPTIONS = {
     "future_timestamp": (_set("event_time", "2020-02-01 00:00:00 UTC"), "event_time_future", 5),
     "stale_timestamp": (_set("event_time", "2019-12-31 23:59:59 UTC"), "event_time_stale", 5),
     "duplicated_row": (_duplicate_row(5), "duplicate_row", 40),
+    "nul_in_brand": (_set("brand", "ac\x00me"), "brand_control_characters", 5),
+    "escape_in_session": (_set("user_session", "s-5\x1b[0m"), "user_session_control_characters", 5),
+    "year_one": (_set("event_time", "0001-01-01 00:00:00 UTC"), "event_time_stale", 5),
+    "year_9999": (_set("event_time", "9999-12-31 23:59:59 UTC"), "event_time_future", 5),
+    "nan_price": (_set("price", "NaN"), "price_not_float", 5),
+    "infinite_price": (_set("price", "inf"), "price_not_float", 5),
 }
 
 
@@ -149,7 +155,7 @@ def test_quarantine_count_equals_corrupted_rows_exactly_across_chunks(tmp_path: 
     corrupted = {}
     for offset, (corrupt, reason, _) in enumerate(v for k, v in sorted(ROW_CORRUPTIONS.items())
                                                    if k != "duplicated_row"):
-        row = 7 + 23 * offset  # spread over several 64-row chunks
+        row = 7 + 15 * offset  # spread over several 64-row chunks
         text = _set_row(text, corrupt, row)
         corrupted[row] = reason
     text = pd.concat([text, text.iloc[[0, 150]]], ignore_index=True)  # two exact duplicates
@@ -193,6 +199,45 @@ def test_duplicates_are_found_across_files_and_the_first_copy_is_kept(tmp_path: 
     assert (report.n_passed, report.n_quarantined) == (20, 2)
     assert bad["_source_file"].unique().tolist() == [str(second)]
     assert set(bad["_reason"]) == {"duplicate_row"}
+
+
+def write_excel_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """CSV as spreadsheet exports write it: a UTF-8 byte-order mark and CRLF line ends."""
+    path.write_bytes(b"\xef\xbb\xbf" + frame.to_csv(index=False, lineterminator="\r\n").encode())
+    return path
+
+
+def test_the_same_events_as_parquet_and_as_bom_crlf_csv_pass_once(tmp_path: Path) -> None:
+    frame = events(20)
+    parquet = tmp_path / "events.parquet"
+    frame.to_parquet(parquet)
+    text = as_rees46_csv_strings(frame)
+    # Same values, other spellings: an offset for the same instant, a trailing zero on a price.
+    text.loc[3, "event_time"] = (frame.loc[3, "event_time"].tz_convert("Asia/Kolkata")).isoformat()
+    text.loc[4, "price"] = f"{frame.loc[4, 'price']:.4f}"
+    csv = write_excel_csv(text, tmp_path / "events.csv")
+
+    report, _ = run([parquet, csv], tmp_path / "out")
+
+    bad = quarantined(tmp_path / "out")
+    assert (report.n_in, report.n_passed, report.n_quarantined) == (40, 20, 20)
+    assert report.reasons == {"duplicate_row": 20}
+    assert bad["_source_file"].unique().tolist() == [str(csv)] and sorted(bad["_row"]) == list(range(20))
+    assert len(pd.read_parquet(tmp_path / "out" / "valid" / "events.parquet")) == 20
+
+
+def test_a_duplicate_with_a_changed_value_is_not_a_duplicate(tmp_path: Path) -> None:
+    frame = events(10)
+    parquet = tmp_path / "events.parquet"
+    frame.to_parquet(parquet)
+    text = as_rees46_csv_strings(frame)
+    text.loc[2, "price"] = str(frame.loc[2, "price"] + 0.01)
+    text.loc[5, "event_time"] = (frame.loc[5, "event_time"] + pd.Timedelta(seconds=1)).isoformat()
+    csv = write_excel_csv(text, tmp_path / "events.csv")
+
+    report, _ = run([parquet, csv], tmp_path / "out")
+
+    assert (report.n_passed, report.reasons) == (12, {"duplicate_row": 8})
 
 
 @pytest.mark.parametrize(("n_bad", "should_fail"), [(4, False), (5, False), (6, True)])
@@ -251,10 +296,6 @@ def _zero_bytes(path: Path) -> Path:
 TABLE_CORRUPTIONS = {
     "missing_column": (_csv_without("price"), "bad.csv", ["missing_column:price"], 10),
     "extra_column": (_csv_with_extra_column, "bad.csv", ["unexpected_column:coupon"], 10),
-    "header_only": (_header_only, "bad.csv", ["empty_file"], 0),
-    "zero_bytes": (_zero_bytes, "bad.csv", ["empty_file"], 0),
-    "garbled_csv": (_garbled_csv, "bad.csv", ["unreadable_file"], 10 + 3),
-    "truncated_parquet": (_truncated_parquet, "bad.parquet", ["unreadable_file"], 0),
 }
 
 
@@ -273,6 +314,86 @@ def test_table_level_failures_fail_closed_and_keep_the_file(tmp_path: Path, name
     assert Path(bad_file.copied_to).read_bytes() == bad.read_bytes()
     assert report.n_passed == 30 and report.n_in == report.n_passed + report.n_quarantined
     assert any(str(bad) in failure for failure in report.table_failures)
+
+
+def _cut_footer(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[:-40])  # the footer is gone, the row groups are not
+    return path
+
+
+def test_unreadable_files_are_counted_reported_and_weigh_on_the_bad_fraction(tmp_path: Path) -> None:
+    good = tmp_path / "good.parquet"
+    events(500, seed=1).to_parquet(good)
+    truncated = tmp_path / "truncated.parquet"
+    events(500, seed=2).to_parquet(truncated)
+    _cut_footer(truncated)
+    noise_parquet = tmp_path / "noise.parquet"
+    noise_parquet.write_bytes(np.random.default_rng(0).bytes(2000))
+    noise_csv = tmp_path / "noise.csv"
+    noise_csv.write_bytes(np.random.default_rng(1).bytes(2000).replace(b"\n", b"\0"))  # one "line"
+    garbled = _garbled_csv(tmp_path / "garbled.csv")
+    inputs = [good, truncated, noise_parquet, noise_csv, garbled]
+
+    report, failed = run(inputs, tmp_path / "out", threshold=1.0)
+
+    assert not failed and report.table_failures == []
+    unreadable = {Path(u["path"]).name: u for u in json.loads(Path(report.report_path).read_text())["unreadable_files"]}
+    assert sorted(unreadable) == ["garbled.csv", "noise.csv", "noise.parquet", "truncated.parquet"]
+    assert all(u["reason"] and Path(u["copied_to"]).is_file() for u in unreadable.values())
+    assert unreadable["truncated.parquet"]["counted_by"] == "size_estimate"
+    assert 250 <= unreadable["truncated.parquet"]["rows"] <= 1000  # 500 real rows
+    assert unreadable["noise.parquet"]["counted_by"] == "size_estimate" and unreadable["noise.parquet"]["rows"] >= 1
+    assert (unreadable["noise.csv"]["counted_by"], unreadable["noise.csv"]["rows"]) == ("csv_lines", 1)
+    assert (unreadable["garbled.csv"]["counted_by"], unreadable["garbled.csv"]["rows"]) == ("csv_lines", 13)
+    n_unreadable = sum(u["rows"] for u in unreadable.values())
+    assert report.n_unreadable == report.reasons["unreadable_file"] == n_unreadable
+    assert report.n_passed == 500 and report.n_in == report.n_passed + report.n_quarantined
+    assert report.n_quarantined == len(quarantined(tmp_path / "out")) + n_unreadable
+    assert report.bad_fraction == pytest.approx(n_unreadable / (500 + n_unreadable))
+    assert report.file_reasons == {"unreadable_file": 4}
+
+    _, failed_at_5_percent = run(inputs, tmp_path / "out5", threshold=0.05)
+    assert failed_at_5_percent
+
+
+def test_an_unreadable_parquet_with_a_readable_footer_counts_its_footer_rows(tmp_path: Path) -> None:
+    from validation.readers import RowCount, count_unreadable_rows
+
+    path = tmp_path / "e.parquet"
+    events(500).to_parquet(path)
+    assert count_unreadable_rows(path) == RowCount(500, "parquet_footer")
+    assert count_unreadable_rows(_cut_footer(path), parquet_bytes_per_row=path.stat().st_size / 500) == \
+        RowCount(500, "size_estimate")
+
+
+EMPTY_FILES = {"header_only": _header_only, "zero_bytes": _zero_bytes}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_FILES))
+def test_an_empty_file_beside_good_ones_is_quarantined_whole_and_the_night_goes_on(
+        tmp_path: Path, name: str) -> None:
+    good = write_csv(as_rees46_csv_strings(events(30, seed=1)), tmp_path / "good.csv")
+    empty = EMPTY_FILES[name](tmp_path / "empty.csv")
+
+    report, failed = run([good, empty], tmp_path / "out", threshold=0.0)
+
+    assert not failed and report.success and report.table_failures == []
+    (empty_file,) = [f for f in report.files if f.path == str(empty)]
+    assert empty_file.file_reasons == ["empty_file"] and empty_file.table_failures == []
+    assert Path(empty_file.copied_to).read_bytes() == empty.read_bytes()
+    assert report.file_reasons == {"empty_file": 1}
+    assert (report.n_in, report.n_passed, report.n_quarantined) == (30, 30, 0)
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_FILES))
+def test_empty_files_as_the_only_inputs_fail_closed(tmp_path: Path, name: str) -> None:
+    empty = EMPTY_FILES[name](tmp_path / "empty.csv")
+
+    report, failed = run([empty], tmp_path / "out")
+
+    assert failed and not report.success
+    assert report.table_failures == [f"{empty}: empty_file"]
+    assert report.n_in == 0
 
 
 def test_rows_of_a_file_missing_a_column_are_quarantined_with_that_reason(tmp_path: Path) -> None:
@@ -350,5 +471,19 @@ def test_rows_differing_only_after_a_nul_byte_are_not_duplicates(tmp_path: Path)
     text.loc[2] = text.loc[0]  # the only real duplicate
     report, _ = run([write_csv(text, tmp_path / "e.csv")], tmp_path / "out")
 
-    assert report.reasons == {"duplicate_row": 1}
-    assert quarantined(tmp_path / "out")["_row"].tolist() == [2]
+    assert report.reasons == {"duplicate_row": 1, "brand_control_characters": 4}
+    bad = quarantined(tmp_path / "out")
+    assert bad.loc[bad["_reason"].str.contains("duplicate_row"), "_row"].tolist() == [2]
+
+
+def test_far_dates_are_not_taken_for_duplicates_of_each_other(tmp_path: Path) -> None:
+    text = as_rees46_csv_strings(events(4))
+    text.loc[1:, ["event_type", "product_id", "user_id", "user_session", "price"]] = text.loc[0, [
+        "event_type", "product_id", "user_id", "user_session", "price"]].to_numpy()
+    text.loc[1:, ["category_id", "category_code", "brand"]] = text.loc[0, ["category_id", "category_code", "brand"]].to_numpy()
+    text["event_time"] = ["0001-01-01 00:00:00 UTC", "0002-01-01 00:00:00 UTC",
+                          "9998-01-01 00:00:00 UTC", "9999-01-01 00:00:00 UTC"]
+
+    report, _ = run([write_csv(text, tmp_path / "e.csv")], tmp_path / "out")
+
+    assert report.reasons == {"event_time_stale": 2, "event_time_future": 2}

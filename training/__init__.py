@@ -1,15 +1,12 @@
-"""Training: the DLRM ranker, its data loader, trainer and evaluation."""
+"""Training: the data loader, trainer, optimisers, evaluation and distributed launch of the models in `models/`."""
 
-from training.dlrm import DLRM, DLRMConfig, load_model, save_model
 from training.errors import CheckpointError, ConfigError, DataError, TrainingError
 from training.evaluate import EvalInputs, EvalReport, evaluate
 from training.trainer import TrainConfig, TrainInputs, TrainResult, train
 
 __all__ = [
-    "DLRM",
     "CheckpointError",
     "ConfigError",
-    "DLRMConfig",
     "DataError",
     "EvalInputs",
     "EvalReport",
@@ -17,8 +14,6 @@ __all__ = [
     "TrainInputs",
     "TrainResult",
     "TrainingError",
-    "load_model",
     "evaluate",
-    "save_model",
     "train",
 ]

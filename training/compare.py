@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.classic import CLASSIC
+import scipy.sparse as sp
+
+from models.classic import CLASSIC, index_of
 from serving.recommender import PairScorer, Recommender
 from training.quality import (Interval, MethodResult, Task, interaction_matrix, list_metrics, paired_difference,
                               top_k_lists, with_intervals)
@@ -64,12 +66,33 @@ def _timed(name: str, lists: Callable[[], np.ndarray], task: Task, k: int, n_boo
 
 def served_lists(recommender: Recommender, ranker: PairScorer | None, task: Task, k: int,
                  batch: int = 256) -> np.ndarray:
-    """The served path in batch: the same `Recommender.recommend` the API calls, exclusions of the task."""
+    """The served path in batch: the same `Recommender.recommend` the API calls, exclusions of the task.
+
+    A recommender fitted on another catalogue (a champion re-evaluated on tonight's task) sees the
+    task's histories in its own columns; products new tonight are unknown to it, as they would be
+    when it serves, and products it lists that tonight's catalogue lacks count as misses.
+    """
+    same = np.array_equal(recommender.items, task.split.items)
+    to_rec = index_of(recommender.items, task.split.items)  # task column -> recommender column
+    known = np.flatnonzero(to_rec >= 0)
     out = np.full((len(task.users), k), -1, dtype=np.int64)
     for start in range(0, len(task.users), batch):
         rows = np.arange(start, min(start + batch, len(task.users)))
-        out[rows], _ = recommender.recommend(task.history[rows], task.excluded[rows], k, ranker)
+        history, excluded = task.history[rows], task.excluded[rows]
+        if not same:
+            history = _reindex(history[:, known], to_rec[known], recommender.n_items)
+            excluded = _reindex(excluded[:, known], to_rec[known], recommender.n_items).astype(bool)
+        items, _ = recommender.recommend(history, excluded, k, ranker)
+        if not same:
+            items = np.where(items >= 0, index_of(task.split.items, recommender.items[np.maximum(items, 0)]), -1)
+        out[rows] = items
     return out
+
+
+def _reindex(matrix: sp.csr_matrix, columns: np.ndarray, n_columns: int) -> sp.csr_matrix:
+    """The same cells with column j moved to columns[j], in a matrix of n_columns."""
+    coo = matrix.tocoo()
+    return sp.csr_matrix((coo.data, (coo.row, columns[coo.col])), shape=(matrix.shape[0], n_columns))
 
 
 def compare(task: Task, recommender: Recommender | None, ranker: PairScorer | None, k: int = 10,
@@ -78,8 +101,6 @@ def compare(task: Task, recommender: Recommender | None, ranker: PairScorer | No
     """Fit each baseline on the task's training events (all users), rank the full catalogue for the
     task's users, and score the served recommender's lists the same way. `extra`: more full-catalogue
     scorers by name (e.g. the synthetic shop's oracle), called with task rows."""
-    if recommender is not None and not np.array_equal(recommender.items, task.split.items):
-        raise ValueError("the recommender was fitted on another catalogue than the task's")
     results: dict[str, MethodResult] = {}
     skipped: dict[str, str] = {}
     if recommender is not None:

@@ -33,9 +33,11 @@ from torch import nn
 from torch.distributed.nn.functional import all_to_all_single
 from torch.nn.parallel import DistributedDataParallel
 
+from models.dlrm import DLRM, DLRMConfig, InteractionArch, save_model
 from settings import configure_logging
 from training.data import BatchIterator, InteractionTensors, load_schema, load_split
-from training.dlrm import DLRM, DLRMConfig, save_model
+from training.fastpath import FastPath
+from training.fastpath.forward import FastInteraction, dense_forward
 from training.metrics import auc
 from training.optim import LRSchedule, RowWiseAdagrad
 
@@ -75,14 +77,20 @@ def plan_shards(cardinalities: list[int], world_size: int, max_shard_rows: int |
 
 
 class _DenseParts(nn.Module):
-    """The replicated part of the DLRM: dense (b, n_dense), embedded (b, n_sparse, dim) -> (b,)."""
+    """The replicated part of the DLRM: dense (b, n_dense), embedded (b, n_sparse, dim) -> (b,).
+
+    The model's arches with the single-process step's interaction (fused backward; Triton on
+    CUDA) and aligned dense input (`training.fastpath.forward`).
+    """
 
     def __init__(self, model: DLRM) -> None:
         super().__init__()
         self.dense_arch, self.interaction, self.over_arch = model.dense_arch, model.interaction, model.over_arch
+        if isinstance(model.interaction, InteractionArch):
+            self.interaction = FastInteraction(model.interaction.n_features, FastPath())
 
     def forward(self, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
-        return self.over_arch(self.interaction(self.dense_arch(dense), embedded))
+        return self.over_arch(self.interaction(dense_forward(self.dense_arch, dense, align=True), embedded))
 
 
 @dataclass

@@ -11,8 +11,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from contracts import SCHEMA_FILE
+from models.saved import load_model
 from training.data import part_files, load_schema, load_split
-from training.dlrm import load_model
 from training.errors import DataError
 from training.metrics import auc, coverage, logloss, ranking_metrics
 from training.trainer import predict
@@ -33,7 +34,7 @@ class EvalInputs:
     @classmethod
     def from_etl_dir(cls, etl_dir: Path) -> "EvalInputs":
         etl_dir = Path(etl_dir)
-        return cls(etl_dir / "train", etl_dir / "test", etl_dir / "schema.json")
+        return cls(etl_dir / "train", etl_dir / "test", etl_dir / SCHEMA_FILE)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The embedding table is updated only where a batch touched it: the trainer looks rows up from a
 detached table, takes the gradient of that lookup ((n, dim), or the (B, W, dim) tensor whose last
 n / B slots are the ids') and hands it here with the row ids. On CUDA with Triton the row-wise
-Adagrad runs as fused kernels (`training.rowwise_triton`: sort, segment-sum with the update of
+Adagrad runs as fused kernels (`training.fastpath.rowwise_triton`: sort, segment-sum with the update of
 each distinct row fused in, one read-modify-write per row); without Triton duplicate ids are
 merged with a sort plus fixed-size segment sums. Both have static shapes and never wait on the
 host (safe for CUDA graphs). On the CPU, where a host sync costs nothing, the ids are sorted, each
@@ -17,9 +17,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from training.fastpath.launch import RowwiseLaunch
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,10 @@ class RowWiseAdagrad:
         initial_accumulator: float = 0.0,
         fused: bool | None = None,
         compile: bool = False,
+        launch: RowwiseLaunch | None = None,
     ):
+        """`fused`: the Triton kernel (None: where it runs, CUDA with Triton); `launch`: its
+        settings for every row width instead of `fastpath.launch.rowwise_launch`'s table."""
         self.weight = weight
         self.lr = lr
         self.eps = eps
@@ -80,16 +87,14 @@ class RowWiseAdagrad:
             fused = fused_kernel_available(weight.device)
         self._kernel = None
         if fused:
-            from training.rowwise_triton import FusedRowWiseAdagradKernel
+            from training.fastpath.rowwise_triton import FusedRowWiseAdagradKernel
 
-            self._kernel = FusedRowWiseAdagradKernel()
+            self._kernel = FusedRowWiseAdagradKernel(launch)
         # CPU, `compile` (long runs): inductor reads each distinct row's summed gradient twice (mean
         # square, step) where the eager ops below make ~5 passes and `index_add_` sorts the rows
         # again. But it writes the table rows back in a second pass (it does not fuse a gather and
         # a scatter of one tensor): a second cache miss per row, which costs more than it saves
-        # above 128-byte rows. 29k distinct rows on the 2-core EPYC, compiled vs eager: dim 16
-        # 0.40 vs 0.95 ms (+5% samples/s for the whole step), dim 32 0.75 vs 1.25, dim 64 even,
-        # dim 128 3.9 vs 2.9.
+        # above 128-byte rows (bench/README-train.md, CPU).
         narrow_rows = weight.shape[-1] * weight.element_size() <= 128
         self._compiled_rows = (
             torch.compile(update_distinct_rows, dynamic=False)
@@ -196,8 +201,8 @@ def sum_by_id(ids: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, tor
     starts = counts.cumsum(0).sub_(counts)
     # Sums in the gradient's dtype: for bf16 gradients the bag accumulates in fp32 and rounds each
     # sum to bf16 once (exact for ids seen once; 2^-9 relative for repeated ids, the size of the
-    # gradients' own rounding). Upcasting the gradient first cost ~7% of the step at dim 128; the
-    # update upcasts the sums as it reads them.
+    # gradients' own rounding). Upcasting the gradient first cost a pass over it; the update
+    # upcasts the sums as it reads them.
     return rows, F.embedding_bag(order[lead:], grads, starts, mode="sum")
 
 

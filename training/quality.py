@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from models.classic import index_of, top_k
 from training.errors import DataError
 
 Exclude = Literal["seen", "purchased", "none"]
@@ -72,15 +73,6 @@ class Split:
     def item_index(self, product_ids: np.ndarray) -> np.ndarray:
         """Column of each product id in `items`, -1 for products outside the catalogue."""
         return index_of(self.items, product_ids)
-
-
-def index_of(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Position of each id in the sorted array `sorted_ids`, -1 where absent."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(sorted_ids) == 0:
-        return np.full(len(ids), -1, dtype=np.int64)
-    at = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
-    return np.where(sorted_ids[at] == ids, at, -1)
 
 
 def _check_events(events: pd.DataFrame) -> None:
@@ -263,7 +255,7 @@ def list_metrics(task: Task, top: np.ndarray, k: int) -> ListMetrics:
         k=k,
         ndcg=dcg / ideal,
         recall=hits.sum(axis=1) / np.minimum(n_rel, k),
-        mrr=np.where(first >= 0, 1.0 / (first + 1.0), 0.0),
+        mrr=np.divide(1.0, first + 1.0, out=np.zeros(len(first)), where=first >= 0),
         hit=hits.any(axis=1).astype(np.float64),
         coverage=float(len(np.unique(listed)) / max(task.n_items, 1)),
         popularity=float(item_pop[listed].mean() / pop_mean) if listed.size and pop_mean > 0 else float("nan"),
@@ -335,8 +327,6 @@ def top_k_lists(score_rows: Callable[[np.ndarray], np.ndarray], task: Task, k: i
 
     `score_rows(rows)` returns (len(rows), n_items) scores for the task's users at `rows`.
     """
-    from models.classic import top_k  # the one top-k of the project: ties by lower item index
-
     out = np.full((len(task.users), k), -1, dtype=np.int64)
     for start in range(0, len(task.users), batch):
         rows = np.arange(start, min(start + batch, len(task.users)))

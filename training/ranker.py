@@ -10,8 +10,9 @@ better, that source is served (`Recommender.mode`). The sources are then refitte
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from models.classic import CLASSIC, ItemScorer, top_k
+from models.dlrm import DLRM, DLRMConfig, save_model
+from models.saved import load_model
 from serving.recommender import PairScorer, Recommender, item_statistics
-from training.dlrm import DLRM, DLRMConfig, load_model, save_model
 from training.errors import DataError
 from training.quality import (EventWeights, Exclude, ListMetrics, Split, Task, build_task, interaction_matrix,
                               list_metrics, user_holdout)
@@ -29,13 +31,15 @@ from training.quality import (EventWeights, Exclude, ListMetrics, Split, Task, b
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "ranker.pt"
+SCHEMA_FILE = "schema.json"  # the ranker's inputs, as export and Triton read them
 
 
 @dataclass(frozen=True)
 class RankerConfig:
     """How the served recommender is fitted; chosen on the synthetic shop, reported on every data set."""
 
-    sources: tuple[str, ...] = ("item_knn", "als", "popularity")
+    sources: tuple[str, ...] = ("item_knn", "als", "ease", "popularity")
+    ease_max_items: int = 10_000  # EASE's dense items x items weights are held by every API worker
     source_params: dict[str, dict] = field(default_factory=dict)  # name -> constructor arguments
     pool_size: int = 200
     holdout_fraction: float = 0.2  # of each user's training sessions: the ranker's targets
@@ -59,6 +63,7 @@ class RankerConfig:
 class FittedRecommender:
     recommender: Recommender
     ranker: DLRM | None
+    history: list[dict] = field(default_factory=list)  # one row per ranker epoch: epoch, valid ndcg
 
     def scorer(self) -> PairScorer | None:
         return None if self.ranker is None else torch_scorer(self.ranker)
@@ -66,6 +71,7 @@ class FittedRecommender:
     def save(self, folder: Path) -> Path:
         folder = Path(folder)
         self.recommender.save(folder)
+        (folder / SCHEMA_FILE).write_text(json.dumps(self.recommender.schema(), indent=2))
         if self.ranker is not None:
             save_model(self.ranker, folder / MODEL_FILE)
         return folder
@@ -78,15 +84,16 @@ class FittedRecommender:
 
 
 def torch_scorer(model: DLRM, batch: int = 65536) -> PairScorer:
-    """The ranker in-process (the offline evaluator's stand-in for Triton, same weights)."""
+    """The ranker in-process (the offline evaluator's stand-in for Triton: same weights, and the same
+    sigmoid as the exported scoring head, so float32 saturation ties the same pairs)."""
     model.eval()
 
     def score(dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
         out = np.empty(len(dense), dtype=np.float32)
         with torch.no_grad():
             for s in range(0, len(dense), batch):
-                out[s:s + batch] = model(torch.from_numpy(dense[s:s + batch]),
-                                         torch.from_numpy(sparse[s:s + batch])).float().numpy()
+                out[s:s + batch] = torch.sigmoid(model(torch.from_numpy(dense[s:s + batch]),
+                                                       torch.from_numpy(sparse[s:s + batch]))).float().numpy()
         return out
 
     return score
@@ -97,7 +104,8 @@ def fit_sources(events: pd.DataFrame, split: Split, config: RankerConfig,
     """Every configured source fitted on all users' weighted interactions in `events`."""
     users = np.unique(events["user_id"].to_numpy(np.int64))
     matrix = interaction_matrix(events, users, split, weights)
-    sources = {name: CLASSIC[name](**config.source_params.get(name, {})).fit(matrix) for name in config.sources}
+    names = [n for n in config.sources if n != "ease" or len(split.items) <= config.ease_max_items]
+    sources = {name: CLASSIC[name](**config.source_params.get(name, {})).fit(matrix) for name in names}
     popularity = np.asarray((matrix > 0).sum(axis=0)).ravel().astype(np.float64)
     return sources, popularity
 
@@ -194,7 +202,7 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
         top = _rank(model, first.dense[valid_rows], first.sparse[valid_rows], first.pool[valid_rows], config.k)
         return float(_sub_metrics(first.task, valid_rows, top, config.k).ndcg.mean())
 
-    best, best_state, stale = -1.0, None, 0
+    best, best_state, stale, history = -1.0, None, 0, []
     for epoch in range(config.epochs):
         model.train()
         order = trainable[rng.permutation(len(trainable))]
@@ -210,6 +218,7 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
             loss.backward()
             optimizer.step()
         ndcg = valid_ndcg()
+        history.append({"epoch": epoch, f"valid_ndcg_at_{config.k}": ndcg, "train_loss": float(loss.detach())})
         log.info("ranker epoch %d: valid ndcg@%d %.4f", epoch, config.k, ndcg)
         if ndcg > best:
             best, best_state, stale = ndcg, {k: v.clone() for k, v in model.state_dict().items()}, 0
@@ -235,8 +244,9 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
                         {f"valid_ndcg_at_{config.k}.{k}": v for k, v in evidence.items()}
                         | {f"share.{k}": v for k, v in rec.shares.items()}
                         | {"ranker_lists": float(len(trainable)), "valid_users": float(len(valid_rows)),
-                           "cuts": float(len(training))})
-    return FittedRecommender(final, model)
+                           "cuts": float(len(training))},
+                        asdict(weights))
+    return FittedRecommender(final, model, history)
 
 
 def _pool_labels(task: Task, pool: np.ndarray) -> np.ndarray:

@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.baselines import LogisticRegression, LogisticRegressionConfig, save_logreg
+from contracts import SCHEMA_FILE
+from models.dlrm import DLRM, DLRMConfig, save_model
+from models.logreg import LogisticRegression, LogisticRegressionConfig, save_logreg
 from training.data import BatchIterator, InteractionTensors, Schema, load_schema, load_split
-from training.dlrm import DLRM, DLRMConfig, save_model
 from training.errors import CheckpointError, ConfigError
+from training.fastpath import StepOptions, TrainStep, compile_pays_off, native_bf16
 from training.metrics import auc, logloss
 from training.optim import LRSchedule
-from training.step import StepOptions, TrainStep, compile_pays_off, native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class TrainInputs:
     @classmethod
     def from_etl_dir(cls, etl_dir: Path) -> "TrainInputs":
         etl_dir = Path(etl_dir)
-        return cls(etl_dir / "train", etl_dir / "valid", etl_dir / "schema.json")
+        return cls(etl_dir / "train", etl_dir / "valid", etl_dir / SCHEMA_FILE)
 
 
 @dataclass
@@ -67,7 +68,7 @@ class TrainConfig:
     precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto": bf16 where the device has native bf16 GEMMs
     device: str = "auto"  # "auto", "cpu", "cuda"
     # torch.compile of the step (CUDA: always, plus one CUDA graph per step; CPU: only runs of at least
-    # training.step.CPU_COMPILE_MIN_STEPS planned steps, see compile_pays_off); False: eager everywhere
+    # training.fastpath.CPU_COMPILE_MIN_STEPS planned steps, see compile_pays_off); False: eager everywhere
     fast_path: bool = True
     # CUDA fast path only: compile the MLPs with inductor's max-autotune (Triton GEMMs with bias and
     # ReLU fused in: +7% samples/s at config b on an H200) for ~2 min of autotuning per batch shape

@@ -12,11 +12,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from validation.suites import DUPLICATE_COLUMN, SourceSchema, typed
+from validation.suites import DUPLICATE_COLUMN, SourceSchema, control, typed
 
 _INT_PATTERN = r"^[+-]?\d{1,19}$"  # REES46 category ids use all 19 digits of int64
 _INT64_MAX = str(np.iinfo(np.int64).max)
 _INT_DTYPE = pd.Int64Dtype()
+_CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
 
 
 def _arrow(raw: pd.Series) -> pa.ChunkedArray | pa.Array:
@@ -29,9 +30,10 @@ def parse_column(raw: pd.Series, kind: pa.DataType) -> pd.Series:
     if pa.types.is_timestamp(kind):
         # REES46 writes "2019-10-01 00:00:04 UTC"; naive stamps are taken as UTC.
         text = pc.replace_substring_regex(text, r"\s*UTC$", "+00:00")
-        parsed = pd.to_datetime(text.to_numpy(zero_copy_only=False), utc=True, errors="coerce",
-                                format="ISO8601")
-        return pd.Series(parsed, index=raw.index).dt.floor("us")
+        strings = text.to_numpy(zero_copy_only=False)
+        parsed = pd.Series(pd.to_datetime(strings, utc=True, errors="coerce", format="ISO8601"),
+                           index=raw.index)
+        return _outside_nanosecond_range(parsed, strings).dt.floor("us")
     if pa.types.is_integer(kind):
         text = pc.replace_substring_regex(text, r"\.0+$", "")  # "123.0" from a float-typed writer
         digits = pc.replace_substring_regex(text, r"^[+-]", "")
@@ -44,6 +46,29 @@ def parse_column(raw: pd.Series, kind: pa.DataType) -> pd.Series:
         values = pd.to_numeric(text.to_numpy(zero_copy_only=False), errors="coerce").astype("float64")
         return pd.Series(np.where(np.isfinite(values), values, np.nan), index=raw.index)
     return raw
+
+
+# Stand-ins for real dates pandas' nanosecond timestamps cannot hold (before 1677-09-21 or after
+# 2262-04-11): earlier and later than any window, so such an event is stale or future, not garbled.
+_BEFORE_NS_RANGE = pd.Timestamp("1677-09-22", tz="UTC")
+_AFTER_NS_RANGE = pd.Timestamp("2262-04-10", tz="UTC")
+OUT_OF_RANGE_TIMES = (_BEFORE_NS_RANGE, _AFTER_NS_RANGE)  # stand-ins, not the events' instants
+
+
+def _outside_nanosecond_range(parsed: pd.Series, strings: np.ndarray) -> pd.Series:
+    """Fill in valid ISO dates that failed to parse only for being out of pandas' range (year 1,
+    year 9999). Python runs only on the rows pandas could not parse, which are rare."""
+    missing = np.flatnonzero(parsed.isna().to_numpy() & pd.notna(strings))
+    if not len(missing):
+        return parsed
+    parsed = parsed.copy()
+    for position in missing:
+        try:
+            moment = datetime.fromisoformat(strings[position])
+        except (TypeError, ValueError):
+            continue  # really not a timestamp
+        parsed.iloc[position] = _BEFORE_NS_RANGE if moment.year < 1678 else _AFTER_NS_RANGE
+    return parsed
 
 
 def _placeholder(kind: pa.DataType, window_start: datetime):
@@ -59,7 +84,7 @@ def parse_frame(raw: pd.DataFrame, source: SourceSchema) -> pd.DataFrame:
 
 def check_frame(raw: pd.DataFrame, parsed: pd.DataFrame, source: SourceSchema, window_start: datetime,
                 is_duplicate: np.ndarray) -> pd.DataFrame:
-    """Raw strings plus `_typed_<col>` columns and `_is_duplicate`, as the row suite expects.
+    """Raw strings plus `_typed_<col>`, `_control_<col>` and `_is_duplicate`, as the row suite expects.
 
     Where the raw value is null the typed column holds an in-range placeholder, so a missing
     value fails only `<col>_null`, not also the type and range expectations.
@@ -68,6 +93,8 @@ def check_frame(raw: pd.DataFrame, parsed: pd.DataFrame, source: SourceSchema, w
     for column in source.columns:
         kind = source.types[column]
         if pa.types.is_string(kind):
+            found = pc.match_substring_regex(_arrow(raw[column]), _CONTROL_CHARACTERS)
+            frame[control(column)] = pc.fill_null(found, False).to_numpy(zero_copy_only=False)
             continue
         frame[typed(column)] = parsed[column].where(raw[column].notna(), _placeholder(kind, window_start))
     frame[DUPLICATE_COLUMN] = is_duplicate

@@ -15,10 +15,12 @@ import pyarrow.compute as pc
 from validation.checkpoints import SuiteRunner
 from validation.config import ValidationConfig
 from validation.errors import NoInputs, ValidationFailed
-from validation.parsing import check_frame, parse_frame
+from validation.parsing import OUT_OF_RANGE_TIMES, check_frame, parse_frame
 from validation.profile import Drift, Profile, drift
 from validation.quarantine import QuarantineWriter, ValidWriter, copy_whole_file
-from validation.readers import RawChunk, RawFile, UnreadableFile, expected_rows
+from validation.readers import (
+    RawChunk, RawFile, UnreadableFile, count_unreadable_rows, is_parquet, parquet_data_bytes_per_row,
+)
 from validation.report import FileResult, ValidationReport
 from validation.suites import REES46, SUITE_VERSION, rees46_row_suite, table_suite
 
@@ -37,7 +39,7 @@ class _Run:
     quarantine: QuarantineWriter
     profile: Profile = field(default_factory=Profile)
     reasons: Counter = field(default_factory=Counter)
-    seen_rows: set[int] = field(default_factory=set)  # 64-bit hashes of raw rows, for duplicates
+    seen_rows: set[int] = field(default_factory=set)  # 64-bit hashes of parsed rows, for duplicates
 
 
 def validate_events(inputs: list[Path], out_dir: Path, config: ValidationConfig) -> ValidationReport:
@@ -62,6 +64,7 @@ def validate_events(inputs: list[Path], out_dir: Path, config: ValidationConfig)
     finally:
         run.valid.close()
         run.quarantine.close()
+    _count_unreadable(run, inputs, files)
     run.profile.finish()
     profile_path = out_dir / "profile.json"
     run.profile.save(profile_path)
@@ -88,17 +91,42 @@ def _validate_file(run: _Run, path: Path, index: int) -> FileResult:
             empty = pd.DataFrame({c: pd.Series(dtype=object) for c in raw.columns})
             result.table_failures = run.suites.table_failures(empty, f"{_label(index, path)}-table")
     except UnreadableFile as exc:
+        # Its records are counted once every file is read (`_count_unreadable`), and weigh on the
+        # bad fraction like quarantined rows; the file alone does not fail the run.
         log.warning("quarantining unreadable file: %s", exc)
-        remaining = max(expected_rows(path) - result.n_in, 0)
-        result.n_in += remaining
-        result.n_quarantined += remaining
-        run.reasons["unreadable_file"] += remaining
-        result.table_failures.append("unreadable_file")
-    if result.table_failures:
+        result.unreadable_reason = str(exc)
+        result.file_reasons.append("unreadable_file")
+    if "empty_file" in result.table_failures:
+        # No record is lost with an empty file, so it need not stop the night: `_finish` fails
+        # the run only when no input holds a record.
+        result.table_failures.remove("empty_file")
+        result.file_reasons.append("empty_file")
+    if result.table_failures or result.file_reasons:
         result.copied_to = str(copy_whole_file(path, run.out_dir, index))
     log.info("%s: %d in, %d passed, %d quarantined %s", path, result.n_in, result.n_passed,
-             result.n_quarantined, result.table_failures or "")
+             result.n_quarantined, (result.table_failures + result.file_reasons) or "")
     return result
+
+
+def _count_unreadable(run: _Run, inputs: list[Path], files: list[FileResult]) -> None:
+    """Count the records of unreadable files into n_in and n_quarantined (as `n_unreadable`).
+
+    A footerless Parquet is sized by the bytes per row of this run's readable Parquet inputs.
+    """
+    readable = [parquet_data_bytes_per_row(path) for path, f in zip(inputs, files)
+                if f.unreadable_reason is None and f.n_in and is_parquet(path)]
+    readable = [b for b in readable if b is not None]
+    per_row = sum(readable) / len(readable) if readable else None
+    for path, result in zip(inputs, files):
+        if result.unreadable_reason is None:
+            continue
+        count = count_unreadable_rows(path, per_row)
+        # Records read before the failure are already counted; what is left counts at least once.
+        result.n_unreadable = max(count.rows - result.n_in, 1)
+        result.rows_counted_by = count.counted_by
+        result.n_in += result.n_unreadable
+        result.n_quarantined += result.n_unreadable
+        run.reasons["unreadable_file"] += result.n_unreadable
 
 
 def _label(index: int, path: Path) -> str:
@@ -127,7 +155,7 @@ def _validate_chunk(run: _Run, path: Path, chunk: RawChunk, schema_reasons: list
     raw = raw[list(REES46.columns)]
     parsed = parse_frame(raw, REES46)
     failing = run.suites.failing_rows(
-        check_frame(raw, parsed, REES46, run.config.window_start, _mark_duplicates(run, raw)), run_name)
+        check_frame(raw, parsed, REES46, run.config.window_start, _mark_duplicates(run, raw, parsed)), run_name)
     per_row: dict[int, list[str]] = {}
     for reason, rows in failing.items():
         run.reasons[reason] += len(rows)
@@ -144,12 +172,17 @@ def _validate_chunk(run: _Run, path: Path, chunk: RawChunk, schema_reasons: list
     result.n_quarantined += int(bad.sum())
 
 
-def _mark_duplicates(run: _Run, raw: pd.DataFrame) -> np.ndarray:
-    """True for a row whose raw values equal an earlier row's in this run (the first is kept)."""
+def _mark_duplicates(run: _Run, raw: pd.DataFrame, parsed: pd.DataFrame) -> np.ndarray:
+    """True for a row whose parsed values equal an earlier row's in this run (the first is kept).
+
+    Parsed, not raw: the same event exported as Parquet and as CSV (other timestamp spelling or
+    offset, "12.50" for 12.5) is one event.
+    """
     # One joined string per row hashes much faster than pandas' per-column Arrow-extension path.
     # No NUL bytes: the hash reads strings as C strings and would stop at the first one.
     joined = pc.binary_join_element_wise(
-        *[pa.array(raw[c]) for c in raw.columns], "\x1f", null_handling="replace", null_replacement="\x1e")
+        *[_value_key(raw[c], parsed[c], REES46.types[c]) for c in REES46.columns], "\x1f",
+        null_handling="replace", null_replacement="\x1e")
     joined = pc.replace_substring(joined, "\x00", "\\x00")  # NULs inside values, same reason
     hashes = pd.util.hash_array(joined.to_numpy(zero_copy_only=False))
     repeated_here = pd.Series(hashes).duplicated(keep="first").to_numpy()
@@ -157,6 +190,23 @@ def _mark_duplicates(run: _Run, raw: pd.DataFrame) -> np.ndarray:
     seen_before = np.fromiter((h in seen for h in hashes.tolist()), dtype=bool, count=len(hashes))
     seen.update(hashes.tolist())
     return repeated_here | seen_before
+
+
+def _value_key(raw: pd.Series, parsed: pd.Series, kind: pa.DataType) -> pa.Array:
+    """One column's values as comparable text: the parsed value (a timestamp as its UTC instant in
+    nanoseconds, a float in shortest round-trip form) or, where it does not parse, the raw text
+    marked as such, so two different unparseable values never compare equal."""
+    text = pa.array(raw, type=pa.string())
+    if pa.types.is_string(kind):
+        return text
+    if pa.types.is_timestamp(kind):  # year 1 and year 2 share a stand-in; their texts differ
+        parsed = parsed.where(~parsed.isin(OUT_OF_RANGE_TIMES))
+    values = pa.array(parsed, from_pandas=True)
+    if pa.types.is_timestamp(kind):
+        values = values.cast(pa.int64())
+    key = values.cast(pa.string())
+    unparsed = pc.binary_join_element_wise("raw:", text, "")
+    return pc.if_else(pc.is_null(key), unparsed, key)
 
 
 def _drift_failures(measured: Drift, config: ValidationConfig) -> list[str]:
@@ -173,16 +223,21 @@ def _finish(run: _Run, files: list[FileResult], previous: Profile | None, profil
     n_in = sum(f.n_in for f in files)
     n_passed = sum(f.n_passed for f in files)
     n_quarantined = sum(f.n_quarantined for f in files)
-    # Every record read is written to exactly one of the two outputs or counted in a quarantined file.
+    n_unreadable = sum(f.n_unreadable for f in files)
+    # Every record is written to exactly one of the two outputs or counted in an unreadable file.
     assert n_in == n_passed + n_quarantined, (n_in, n_passed, n_quarantined)
     assert n_passed == run.valid.rows, (n_passed, run.valid.rows)
+    assert n_quarantined == run.quarantine.rows + n_unreadable, (n_quarantined, run.quarantine.rows, n_unreadable)
     table_failures = [f"{f.path}: {reason}" for f in files for reason in f.table_failures]
     measured = drift(previous, run.profile) if previous else None
     if measured:
         table_failures += _drift_failures(measured, config)
     bad_fraction = n_quarantined / n_in if n_in else 0.0
-    if n_in == 0 and not table_failures:
-        table_failures.append("input: no records in any file")
+    if n_in == 0:
+        # Nothing to train on: empty files fail closed when no other input holds a record.
+        table_failures += [f"{f.path}: {reason}" for f in files for reason in f.file_reasons]
+        if not table_failures:
+            table_failures.append("input: no records in any file")
     problems = []
     if bad_fraction > config.bad_row_threshold:
         top = ", ".join(f"{r}={n}" for r, n in Counter(run.reasons).most_common(5))
@@ -192,12 +247,17 @@ def _finish(run: _Run, files: list[FileResult], previous: Profile | None, profil
         problems.append("table-level failures: " + "; ".join(table_failures))
     message = ("validation failed closed: " + " | ".join(problems) + f"; see {out_dir / 'report.json'} "
                f"and {out_dir / 'quarantine'}") if problems else None
+    unreadable = [{"path": f.path, "reason": f.unreadable_reason, "rows": f.n_unreadable,
+                   "counted_by": f.rows_counted_by, "copied_to": f.copied_to}
+                  for f in files if f.unreadable_reason is not None]
     report = ValidationReport(
-        n_in=n_in, n_passed=n_passed, n_quarantined=n_quarantined, reasons=dict(run.reasons),
+        n_in=n_in, n_passed=n_passed, n_quarantined=n_quarantined, n_unreadable=n_unreadable,
+        unreadable_files=unreadable, reasons=dict(run.reasons),
         success=not problems, bad_fraction=bad_fraction, bad_row_threshold=config.bad_row_threshold,
         suite_name=REES46.name, suite_version=SUITE_VERSION,
         window_start=config.window_start.isoformat(), window_end=config.window_end.isoformat(),
-        table_failures=table_failures, files=files, expectations=run.suites.expectations(),
+        table_failures=table_failures, file_reasons=dict(Counter(r for f in files for r in f.file_reasons)),
+        files=files, expectations=run.suites.expectations(),
         profile=run.profile.to_json(), drift=asdict(measured) if measured else None,
         failure_message=message, valid_path=str(run.valid.path), quarantine_path=str(run.quarantine.path),
         quarantine_files_dir=str(out_dir / "quarantine" / "files"), profile_path=str(profile_path),

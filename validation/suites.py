@@ -2,7 +2,8 @@
 
 Row suites run on a *check frame*: the raw columns as strings plus `_typed_<col>` columns
 (parsed values; NaN/NaT where the raw value does not parse, a placeholder where the raw value is
-null so a missing value is reported once, as `<col>_null`) and `_is_duplicate`. Every expectation
+null so a missing value is reported once, as `<col>_null`), `_control_<col>` for string columns
+(the value holds a C0 control character or DEL) and `_is_duplicate`. Every expectation
 carries `meta["reason"]`, the code written to a quarantined row's `_reason`.
 """
 
@@ -22,10 +23,12 @@ from great_expectations.expectations import (
     ExpectTableRowCountToBeBetween,
 )
 
-SUITE_VERSION = "rees46-v1"
-EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase")
+from contracts import EVENT_TYPES
+
+SUITE_VERSION = "rees46-v2"  # v2: control characters in strings are quarantined
 TYPED_PREFIX = "_typed_"
 DUPLICATE_COLUMN = "_is_duplicate"
+CONTROL_PREFIX = "_control_"  # `_control_<col>`: the string value holds a control character
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,18 @@ def typed(column: str) -> str:
     return f"{TYPED_PREFIX}{column}"
 
 
+def control(column: str) -> str:
+    return f"{CONTROL_PREFIX}{column}"
+
+
+def _control_checks(source: SourceSchema) -> list:
+    """No control characters (NUL, BEL, ESC, line breaks...) in string values: PostgreSQL rejects
+    NUL in text, and the others are export debris, never part of an id, brand or category."""
+    return [ExpectColumnValuesToBeInSet(column=control(c), value_set=[False],
+                                        meta={"reason": f"{c}_control_characters"})
+            for c in source.columns if pa.types.is_string(source.types[c])]
+
+
 def _type_checks(source: SourceSchema) -> list:
     """One 'parses as its type' expectation per non-string column."""
     checks = []
@@ -106,6 +121,7 @@ def rees46_row_suite(window_start: datetime, window_end: datetime) -> gx.Expecta
     for column in REES46.required:
         suite.append(ExpectColumnValuesToNotBeNull(column=column, meta={"reason": f"{column}_null"}))
     suite.extend(_type_checks(REES46))
+    suite.extend(_control_checks(REES46))
     suite.append(ExpectColumnValuesToBeInSet(
         column="event_type", value_set=list(EVENT_TYPES), meta={"reason": "event_type_unknown"}))
     suite.append(ExpectColumnValuesToBeBetween(

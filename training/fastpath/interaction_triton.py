@@ -1,14 +1,14 @@
 """DLRM's pairwise dot interaction for CUDA in Triton: forward and backward without copies.
 
-`InteractionArch` on the GPU (the math of `training.dlrm._DotInteraction`):
+The dot interaction of `models.dlrm.InteractionArch` on the GPU (the math of `fastpath.forward`):
 X = [dense (+ slot 0); embeddings] (F, dim) per sample, Z = X X^T, output [dense, Z's upper
 triangle]; backward dX = (dZ + dZ^T) X. The batched-matmul version writes X into a padded copy
 (B, 32, dim), writes the (B, 32, 32) products and the (B, 32, 32) symmetric gradient to memory and
-reads each back; here one program per few samples (`Launch`) loads each sample's rows once (rows past F
-masked, so F is padded to a power of two only in registers), computes the F x F dots on tensor
-cores and writes only the pairs (forward), or gathers dZ + dZ^T straight from the output gradient
-and writes only dX (backward). Bytes per sample at F=27, dim 128, bf16: forward reads 6.9 kB and
-writes 1 kB, backward reads 7.9 kB and writes 7.2 kB.
+reads each back; here one program per few samples (`launch.InteractionLaunch`) loads each
+sample's rows once (rows past F masked, so F is padded to a power of two only in registers),
+computes the F x F dots on tensor cores and writes only the pairs (forward), or gathers
+dZ + dZ^T straight from the output gradient and writes only dX (backward). Bytes per sample at
+F=27, dim 128, bf16: forward reads 6.9 kB and writes 1 kB, backward reads 7.9 kB and writes 7.2 kB.
 
 Both are `torch.library.triton_op`s, so torch.compile traces through them and CUDA graphs capture
 them; `dot_interaction` has autograd registered. Inputs: dense (B, dim), embedded (B, F, dim) whose
@@ -20,34 +20,12 @@ step then writes and reads no looked-up copy at all.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-class Launch(NamedTuple):
-    """Launch settings of both kernels."""
-
-    samples: int  # samples per program
-    warps: int
-    stages: int  # loads of the next samples in flight while one is computed
-    forward_columns: int | None  # columns per block of a sample's rows (None: whole rows, one block)
-    backward_columns: int | None
-
-
-# From `bench/interaction_sweep.py` on an H200 (B 65536, F 27; bench/results/interaction_sweep.json).
-# dim 128 (rows read from the table): forward + backward 0.745 ms with the dim-16 settings, 0.655
-# with these (the backward in two 64-column blocks: 0.486 -> 0.422 ms; 32-column blocks were
-# slower, 0.56-0.75). dim 16: 2 warps beat 4 by 9-15% (samples 4-16, warps 2-8, stages 2-4).
-WIDE_ROWS = Launch(samples=16, warps=1, stages=3, forward_columns=None, backward_columns=64)  # dim >= 64
-NARROW_ROWS = Launch(samples=8, warps=2, stages=3, forward_columns=None, backward_columns=None)
-LAUNCH: Launch | None = None  # set to override both (the sweep does)
-
-
-def launch_for(dim: int) -> Launch:
-    return LAUNCH or (WIDE_ROWS if dim >= 64 else NARROW_ROWS)
+from training.fastpath.launch import InteractionLaunch, interaction_launch
 
 
 @triton.jit
@@ -141,7 +119,8 @@ def _backward_kernel(
 
 
 def _launch_shape(
-    dense: torch.Tensor, embedded: torch.Tensor, table: torch.Tensor | None, ids: torch.Tensor | None, n_features: int
+    dense: torch.Tensor, embedded: torch.Tensor, table: torch.Tensor | None, ids: torch.Tensor | None, n_features: int,
+    samples: int,
 ) -> tuple[int, int, int, int, bool]:
     batch, n_emb, dim = embedded.shape
     if dense.shape != (batch, dim) or dense.dtype != embedded.dtype:
@@ -153,7 +132,7 @@ def _launch_shape(
         if n_emb != n_features or ids.shape != (batch, n_features - 1) or table.shape[1:] != (dim,):
             raise ValueError(f"ids {tuple(ids.shape)} and table {tuple(table.shape)} do not match "
                              f"(B, F, dim) = {tuple(embedded.shape)}")
-    return batch, n_emb, dim, triton.cdiv(batch, launch_for(dim).samples), embedded.dtype == torch.float32
+    return batch, n_emb, dim, triton.cdiv(batch, samples), embedded.dtype == torch.float32
 
 
 def _sizes(n_features: int, dim: int, columns: int | None) -> dict[str, int]:
@@ -186,9 +165,20 @@ def dot_interaction(
     (in the leading-slot layout): its values are never read. This saves the looked-up copy,
     written once and read twice (at config b, batch 65536: 436 MB each way).
     """
-    batch, n_emb, dim, grid, ieee = _launch_shape(dense, embedded, table, ids, n_features)
+    return forward_with(interaction_launch(dense.shape[-1]), dense, embedded, n_features, table, ids)
+
+
+def forward_with(
+    launch: InteractionLaunch,
+    dense: torch.Tensor,
+    embedded: torch.Tensor,
+    n_features: int,
+    table: torch.Tensor | None = None,
+    ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`dot_interaction`'s forward with the given launch settings (the sweep times settings this way)."""
+    batch, n_emb, dim, grid, ieee = _launch_shape(dense, embedded, table, ids, n_features, launch.samples)
     rows, row_ids, gather = _rows_source(embedded, table, ids)
-    launch = launch_for(dim)
     n_out = dim + n_features * (n_features - 1) // 2
     out = embedded.new_empty(batch, n_out)
     wrap_triton(_forward_kernel)[(grid,)](
@@ -209,9 +199,21 @@ def dot_interaction_backward(
     ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of `dot_interaction`'s dense and embedded inputs, contiguous, in their dtype."""
-    batch, n_emb, dim, grid, ieee = _launch_shape(dense, embedded, table, ids, n_features)
+    return backward_with(interaction_launch(dense.shape[-1]), grad_out, dense, embedded, n_features, table, ids)
+
+
+def backward_with(
+    launch: InteractionLaunch,
+    grad_out: torch.Tensor,
+    dense: torch.Tensor,
+    embedded: torch.Tensor,
+    n_features: int,
+    table: torch.Tensor | None = None,
+    ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`dot_interaction_backward` with the given launch settings."""
+    batch, n_emb, dim, grid, ieee = _launch_shape(dense, embedded, table, ids, n_features, launch.samples)
     rows, row_ids, gather = _rows_source(embedded, table, ids)
-    launch = launch_for(dim)
     grad_out = grad_out.to(embedded.dtype)
     if grad_out.stride(1) != 1:
         grad_out = grad_out.contiguous()

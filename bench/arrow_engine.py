@@ -1,5 +1,6 @@
-"""Fast single-node path for wide Parquet tables (Criteo layout): Categorify on dictionary pages
-and FillMissing -> LogOp -> Normalize with pyarrow.compute, Parquet in, Parquet out.
+"""The ETL benchmark's own engine (bench/etl_throughput.py; the pipeline does not use it): wide
+Parquet tables (Criteo layout) through Categorify on dictionary pages and FillMissing -> LogOp ->
+Normalize with pyarrow.compute, Parquet in, Parquet out, on one node.
 
 Categorical columns are read as dictionary arrays (`read_dictionary=`), so counting and encoding
 work on small integer indices and each distinct string is touched once, not once per row. The

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.dlrm import SparseArch
+from models.dlrm import SparseArch
 
 
 @dataclass
@@ -41,7 +41,7 @@ class LogisticRegression(nn.Module):
 
 
 def save_logreg(model: LogisticRegression, path: Path) -> Path:
-    """Write weights and constructor arguments; `training.load_model` reads this file too."""
+    """Write weights and constructor arguments with kind "logreg"; `models.saved.load_model` reads it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"kind": "logreg", "config": asdict(model.config), "state_dict": model.state_dict()}, path)

@@ -3,30 +3,29 @@
 The step looks the batch's rows up from a detached table, runs the dense part forward/backward
 (bf16 autocast when asked), applies Adam to the MLPs and row-wise Adagrad (or SGD) to the touched
 embedding rows. On CUDA the lookup and the dense part are compiled with torch.compile, the
-row-wise Adagrad is the fused Triton kernel (`training.rowwise_triton`), learning rates live in
+row-wise Adagrad is the fused Triton kernel (`fastpath.rowwise_triton`), learning rates live in
 device tensors, and full-size batches replay one captured CUDA graph (no launch gaps, no host
 work per kernel). The CPU runs the same math: bf16 GEMMs (oneDNN) where the CPU has native bf16
 dot products, fused Adam, the row update through a sort and `embedding_bag`
-(`training.optim.sum_by_id`), freed memory kept in the process heap (`retain_freed_memory`), the
-table on huge pages (`back_with_huge_pages`), and the lookup, dense part and (narrow rows) row
-update compiled only for runs long enough to repay the compile (`compile_pays_off`).
-`train()` and `bench/train_throughput.py` both use this class, so the benchmark measures the
-trainer's own step.
+(`training.optim.sum_by_id`), freed memory kept in the process heap and the table on huge pages
+(`fastpath.host`), and the lookup, dense part and (narrow rows) row update compiled only for
+runs long enough to repay the compile (`compile_pays_off`). `FastPath` says which of these
+techniques run; `train()` and `bench/train_throughput.py` both use this class, so the benchmark
+measures the trainer's own step.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.dlrm import InteractionArch
+from training.fastpath.forward import StepForward
+from training.fastpath.host import back_with_huge_pages, retain_freed_memory
+from training.fastpath.options import FastPath
 from training.optim import RowWiseAdagrad, SparseSGD
 
 log = logging.getLogger(__name__)
@@ -35,8 +34,8 @@ log = logging.getLogger(__name__)
 def native_bf16(device: torch.device) -> bool:
     """True where bf16 GEMMs beat fp32: CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX.
 
-    On such CPUs oneDNN's bf16 GEMMs ran 4-5x the fp32 ones (EPYC, 2 cores); elsewhere bf16 is
-    emulated and slower than fp32.
+    On such CPUs oneDNN's bf16 GEMMs run several times the fp32 ones (bench/README-train.md, CPU);
+    elsewhere bf16 is emulated and slower than fp32.
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -47,70 +46,9 @@ def native_bf16(device: torch.device) -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in checks)
 
 
-_HEAP_RETAINED = False
-
-
-def retain_freed_memory() -> bool:
-    """Keep freed memory in this process's heap (glibc), for the CPU step's large tensors.
-
-    PyTorch's CPU allocator has no cache: glibc maps every block above 128 kB-32 MB fresh from
-    the kernel and unmaps it when freed, so each step page-faults and zeroes its ~GB of
-    temporaries again (measured: more system than user time at batch 16384, dim 128). Without
-    mmap for large blocks and without trimming, freed blocks are reused instead. Process-wide and
-    idempotent; the price is that the process keeps its peak heap. False where not glibc.
-    """
-    global _HEAP_RETAINED
-    if _HEAP_RETAINED:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018  # glibc only: musl has no mallopt knobs
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    _HEAP_RETAINED = bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    return _HEAP_RETAINED
-
-
-def back_with_huge_pages(tensor: torch.Tensor) -> bool:
-    """Back the 2 MB-aligned interior of a CPU tensor's memory with huge pages (Linux THP), now.
-
-    The lookup and the row update touch rows scattered over the whole table: with 4 kB pages
-    nearly every row is a TLB miss (a 430 MB table spans 105k pages). MADV_HUGEPAGE marks the
-    range and MADV_COLLAPSE (Linux >= 6.1) remaps it at once instead of leaving it to khugepaged.
-    Measured on the 2-core EPYC: the gather of 53k rows of a 430 MB dim-128 table 6.4 -> 4.1 ms,
-    +2-3.5% samples/s for the whole step at dim 128 (~+1% at dim 16); the collapse costs ~2.3 ms per
-    MB once (0.9 s for that table), repaid after ~1000 steps. The data stays in place. False
-    where not done (no THP in the kernel, no free huge pages, not Linux).
-    """
-    if tensor.device.type != "cpu" or not sys.platform.startswith("linux"):
-        return False
-    page = 2 << 20
-    storage = tensor.untyped_storage()
-    start = storage.data_ptr()
-    end = start + storage.nbytes()
-    first, last = -(-start // page) * page, end // page * page
-    if last <= first:
-        return False
-    madv_hugepage, madv_collapse = 14, 25
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        madvise = libc.madvise
-    except (OSError, AttributeError):
-        return False
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    if madvise(first, last - first, madv_hugepage) != 0:
-        return False
-    # EINVAL on kernels before 6.1 or EAGAIN without free huge pages: khugepaged still collapses
-    # the marked range later.
-    return madvise(first, last - first, madv_collapse) == 0
-
-
-# Inductor's CPU code gave the step +5-8% samples/s on 2 cores (bench/README-train.md, CPU) for
-# ~15-23 s of cold compile per batch shape: below this many planned steps the compile costs more
-# than it saves (at batch 2048, 14-24 ms/step, +5-8% repays ~20 s after ~20k steps).
+# Inductor's CPU code speeds the step up by a few percent for a cold compile of many seconds per
+# batch shape: below this many planned steps the compile costs more than it saves
+# (bench/README-train.md, CPU, has the figures).
 CPU_COMPILE_MIN_STEPS = 20_000
 
 
@@ -150,9 +88,10 @@ class TrainStep:
     eagerly, so they neither recompile nor leave the captured graph.
     """
 
-    def __init__(self, model: nn.Module, options: StepOptions, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, options: StepOptions, device: torch.device, fast: FastPath = FastPath()) -> None:
         self.model = model
         self.options = options
+        self.fast = fast
         self.device = device
         cuda = device.type == "cuda"
         self.table = model.sparse_arch.embedding.weight
@@ -171,7 +110,8 @@ class TrainStep:
             extra = {"fused": True, "capturable": True} if cuda else {"fused": device.type == "cpu"}
             self.dense_opt = cls(dense_params, lr=self.dense_lr, weight_decay=options.weight_decay, **extra)
         self.sparse_opt: RowWiseAdagrad | SparseSGD = (
-            RowWiseAdagrad(self.table, options.embedding_lr, compile=options.compile)
+            RowWiseAdagrad(self.table, options.embedding_lr, fused=None if fast.fused_rowwise else False,
+                           compile=options.compile, launch=fast.rowwise_launch)
             if options.embedding_optimizer == "rowwise_adagrad"
             else SparseSGD(self.table, options.embedding_lr)
         )
@@ -184,29 +124,33 @@ class TrainStep:
         self.lookup_dtype = torch.bfloat16 if options.bf16 else self.table.dtype
         self.huge_pages = False  # whether the table now lies on 2 MB pages (CPU)
         if device.type == "cpu":
-            retain_freed_memory()
-            self.huge_pages = back_with_huge_pages(self.table)
+            if fast.retain_heap:
+                retain_freed_memory()
+            if fast.huge_pages:
+                self.huge_pages = back_with_huge_pages(self.table)
+        self.forward_embedded = StepForward(model, fast)
+        interaction = self.forward_embedded.interaction
         # With the one-bmm interaction backward, look rows up into (B, 1 + n_sparse, dim) with an
         # empty leading slot: the backward then writes dense and embedding gradients in one
         # product, and the row-wise Adagrad reads the embedding slots of it where they lie.
-        interaction = getattr(model, "interaction", None)
-        self.lead_slot = isinstance(interaction, InteractionArch) and interaction.fused_backward is not False
+        self.lead_slot = interaction is not None and fast.fused_interaction and fast.lead_slot
         # CUDA, rows of >= 64 fp32 (256 B): the interaction's Triton kernels read the rows from the
         # table themselves and the lookup only allocates the (B, F, dim) tensor that receives their
-        # gradient, so no looked-up copy is written and read back (config b, batch 65536: 1.3 GB
-        # less traffic, +3.2% samples/s on an H200). Narrower rows read twice at random cost more
-        # than the copy's one random read and streamed bf16 passes (config a, dim 16: -1.7%).
+        # gradient, so no looked-up copy is written and read back. Narrower rows read twice at
+        # random cost more than the copy's one random read and streamed bf16 passes
+        # (bench/README-train.md: the `lookup_rows` variant).
         self.rows_from_table = (
-            self.lead_slot and interaction.uses_triton(device) and self.table.shape[1] >= 64  # type: ignore[union-attr]
+            self.lead_slot and fast.rows_from_table and interaction.uses_triton(device)  # type: ignore[union-attr]
+            and self.table.shape[1] >= 64
         )
         self._lookup_fn = self._lookup
-        self._dense_fn = model.forward_embedded
+        self._dense_fn = self.forward_embedded.forward
         if options.compile:
             self._lookup_fn = torch.compile(self._lookup, dynamic=False)
             # max-autotune times cuBLAS against Triton GEMM templates that take bias + ReLU (and
             # their backward) into the GEMM; "-no-cudagraphs": the step captures its own graph.
             mode = "max-autotune-no-cudagraphs" if options.autotune and cuda else None
-            self._dense_fn = torch.compile(model.forward_embedded, dynamic=False, mode=mode)
+            self._dense_fn = torch.compile(self.forward_embedded.forward, dynamic=False, mode=mode)
         self.use_graph = options.cuda_graph and tensor_lr
         self._graph: torch.cuda.CUDAGraph | None = None
         self._fast_batch = -1  # the batch size the compiled code (and graph) serve; others run eagerly
@@ -248,7 +192,7 @@ class TrainStep:
 
     def _step(self, dense: torch.Tensor, sparse: torch.Tensor, label: torch.Tensor, fast: bool) -> torch.Tensor:
         lookup = self._lookup_fn if fast else self._lookup
-        forward = self._dense_fn if fast else self.model.forward_embedded
+        forward = self._dense_fn if fast else self.forward_embedded.forward
         ids, embedded = lookup(sparse)
         embedded.requires_grad_(True)
         with self.autocast:

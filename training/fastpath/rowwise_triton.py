@@ -1,19 +1,19 @@
 """Fused row-wise Adagrad for CUDA in Triton: segment-sum of sorted ids with the update fused in.
 
-The math is `RowWiseAdagrad.step` exactly (sum the gradients of repeated ids, add the mean of
+The math is `training.optim.RowWiseAdagrad.step` exactly (sum the gradients of repeated ids, add the mean of
 the squared row gradient to the row's accumulator, move the row by -lr * g / (sqrt(acc) + eps)),
 but only the distinct rows are read and written, each once, in the manner of FBGEMM's
 table-batched-embedding backward:
 
 1. sort the ids (int32 keys when the table has < 2^31 rows: fewer radix passes), number the
    distinct ids 0..n_unique-1 in sorted order;
-2. `_segment_sum_kernel`: each program takes a chunk of consecutive sorted positions (16 at
-   dim >= 64, in a software-pipelined loop over 8 such chunks so that the next chunk's gathers
-   are in flight while one is summed and applied), gathers their gradient rows and sums the rows
-   of each distinct id inside the chunk with one one-hot matrix product (tensor cores, exact for
-   0/1 weights), a block of columns at a time (32 at dim >= 64: the sums are formed twice, once
-   for the rows' squared norms and once to move the rows, which keeps each program small enough
-   for many to share an SM). An id whose run of sorted positions lies
+2. `_segment_sum_kernel`: each program takes a chunk of consecutive sorted positions (several
+   chunks in a software-pipelined loop, so that the next chunk's gathers are in flight while one
+   is summed and applied), gathers their gradient rows and sums the rows of each distinct id
+   inside the chunk with one one-hot matrix product (tensor cores, exact for 0/1 weights), a
+   block of columns at a time (narrower blocks than the row: the sums are formed twice, once for
+   the rows' squared norms and once to move the rows, which keeps each program small enough for
+   many to share an SM; sizes from `launch.rowwise_launch`). An id whose run of sorted positions lies
    wholly inside the chunk (almost all of them) is updated right there: accumulator and weight
    row (64-bit offsets: the table may exceed 2^31 elements) read and written once, no scratch.
    Only the (at most two) ids whose runs cross the chunk's edges atomically add their partial
@@ -23,8 +23,7 @@ table-batched-embedding backward:
    reads the summed gradient, updates accumulator and weight row, and writes zeros back into the
    buffer so the next step needs no memset.
 
-`fuse=False` keeps the earlier scheme (every id through the buffer, `_apply_kernel` over all
-distinct ids) for comparison. The gradient may be the rows of a wider (B, W, dim) tensor whose
+The gradient may be the rows of a wider (B, W, dim) tensor whose
 last n/B slots belong to the ids (the interaction writes the dense vector's gradient into slot
 0 of the same product). Shapes are static and nothing waits on the host, so the update can be
 captured in a CUDA graph.
@@ -36,14 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-APPLY_ROWS = 16  # distinct rows (or chunk boundaries) per update program
-# Launch settings of the segment-sum kernel by row width: (chunk = sorted positions per one-hot
-# product, a power of 2 >= 16; columns per block of the sum and update; warps; chunks per program).
-# The fastest of 80 (dim 128) and 20 (dim 16) settings timed by bench/rowwise_sweep.py on an H200
-# at batch 65536 (bench/results/rowwise_sweep.json). Small programs, many per SM: the kernel waits
-# on dependent random reads (ids -> gradient rows, slots -> table rows), not on arithmetic.
-WIDE_ROWS = (16, 32, 1, 8)  # dim >= 64
-NARROW_ROWS = (32, 16, 2, 1)  # dim < 64
+from training.fastpath.launch import RowwiseLaunch, rowwise_launch
+
+APPLY_ROWS = 16  # chunk boundaries per update program of `_apply_split_kernel`
 
 
 @triton.jit
@@ -75,21 +69,21 @@ def _segment_sum_kernel(
     order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
     n, dim, n_ids, width, n_chunks,
     DIM_P: tl.constexpr, CHUNK_: tl.constexpr, IEEE: tl.constexpr, STRIDED: tl.constexpr,
-    FUSE: tl.constexpr, PER_PROGRAM: tl.constexpr, STAGES: tl.constexpr, COLS: tl.constexpr,
+    PER_PROGRAM: tl.constexpr, STAGES: tl.constexpr, COLS: tl.constexpr,
 ):
     # PER_PROGRAM consecutive chunks per program: the loop lets Triton issue the next chunk's
     # (indirect) gradient loads while this one is summed and applied.
     if PER_PROGRAM == 1:
         _segment_sum_chunk(
             tl.program_id(0), order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr,
-            eps, n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, FUSE, COLS,
+            eps, n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, COLS,
         )
     else:
         first = tl.program_id(0) * PER_PROGRAM
         for chunk in tl.range(first, tl.minimum(first + PER_PROGRAM, n_chunks), num_stages=STAGES):
             _segment_sum_chunk(
                 chunk, order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
-                n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, FUSE, COLS,
+                n, dim, n_ids, width, DIM_P, CHUNK_, IEEE, STRIDED, COLS,
             )
 
 
@@ -101,7 +95,7 @@ def _sum_columns(first, onehot, src, valid, grad_ptr, dim, COLS: tl.constexpr, I
     g = tl.load(grad_ptr + src[:, None] * dim + cols[None, :], mask=valid[:, None] & col_ok[None, :], other=0.0)
     if IEEE:
         # fp32 gradients: the one-hot is exact in tf32, and tf32x3 splits g into a high and a low
-        # tf32 part (~22 mantissa bits kept) on tensor cores; "ieee" (FMA) took 28 ms at dim 128.
+        # tf32 part (~22 mantissa bits kept) on tensor cores; "ieee" (FMA) is far slower (bench/README-train.md).
         summed = tl.dot(onehot.to(g.dtype), g, input_precision="tf32x3")
     else:
         summed = tl.dot(onehot.to(g.dtype), g)  # bf16/fp16 operands, fp32 accumulation: exact products
@@ -113,7 +107,7 @@ def _segment_sum_chunk(
     pid, order_ptr, slot_ptr, unique_ptr, grad_ptr, out_ptr, weight_ptr, state_ptr, lr_ptr, eps,
     n, dim, n_ids, width,
     DIM_P: tl.constexpr, CHUNK_: tl.constexpr, IEEE: tl.constexpr, STRIDED: tl.constexpr,
-    FUSE: tl.constexpr, COLS: tl.constexpr,
+    COLS: tl.constexpr,
 ):
     start = pid * CHUNK_
     pos = start + tl.arange(0, CHUNK_)
@@ -131,38 +125,31 @@ def _segment_sum_chunk(
     n_local = tl.max(local, axis=0) + 1
     live = rows < n_local
     target = (base + rows).to(tl.int64)
-    whole = rows < 0  # no run is applied here unless FUSE
-    row = target
-    if FUSE:
-        # Only the first local id can continue a run from the previous chunk, only the last one
-        # can continue into the next; every other run is complete here and is applied now.
-        prev = tl.load(slot_ptr + start - 1, mask=pid > 0, other=-1)
-        end = start + CHUNK_
-        nxt = tl.load(slot_ptr + end, mask=end < n, other=-1)
-        split = ((rows == 0) & (prev == base)) | ((rows == n_local - 1) & (nxt == base + n_local - 1))
-        whole = live & ~split
-        row = tl.load(unique_ptr + target, mask=whole, other=0).to(tl.int64)
-        live = live & split
+    # Only the first local id can continue a run from the previous chunk, only the last one can
+    # continue into the next; every other run is complete here and is applied now.
+    prev = tl.load(slot_ptr + start - 1, mask=pid > 0, other=-1)
+    end = start + CHUNK_
+    nxt = tl.load(slot_ptr + end, mask=end < n, other=-1)
+    split = ((rows == 0) & (prev == base)) | ((rows == n_local - 1) & (nxt == base + n_local - 1))
+    whole = live & ~split
+    row = tl.load(unique_ptr + target, mask=whole, other=0).to(tl.int64)
+    live = live & split
     if COLS == DIM_P:
         summed, cols, col_ok = _sum_columns(0, onehot, src, valid, grad_ptr, dim, COLS, IEEE)
-        if FUSE:
-            _update_rows(row, summed, whole, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps, dim)
+        _update_rows(row, summed, whole, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps, dim)
         tl.atomic_add(out_ptr + target[:, None] * dim + cols[None, :], summed,
                       mask=live[:, None] & col_ok[None, :], sem="relaxed")
     else:
         # Column blocks: less live state per program (more programs per SM), at the price of
         # summing each block twice: once for the rows' squared norms, once to move the rows.
-        scale = tl.zeros([CHUNK_], dtype=tl.float32)
-        if FUSE:
-            sq = tl.zeros([CHUNK_], dtype=tl.float32)
-            for block in tl.static_range(DIM_P // COLS):
-                summed, cols, col_ok = _sum_columns(block * COLS, onehot, src, valid, grad_ptr, dim, COLS, IEEE)
-                sq += tl.sum(summed * summed, axis=1)
-            scale = _row_scale(row, sq, whole, state_ptr, lr_ptr, eps, dim)
+        sq = tl.zeros([CHUNK_], dtype=tl.float32)
         for block in tl.static_range(DIM_P // COLS):
             summed, cols, col_ok = _sum_columns(block * COLS, onehot, src, valid, grad_ptr, dim, COLS, IEEE)
-            if FUSE:
-                _move_rows(row, summed, scale, whole, cols, col_ok, weight_ptr, dim)
+            sq += tl.sum(summed * summed, axis=1)
+        scale = _row_scale(row, sq, whole, state_ptr, lr_ptr, eps, dim)
+        for block in tl.static_range(DIM_P // COLS):
+            summed, cols, col_ok = _sum_columns(block * COLS, onehot, src, valid, grad_ptr, dim, COLS, IEEE)
+            _move_rows(row, summed, scale, whole, cols, col_ok, weight_ptr, dim)
             tl.atomic_add(out_ptr + target[:, None] * dim + cols[None, :], summed,
                           mask=live[:, None] & col_ok[None, :], sem="relaxed")
 
@@ -178,16 +165,6 @@ def _finish_rows(u, live, unique_ptr, summed_ptr, weight_ptr, state_ptr, lr_ptr,
     g = tl.load(summed_ptr + at, mask=mask, other=0.0)
     _update_rows(row, g, live, cols, col_ok, weight_ptr, state_ptr, lr_ptr, eps, dim)
     tl.store(summed_ptr + at, tl.zeros_like(g), mask=mask)
-
-
-@triton.jit
-def _apply_kernel(
-    unique_ptr, n_unique_ptr, summed_ptr, weight_ptr, state_ptr, lr_ptr, eps, dim,
-    DIM_P: tl.constexpr, ROWS: tl.constexpr,
-):
-    u = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    live = u < tl.load(n_unique_ptr)
-    _finish_rows(u, live, unique_ptr, summed_ptr, weight_ptr, state_ptr, lr_ptr, eps, dim, DIM_P)
 
 
 @triton.jit
@@ -214,23 +191,15 @@ class FusedRowWiseAdagradKernel:
     0-d/1-element fp32 CUDA tensor (a tensor lets a captured CUDA graph follow an LR schedule).
     """
 
-    def __init__(self, fuse: bool = True, chunk: int | None = None, columns: int | None = None,
-                 num_warps: int | None = None, per_program: int | None = None, stages: int = 3) -> None:
-        self.fuse = fuse
-        # Launch settings of the segment-sum kernel (see `launch`); None: by the row width.
-        self.chunk = chunk
-        self.columns = columns
-        self.num_warps = num_warps
-        self.per_program = per_program
-        self.stages = stages  # pipelining depth of the loop over a program's chunks
+    def __init__(self, launch: RowwiseLaunch | None = None) -> None:
+        self.fixed_launch = launch  # None: `launch.rowwise_launch` by the row width
         self.summed: torch.Tensor | None = None
         self._lr: torch.Tensor | None = None
 
-    def launch(self, dim: int) -> tuple[int, int, int, int]:
-        """(chunk, columns, warps, chunks per program) of the segment-sum kernel for rows of `dim`."""
-        chunk, columns, warps, per_program = WIDE_ROWS if dim >= 64 else NARROW_ROWS
-        return (self.chunk or chunk, min(self.columns or columns, max(16, triton.next_power_of_2(dim))),
-                self.num_warps or warps, self.per_program or per_program)
+    def launch(self, dim: int) -> RowwiseLaunch:
+        """The segment-sum kernel's settings for rows of `dim`, columns capped at the padded row."""
+        setting = self.fixed_launch or rowwise_launch(dim)
+        return setting._replace(columns=min(setting.columns, max(16, triton.next_power_of_2(dim))))
 
     def _buffer(self, capacity: int, dim: int, device: torch.device) -> torch.Tensor:
         if self.summed is None or self.summed.shape[0] < capacity or self.summed.shape[1] != dim:
@@ -267,7 +236,6 @@ class FusedRowWiseAdagradKernel:
         is_first = torch.ones_like(sorted_ids, dtype=torch.bool)
         torch.ne(sorted_ids[1:], sorted_ids[:-1], out=is_first[1:])
         slot = torch.cumsum(is_first, 0, dtype=torch.int32) - 1
-        n_unique = slot[-1:] + 1
         capacity = min(n, weight.shape[0])
         unique = torch.empty(capacity, dtype=sorted_ids.dtype, device=ids.device)
         # Every writer of one slot writes the same id, so the duplicate scatter is well defined.
@@ -275,20 +243,14 @@ class FusedRowWiseAdagradKernel:
         summed = self._buffer(capacity, dim, ids.device)
         lr_t = self._lr_tensor(lr, ids.device)
         dim_p = max(16, triton.next_power_of_2(dim))
-        chunk, columns, warps, per_program = self.launch(dim)
-        n_chunks = triton.cdiv(n, chunk)
-        _segment_sum_kernel[(triton.cdiv(n_chunks, per_program),)](
+        launch = self.launch(dim)
+        n_chunks = triton.cdiv(n, launch.chunk)
+        _segment_sum_kernel[(triton.cdiv(n_chunks, launch.per_program),)](
             order, slot, unique, grads, summed, weight, state_sum, lr_t, eps, n, dim, n_ids, width, n_chunks,
-            DIM_P=dim_p, CHUNK_=chunk, IEEE=grads.dtype == torch.float32, STRIDED=strided,
-            FUSE=self.fuse, PER_PROGRAM=per_program, STAGES=self.stages, COLS=columns, num_warps=warps,
+            DIM_P=dim_p, CHUNK_=launch.chunk, IEEE=grads.dtype == torch.float32, STRIDED=strided,
+            PER_PROGRAM=launch.per_program, STAGES=launch.stages, COLS=launch.columns, num_warps=launch.warps,
         )
-        if self.fuse:
-            _apply_split_kernel[(max(1, triton.cdiv(n_chunks - 1, APPLY_ROWS)),)](
-                slot, unique, summed, weight, state_sum, lr_t, eps, dim, n_chunks,
-                DIM_P=dim_p, ROWS=APPLY_ROWS, CHUNK_=chunk, num_warps=4,
-            )
-        else:
-            _apply_kernel[(triton.cdiv(capacity, APPLY_ROWS),)](
-                unique, n_unique, summed, weight, state_sum, lr_t, eps, dim,
-                DIM_P=dim_p, ROWS=APPLY_ROWS, num_warps=4,
-            )
+        _apply_split_kernel[(max(1, triton.cdiv(n_chunks - 1, APPLY_ROWS)),)](
+            slot, unique, summed, weight, state_sum, lr_t, eps, dim, n_chunks,
+            DIM_P=dim_p, ROWS=APPLY_ROWS, CHUNK_=launch.chunk, num_warps=4,
+        )

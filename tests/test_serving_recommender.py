@@ -1,0 +1,96 @@
+"""The served recommender: exclusions and filters before the cut, full lists, modes, files, fitted ranker."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from etl import SyntheticConfig, generate
+from models.classic import top_k
+from serving.recommender import Recommender
+from training.compare import compare, served_lists
+from training.quality import build_task, last_days_split
+from training.ranker import FittedRecommender, RankerConfig, fit_recommender
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[FittedRecommender, object]:
+    events = generate(SyntheticConfig(n_events=30_000, n_users=150, n_products=300, days=6, seed=3)).events
+    split = last_days_split(events, 1)
+    return fit_recommender(split.train, split.items, RankerConfig(epochs=3, pool_size=50)), split
+
+
+def test_lists_are_full_and_never_hold_blocked_items(fitted) -> None:  # type: ignore[no-untyped-def]
+    model, split = fitted
+    rec = model.recommender
+    task = build_task(split)
+    rng = np.random.default_rng(0)
+    blocked = rng.random((len(task.users), rec.n_items)) < 0.9  # filters + exclusions: 90% of the catalogue
+    items, scores = rec.recommend(task.history, blocked, 10, model.scorer())
+    eligible = (~blocked).sum(axis=1)
+    assert all((items[r] >= 0).sum() == min(10, eligible[r]) for r in range(len(items)))
+    assert not any(blocked[r, i] for r in range(len(items)) for i in items[r] if i >= 0)
+    assert all(len(set(row[row >= 0].tolist())) == (row >= 0).sum() for row in items)  # distinct
+    assert np.all(np.diff(np.nan_to_num(scores, nan=-np.inf), axis=1) <= 0)  # best first
+
+
+def test_only_eligible_items_when_fewer_than_k(fitted) -> None:  # type: ignore[no-untyped-def]
+    model, split = fitted
+    rec = model.recommender
+    blocked = np.ones((1, rec.n_items), dtype=bool)
+    blocked[0, [3, 7]] = False
+    items, _ = rec.recommend(build_task(split).history[:1], blocked, 10, model.scorer())
+    assert sorted(items[0][items[0] >= 0].tolist()) == [3, 7] and (items[0] < 0).sum() == 8
+
+
+def test_a_source_mode_serves_that_sources_order(fitted) -> None:  # type: ignore[no-untyped-def]
+    model, split = fitted
+    task = build_task(split)
+    as_ease = replace(model.recommender, mode="popularity")
+    items, _ = as_ease.recommend(task.history, task.excluded, 10, model.scorer())
+    want = top_k(as_ease.sources["popularity"].score(task.history), task.excluded, 10)
+    np.testing.assert_array_equal(items, want)
+
+
+def test_saved_recommender_recommends_the_same(fitted, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, split = fitted
+    task = build_task(split)
+    loaded = FittedRecommender.load(model.save(tmp_path / "rec"))
+    assert (tmp_path / "rec" / "schema.json").is_file()
+    np.testing.assert_array_equal(served_lists(loaded.recommender, loaded.scorer(), task, 10),
+                                  served_lists(model.recommender, model.scorer(), task, 10))
+    with pytest.raises(TypeError):
+        (tmp_path / "bad.pkl").write_bytes(__import__("pickle").dumps({"not": "a recommender"}))
+        Recommender.load(tmp_path / "bad.pkl")
+
+
+def test_history_rows_use_the_fitted_event_weights(fitted) -> None:  # type: ignore[no-untyped-def]
+    rec = fitted[0].recommender
+    a, b = int(rec.items[0]), int(rec.items[1])
+    row = rec.history(np.array([a, b, a, 10**15]), np.array(["view", "purchase", "cart", "view"]))
+    got = dict(zip(rec.items[row.indices].tolist(), row.data.tolist()))
+    w = rec.event_weights
+    assert got == pytest.approx({a: w["view"] + w["cart"], b: w["purchase"]})  # unknown product ignored
+
+
+def test_evidence_names_the_served_mode_and_every_source(fitted) -> None:  # type: ignore[no-untyped-def]
+    rec = fitted[0].recommender
+    scored = {k.split(".", 1)[1] for k in rec.evidence if k.startswith("valid_ndcg")}
+    assert scored == {"ranker", *rec.sources} and rec.mode in scored
+    assert rec.evidence[f"valid_ndcg_at_10.{rec.mode}"] == max(rec.evidence[f"valid_ndcg_at_10.{s}"] for s in scored)
+    assert sum(rec.shares.values()) == pytest.approx(1.0)
+
+
+def test_comparison_holds_every_method_on_the_same_users(fitted) -> None:  # type: ignore[no-untyped-def]
+    model, split = fitted
+    task = build_task(split)
+    result = compare(task, model.recommender, model.scorer(), baselines=("popularity", "item_knn", "als"), n_boot=200)
+    assert set(result.results) == {"served", "popularity", "item_knn", "als"}
+    assert all(len(r.metrics.ndcg) == len(task.users) for r in result.results.values())
+    assert set(result.versus) == {"popularity", "item_knn", "als"}
+    metrics = result.metrics()
+    assert all(metrics[f"{m}.ndcg_at_10_ci_low"] <= metrics[f"{m}.ndcg_at_10"] <= metrics[f"{m}.ndcg_at_10_ci_high"]
+               for m in result.results)
