@@ -57,14 +57,16 @@ def demo(settings: Settings, stack: StackSettings, events: int,
         return {"state": state}
     decision = airflow.xcom(NIGHTLY, run_id, "promote")
 
-    deploys = [r for r in airflow.runs(DEPLOY) if r.get("triggered_by") != "rest_api"] if decision["promoted"] else []
-    if deploys:
-        latest = max(deploys, key=lambda r: r["queued_at"])
+    triggered = [r for r in airflow.runs(DEPLOY) if r.get("triggered_by") != "rest_api"]
+    if decision["promoted"] and triggered:
+        deploy_run = max(triggered, key=lambda r: r["queued_at"])["dag_run_id"]
         progress(f"[4/5] {DEPLOY}, triggered by the promotion: champion -> local Triton")
-        airflow.wait(DEPLOY, latest["dag_run_id"], timeout_s=1800, on_task=_task_line(progress))
-        reload_api(settings, stack)
-    else:
-        progress(f"[4/5] no deploy: {decision['reason']}")
+    else:  # the gate kept the champion; the demo still serves the night's model, as an operator could
+        deploy_run = f"demo-deploy-{decision['version']}-{int(time.time())}"
+        progress(f"[4/5] {DEPLOY} by hand for version {decision['version']} (the gate: {decision['reason']})")
+        airflow.trigger(DEPLOY, deploy_run, run_date, {"version": str(decision["version"]), "target": "local"})
+    airflow.wait(DEPLOY, deploy_run, timeout_s=1800, on_task=_task_line(progress))
+    reload_api(settings, stack)
 
     progress("[5/5] the API: store loaded from the validated events, one recommendation")
     from api.store import seed_from_events

@@ -102,7 +102,7 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "RECSYS_TRITON_HTTP_PORT": str(free_port()),
         "RECSYS_TRITON_GRPC_PORT": str(free_port()),
         "RECSYS_WINDOW_DAYS": "6",
-        "RECSYS_TRAIN_EPOCHS": "2",
+        "RECSYS_TRAIN_EPOCHS": "4",
     }
     try:
         yield env
@@ -154,38 +154,39 @@ def test_scheduler_runs_the_nightly_on_celery_and_the_api_answers(stack_env: dic
                                                                 "/task_id=fit_workflow/attempt=*.log"))
     assert "ETL on the dask cluster" in etl_log.read_text()
 
-    # The promotion decision the DAG recorded, against the MLflow server's registry.
     from mlflow import MlflowClient
 
+    # The gate asks for evidence, so on data this small it may keep no champion: assert that what the
+    # DAG decided is what the registry records, and that only a promotion triggers the deploy DAG.
     decision = airflow.xcom("nightly_training", run_id, "promote")
     mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['RECSYS_MLFLOW_UI_PORT']}")
     model = mlflow.get_registered_model("dlrm-ranker")
-    deploys = airflow.get("/dags/deploy_model/dagRuns")["dag_runs"]
-    if decision["promoted"]:
-        assert model.aliases["champion"] == str(decision["version"])
-        assert len(deploys) == 1 and deploys[0]["conf"]["version"] == "champion"
-        assert airflow.wait("deploy_model", deploys[0]["dag_run_id"], timeout_s=300) == "success"
-    else:
-        assert "champion" not in model.aliases and deploys == []
+    night = mlflow.get_model_version("dlrm-ranker", str(decision["version"]))
+    assert night.tags["promotion.decision"] == ("promoted" if decision["promoted"] else "rejected")
     assert model.aliases["challenger"] == str(decision["version"])
+    assert model.aliases.get("champion") == (str(decision["version"]) if decision["promoted"] else None)
+    deploys = airflow.runs("deploy_model")
+    assert [r["conf"]["version"] for r in deploys] == (["champion"] if decision["promoted"] else [])
+    if not decision["promoted"]:  # an operator deploys the night's version by hand, through the REST API
+        deploys = [airflow.trigger("deploy_model", "deploy-by-hand", RUN_DATE.isoformat(),
+                                   {"version": str(decision["version"]), "target": "local"})]
+    assert airflow.wait("deploy_model", deploys[0]["dag_run_id"], timeout_s=300) == "success"
 
-    # The API under gunicorn on PostgreSQL answers with the deployed ranker (or popular items).
+    # The API under gunicorn on PostgreSQL answers with the deployed ranker.
     validated = home / "runs" / RUN_DATE.isoformat() / "validation" / "valid" / "events.parquet"
     api_env = env | {"RECSYS_DATABASE_URL": f"{POSTGRES}/{env['RECSYS_STACK_DB_PREFIX']}_api"}
     seeded = subprocess.run([sys.executable, "-m", "api", "seed", "--events", str(validated)], cwd=REPO,
                             env=api_env, capture_output=True, text=True, timeout=300)
     assert seeded.returncode == 0, seeded.stderr[-3000:]
-    if decision["promoted"]:  # the API's workers built their (absent) ranker before the deploy
-        reloaded = cli(env, "stack", "reload-api", timeout=120)
-        assert reloaded.returncode == 0, reloaded.stderr[-3000:]
+    reloaded = cli(env, "stack", "reload-api", timeout=120)  # its workers built no ranker before the deploy
+    assert reloaded.returncode == 0, reloaded.stderr[-3000:]
     events = pd.read_parquet(validated, columns=["user_id", "event_type"])
     customer = int(events.loc[events.event_type == "purchase", "user_id"].value_counts().index[0])
     answer = requests.get(f"http://127.0.0.1:{env['RECSYS_API_PORT']}/customers/{customer}/recommendations?k=10",
                           timeout=30)
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert len(body["items"]) == 10
-    assert body["ranker"] == ("triton" if decision["promoted"] else body["ranker"])
+    assert len(body["items"]) == 10 and body["ranker"] == "triton" and body["fallback"] is False
 
     stopped = cli(env, "stack", "down", timeout=180)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
