@@ -42,9 +42,11 @@ class AirflowClient:
             time.sleep(2)
 
     def trigger(self, dag_id: str, run_id: str, logical_date: str, conf: dict) -> dict:
-        """A manual DAG run; `logical_date` as YYYY-MM-DD (midnight UTC)."""
+        """A manual DAG run; `logical_date` as YYYY-MM-DD (midnight UTC) or an ISO timestamp (a DAG
+        has one run per logical date; the run's `ds` is its day either way)."""
+        when = f"{logical_date}T00:00:00Z" if len(logical_date) == 10 else logical_date
         response = self.session.post(f"{self.url}/api/v2/dags/{dag_id}/dagRuns", timeout=self.timeout_s, json={
-            "dag_run_id": run_id, "logical_date": f"{logical_date}T00:00:00Z", "conf": conf})
+            "dag_run_id": run_id, "logical_date": when, "conf": conf})
         if response.status_code != 200:
             raise StackError(f"triggering {dag_id} failed ({response.status_code}): {response.text[:300]}")
         return response.json()
@@ -69,7 +71,7 @@ class AirflowClient:
                 finished = [t for t in self.tasks(dag_id, run_id).values()
                             if t["state"] in ("success", "failed", "skipped", "upstream_failed")
                             and t["task_id"] not in reported]
-                for task in sorted(finished, key=lambda t: t.get("end_date") or ""):
+                for task in sorted(finished, key=lambda t: (t["state"] == "skipped", t.get("end_date") or "")):
                     reported.add(task["task_id"])
                     on_task(task)
             if state in ("success", "failed"):
