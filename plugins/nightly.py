@@ -167,7 +167,12 @@ def train_retrieval(run_date: str, features: Stage, settings: Settings) -> Stage
     from training.retrieval import train_retrieval as train_two_tower
 
     etl_dir = Path(features["dir"])
-    result = train_two_tower(etl_dir, RetrievalConfig(), settings.run_dir(run_date) / "retrieval")
+    from training.quality import EventWeights
+
+    weights = EventWeights.parse(settings.event_weights)
+    # Views count as much against a purchase in its loss as they do in the recommender's matrices.
+    config = RetrievalConfig(view_weight=weights.view / weights.purchase if weights.purchase > 0 else 0.0)
+    result = train_two_tower(etl_dir, config, settings.run_dir(run_date) / "retrieval")
     metrics = evaluate_retrieval(result.model_path, etl_dir)
     log.info("retrieval: %s", {k: round(v, 4) for k, v in metrics.items()})
     return {
