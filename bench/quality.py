@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def run(name: str, max_users: int | None, k: int) -> list[dict]:
     best = comparison.best_baseline
     best_ndcg = float(comparison.results[best].metrics.ndcg.mean())
     common = {
-        "benchmark": "quality", "unit": "ndcg@10", "device": f"cpu-{platform.machine()}",
+        "benchmark": "quality", "unit": "ndcg@10", "device": f"cpu-{os.cpu_count()}core",
         "command": " ".join(["python", *sys.argv]), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git_sha": _git_sha(), "versions": {"python": platform.python_version(), "numpy": np.__version__},
         "config": {"dataset": name, "split": "user_holdout(0.2 of sessions)", "exclude": "seen",
