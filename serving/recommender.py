@@ -67,7 +67,6 @@ class Recommender:
     mode: str = "ranker"
     evidence: dict[str, float] = field(default_factory=dict)  # held-out figures behind `mode` and `shares`
     event_weights: dict[str, float] = field(default_factory=dict)  # event type -> weight of a history row
-    item_category: np.ndarray | None = None  # (n_items,) dense category code of each product, -1 unknown
 
     @property
     def n_items(self) -> int:
@@ -79,7 +78,7 @@ class Recommender:
 
     @property
     def n_dense(self) -> int:
-        return 2 * len(self.sources) + 3 + N_ITEM_STATS
+        return 2 * len(self.sources) + 2 + N_ITEM_STATS
 
     @property
     def cardinalities(self) -> list[int]:
@@ -88,7 +87,7 @@ class Recommender:
     def feature_names(self) -> tuple[list[str], list[str]]:
         """(continuous, categorical) names of the ranker's inputs, in `features` order."""
         dense = [f"{name}.{part}" for name in self.source_names for part in ("score_z", "inverse_rank")]
-        dense += ["log_popularity", "log_history_length", "category_share", "conversion", "log_wanted", "log_views"]
+        dense += ["log_popularity", "log_history_length", "conversion", "log_wanted", "log_views"]
         return dense, ["product"]
 
     def schema(self) -> dict:
@@ -182,31 +181,10 @@ class Recommender:
         base = 2 * len(self.source_names)
         dense[:, :, base] = _relative_log(self.popularity)[safe]
         dense[:, :, base + 1] = np.log1p(np.diff(history.indptr))[:, None]
-        dense[:, :, base + 2] = self.category_share(history)[rows, self._category_of(safe)]
-        dense[:, :, base + 3:] = self.item_stats[safe]
+        dense[:, :, base + 2:] = self.item_stats[safe]
         dense[~valid] = 0.0
         sparse = np.where(valid, pool + 1, 0)[:, :, None].astype(np.int64)
         return dense.reshape(n * c, self.n_dense), sparse.reshape(n * c, 1)
-
-    def _category_of(self, items: np.ndarray) -> np.ndarray:
-        """Column of each item's category in `category_share`; the last column stands for "unknown"."""
-        if self.item_category is None:
-            return np.zeros_like(items)
-        codes = self.item_category[items]
-        return np.where(codes >= 0, codes, self.item_category.max() + 1)
-
-    def category_share(self, history: sp.csr_matrix) -> np.ndarray:
-        """(n_rows, n_categories + 1) float32: each category's share of the row's history weight (the
-        customer's pooled category interest; the last column, unknown categories, is always 0)."""
-        if self.item_category is None:
-            return np.zeros((history.shape[0], 1), dtype=np.float32)
-        n_cat = int(self.item_category.max()) + 2
-        known = self.item_category >= 0
-        onehot = sp.csr_matrix((np.ones(int(known.sum()), dtype=np.float32),
-                                (np.flatnonzero(known), self.item_category[known])), shape=(self.n_items, n_cat))
-        weight = np.asarray((history @ onehot).todense(), dtype=np.float32)
-        total = weight.sum(axis=1, keepdims=True)
-        return np.divide(weight, total, out=np.zeros_like(weight), where=total > 0)
 
     # ------------------------------------------------------------------------------ the path
     def recommend(self, history: sp.csr_matrix, blocked: sp.csr_matrix | np.ndarray, k: int,

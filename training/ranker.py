@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from models.classic import CLASSIC, ItemScorer, index_of, top_k
+from models.classic import CLASSIC, ItemScorer, top_k
 from models.dlrm import DLRM, DLRMConfig, save_model
 from models.saved import load_model
 from serving.recommender import PairScorer, Recommender, item_statistics
@@ -110,19 +110,6 @@ def fit_sources(events: pd.DataFrame, split: Split, config: RankerConfig,
     return sources, popularity
 
 
-def item_categories(events: pd.DataFrame, items: np.ndarray) -> np.ndarray:
-    """(n_items,) dense code of each product's category (its most frequent one in `events`), -1 unknown."""
-    if "category_id" not in events:
-        return np.full(len(items), -1, dtype=np.int64)
-    pairs = events[["product_id", "category_id"]].dropna()
-    first = pairs.groupby("product_id")["category_id"].agg(lambda c: c.mode().iloc[0])
-    codes, _ = pd.factorize(first.to_numpy())
-    out = np.full(len(items), -1, dtype=np.int64)
-    cols = index_of(items, first.index.to_numpy(np.int64))
-    out[cols[cols >= 0]] = codes[cols >= 0]
-    return out
-
-
 def item_stats_of(events: pd.DataFrame, split: Split) -> np.ndarray:
     """`serving.recommender.item_statistics` of the catalogue from the events' counts per type."""
     cols = split.item_index(events["product_id"].to_numpy(np.int64))
@@ -164,7 +151,7 @@ def _cut_lists(events: pd.DataFrame, items: np.ndarray, config: RankerConfig, we
     task = build_task(inner, weights, exclude, relevant_events)
     sources, popularity = fit_sources(inner.train, inner, config, weights)
     rec = Recommender(items, sources, {n: 1.0 / len(sources) for n in sources}, popularity,
-                      item_stats_of(inner.train, inner), config.pool_size, item_category=item_categories(events, items))
+                      item_stats_of(inner.train, inner), config.pool_size)
     rec.shares = shares or _shares(rec, task)
     scores = rec.source_scores(task.history)
     pool = rec.pool(scores, task.excluded)
@@ -258,7 +245,7 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
                         | {f"share.{k}": v for k, v in rec.shares.items()}
                         | {"ranker_lists": float(len(trainable)), "valid_users": float(len(valid_rows)),
                            "cuts": float(len(training))},
-                        asdict(weights), item_categories(train_events, items))
+                        asdict(weights))
     return FittedRecommender(final, model, history)
 
 
