@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -56,22 +57,6 @@ DATASETS: dict[str, Callable[[], tuple[pd.DataFrame, object]]] = {
 }
 
 
-def oracle_scorer(truth, task):  # type: ignore[no-untyped-def]
-    """Rows of the planted interest, re-indexed to the task's catalogue columns."""
-    from models.classic import index_of
-
-    order = np.argsort(truth.product_ids)
-    cols = index_of(truth.product_ids[order], task.split.items)
-    if (cols < 0).any():
-        raise ValueError("catalogue products missing from the synthetic truth")
-
-    def score(rows: np.ndarray) -> np.ndarray:
-        interest = truth.interest(task.users[rows])[:, order]
-        return interest[:, cols].astype(np.float32)
-
-    return score
-
-
 def _git_sha() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
@@ -81,7 +66,7 @@ def _git_sha() -> str:
 
 
 def run(name: str, max_users: int | None, k: int) -> list[dict]:
-    from training.compare import SERVED, compare
+    from training.compare import SERVED, compare, oracle_scorer
     from training.quality import build_task, user_holdout
     from training.ranker import RankerConfig, fit_recommender
 
@@ -98,7 +83,7 @@ def run(name: str, max_users: int | None, k: int) -> list[dict]:
     best = comparison.best_baseline
     best_ndcg = float(comparison.results[best].metrics.ndcg.mean())
     common = {
-        "benchmark": "quality", "unit": "ndcg@10", "device": f"cpu-{platform.machine()}",
+        "benchmark": "quality", "unit": "ndcg@10", "device": f"cpu-{os.cpu_count()}core",
         "command": " ".join(["python", *sys.argv]), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git_sha": _git_sha(), "versions": {"python": platform.python_version(), "numpy": np.__version__},
         "config": {"dataset": name, "split": "user_holdout(0.2 of sessions)", "exclude": "seen",

@@ -167,7 +167,12 @@ def train_retrieval(run_date: str, features: Stage, settings: Settings) -> Stage
     from training.retrieval import train_retrieval as train_two_tower
 
     etl_dir = Path(features["dir"])
-    result = train_two_tower(etl_dir, RetrievalConfig(), settings.run_dir(run_date) / "retrieval")
+    from training.quality import EventWeights
+
+    weights = EventWeights.parse(settings.event_weights)
+    # Views count as much against a purchase in its loss as they do in the recommender's matrices.
+    config = RetrievalConfig(view_weight=weights.view / weights.purchase if weights.purchase > 0 else 0.0)
+    result = train_two_tower(etl_dir, config, settings.run_dir(run_date) / "retrieval")
     metrics = evaluate_retrieval(result.model_path, etl_dir)
     log.info("retrieval: %s", {k: round(v, 4) for k, v in metrics.items()})
     return {
@@ -182,12 +187,14 @@ def evaluate(run_date: str, validated: Stage, trained: Stage, settings: Settings
     import pandas as pd
 
     from registry.plots import comparison_plots
-    from training.compare import SERVED, compare
+    from training.compare import SERVED, compare, oracle_scorer
     from training.ranker import FittedRecommender
 
     _, _, task = _nightly_task(validated, settings)
     fitted = FittedRecommender.load(Path(trained["model_dir"]))
-    comparison = compare(task, fitted.recommender, fitted.scorer())
+    truth = planted_truth(settings)
+    extra = {"oracle": oracle_scorer(truth, task)} if truth is not None else None
+    comparison = compare(task, fitted.recommender, fitted.scorer(), extra=extra)
     out = settings.run_dir(run_date) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     k, best = comparison.k, comparison.best_baseline
@@ -208,6 +215,17 @@ def evaluate(run_date: str, validated: Stage, trained: Stage, settings: Settings
     log.info("evaluate: served ndcg@%d %.4f vs %s %.4f, difference interval [%+.4f, %+.4f], %d users", k, served,
              best, metrics[f"baseline_ndcg_at_{k}"], versus.low, versus.high, comparison.n_users)
     return {"metrics": metrics, "best_baseline": best, "dir": str(out)}
+
+
+def planted_truth(settings: Settings):  # type: ignore[no-untyped-def]
+    """The generator's truth when the raw data came from `etl.synthetic`; None for real data, whose
+    manifest (etl.public_data) names a source but no generator config."""
+    manifest = settings.raw_dir / "manifest.json"
+    if not manifest.exists() or not json.loads(manifest.read_text()).get("config"):
+        return None
+    from etl.synthetic import GroundTruth
+
+    return GroundTruth.from_manifest(manifest)
 
 
 def register(

@@ -153,5 +153,5 @@ def test_nightly_ingests_every_partition_and_looks_for_no_planted_truth(recsys_h
     settings = Settings.from_env()
     ingested = nightly.ingest(summary["run_date"], settings)
     assert sorted(ingested["files"]) == sorted(summary["files"])
-    # The manifest has no generator config: the evaluate stage reports no oracle AUC, no error.
-    assert nightly._oracle_auc({}, settings) is None
+    # The manifest has no generator config: the evaluate stage reports no oracle, and no error.
+    assert nightly.planted_truth(settings) is None

@@ -122,6 +122,7 @@ def test_the_night_is_registered_with_its_comparison_and_the_gate_decision(pipel
         assert metrics[f"{method}.ndcg_at_10_ci_low"] <= metrics[f"{method}.ndcg_at_10"] \
             <= metrics[f"{method}.ndcg_at_10_ci_high"]
     assert metrics["ndcg_at_10"] == metrics["served.ndcg_at_10"] and metrics["eval_users"] > 0
+    assert metrics["oracle.ndcg_at_10"] > 0  # the synthetic shop's planted truth, on the same users
     assert 0.0 <= metrics["retrieval_recall_at_10"] <= 1.0  # the two-tower candidate model
     plots = {a.path for a in client.list_artifacts(challenger.run_id, "eval/plots")}
     assert "eval/plots/ndcg_at_10.png" in plots

@@ -72,7 +72,8 @@ def test_run_is_logged_registered_promoted_and_downloaded_over_http(
 
     run_id = registry.log_training_run(
         mlflow_server, "recsys-http", {"epochs": 1}, [{"epoch": 1, "loss": 0.7}],
-        {"ndcg_at_10": 0.4, "baseline_ndcg_at_10": 0.3}, model_path,
+        {"ndcg_at_10": 0.4, "baseline_ndcg_at_10": 0.3, "eval_users": 300,
+         "vs_baseline_ndcg_at_10_ci_low": 0.05, "vs_baseline_ndcg_at_10_ci_high": 0.15}, model_path,
         {"schema": schema, "workflow": tmp_path / "workflow"},
         Lineage(registry.git_sha(), registry.data_hash([schema]), "eval-1", "2026-11-24"),
     )

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -93,6 +94,20 @@ def _reindex(matrix: sp.csr_matrix, columns: np.ndarray, n_columns: int) -> sp.c
     """The same cells with column j moved to columns[j], in a matrix of n_columns."""
     coo = matrix.tocoo()
     return sp.csr_matrix((coo.data, (coo.row, columns[coo.col])), shape=(matrix.shape[0], n_columns))
+
+
+def oracle_scorer(truth: Any, task: Task) -> Callable[[np.ndarray], np.ndarray]:
+    """The synthetic shop's planted interest (`etl.synthetic.GroundTruth.interest`) as a full-catalogue
+    scorer over the task's columns: the ceiling every method is compared with on that data."""
+    order = np.argsort(truth.product_ids)
+    cols = index_of(truth.product_ids[order], task.split.items)
+    if (cols < 0).any():
+        raise ValueError(f"{int((cols < 0).sum())} catalogue products are missing from the synthetic truth")
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        return truth.interest(task.users[rows])[:, order][:, cols].astype(np.float32)
+
+    return score
 
 
 def compare(task: Task, recommender: Recommender | None, ranker: PairScorer | None, k: int = 10,

@@ -39,9 +39,9 @@ class RankerConfig:
     """How the served recommender is fitted; chosen on the synthetic shop, reported on every data set."""
 
     sources: tuple[str, ...] = ("item_knn", "als", "ease", "popularity")
-    ease_max_items: int = 10_000  # EASE's dense items x items weights are held by every API worker
+    ease_max_items: int = 4_000  # EASE scores a request with a dense (items x items) product: 64 MB and a few ms at 4k
     source_params: dict[str, dict] = field(default_factory=dict)  # name -> constructor arguments
-    pool_size: int = 200
+    pool_size: int = 100  # 100 and 200 tied on the synthetic shop (bench/quality.py); 100 costs half
     holdout_fraction: float = 0.2  # of each user's training sessions: the ranker's targets
     valid_fraction: float = 0.25  # of the ranker's users: held out to choose the served mode
     cuts: int = 3  # holdouts stacked back in time, each a list per user for the ranker
