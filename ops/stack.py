@@ -295,6 +295,8 @@ def _run_once(name: str, command: list[str], env: dict[str, str], table: Process
 # ---------------------------------------------------------------- up / status / down
 @dataclass(frozen=True)
 class PartStatus:
+    """One part of the stack as `stack status` shows it."""
+
     name: str
     pid: int | None
     running: bool
