@@ -367,16 +367,16 @@ def demo(settings: Settings, events: int) -> None:
                     users=max(200, events // 500), products=max(1000, events // 100))
     print(f"      {made['events']:,} events in {len(made['files'])} day files, {made['corrupted']} rows corrupted on purpose")
     print("[2/6] Airflow metadata DB")
-    run_airflow(settings, "db", "migrate")
+    _quiet_airflow(settings, "migrate", "db", "migrate")
     print(f"[3/6] nightly_training DAG for {run_date} (airflow dags test)")
-    run_airflow(settings, "dags", "test", "nightly_training", run_date, "-c", json.dumps({"deploy": False}))
+    _quiet_airflow(settings, "nightly", "dags", "test", "nightly_training", run_date,
+                   "-c", json.dumps({"deploy": False}))
+    _nightly_summary(settings, run_date)
     version, why = _deploy_choice(settings)
-    print(f"      promotion: {why}")
+    print(f"      promote: {why}")
     print(f"[4/6] deploy_model DAG: {version} -> local Triton")
-    run_airflow(
-        settings, "dags", "test", "deploy_model", run_date,
-        "-c", json.dumps({"version": version, "target": "local"}),
-    )
+    _quiet_airflow(settings, "deploy", "dags", "test", "deploy_model", run_date,
+                   "-c", json.dumps({"version": version, "target": "local"}))
     print("[5/6] API: loading the store from the validated events, starting gunicorn")
     from api.seed import seed_from_events
 
@@ -405,6 +405,38 @@ def _metrics_lines(report: dict) -> str:
                      key=lambda m: (m != "served", -metrics[f"{m}.ndcg_at_10"]))
     return "\n".join(f"  {m:12s} {metrics[f'{m}.ndcg_at_10']:.4f}  [{metrics[f'{m}.ndcg_at_10_ci_low']:.4f}, "
                      f"{metrics[f'{m}.ndcg_at_10_ci_high']:.4f}]" for m in methods)
+
+
+def _quiet_airflow(settings: Settings, name: str, *args: str) -> None:
+    """An Airflow CLI call whose own output goes to `$RECSYS_HOME/logs/demo-<name>.log`; on failure
+    the log's tail is printed and the demo stops."""
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"demo-{name}.log"
+    cmd = [str(Path(sys.executable).with_name("airflow")), *args]
+    started = time.time()
+    with open(path, "w") as out:
+        done = subprocess.run(cmd, env=airflow_env(settings), stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        print("".join(path.read_text().splitlines(keepends=True)[-40:]), file=sys.stderr)
+        raise SystemExit(f"error: airflow {' '.join(args[:3])} failed (exit {done.returncode}); log: {path}")
+    print(f"      done in {time.time() - started:.0f} s (Airflow's output: {path})")
+
+
+def _nightly_summary(settings: Settings, run_date: str) -> None:
+    """One line per nightly stage, read from what the stages wrote."""
+    run = settings.run_dir(run_date)
+    report = json.loads((run / "validation" / "report.json").read_text())
+    print(f"      validate: {report['n_in']:,} rows in, {report['n_passed']:,} passed, "
+          f"{report['n_quarantined']:,} quarantined")
+    from serving.recommender import Recommender
+
+    rec = Recommender.load(run / "model")
+    print(f"      train: {rec.n_items:,} products; sources {', '.join(rec.source_names)}; "
+          f"served mode: {rec.mode}")
+    comparison = json.loads((run / "eval" / "comparison.json").read_text())["metrics"]
+    print(f"      evaluate: {comparison['eval_users']:.0f} users, served NDCG@10 {comparison['ndcg_at_10']:.4f} "
+          f"vs best baseline {comparison['baseline_ndcg_at_10']:.4f}")
 
 
 def _deploy_choice(settings: Settings) -> tuple[str, str]:
