@@ -401,7 +401,8 @@ def demo(settings: Settings, events: int) -> None:
 def _metrics_lines(report: dict) -> str:
     """One line per method of the night's comparison (plugins.nightly.evaluate's comparison.json)."""
     metrics = report["metrics"]
-    methods = sorted({key.split(".")[0] for key in metrics if key.endswith(".ndcg_at_10")},
+    methods = sorted({key.split(".")[0] for key in metrics
+                      if key.endswith(".ndcg_at_10") and not key.startswith("served_minus_")},
                      key=lambda m: (m != "served", -metrics[f"{m}.ndcg_at_10"]))
     return "\n".join(f"  {m:12s} {metrics[f'{m}.ndcg_at_10']:.4f}  [{metrics[f'{m}.ndcg_at_10_ci_low']:.4f}, "
                      f"{metrics[f'{m}.ndcg_at_10_ci_high']:.4f}]" for m in methods)
