@@ -240,6 +240,7 @@ def register(
     """Log the run to MLflow (params, curves, the comparison with intervals and plots, lineage,
     artifacts) and register the ranker, with the recommender it ranks for, as a new version."""
     from registry import Lineage, data_hash, git_sha, log_training_run, register_model
+    from registry.promotion import RUN_KEY_TAG, registered_for
     from registry.reevaluate import RECOMMENDER_ARTIFACT
 
     artifacts = {
@@ -262,6 +263,13 @@ def register(
         run_date=run_date,
         input_paths=[validated["events"]],
     )
+    # A retried task (a worker killed after registering, before Airflow recorded it) finds the first
+    # try's version instead of registering the same night and model twice.
+    key = f"{run_date}:{lineage.data_hash}:{data_hash([Path(trained['model_path'])])}"
+    found = registered_for(settings.mlflow_tracking_uri, settings.model_name, key)
+    if found is not None:
+        log.info("register: this night's model is already run %s, version %s", *found)
+        return {"run_id": found[0], "version": found[1]}
     run_id = log_training_run(
         tracking_uri=settings.mlflow_tracking_uri,
         experiment=settings.model_name,
@@ -274,6 +282,7 @@ def register(
         artifact_root=settings.mlflow_artifact_root,
         tags={"n_in": str(validated["n_in"]), "n_quarantined": str(validated["n_quarantined"]),
               "eval.best_baseline": evaluated["best_baseline"], "served_mode": trained["mode"],
+              RUN_KEY_TAG: key,
               **unreadable_tags(validated.get("unreadable_files", []))},
     )
     version = register_model(settings.mlflow_tracking_uri, run_id, settings.model_name)

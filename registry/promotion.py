@@ -65,6 +65,26 @@ def register_model(tracking_uri: str, run_id: str, model_name: str) -> str:
         return str(version)
 
 
+RUN_KEY_TAG = "registration.key"  # what makes a registration the same one when a task is retried
+
+
+def registered_for(tracking_uri: str, model_name: str, key: str) -> tuple[str, str] | None:
+    """(run_id, version) of a finished run tagged `registration.key` = key that `model_name` has a
+    version of; None when there is none. Lets a retried task find what its first try registered."""
+    with tracking(tracking_uri) as client:
+        experiment = client.get_experiment_by_name(model_name)
+        if experiment is None:
+            return None
+        runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+                                  max_results=10)
+        for run in runs:
+            versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+            named = [v for v in versions if v.name == model_name]
+            if run.info.status == "FINISHED" and named:
+                return run.info.run_id, str(min(int(v.version) for v in named))
+    return None
+
+
 def get_version(client: MlflowClient, name: str, version_or_alias: str) -> ModelVersion:
     """Version by number or alias; `ModelNotFound` names what exists when it does not."""
     try:

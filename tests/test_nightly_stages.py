@@ -107,6 +107,19 @@ def test_registered_run_names_its_input_paths_whole(recsys_home: Path, tmp_path:
     assert run.data.tags["lineage.input_paths"] == validated["events"]
 
 
+def test_a_retried_register_finds_the_first_registration(recsys_home: Path, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    settings = Settings.from_env()
+    outputs = _stage_outputs(tmp_path / "stages")
+    first = nightly.register(RUN_DATE, *outputs, None, settings)
+    again = nightly.register(RUN_DATE, *outputs, None, settings)
+    assert again == first
+    versions = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).search_model_versions(
+        f"name = '{settings.model_name}'")
+    assert [str(v.version) for v in versions] == [first["version"]]
+
+
 def test_cli_nightly_reports_a_closed_validation_as_one_error_line(settings: Settings) -> None:
     import subprocess
     import sys
