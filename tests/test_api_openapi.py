@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import hypothesis.configuration
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
@@ -20,28 +21,39 @@ from tests.test_api_support import PG_URL, PriceRanker, _postgres_reachable, add
 _DIR = Path(tempfile.mkdtemp(prefix="recsys-api-openapi-"))
 # Hypothesis keeps caches in ./.hypothesis by default; keep the repo clean.
 hypothesis.configuration.set_hypothesis_home_dir(_DIR / "hypothesis")
-# One app for the whole run: schemathesis loads the schema at import time to parametrize the test.
-APP = create_app(make_config(_DIR), ranker=PriceRanker())
-add_catalogue(APP.test_client())
-schema = schemathesis.openapi.from_wsgi("/openapi.json", APP)
-# A bulk request over maxItems is refused with 413 (Payload Too Large), which is a rejection too.
-_rejection = schema.config.checks.negative_data_rejection
-_rejection.expected_statuses = [*_rejection.expected_statuses, "413"]
-
-# The same run on PostgreSQL with auth on, every request carrying an admin key (so deletes are allowed and
-# every write path is reached). Skipped, and said so, where no PostgreSQL answers.
+# One app per database x auth setting for the whole run: schemathesis loads each schema at import time to
+# parametrize its test. Auth off (no key needed), and auth on with every request carrying an admin key (so
+# deletes are allowed and every write path is reached); SQLite and PostgreSQL (skipped, and said so, where no
+# PostgreSQL answers). APP is the SQLite app with auth off.
 ADMIN_KEY = "openapi-admin-" + uuid.uuid4().hex
-PG_SCHEMA = f"recsys_openapi_{uuid.uuid4().hex[:12]}"
-PG_APP = create_app(make_config(_DIR / "pg", DATABASE_URL=PG_URL, DATABASE_SCHEMA=PG_SCHEMA,
-                                API_KEYS=f"{ADMIN_KEY}:admin"), ranker=PriceRanker()) \
-    if _postgres_reachable() else None
-if PG_APP is not None:
-    add_catalogue(PG_APP.test_client(), headers={"X-API-Key": ADMIN_KEY})
-    pg_schema = schemathesis.openapi.from_wsgi("/openapi.json", PG_APP)
-    _pg_rejection = pg_schema.config.checks.negative_data_rejection
-    _pg_rejection.expected_statuses = [*_pg_rejection.expected_statuses, "413"]
-else:  # the spec of the SQLite app stands in only so the test below collects; it is skipped
-    pg_schema = schema
+_PG = _postgres_reachable()
+_PG_SCHEMAS: list[str] = []
+
+
+def _target(backend: str, keyed: bool):  # type: ignore[no-untyped-def]
+    if backend == "postgresql" and not _PG:
+        return None
+    name = f"{backend}-{'key' if keyed else 'open'}"
+    overrides: dict = {"API_KEYS": f"{ADMIN_KEY}:admin"} if keyed else {}
+    if backend == "postgresql":
+        _PG_SCHEMAS.append(f"recsys_openapi_{uuid.uuid4().hex[:12]}")
+        overrides |= {"DATABASE_URL": PG_URL, "DATABASE_SCHEMA": _PG_SCHEMAS[-1]}
+    (_DIR / name).mkdir(parents=True, exist_ok=True)
+    app = create_app(make_config(_DIR / name, **overrides), ranker=PriceRanker())
+    add_catalogue(app.test_client(), headers={"X-API-Key": ADMIN_KEY} if keyed else None)
+    return app
+
+
+TARGETS = {(backend, keyed): _target(backend, keyed) for backend in ("sqlite", "postgresql") for keyed in (False, True)}
+APP = TARGETS[("sqlite", False)]
+
+
+def _schema_of(app):  # type: ignore[no-untyped-def]
+    spec = schemathesis.openapi.from_wsgi("/openapi.json", app)
+    # A bulk request over maxItems is refused with 413 (Payload Too Large), which is a rejection too.
+    rejection = spec.config.checks.negative_data_rejection
+    rejection.expected_statuses = [*rejection.expected_statuses, "413"]
+    return spec
 
 
 def _fresh_idempotency_key(case: schemathesis.Case) -> None:
@@ -52,7 +64,6 @@ def _fresh_idempotency_key(case: schemathesis.Case) -> None:
         case.headers["Idempotency-Key"] = f"{key[:160]}-{uuid.uuid4().hex}"
 
 
-@schema.hook("map_body")
 def _event_times_in_range(context: object, body: object) -> object:
     """JSON Schema cannot bound a date-time by "now" (event_time's description states 1970 .. now + skew):
     generated times outside that range are moved into it; malformed ones are left for the negative checks."""
@@ -69,10 +80,6 @@ def _event_times_in_range(context: object, body: object) -> object:
     return body
 
 
-if PG_APP is not None:
-    pg_schema.hook("map_body")(_event_times_in_range)
-
-
 def test_spec_lists_every_route_of_the_app() -> None:
     spec = APP.test_client().get("/openapi.json").json
     documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops
@@ -86,29 +93,35 @@ def test_spec_lists_every_route_of_the_app() -> None:
     assert documented == served
 
 
-@schema.parametrize()
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-          database=None)
-def test_api_conforms_to_its_openapi_spec(case: schemathesis.Case) -> None:
-    _fresh_idempotency_key(case)
-    case.call_and_validate()
+def _conformance_test(backend: str, keyed: bool):  # type: ignore[no-untyped-def]
+    app = TARGETS[(backend, keyed)]
+    spec = _schema_of(app if app is not None else APP)  # an absent backend's test collects, then skips
+    spec.hook("map_body")(_event_times_in_range)
+
+    @spec.parametrize()
+    @settings(max_examples=12 if (backend, keyed) == ("sqlite", False) else 6, deadline=None,
+              suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+    def test(case: schemathesis.Case) -> None:
+        if app is None:
+            pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+        _fresh_idempotency_key(case)
+        if keyed:
+            case.headers = {**(case.headers or {}), "X-API-Key": ADMIN_KEY}
+        case.call_and_validate()
+
+    return test
 
 
-@pg_schema.parametrize()
-@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-          database=None)
-def test_api_conforms_to_its_openapi_spec_on_postgresql_with_an_admin_key(case: schemathesis.Case) -> None:
-    import pytest
-
-    if PG_APP is None:
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
-    _fresh_idempotency_key(case)
-    case.headers = {**(case.headers or {}), "X-API-Key": ADMIN_KEY}
-    case.call_and_validate()
+test_api_conforms_to_its_openapi_spec = _conformance_test("sqlite", False)
+test_api_conforms_to_its_openapi_spec_on_sqlite_with_an_admin_key = _conformance_test("sqlite", True)
+test_api_conforms_to_its_openapi_spec_on_postgresql = _conformance_test("postgresql", False)
+test_api_conforms_to_its_openapi_spec_on_postgresql_with_an_admin_key = _conformance_test("postgresql", True)
 
 
 def teardown_module() -> None:
-    if PG_APP is not None:
-        store = PG_APP.extensions["recsys_store"]
-        store.drop_all()
-        store.dispose()
+    for app in TARGETS.values():
+        if app is not None:
+            store = app.extensions["recsys_store"]
+            if store.engine.url.get_backend_name() == "postgresql":
+                store.drop_all()
+            store.dispose()
