@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ops.errors import StackError
+from serving.local_triton import group_members, proc_stat, process_alive, reap
 
 log = logging.getLogger(__name__)
 
@@ -48,48 +49,10 @@ class Record:
     start_ticks: int  # the process's start time (/proc/<pid>/stat): tells it from a reused pid
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state first), or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return stat.rsplit(")", 1)[1].split()
-
-
-def _proc_state(pid: int) -> tuple[str, int] | None:
-    """(state letter, process group) of `pid` from /proc, or None when it does not exist."""
-    fields = _stat(pid)
-    return None if fields is None else (fields[0], int(fields[2]))
-
-
 def start_ticks(pid: int) -> int:
     """When `pid` started, in clock ticks since boot; 0 when it does not exist."""
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return int(fields[19]) if fields else 0
-
-
-def alive(pid: int) -> bool:
-    state = _proc_state(pid)
-    return state is not None and state[0] not in ("Z", "X")
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes whose process group is `pgid`."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            state = _proc_state(int(entry.name))
-            if state is not None and state[1] == pgid and state[0] not in ("Z", "X"):
-                members.append(int(entry.name))
-    return members
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # not our child: init reaps it
-        pass
 
 
 class ProcessTable:
@@ -115,7 +78,7 @@ class ProcessTable:
     def is_running(self, record: Record) -> bool:
         """Alive and still the process we started: a reused pid has another start time (the command
         line cannot tell: Dask and gunicorn rewrite their process titles)."""
-        return alive(record.pid) and start_ticks(record.pid) == record.start_ticks
+        return process_alive(record.pid) and start_ticks(record.pid) == record.start_ticks
 
     def logged_since_start(self, record: Record, marker: str) -> bool:
         """Whether the service's log has printed `marker` since this start."""
@@ -151,7 +114,7 @@ class ProcessTable:
         if record is None:
             return False
         # A pid that now runs something else is not ours to signal (nor is its group).
-        ours = self.is_running(record) or (not alive(record.pid) and bool(group_members(record.pid)))
+        ours = self.is_running(record) or (not process_alive(record.pid) and bool(group_members(record.pid)))
         if ours:
             _signal_group(record.pid, signal.SIGTERM)
             if not _wait_gone(record.pid, timeout_s):
@@ -174,8 +137,8 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 def _wait_gone(pgid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while True:
-        _reap(pgid)
-        if not alive(pgid) and not group_members(pgid):
+        reap(pgid)
+        if not process_alive(pgid) and not group_members(pgid):
             return True
         if time.monotonic() > deadline:
             return False

@@ -392,7 +392,7 @@ def status(settings: Settings, stack: StackSettings) -> list[PartStatus]:
     if handle is None:
         parts.append(PartStatus(TRITON, None, False, False, "not deployed"))
     else:
-        from ops.processes import alive
+        from serving.local_triton import process_alive as alive
 
         url = f"http://{handle.http_url}/v2/health/ready"
         parts.append(PartStatus(TRITON, handle.pid, alive(handle.pid), _http_ok(url), url))

@@ -146,22 +146,27 @@ def serve(
     os.execve(command[0], command, env)
 
 
-def _proc_state(pid: int) -> tuple[str, int] | None:
-    """(state letter, process group) from /proc, or None when the pid does not exist."""
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first, process group third), or None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[2])
+    return stat.rsplit(")", 1)[1].split()
 
 
-def _alive(pid: int) -> bool:
+def _proc_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, process group) from /proc, or None when the pid does not exist."""
+    fields = proc_stat(pid)
+    return None if fields is None else (fields[0], int(fields[2]))
+
+
+def process_alive(pid: int) -> bool:
     state = _proc_state(pid)
     return state is not None and state[0] not in ("Z", "X")
 
 
-def _group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int]:
     """Live processes of a process group (tritonserver and its backend stubs share the server's)."""
     members = []
     for entry in Path("/proc").iterdir():
@@ -172,8 +177,8 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-def _reap(pid: int) -> None:
-    # Only the process that spawned the server can reap it; elsewhere init does.
+def reap(pid: int) -> None:
+    """Collect `pid`'s exit status if it is our child; elsewhere init does."""
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -200,8 +205,8 @@ def read_handle(state_dir: Path) -> ServerHandle | None:
 def _wait_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        _reap(pid)
-        if not _alive(pid) and not _group_members(pid):
+        reap(pid)
+        if not process_alive(pid) and not group_members(pid):
             return True
         time.sleep(0.1)
     return False
@@ -213,15 +218,15 @@ def stop_server(state_dir: Path, timeout_s: float = 20.0) -> bool:
     if handle is None:
         return False
     pid = handle.pid
-    was_running = _alive(pid) and _is_our_server(pid, state_dir)
+    was_running = process_alive(pid) and _is_our_server(pid, state_dir)
     if was_running:
         os.kill(pid, signal.SIGINT)  # tritonserver unloads the model (ending its stub) and exits
         if not _wait_gone(pid, timeout_s):
             log.warning("triton pid %d ignored SIGINT for %.0fs; killing its process group", pid, timeout_s)
     # Leftovers (e.g. a tritonserver whose parent was killed) share the server's process group;
     # a live pid that is not ours means the pid (and group id) was reused: leave it alone.
-    reused = _alive(pid) and not _is_our_server(pid, state_dir)
-    if not reused and _group_members(pid):
+    reused = process_alive(pid) and not _is_our_server(pid, state_dir)
+    if not reused and group_members(pid):
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:

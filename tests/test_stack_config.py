@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops.processes import ProcessTable, Service, group_members
+from ops.processes import ProcessTable, Service
+from serving.local_triton import group_members
 from ops.stack import ensure_secrets, services, stack_env
 from settings import Settings, StackSettings
 from tests.conftest import REPO
