@@ -26,6 +26,7 @@ import requests
 
 from ops.errors import ServiceUnhealthy, StackError
 from ops.processes import ProcessTable, Service
+from serving.local_triton import port_in_use
 from settings import Settings, StackSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,16 +205,6 @@ def _tcp_ok(address: tuple[str, int]) -> bool:
         return False
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def _log_tail(path: str, lines: int = 25) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
@@ -319,7 +310,7 @@ def up(settings: Settings, stack: StackSettings, progress: Callable[[str], None]
                                            ("mlflow", settings.mlflow_ui_port),
                                            ("dask-scheduler", stack.dask_port), ("api", settings.api_port))
              if name not in running}
-    busy = {name: port for name, port in ports.items() if not _port_free(_client_host(stack.host), port)}
+    busy = {name: port for name, port in ports.items() if port_in_use(_client_host(stack.host), port)}
     if busy:
         raise StackError(f"ports in use: {busy}; free them or set RECSYS_AIRFLOW_PORT, RECSYS_MLFLOW_UI_PORT, "
                          "RECSYS_DASK_PORT, RECSYS_API_PORT")

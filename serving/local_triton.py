@@ -244,7 +244,7 @@ def _log_tail(path: Path, n_lines: int = 30) -> str:
         return "(no log written)"
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def port_in_use(host: str, port: int) -> bool:
     """True when something listens on host:port. Triton's HTTP server binds with SO_REUSEPORT,
     so a second Triton would share the port silently instead of failing; check first."""
     with socket.socket() as probe:
@@ -289,7 +289,7 @@ def start_server(
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     stop_server(state_dir)
-    busy = [port for port in (http_port, grpc_port, metrics_port) if port is not None and _port_in_use(host, port)]
+    busy = [port for port in (http_port, grpc_port, metrics_port) if port is not None and port_in_use(host, port)]
     if busy:
         raise ServerStartError(f"cannot start Triton on {host}: port(s) {busy} already in use; pick free ports "
                                "or stop the server holding them (python -m serving stop --state-dir ...)")
