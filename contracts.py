@@ -8,6 +8,8 @@ from __future__ import annotations
 
 # What a customer did with a product, in funnel order; the only values `event_type` may take.
 EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase")
+# Event type -> token id of the sequential model's event-type embedding; 0 is padding (and unknown).
+EVENT_CODES = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}
 
 # A raw event in the REES46 layout, in file order (CSV header, Parquet schema, API export).
 RAW_EVENT_COLUMNS = (

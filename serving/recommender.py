@@ -5,7 +5,8 @@ One code path for the API (a batch of one customer, the ranker on Triton) and th
 of weighted interactions over the catalogue (fresh from the database in the API), so a new event
 changes the next answer without retraining.
 
-Candidate sources are classic models (`models.classic`), each contributing its best items to a pool
+Candidate sources are classic models (`models.classic`) and, where fitted, the sequential model
+(`models.sequential`, fed the customer's latest events in order: `serving.sequences`), each contributing its best items to a pool
 of `pool_size` in proportion to its measured share; the ranker (a DLRM) re-orders the pool from
 features of every source's view of each candidate. `mode` says what orders the final list: the
 ranker, or one source alone when the ranker did not beat it on held-out users (training.ranker).
@@ -23,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.classic import ItemScorer, index_of, top_k
+from serving.sequences import Sequences, sequence_of
 
 if TYPE_CHECKING:
     from serving.triton_client import TritonClient
@@ -108,6 +110,10 @@ class Recommender:
         row.sum_duplicates()
         return row
 
+    def sequences(self, product_ids: np.ndarray, event_types: np.ndarray) -> Sequences:
+        """(1, length) ordered latest events of one customer (ids in time order), for the sequential source."""
+        return sequence_of(self.items, product_ids, event_types)
+
     def blocked(self, allowed: np.ndarray, excluded_ids: np.ndarray) -> np.ndarray:
         """(1, n_items) bool: items not `allowed` (a mask over `items`) or among `excluded_ids`."""
         out = ~np.asarray(allowed, dtype=bool).copy()
@@ -116,9 +122,18 @@ class Recommender:
         return out[None, :]
 
     # ------------------------------------------------------------------------------ candidates
-    def source_scores(self, history: sp.csr_matrix) -> dict[str, np.ndarray]:
-        """Every source's (n_rows, n_items) full-catalogue scores for these histories."""
-        return {name: np.asarray(self.sources[name].score(history), dtype=np.float32) for name in self.source_names}
+    def source_scores(self, history: sp.csr_matrix, sequences: Sequences | None = None) -> dict[str, np.ndarray]:
+        """Every source's (n_rows, n_items) full-catalogue scores for these histories; a sequential source
+        reads `sequences` (the same rows' events in order), or the history's items unordered without them."""
+        out = {}
+        for name in self.source_names:
+            source = self.sources[name]
+            by_sequence = getattr(source, "score_sequences", None)
+            if by_sequence is not None and sequences is not None:
+                out[name] = np.asarray(by_sequence(sequences.items, sequences.kinds), dtype=np.float32)
+            else:
+                out[name] = np.asarray(source.score(history), dtype=np.float32)
+        return out
 
     def pool(self, scores: dict[str, np.ndarray], blocked: sp.csr_matrix | np.ndarray) -> np.ndarray:
         """(n_rows, pool_size) distinct item indices, -1 padded: each source's best non-blocked items
@@ -188,14 +203,15 @@ class Recommender:
 
     # ------------------------------------------------------------------------------ the path
     def recommend(self, history: sp.csr_matrix, blocked: sp.csr_matrix | np.ndarray, k: int,
-                  ranker: PairScorer | None) -> tuple[np.ndarray, np.ndarray]:
+                  ranker: PairScorer | None, sequences: Sequences | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(n_rows, k) item indices best first (-1 where fewer than k are eligible) and their scores.
 
         history: (n_rows, n_items) weighted interactions; blocked: (n_rows, n_items) bool of items not
         to recommend (exclusions and filters, applied before the cut to k). Without a ranker, or in a
-        source mode, the pool is ordered by that source (or the first source by share).
+        source mode, the pool is ordered by that source (or the first source by share). sequences: the
+        same rows' latest events in order (`serving.sequences`), read by a sequential source.
         """
-        scores = self.source_scores(history)
+        scores = self.source_scores(history, sequences)
         if self.mode != "ranker" or ranker is None:
             name = self.mode if self.mode in self.sources else max(self.shares, key=self.shares.get)
             items = top_k(scores[name], blocked, k)
@@ -269,7 +285,7 @@ class TritonRecommender:
         rec = self.recommender
         scorer = None if rec.mode != "ranker" else self.client.score
         items, scores = rec.recommend(rec.history(product_ids, event_types), rec.blocked(allowed, excluded_ids), k,
-                                      scorer)
+                                      scorer, rec.sequences(product_ids, event_types))
         keep = items[0] >= 0
         return [(int(p), float(s)) for p, s in zip(rec.items[items[0][keep]], scores[0][keep])]
 

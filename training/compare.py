@@ -80,10 +80,12 @@ def served_lists(recommender: Recommender, ranker: PairScorer | None, task: Task
     for start in range(0, len(task.users), batch):
         rows = np.arange(start, min(start + batch, len(task.users)))
         history, excluded = task.history[rows], task.excluded[rows]
+        sequences = None if task.sequences is None else task.sequences[rows]
         if not same:
             history = _reindex(history[:, known], to_rec[known], recommender.n_items)
             excluded = _reindex(excluded[:, known], to_rec[known], recommender.n_items).astype(bool)
-        items, _ = recommender.recommend(history, excluded, k, ranker)
+            sequences = None if sequences is None else sequences.reindexed(to_rec)
+        items, _ = recommender.recommend(history, excluded, k, ranker, sequences)
         if not same:
             items = np.where(items >= 0, index_of(task.split.items, recommender.items[np.maximum(items, 0)]), -1)
         out[rows] = items

@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from models.classic import index_of, top_k
+from serving.sequences import Sequences, sequences_of_events
 from training.errors import DataError
 
 Exclude = Literal["seen", "purchased", "none"]
@@ -168,6 +169,7 @@ class Task:
     relevant_events: tuple[str, ...]
     n_skipped_cold: int  # test users without training history (the API serves them popular items)
     item_popularity: np.ndarray  # (n_items,) training users per item: what `popularity_bias` is measured by
+    sequences: Sequences | None = None  # each user's latest training events in time order (sequential source)
 
     @property
     def n_items(self) -> int:
@@ -175,7 +177,8 @@ class Task:
 
     def subset(self, rows: np.ndarray) -> "Task":
         return replace(self, users=self.users[rows], history=self.history[rows], excluded=self.excluded[rows],
-                       relevant=self.relevant[rows])
+                       relevant=self.relevant[rows],
+                       sequences=None if self.sequences is None else self.sequences[rows])
 
 
 def build_task(split: Split, weights: EventWeights = EventWeights(), exclude: Exclude = "seen",
@@ -202,7 +205,8 @@ def build_task(split: Split, weights: EventWeights = EventWeights(), exclude: Ex
     has = np.diff(relevant.indptr) > 0
     users = users[has]
     return Task(split, users, interaction_matrix(split.train, users, split, weights), excluded[has], relevant[has],
-                exclude, weights, relevant_events, cold, item_popularity(split))
+                exclude, weights, relevant_events, cold, item_popularity(split),
+                sequences_of_events(split.train, users, split.items))
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -25,12 +25,14 @@ from models.dlrm import DLRM, DLRMConfig, save_model
 from models.saved import load_model
 from serving.recommender import PairScorer, Recommender, item_statistics
 from training.errors import DataError
+from training.sequential import SequentialConfig, fit_sequential
 from training.quality import (EventWeights, Exclude, ListMetrics, Split, Task, build_task, interaction_matrix,
                               list_metrics, user_holdout)
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "ranker.pt"
+SEQUENTIAL = "sequential"  # the source name of models.sequential's SASRec (trained by training.sequential)
 SCHEMA_FILE = "schema.json"  # the ranker's inputs, as export and Triton read them
 
 
@@ -38,9 +40,10 @@ SCHEMA_FILE = "schema.json"  # the ranker's inputs, as export and Triton read th
 class RankerConfig:
     """How the served recommender is fitted; chosen on the synthetic shop, reported on every data set."""
 
-    sources: tuple[str, ...] = ("item_knn", "als", "ease", "popularity")
+    sources: tuple[str, ...] = ("item_knn", "als", "ease", "popularity", SEQUENTIAL)
     ease_max_items: int = 4_000  # EASE scores a request with a dense (items x items) product: 64 MB and a few ms at 4k
     source_params: dict[str, dict] = field(default_factory=dict)  # name -> constructor arguments
+    sequential: SequentialConfig = SequentialConfig()  # the sequential source's model and training
     pool_size: int = 100  # 100 and 200 tied on the synthetic shop (bench/quality.py); 100 costs half
     holdout_fraction: float = 0.2  # of each user's training sessions: the ranker's targets
     valid_fraction: float = 0.25  # of the ranker's users: held out to choose the served mode
@@ -54,9 +57,9 @@ class RankerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.sources if s not in CLASSIC]
+        unknown = [s for s in self.sources if s not in CLASSIC and s != SEQUENTIAL]
         if unknown or not self.sources:
-            raise DataError(f"unknown candidate sources {unknown}; choose from {sorted(CLASSIC)}")
+            raise DataError(f"unknown candidate sources {unknown}; choose from {sorted([*CLASSIC, SEQUENTIAL])}")
 
 
 @dataclass
@@ -104,8 +107,11 @@ def fit_sources(events: pd.DataFrame, split: Split, config: RankerConfig,
     """Every configured source fitted on all users' weighted interactions in `events`."""
     users = np.unique(events["user_id"].to_numpy(np.int64))
     matrix = interaction_matrix(events, users, split, weights)
-    names = [n for n in config.sources if n != "ease" or len(split.items) <= config.ease_max_items]
-    sources = {name: CLASSIC[name](**config.source_params.get(name, {})).fit(matrix) for name in names}
+    names = [n for n in config.sources if (n != "ease" or len(split.items) <= config.ease_max_items) and n in CLASSIC]
+    sources: dict[str, ItemScorer] = {name: CLASSIC[name](**config.source_params.get(name, {})).fit(matrix)
+                                      for name in names}
+    if SEQUENTIAL in config.sources:  # ordered events, not the weighted matrix
+        sources[SEQUENTIAL] = fit_sequential(events, split.items, config.sequential)
     popularity = np.asarray((matrix > 0).sum(axis=0)).ravel().astype(np.float64)
     return sources, popularity
 
@@ -121,7 +127,7 @@ def item_stats_of(events: pd.DataFrame, split: Split) -> np.ndarray:
 
 def _shares(recommender: Recommender, task: Task) -> dict[str, float]:
     """Pool share of each source by its recall within a full pool on held-out users (its contribution)."""
-    scores = recommender.source_scores(task.history)
+    scores = recommender.source_scores(task.history, task.sequences)
     found = {}
     for name in recommender.source_names:
         top = top_k(scores[name], task.excluded, recommender.pool_size)
@@ -153,7 +159,7 @@ def _cut_lists(events: pd.DataFrame, items: np.ndarray, config: RankerConfig, we
     rec = Recommender(items, sources, {n: 1.0 / len(sources) for n in sources}, popularity,
                       item_stats_of(inner.train, inner), config.pool_size)
     rec.shares = shares or _shares(rec, task)
-    scores = rec.source_scores(task.history)
+    scores = rec.source_scores(task.history, task.sequences)
     pool = rec.pool(scores, task.excluded)
     dense, sparse = rec.features(task.history, scores, pool)
     c = pool.shape[1]
