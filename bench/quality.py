@@ -78,6 +78,10 @@ def run(name: str, max_users: int | None, k: int) -> list[dict]:
     fitted = fit_recommender(split.train, split.items, RankerConfig(k=k))
     fit_seconds = time.perf_counter() - fit_start
     extra = {"oracle": oracle_scorer(truth, task)} if truth is not None else {}
+    sequential = fitted.recommender.sources.get("sequential")
+    if sequential is not None and task.sequences is not None:  # the sequential source alone, as served
+        seqs = task.sequences
+        extra["sequential"] = lambda rows: sequential.score_sequences(seqs.items[rows], seqs.kinds[rows])
     comparison = compare(task, fitted.recommender, fitted.scorer(), k=k, extra=extra)
     wall = time.perf_counter() - started
     best = comparison.best_baseline

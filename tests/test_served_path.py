@@ -81,3 +81,85 @@ def test_a_new_event_changes_the_next_answer(world: dict, triton, tmp_path: Path
                                               "event_type": "view"}).status_code == 201
     after = [i["product_id"] for i in client.get(f"/customers/{customer}/recommendations?k={K}").json["items"]]
     assert viewed not in after and len(after) == K  # seen now, so excluded; the list is still full
+
+
+def _ids(client, customer: int) -> list[int]:  # type: ignore[no-untyped-def]
+    body = client.get(f"/customers/{customer}/recommendations?k={K}").json
+    return [i["product_id"] for i in body["items"]]
+
+
+def _category_products(world: dict, category: int, skip: set[int], n: int) -> list[int]:
+    """The `n` most viewed training products of `category`, outside `skip`."""
+    train = world["split"].train
+    counts = train[train.category_id == category].product_id.value_counts()
+    return [int(p) for p in counts.index if int(p) not in skip][:n]
+
+
+def _least_shown_category(world: dict, shown: list[int], skip: set[int]) -> int:
+    """Of the categories with enough unseen products, the one least present in `shown` (then most viewed)."""
+    train = world["split"].train
+    category_of = train.drop_duplicates("product_id").set_index("product_id").category_id
+    present = pd.Series([category_of[p] for p in shown if p in category_of.index]).value_counts()
+    candidates = [c for c in train.category_id.value_counts().index
+                  if len(_category_products(world, c, skip, 4)) == 4]
+    return int(min(candidates, key=lambda c: present.get(c, 0)))
+
+
+def _in_category(world: dict, ids: list[int], category: int) -> int:
+    train = world["split"].train
+    return int(train[train.product_id.isin(ids)].drop_duplicates("product_id").category_id.eq(category).sum())
+
+
+def test_views_in_one_category_shift_the_next_answer_toward_it(world: dict, triton, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(make_config(tmp_path, SERVING_DIR=str(world["root"] / "serving"), TRITON_URL=triton.http_url))
+    seed(app.extensions["recsys_store"], world["train_file"])
+    client = app.test_client()
+    train = world["split"].train
+    counts = train.user_id.value_counts()
+    customer = int(counts.index[len(counts) // 2])  # a customer with a median history
+    seen = set(train[train.user_id == customer].product_id.astype(int))
+    before = _ids(client, customer)
+    category = _least_shown_category(world, before, seen)
+    rec = world["fitted"].recommender
+    events = train[train.user_id == customer].sort_values("event_time")
+    sequential_before = _sequential_top(rec, events.product_id.to_numpy(), events.event_type.to_numpy())
+    viewed = _category_products(world, category, seen, 4)
+    for product in viewed:
+        assert client.post("/interactions", json={"customer_id": customer, "product_id": product,
+                                                  "event_type": "view"}).status_code == 201
+    after = _ids(client, customer)
+    assert len(after) == K and not set(viewed) & set(after)
+    print("DEBUG", customer, counts[customer], category, _in_category(world, before, category), _in_category(world, after, category), _in_category(world, _sequential_top(rec, np.r_[events.product_id.to_numpy(), viewed], np.r_[events.event_type.to_numpy(), ["view"] * len(viewed)]), category), _in_category(world, sequential_before, category), rec.shares, rec.evidence)
+    assert _in_category(world, after, category) > _in_category(world, before, category), (before, after)
+    # the sequential source itself reads the new steps: its own list moves toward the category
+    sequential_after = _sequential_top(rec, np.r_[events.product_id.to_numpy(), viewed],
+                                       np.r_[events.event_type.to_numpy(), ["view"] * len(viewed)])
+    assert _in_category(world, sequential_after, category) > _in_category(world, sequential_before, category)
+
+
+def _sequential_top(rec, product_ids: np.ndarray, event_types: np.ndarray) -> list[int]:  # type: ignore[no-untyped-def]
+    seq = rec.sequences(product_ids, event_types)
+    scores = rec.sources["sequential"].score_sequences(seq.items, seq.kinds)[0]
+    scores[np.isin(rec.items, product_ids)] = -np.inf
+    return rec.items[np.argsort(-scores, kind="stable")[:K]].tolist()
+
+
+def test_a_new_customer_gets_session_based_items_after_a_few_events(world: dict, triton, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(make_config(tmp_path, SERVING_DIR=str(world["root"] / "serving"), TRITON_URL=triton.http_url))
+    seed(app.extensions["recsys_store"], world["train_file"])
+    client = app.test_client()
+    customer = int(world["split"].train.user_id.max()) + 1000  # no training history
+    assert client.post("/customers", json={"id": customer}).status_code == 201
+    cold = client.get(f"/customers/{customer}/recommendations?k={K}").json
+    popular = [i["product_id"] for i in cold["items"]]
+    assert cold["ranker"] == "popular"
+    category = _least_shown_category(world, popular, set())
+    viewed = _category_products(world, category, set(), 3)
+    for product in viewed:
+        assert client.post("/interactions", json={"customer_id": customer, "product_id": product,
+                                                  "event_type": "view"}).status_code == 201
+    body = client.get(f"/customers/{customer}/recommendations?k={K}").json
+    after = [i["product_id"] for i in body["items"]]
+    assert body["ranker"] == "triton" and body["fallback"] is False
+    assert len(after) == K and not set(viewed) & set(after) and after != popular
+    assert _in_category(world, after, category) > _in_category(world, popular, category), (popular, after)

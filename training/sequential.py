@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from models.classic import index_of
-from models.sequential import SASRec, SASRecConfig, SequentialScorer, sampled_softmax_loss
+from models.sequential import SASRec, SASRecConfig, SequentialScorer, sampled_softmax_loss, torch_threads
 from serving.sequences import distinct_steps, event_codes
 from training.errors import DataError
 
@@ -34,12 +34,14 @@ class SequentialConfig:
     layers: int = 1
     dropout: float = 0.2
     epochs: int = 5
+    min_steps: int = 200  # small data sets get more epochs, up to this many optimiser steps in all
     batch_size: int = 256
     learning_rate: float = 5e-3
     weight_decay: float = 0.0
     negatives: int = 256  # catalogues up to this size get the exact softmax, larger ones a sampled one
     seed: int = 0
     device: str | None = None  # None: cuda when available, else cpu
+    cpu_threads: int = 1  # torch threads when training on CPU (see models.sequential.torch_threads)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,11 @@ def fit_sequential(events: pd.DataFrame, items: np.ndarray, config: SequentialCo
     items = np.asarray(items, dtype=np.int64)
     data = training_windows(events, items, config.max_len)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with torch_threads(config.cpu_threads if device.type == "cpu" else torch.get_num_threads()):
+        return _fit(data, items, config, device)
+
+
+def _fit(data: Windows, items: np.ndarray, config: SequentialConfig, device: torch.device) -> SequentialScorer:
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed)
     model = SASRec(SASRecConfig(len(items), config.max_len, config.dim, config.heads, config.layers,
@@ -96,7 +103,8 @@ def fit_sequential(events: pd.DataFrame, items: np.ndarray, config: SequentialCo
     q_torch = torch.from_numpy(q).float().to(device)
     inputs, kinds, targets = (torch.from_numpy(a).to(device) for a in (data.inputs, data.kinds, data.targets))
     torch_generator = torch.Generator(device=device).manual_seed(config.seed)
-    for epoch in range(config.epochs):
+    batches = -(-len(inputs) // config.batch_size)
+    for epoch in range(max(config.epochs, -(-config.min_steps // batches))):
         model.train()
         order = torch.from_numpy(generator.permutation(len(inputs))).to(device)
         total, steps = 0.0, 0
