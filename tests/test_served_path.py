@@ -15,7 +15,7 @@ from api.seed import seed
 from etl import EtlConfig, SyntheticConfig, generate, run_etl
 from serving.bundle import build_bundle
 from serving.recommender import TritonRecommender
-from tests.serving_world import running_triton
+from tests.serving_world import category_sessions, running_triton
 from tests.test_api_support import make_config
 from training.compare import served_lists
 from training.quality import Split, build_task, last_days_split
@@ -29,7 +29,8 @@ K = 10
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A fitted recommender laid out as the registry hands it over, built into a bundle at serving/current."""
     root = tmp_path_factory.mktemp("served")
-    events = generate(SyntheticConfig(n_events=20_000, n_users=120, n_products=400, days=5, seed=5)).events
+    data = generate(SyntheticConfig(n_events=20_000, n_users=120, n_products=400, days=5, seed=5))
+    events = category_sessions(data.events, data.products)  # browsing that a session-aware model can follow
     held = last_days_split(events, 1)
     # The shop's catalogue is what the store knows: the products of the training days.
     split = Split(held.train, held.test, np.unique(held.train["product_id"].to_numpy(np.int64)), held.kind)
@@ -83,13 +84,16 @@ def test_a_new_event_changes_the_next_answer(world: dict, triton, tmp_path: Path
     assert viewed not in after and len(after) == K  # seen now, so excluded; the list is still full
 
 
-def _ids(client, customer: int) -> list[int]:  # type: ignore[no-untyped-def]
-    body = client.get(f"/customers/{customer}/recommendations?k={K}").json
+WIDE = 50  # list length on which a shift toward a category is counted
+
+
+def _ids(client, customer: int, k: int = K) -> list[int]:  # type: ignore[no-untyped-def]
+    body = client.get(f"/customers/{customer}/recommendations?k={k}").json
     return [i["product_id"] for i in body["items"]]
 
 
-def _category_products(world: dict, category: int, skip: set[int], n: int) -> list[int]:
-    """The `n` most viewed training products of `category`, outside `skip`."""
+def _category_products(world: dict, category: int, skip: set[int], n: int | None) -> list[int]:
+    """The `n` most viewed training products of `category` (all with None), outside `skip`."""
     train = world["split"].train
     counts = train[train.category_id == category].product_id.value_counts()
     return [int(p) for p in counts.index if int(p) not in skip][:n]
@@ -101,13 +105,22 @@ def _least_shown_category(world: dict, shown: list[int], skip: set[int]) -> int:
     category_of = train.drop_duplicates("product_id").set_index("product_id").category_id
     present = pd.Series([category_of[p] for p in shown if p in category_of.index]).value_counts()
     candidates = [c for c in train.category_id.value_counts().index
-                  if len(_category_products(world, c, skip, 4)) == 4]
+                  if len(_category_products(world, c, skip, 8)) == 8]
     return int(min(candidates, key=lambda c: present.get(c, 0)))
 
 
 def _in_category(world: dict, ids: list[int], category: int) -> int:
     train = world["split"].train
     return int(train[train.product_id.isin(ids)].drop_duplicates("product_id").category_id.eq(category).sum())
+
+
+def _sequential_rank(rec, product_ids: np.ndarray, event_types: np.ndarray, targets: list[int]) -> float:  # type: ignore[no-untyped-def]
+    """Mean rank of `targets` among all items by the sequential source's scores for these events."""
+    seq = rec.sequences(product_ids, event_types)
+    scores = rec.sources["sequential"].score_sequences(seq.items, seq.kinds)[0]
+    rank = np.empty(len(scores), dtype=np.int64)
+    rank[np.argsort(-scores, kind="stable")] = np.arange(len(scores))
+    return float(rank[np.searchsorted(rec.items, targets)].mean())
 
 
 def test_views_in_one_category_shift_the_next_answer_toward_it(world: dict, triton, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -118,30 +131,22 @@ def test_views_in_one_category_shift_the_next_answer_toward_it(world: dict, trit
     counts = train.user_id.value_counts()
     customer = int(counts.index[len(counts) // 2])  # a customer with a median history
     seen = set(train[train.user_id == customer].product_id.astype(int))
-    before = _ids(client, customer)
+    before = _ids(client, customer, WIDE)
     category = _least_shown_category(world, before, seen)
-    rec = world["fitted"].recommender
-    events = train[train.user_id == customer].sort_values("event_time")
-    sequential_before = _sequential_top(rec, events.product_id.to_numpy(), events.event_type.to_numpy())
     viewed = _category_products(world, category, seen, 4)
     for product in viewed:
         assert client.post("/interactions", json={"customer_id": customer, "product_id": product,
                                                   "event_type": "view"}).status_code == 201
-    after = _ids(client, customer)
-    assert len(after) == K and not set(viewed) & set(after)
-    print("DEBUG", customer, counts[customer], category, _in_category(world, before, category), _in_category(world, after, category), _in_category(world, _sequential_top(rec, np.r_[events.product_id.to_numpy(), viewed], np.r_[events.event_type.to_numpy(), ["view"] * len(viewed)]), category), _in_category(world, sequential_before, category), rec.shares, rec.evidence)
+    after = _ids(client, customer, WIDE)
+    assert len(after) == WIDE and not set(viewed) & set(after)
     assert _in_category(world, after, category) > _in_category(world, before, category), (before, after)
-    # the sequential source itself reads the new steps: its own list moves toward the category
-    sequential_after = _sequential_top(rec, np.r_[events.product_id.to_numpy(), viewed],
-                                       np.r_[events.event_type.to_numpy(), ["view"] * len(viewed)])
-    assert _in_category(world, sequential_after, category) > _in_category(world, sequential_before, category)
-
-
-def _sequential_top(rec, product_ids: np.ndarray, event_types: np.ndarray) -> list[int]:  # type: ignore[no-untyped-def]
-    seq = rec.sequences(product_ids, event_types)
-    scores = rec.sources["sequential"].score_sequences(seq.items, seq.kinds)[0]
-    scores[np.isin(rec.items, product_ids)] = -np.inf
-    return rec.items[np.argsort(-scores, kind="stable")[:K]].tolist()
+    # the sequential source itself reads the new steps: the category's other products move up its ranking
+    rec = world["fitted"].recommender
+    events = train[train.user_id == customer].sort_values("event_time")
+    rest = _category_products(world, category, seen | set(viewed), None)
+    ids, types = events.product_id.to_numpy(), events.event_type.to_numpy()
+    assert _sequential_rank(rec, np.r_[ids, viewed], np.r_[types, ["view"] * len(viewed)], rest) \
+        < _sequential_rank(rec, ids, types, rest)
 
 
 def test_a_new_customer_gets_session_based_items_after_a_few_events(world: dict, triton, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
