@@ -99,8 +99,8 @@ class SASRec(nn.Module):
         valid = items > 0
         x = self.drop(x) * valid.unsqueeze(-1)
         # A query sees earlier, non-padding keys and always itself (so no row is fully masked).
-        causal = torch.ones(n, n, dtype=torch.bool, device=items.device).tril()
-        eye = torch.eye(n, dtype=torch.bool, device=items.device)
+        step = torch.arange(n, device=items.device)
+        causal, eye = step[None, :] <= step[:, None], step[None, :] == step[:, None]  # comparisons export to ONNX
         allowed = causal[None] & (valid[:, None, :] | eye[None])
         bias = torch.where(allowed, 0.0, _MASKED).to(x.dtype)[:, None]  # (B, 1, L, L)
         for block in self.blocks:

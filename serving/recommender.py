@@ -272,8 +272,14 @@ class TritonRecommender:
         from serving.bundle import RECOMMENDER_DIR, ServingBundle
         from serving.triton_client import TritonClient as Client
 
+        from serving.sequential_export import SEQUENTIAL_ONNX, OnnxSequentialScorer
+
         bundle = ServingBundle.load(Path(bundle_dir))
-        recommender = Recommender.load(Path(bundle_dir) / (bundle.deployment.recommender or RECOMMENDER_DIR))
+        folder = Path(bundle_dir) / (bundle.deployment.recommender or RECOMMENDER_DIR)
+        recommender = Recommender.load(folder)
+        sequential = recommender.sources.get("sequential")
+        if sequential is not None and (folder / SEQUENTIAL_ONNX).is_file():  # ONNX Runtime in the worker, not torch
+            recommender.sources["sequential"] = OnnxSequentialScorer.replacing(sequential, folder / SEQUENTIAL_ONNX)
         return cls(recommender, Client(triton_url, bundle.deployment.model_name, protocol, timeout_s))  # type: ignore[arg-type]
 
     def recommend(self, product_ids: np.ndarray, event_types: np.ndarray, allowed: np.ndarray,

@@ -95,3 +95,17 @@ def test_a_pickled_scorer_scores_the_same() -> None:
     loaded = pickle.loads(pickle.dumps(scorer))
     np.testing.assert_array_equal(loaded.score_sequences(seq.items, seq.kinds), scorer.score_sequences(seq.items, seq.kinds))
     assert loaded.score(__import__("scipy.sparse", fromlist=["csr_matrix"]).csr_matrix(np.eye(1, 12))).shape == (1, 12)
+
+
+def test_the_onnx_export_scores_as_torch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from serving.sequential_export import OnnxSequentialScorer, export_sequential, random_sequences
+
+    torch.manual_seed(0)
+    scorer = SequentialScorer(SASRec(SASRecConfig(n_items=40, max_len=8, dim=16, heads=2, layers=2)))
+    report = export_sequential(scorer, tmp_path / "sequential.onnx")
+    assert report.max_abs_diff < 1e-4
+    onnx = OnnxSequentialScorer.replacing(scorer, tmp_path / "sequential.onnx")
+    items, kinds = random_sequences(scorer, 5, seed=3)
+    np.testing.assert_allclose(onnx.score_sequences(items, kinds), scorer.score_sequences(items, kinds), atol=1e-4)
+    short = onnx.score_sequences(items[:, -3:], kinds[:, -3:])  # a shorter batch: the length axis is dynamic
+    np.testing.assert_allclose(short, scorer.score_sequences(items[:, -3:], kinds[:, -3:]), atol=1e-4)

@@ -34,7 +34,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     held = last_days_split(events, 1)
     # The shop's catalogue is what the store knows: the products of the training days.
     split = Split(held.train, held.test, np.unique(held.train["product_id"].to_numpy(np.int64)), held.kind)
-    fitted = fit_recommender(split.train, split.items, RankerConfig(epochs=2, pool_size=60))
+    # the real-time path is under test here, so the sequential source is kept whatever held-out users say
+    fitted = fit_recommender(split.train, split.items, RankerConfig(epochs=2, pool_size=60, keep_sequential="always"))
     fitted.recommender.mode = "ranker"  # whatever won on held-out users: here Triton must rank
     model_dir = root / "model"
     fitted.save(model_dir / "recommender")

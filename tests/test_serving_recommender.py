@@ -94,3 +94,11 @@ def test_comparison_holds_every_method_on_the_same_users(fitted) -> None:  # typ
     metrics = result.metrics()
     assert all(metrics[f"{m}.ndcg_at_10_ci_low"] <= metrics[f"{m}.ndcg_at_10"] <= metrics[f"{m}.ndcg_at_10_ci_high"]
                for m in result.results)
+
+
+def test_the_sequential_source_stays_only_where_it_wins_held_out(fitted) -> None:  # type: ignore[no-untyped-def]
+    rec = fitted[0].recommender
+    dropped = {k.rsplit(".", 1)[1]: v for k, v in rec.evidence.items() if k.startswith("dropped_valid_ndcg")}
+    assert ("sequential" in rec.sources) != bool(dropped)  # either served, or dropped with the figures why
+    assert not dropped or dropped["sequential"] <= max(v for n, v in dropped.items() if n != "sequential")
+    assert ("sequential" in rec.source_names) == any(n.startswith("sequential.") for n in rec.feature_names()[0])

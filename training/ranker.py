@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from models.classic import CLASSIC, ItemScorer, top_k
 from models.dlrm import DLRM, DLRMConfig, save_model
 from models.saved import load_model
+from models.sequential import SequentialScorer
 from serving.recommender import PairScorer, Recommender, item_statistics
+from serving.sequential_export import SEQUENTIAL_ONNX, export_sequential
 from training.errors import DataError
 from training.sequential import SequentialConfig, fit_sequential
 from training.quality import (EventWeights, Exclude, ListMetrics, Split, Task, build_task, interaction_matrix,
@@ -44,6 +46,9 @@ class RankerConfig:
     ease_max_items: int = 4_000  # EASE scores a request with a dense (items x items) product: 64 MB and a few ms at 4k
     source_params: dict[str, dict] = field(default_factory=dict)  # name -> constructor arguments
     sequential: SequentialConfig = SequentialConfig()  # the sequential source's model and training
+    # "held_out": the sequential source stays only if, alone, it beats every classic source on the
+    # held-out users of the first cut (else the ranker is trained and served without it); "always": kept.
+    keep_sequential: str = "held_out"
     pool_size: int = 100  # 100 and 200 tied on the synthetic shop (bench/quality.py); 100 costs half
     holdout_fraction: float = 0.2  # of each user's training sessions: the ranker's targets
     valid_fraction: float = 0.25  # of the ranker's users: held out to choose the served mode
@@ -60,6 +65,8 @@ class RankerConfig:
         unknown = [s for s in self.sources if s not in CLASSIC and s != SEQUENTIAL]
         if unknown or not self.sources:
             raise DataError(f"unknown candidate sources {unknown}; choose from {sorted([*CLASSIC, SEQUENTIAL])}")
+        if self.keep_sequential not in ("held_out", "always"):
+            raise DataError(f"keep_sequential must be 'held_out' or 'always', got {self.keep_sequential!r}")
 
 
 @dataclass
@@ -77,6 +84,9 @@ class FittedRecommender:
         (folder / SCHEMA_FILE).write_text(json.dumps(self.recommender.schema(), indent=2))
         if self.ranker is not None:
             save_model(self.ranker, folder / MODEL_FILE)
+        sequential = self.recommender.sources.get(SEQUENTIAL)
+        if isinstance(sequential, SequentialScorer):  # what the API serves it from, parity-checked
+            export_sequential(sequential, folder / SEQUENTIAL_ONNX)
         return folder
 
     @classmethod
@@ -186,6 +196,11 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
     is_valid = rng.random(len(first.task.users)) < config.valid_fraction
     valid_users = set(first.task.users[is_valid].tolist())
     valid_rows = np.flatnonzero(is_valid)
+    sequential_evidence = _sequential_loses(first, valid_rows, config)
+    if sequential_evidence:  # refit the cut without it: the ranker's features must match what is served
+        log.info("sequential source dropped: held-out ndcg@%d %s", config.k, sequential_evidence)
+        config = replace(config, sources=tuple(s for s in config.sources if s != SEQUENTIAL))
+        first, rec, earlier = _cut_lists(train_events, items, config, weights, exclude, relevant_events, None)
     training = [(first, np.flatnonzero(~is_valid))]
     for _ in range(config.cuts - 1):
         try:
@@ -249,10 +264,23 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
                         config.pool_size, mode,
                         {f"valid_ndcg_at_{config.k}.{k}": v for k, v in evidence.items()}
                         | {f"share.{k}": v for k, v in rec.shares.items()}
+                        | {f"dropped_valid_ndcg_at_{config.k}.{k}": v for k, v in sequential_evidence.items()}
                         | {"ranker_lists": float(len(trainable)), "valid_users": float(len(valid_rows)),
                            "cuts": float(len(training))},
                         asdict(weights))
     return FittedRecommender(final, model, history)
+
+
+def _sequential_loses(first: _Lists, valid_rows: np.ndarray, config: RankerConfig) -> dict[str, float]:
+    """Held-out NDCG@k of each source alone when the sequential one is to be dropped (it loses to a
+    classic source on the first cut's validation users); {} when it stays or is not configured."""
+    if SEQUENTIAL not in first.scores or config.keep_sequential == "always":
+        return {}
+    ndcg = {name: float(_sub_metrics(first.task, valid_rows, top_k(scores[valid_rows], first.task.excluded[valid_rows],
+                                                                   config.k), config.k).ndcg.mean())
+            for name, scores in first.scores.items()}
+    best_other = max(v for n, v in ndcg.items() if n != SEQUENTIAL)
+    return ndcg if ndcg[SEQUENTIAL] <= best_other else {}
 
 
 def _pool_labels(task: Task, pool: np.ndarray) -> np.ndarray:
