@@ -1,0 +1,93 @@
+"""Request-time cost of the sequential source: one customer's events -> ordered sequence -> next-item scores.
+
+    python bench/sequential_latency.py [--items 10000] [--requests 2000]
+
+What the API worker adds per recommendation when the sequential source is served: building the
+sequence from the customer's events (`Recommender.sequences`) and scoring the whole catalogue with
+the exported model in ONNX Runtime (one thread, `serving.sequential_export.OnnxSequentialScorer`).
+Baseline: the same model in PyTorch eager (one thread). Weights are untrained (latency does not
+depend on them); the model has `training.sequential.SequentialConfig`'s default sizes. Appends p50
+and p99 to bench/results/sequential_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "bench" / "results" / "sequential_latency.json"
+
+
+def main() -> int:
+    import onnxruntime
+    import torch
+
+    from models.sequential import SASRec, SASRecConfig, SequentialScorer
+    from serving.sequences import sequence_of
+    from serving.sequential_export import OnnxSequentialScorer, export_sequential
+    from training.sequential import SequentialConfig
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=2_000)
+    parser.add_argument("--events", type=int, default=60, help="events per customer")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    c = SequentialConfig()
+    torch.manual_seed(0)
+    torch_scorer = SequentialScorer(SASRec(SASRecConfig(args.items, c.max_len, c.dim, c.heads, c.layers)))
+    catalogue = np.arange(1_000_000, 1_000_000 + args.items, dtype=np.int64)
+    rng = np.random.default_rng(0)
+    requests = [(rng.choice(catalogue, args.events), rng.choice(["view", "cart", "purchase"], args.events))
+                for _ in range(args.requests)]
+    with tempfile.TemporaryDirectory() as tmp:
+        export_sequential(torch_scorer, Path(tmp) / "sequential.onnx")
+        onnx_scorer = OnnxSequentialScorer.replacing(torch_scorer, Path(tmp) / "sequential.onnx")
+
+        def measure(scorer) -> np.ndarray:  # type: ignore[no-untyped-def]
+            out = []
+            for ids, types in requests[:50]:  # warm-up
+                seq = sequence_of(catalogue, ids, types)
+                scorer.score_sequences(seq.items, seq.kinds)
+            for ids, types in requests:
+                start = time.perf_counter()
+                seq = sequence_of(catalogue, ids, types)
+                scorer.score_sequences(seq.items, seq.kinds)
+                out.append(time.perf_counter() - start)
+            return np.array(out) * 1000.0
+
+        onnx_ms, torch_ms = measure(onnx_scorer), measure(torch_scorer)
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    common = {"benchmark": "sequential_latency", "unit": "ms", "device": f"cpu-{os.cpu_count()}core",
+              "command": " ".join(["python", *sys.argv]), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "git_sha": sha, "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                                           "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
+              "config": {"items": args.items, "requests": args.requests, "events_per_customer": args.events,
+                         "max_len": c.max_len, "dim": c.dim, "layers": c.layers, "heads": c.heads,
+                         "baseline": "the same model in PyTorch eager, one thread"}}
+    rows = []
+    for q in (50, 99):
+        value, base = float(np.percentile(onnx_ms, q)), float(np.percentile(torch_ms, q))
+        rows.append(common | {"metric": f"sequence + onnx scores p{q}", "value": value, "baseline": base,
+                              "ratio": base / value})
+        print(f"p{q}: onnx {value:.3f} ms, torch {base:.3f} ms")
+    if not args.no_write:
+        existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+        RESULTS.write_text(json.dumps(existing + rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
