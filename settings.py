@@ -77,6 +77,10 @@ class Settings:
     sagemaker_image_uri: str
     sagemaker_instance_type: str
     sagemaker_endpoint_name: str
+    experiment_ttl_s: float = 5.0  # API workers re-read the running experiment at most this often
+    experiment_alpha: float = 0.05  # default always-valid false-positive rate of an experiment's tests
+    experiment_min_impressions: int = 1000  # default minimum impressions per arm before a decision
+    experiment_max_days: float = 14.0  # default longest run; past it without a winner the champion stays
     dask_scheduler: str = ""  # dask.distributed scheduler the ETL runs on; empty = threads in-process
 
     @classmethod
@@ -126,6 +130,10 @@ class Settings:
             sagemaker_instance_type=_env("RECSYS_SAGEMAKER_INSTANCE_TYPE", "ml.g4dn.xlarge"),
             sagemaker_endpoint_name=_env("RECSYS_SAGEMAKER_ENDPOINT", ""),
             dask_scheduler=_env("RECSYS_DASK_SCHEDULER", ""),
+            experiment_ttl_s=_env_float("RECSYS_EXPERIMENT_TTL_S", 5.0),
+            experiment_alpha=_env_float("RECSYS_EXPERIMENT_ALPHA", 0.05),
+            experiment_min_impressions=_env_int("RECSYS_EXPERIMENT_MIN_IMPRESSIONS", 1000),
+            experiment_max_days=_env_float("RECSYS_EXPERIMENT_MAX_DAYS", 14.0),
         )
 
     # Where each stage writes; stage outputs are versioned by run date (YYYY-MM-DD).

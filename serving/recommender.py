@@ -252,13 +252,15 @@ class TritonRecommender:
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, triton_url: str, protocol: str = "http",
-                    timeout_s: float = 5.0) -> "TritonRecommender":
+                    timeout_s: float = 5.0, pin_version: bool = False) -> "TritonRecommender":
         from serving.bundle import RECOMMENDER_DIR, ServingBundle
         from serving.triton_client import TritonClient as Client
 
         bundle = ServingBundle.load(Path(bundle_dir))
         recommender = Recommender.load(Path(bundle_dir) / (bundle.deployment.recommender or RECOMMENDER_DIR))
-        return cls(recommender, Client(triton_url, bundle.deployment.model_name, protocol, timeout_s))  # type: ignore[arg-type]
+        version = str(bundle.deployment.triton_version) if pin_version else ""  # pinned: an experiment's arm
+        return cls(recommender, Client(triton_url, bundle.deployment.model_name, protocol, timeout_s,  # type: ignore[arg-type]
+                                       model_version=version))
 
     def recommend(self, product_ids: np.ndarray, event_types: np.ndarray, allowed: np.ndarray,
                   excluded_ids: np.ndarray, k: int) -> list[tuple[int, float]]:
