@@ -493,6 +493,23 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("mlflow-ui")
     stp = sub.add_parser("stop")
     stp.add_argument("--timeout", type=float, default=20.0, help="seconds from SIGTERM to SIGKILL")
+    exp = sub.add_parser("experiment", help="online A/B experiments between registered versions")
+    exp_sub = exp.add_subparsers(dest="action", required=True)
+    exp_start = exp_sub.add_parser("start", help="package both arms, load them into Triton, start routing")
+    exp_start.add_argument("id", help="experiment id, e.g. ranker-2026-12")
+    exp_start.add_argument("--control", default="champion", help="version or alias served to the control arm")
+    exp_start.add_argument("--treatment", default="challenger", help="version or alias of the treatment arm")
+    exp_start.add_argument("--holdout", type=float, default=0.0, help="share of customers outside the test")
+    exp_start.add_argument("--treatment-share", type=float, default=None,
+                           help="share of all traffic for the treatment (default: half of what the holdout leaves)")
+    exp_start.add_argument("--guardrail", action="append", default=[], metavar="KEY=VALUE",
+                           help="min_impressions, max_days, metric, guardrail_metric, alpha, tau")
+    exp_start.add_argument("--no-triton", action="store_true", help="do not restart the local Triton")
+    exp_stop = exp_sub.add_parser("stop", help="end the experiment; everyone gets the champion")
+    exp_stop.add_argument("id")
+    exp_sub.add_parser("list", help="every experiment with live figures (what GET /experiments returns)")
+    exp_eval = exp_sub.add_parser("evaluate", help="what the evaluate_experiment DAG does, in-process")
+    exp_eval.add_argument("--date", default=date.today().isoformat())
     stk = sub.add_parser("stack", help="the production topology on this machine (ops/stack.py)")
     stk.add_argument("action", choices=["up", "status", "down", "reload-api", "demo"],
                      help="reload-api: the API's workers restart and load the newest deployment; "
@@ -524,7 +541,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
     elif args.command == "stack":
         return stack_command(settings, args.action, args.events)
+    elif args.command == "experiment":
+        return experiment_command(settings, args)
     return 0
+
+
+def _guardrail_value(text: str) -> object:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def experiment_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`experiment start|stop|list|evaluate`; a refused definition or state change is one `error:` line, exit 1."""
+    from api.experiments import ExperimentError
+    from plugins import experiments
+
+    def run() -> None:
+        if args.action == "start":
+            guardrails = {}
+            for item in args.guardrail:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise ExperimentError(f"--guardrail {item!r}: expected KEY=VALUE")
+                guardrails[key] = _guardrail_value(value)
+            arms = {"control": args.control, "treatment": args.treatment}
+            share = (1.0 - args.holdout) / 2 if args.treatment_share is None else args.treatment_share
+            shares = {"control": 1.0 - args.holdout - share, "treatment": share}
+            out = experiments.start(settings, args.id, arms, "control", shares, args.holdout, guardrails,
+                                    load_triton=not args.no_triton and settings.deploy_target == "local")
+        elif args.action == "stop":
+            out = experiments.stop(settings, args.id)
+        elif args.action == "evaluate":
+            out = experiments.evaluate(args.date, settings)
+        else:
+            out = experiments.describe_all(settings)
+        print(json.dumps(out, indent=2, default=str))
+
+    return run_command(run, (ExperimentError, ValueError), exit_code=1)
 
 
 def stack_command(settings: Settings, action: str, events: int = 100_000) -> int:

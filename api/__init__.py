@@ -93,7 +93,9 @@ class RankerSlot:
         if not bundle.exists():
             log.info("no serving bundle at %s; recommendations use popular items", bundle)
             return None
-        return self._build(bundle, pin_version=False)
+        # Pinned to the bundle's Triton version: while an experiment runs the server holds a second, newer
+        # version (the treatment), which an unpinned client would be served by default.
+        return self._build(bundle, pin_version=True)
 
     def _build(self, bundle: Path, pin_version: bool) -> Ranker | None:
         try:

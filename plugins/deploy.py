@@ -148,8 +148,9 @@ def _deploy_sagemaker(packaged: Stage, settings: Settings) -> Stage:
     return {"version": packaged["version"], "target": "sagemaker", "endpoint": result.endpoint_name}
 
 
-def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64) -> None:
-    """Score a random valid batch through Triton and compare with onnxruntime on the same file."""
+def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64, model_version: str = "") -> None:
+    """Score a random valid batch through Triton and compare with onnxruntime on the same file
+    (`model_version`: that version of the model, when the server holds several)."""
     import onnxruntime as ort
 
     from serving.triton_client import TritonClient
@@ -161,7 +162,7 @@ def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64) -> N
     sparse = np.stack(
         [rng.integers(0, columns[name]["cardinality"], rows) for name in schema["categorical"]], axis=1
     ).astype(np.int64)
-    served = TritonClient(url, model_name).score(dense, sparse)
+    served = TritonClient(url, model_name, model_version=model_version).score(dense, sparse)
     session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     expected = session.run(None, {"dense": dense, "sparse": sparse})[0].reshape(-1)
     if not np.allclose(served, expected, atol=1e-5):

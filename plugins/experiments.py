@@ -146,3 +146,82 @@ def _plot(counts: dict[str, Any], record: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def start(settings: Settings, experiment_id: str, arms: dict[str, str], control: str,
+          shares: dict[str, float] | None = None, holdout: float = 0.0,
+          guardrails: dict[str, Any] | None = None, load_triton: bool = True) -> Stage:
+    """Start an experiment between registered versions (numbers or aliases, e.g. champion/challenger).
+
+    Each arm's version is packaged as a serving bundle (as a deploy does); with `load_triton` the local
+    Triton is restarted serving the control's bundle with the other arm's as a second version, so both
+    arms rank on one server. Shares default to an even split of the traffic outside the holdout.
+    """
+    from api import experiments as api_experiments
+    from api.store import Store
+    from plugins import deploy
+    from registry.experiments import Guardrails
+
+    if control not in arms:
+        raise api_experiments.ExperimentError(f"control {control!r} is not one of the arms {sorted(arms)}")
+    shares = shares or {arm: (1.0 - holdout) / len(arms) for arm in arms}
+    merged = default_guardrails(settings) | (guardrails or {})
+    Guardrails.from_dict(merged)  # refuse a bad definition before anything is packaged
+    api_experiments.validate_definition(experiment_id, arms, shares, holdout, control)
+    bundles: dict[str, Stage] = {}
+    for arm, ref in arms.items():
+        bundles[arm] = deploy.package(deploy.resolve(ref, settings), settings)
+    versions = {arm: b["version"] for arm, b in bundles.items()}
+    if len(set(versions.values())) != len(versions):
+        raise api_experiments.ExperimentError(f"both arms resolve to the same version: {versions}")
+    endpoint = None
+    if load_triton:
+        from serving.local_triton import start_server
+
+        others = [Path(b["bundle"]) for arm, b in bundles.items() if arm != control]
+        handle = start_server(Path(bundles[control]["bundle"]), settings.triton_http_port, settings.triton_grpc_port,
+                              settings.serving_dir / "triton", model_name=settings.triton_model_name, also=others)
+        for b in bundles.values():
+            deployment = json.loads((Path(b["bundle"]) / "deployment.json").read_text())
+            deploy.smoke_test(Path(b["bundle"]), handle.http_url, settings.triton_model_name,
+                              model_version=str(deployment["triton_version"]))
+        endpoint = handle.http_url
+    store = Store(settings.database_url)
+    store.init_db()
+    try:
+        api_experiments.create_experiment(store, experiment_id, versions, shares, holdout, control, merged)
+    finally:
+        store.dispose()
+    log.info("experiment %s started: arms %s, shares %s, holdout %s", experiment_id, versions, shares, holdout)
+    return {"experiment": experiment_id, "arms": versions, "shares": shares, "holdout": holdout,
+            "control": control, "guardrails": merged, "triton": endpoint}
+
+
+def stop(settings: Settings, experiment_id: str) -> Stage:
+    """End a running experiment by hand (state `stopped`): everyone is served the deployed champion again."""
+    from api import experiments as api_experiments
+    from api.store import Store
+
+    store = Store(settings.database_url)
+    try:
+        api_experiments.end_experiment(store, experiment_id, "stopped")
+    finally:
+        store.dispose()
+    return {"experiment": experiment_id, "state": "stopped"}
+
+
+def describe_all(settings: Settings) -> list[dict[str, Any]]:
+    """What GET /experiments answers, read directly from the database."""
+    from sqlalchemy import select
+
+    from api import experiments as api_experiments
+    from api.store import Experiment, Store
+
+    store = Store(settings.database_url)
+    store.init_db()
+    try:
+        with store.session() as session:
+            rows = list(session.scalars(select(Experiment).order_by(Experiment.started_at.desc())))
+        return [api_experiments.describe(store, row) for row in rows]
+    finally:
+        store.dispose()
