@@ -29,8 +29,8 @@ from tests.test_api_support import make_config
 
 MODEL = "shop-ranker"
 TRUTH = ShopTruth()
-GUARDRAILS = {"min_impressions": 150, "max_days": 14}
-VISITS = 500
+GUARDRAILS = {"min_impressions": 120, "max_days": 14}
+VISITS = 360
 RUN_DATE = date(2026, 12, 1)
 
 
