@@ -7,6 +7,7 @@
     airflow    run the `airflow` command with this project's configuration (the UI asks for a login)
     mlflow-ui  the MLflow UI on 127.0.0.1 over this project's tracking store
     demo       generate -> nightly DAG -> deploy DAG (both through Airflow) -> API -> a response
+    experiment start|stop|list|evaluate: online A/B experiments between registered versions
     stop       stop everything the project started: Triton, the API, Airflow, the MLflow UI
     stack      up|status|down|reload-api|demo: the production topology (Airflow on Celery, MLflow
                server, Dask cluster, API, Triton) as local processes (ops/stack.py)
@@ -559,6 +560,9 @@ def experiment_command(settings: Settings, args: argparse.Namespace) -> int:
     """`experiment start|stop|list|evaluate`; a refused definition or state change is one `error:` line, exit 1."""
     from api.experiments import ExperimentError
     from plugins import experiments
+    from plugins.deploy import DeployError
+    from registry.errors import RegistryError
+    from serving.errors import ServerStartError
 
     def run() -> None:
         if args.action == "start":
@@ -581,7 +585,7 @@ def experiment_command(settings: Settings, args: argparse.Namespace) -> int:
             out = experiments.describe_all(settings)
         print(json.dumps(out, indent=2, default=str))
 
-    return run_command(run, (ExperimentError, ValueError), exit_code=1)
+    return run_command(run, (ExperimentError, ValueError, RegistryError, DeployError, ServerStartError), exit_code=1)
 
 
 def stack_command(settings: Settings, action: str, events: int = 100_000) -> int:
