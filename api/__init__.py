@@ -67,6 +67,8 @@ def default_config() -> dict[str, Any]:
         # The running experiment is re-read at most this often (per worker): a started or ended experiment
         # reaches every worker within it.
         "EXPERIMENT_TTL_S": st.experiment_ttl_s,
+        # "all": every recommendation response is logged as an impression; "experiment": only while one runs.
+        "IMPRESSIONS": st.impressions,
     }
 
 
@@ -143,7 +145,8 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     slot = RankerSlot(ranker, Path(app.config.get("SERVING_DIR", "var/serving")), app.config.get("TRITON_URL", ""))
     app.extensions["recsys_ranker"] = slot
     app.extensions["recsys_experiments"] = experiments.Experiments(
-        store, float(app.config.get("EXPERIMENT_TTL_S", 5.0)), arm_rankers or slot.for_version)
+        store, float(app.config.get("EXPERIMENT_TTL_S", 5.0)), arm_rankers or slot.for_version,
+        log_all=app.config.get("IMPRESSIONS", "all") != "experiment")
     cache = CatalogueCache(store, CacheConfig(
         interactions_ttl_s=float(app.config["INTERACTIONS_TTL_S"]),
         products_ttl_s=float(app.config["CATALOGUE_TTL_S"]),

@@ -99,10 +99,12 @@ ArmRankerFactory = Callable[[str], Any]  # bundle version -> Ranker (or None whe
 class Experiments:
     """Per-worker view of the running experiment and the rankers of its arms."""
 
-    def __init__(self, store: Store, ttl_s: float, ranker_factory: ArmRankerFactory | None) -> None:
+    def __init__(self, store: Store, ttl_s: float, ranker_factory: ArmRankerFactory | None,
+                 log_all: bool = True) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self.ranker_factory = ranker_factory
+        self.log_all = log_all  # False: impressions only while an experiment runs (RECSYS_IMPRESSIONS=experiment)
         self._active: Active | None = None
         self._expires = 0.0
         self._lock = threading.Lock()
@@ -146,7 +148,10 @@ class Experiments:
         return default if built is None else built
 
     def log_impression(self, assignment: Assignment, customer_id: int, items: list[int]) -> int | None:
-        """Insert the response's impression; its id, or None when the database refused (logged)."""
+        """Insert the response's impression; its id, or None when the database refused (logged) or when
+        impressions are logged during experiments only and none runs."""
+        if not self.log_all and assignment.experiment_id is None:
+            return None
         row = {"experiment_id": assignment.experiment_id, "arm": assignment.arm, "customer_id": customer_id,
                "created_at": utcnow(), "items": ",".join(map(str, items))}
         try:

@@ -198,3 +198,15 @@ def test_an_arm_whose_ranker_cannot_be_built_serves_the_default(tmp_path: Path) 
 
     assert experiments.ranker(Assignment("e", "treatment", "9"), default) is default
     assert experiments.ranker(Assignment(None, "default", None), default) is default
+
+
+def test_impressions_can_be_limited_to_experiments(tmp_path: Path) -> None:
+    app = create_app(make_config(tmp_path, IMPRESSIONS="experiment", EXPERIMENT_TTL_S=0.0),
+                     ranker=PreferenceRanker(TRUTH), arm_rankers=lambda version: PreferenceRanker(TRUTH))
+    client = app.test_client()
+    open_shop(client, TRUTH)
+    assert client.get("/customers/3/recommendations").json["recommendation_id"] is None
+    create_experiment(app.extensions["recsys_store"], "only", {"a": "1", "b": "2"}, {"a": 0.5, "b": 0.5}, 0.0, "a", {})
+    during = client.get("/customers/3/recommendations").json
+    assert during["experiment_id"] == "only" and isinstance(during["recommendation_id"], int)
+    app.extensions["recsys_store"].dispose()
