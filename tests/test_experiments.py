@@ -210,3 +210,20 @@ def test_impressions_can_be_limited_to_experiments(tmp_path: Path) -> None:
     during = client.get("/customers/3/recommendations").json
     assert during["experiment_id"] == "only" and isinstance(during["recommendation_id"], int)
     app.extensions["recsys_store"].dispose()
+
+
+def test_a_deploy_during_an_experiment_keeps_the_other_arms_bundle_loaded(tmp_path: Path) -> None:
+    from api.store import Store
+    from plugins.deploy import _experiment_bundles
+
+    settings = dataclasses.replace(Settings.from_env(), home=tmp_path, database_url=f"sqlite:///{tmp_path / 'api.db'}")
+    for version in ("4", "5"):
+        (settings.serving_dir / version).mkdir(parents=True)
+        (settings.serving_dir / version / "deployment.json").write_text("{}")
+    assert _experiment_bundles(settings, settings.serving_dir / "4") == []  # no API database yet: nothing extra
+    store = Store(settings.database_url)
+    store.init_db()
+    create_experiment(store, "during", {"a": "4", "b": "5"}, {"a": 0.5, "b": 0.5}, 0.0, "a", {})
+    store.dispose()
+    assert _experiment_bundles(settings, settings.serving_dir / "4") == [settings.serving_dir / "5"]
+    assert _experiment_bundles(settings, settings.serving_dir / "6") == [settings.serving_dir / v for v in ("4", "5")]
