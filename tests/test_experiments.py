@@ -125,6 +125,7 @@ def test_every_response_is_logged_and_interactions_are_attributed(tmp_path: Path
     app.extensions["recsys_store"].dispose()
 
 
+@pytest.mark.integration  # real MLflow (and Airflow)
 def test_ab_better_treatment_wins_under_the_dag_and_is_promoted(shop_app, tmp_path: Path, registry_uri: str) -> None:
     _reset_champion(registry_uri)
     app = shop_app(ContraryRanker(TRUTH), PreferenceRanker(TRUTH), holdout=0.1)
@@ -158,6 +159,7 @@ def test_ab_better_treatment_wins_under_the_dag_and_is_promoted(shop_app, tmp_pa
     assert {"arms.png", "decision.json"} <= artifacts
 
 
+@pytest.mark.integration  # real MLflow (and Airflow)
 def test_ab_worse_treatment_is_rolled_back_and_the_champion_kept(shop_app, tmp_path: Path,
                                                                   registry_uri: str) -> None:
     from plugins.experiments import evaluate
@@ -172,6 +174,7 @@ def test_ab_worse_treatment_is_rolled_back_and_the_champion_kept(shop_app, tmp_p
     assert app.test_client().get("/customers/5/recommendations").json["arm"] == "default"
 
 
+@pytest.mark.integration  # real MLflow (and Airflow)
 def test_aa_declares_no_winner(shop_app, tmp_path: Path, registry_uri: str) -> None:
     from plugins.experiments import evaluate
 
