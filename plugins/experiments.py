@@ -100,11 +100,11 @@ def _log_run(settings: Settings, experiment_id: str, ds: str | None, arms: dict[
     import mlflow
 
     from registry.experiments import figures
-    from registry.tracking import tracking
+    from registry.tracking import _experiment_id, tracking
 
-    with tracking(settings.mlflow_tracking_uri):
-        mlflow.set_experiment(MLFLOW_EXPERIMENT)
-        with mlflow.start_run(run_name=f"{experiment_id}-{ds or 'manual'}") as run:
+    with tracking(settings.mlflow_tracking_uri) as client:
+        mlflow_experiment = _experiment_id(client, MLFLOW_EXPERIMENT, settings.mlflow_artifact_root)
+        with mlflow.start_run(experiment_id=mlflow_experiment, run_name=f"{experiment_id}-{ds or 'manual'}") as run:
             mlflow.set_tags({"experiment.id": experiment_id, "experiment.outcome": record["outcome"],
                              "experiment.reason": record["reason"][:5000]})
             mlflow.log_params({f"arm.{a}": v for a, v in arms.items()} | {f"guardrail.{k}": v for k, v in guardrails.items()})

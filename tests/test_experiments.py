@@ -50,7 +50,8 @@ def registry_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _settings(home: Path, registry_uri: str) -> Settings:
     return dataclasses.replace(Settings.from_env(), home=home, database_url=f"sqlite:///{home / 'api.db'}",
-                               mlflow_tracking_uri=registry_uri, model_name=MODEL)
+                               mlflow_tracking_uri=registry_uri, model_name=MODEL,
+                               mlflow_artifact_root=(home / "mlartifacts").as_uri())
 
 
 def _reset_champion(registry_uri: str) -> None:
