@@ -49,3 +49,25 @@ def test_models_import_only_array_and_model_libraries() -> None:
     allowed = MODELS_MAY_IMPORT | set(sys.stdlib_module_names) | {"models", "__future__"}
     found = {str(f.relative_to(ROOT)): sorted(imports_of(f) - allowed) for f in _files("models")}
     assert {f: extra for f, extra in found.items() if extra} == {}
+
+
+def _project_files() -> list[Path]:
+    skip = {".venv", "var", ".git", "node_modules"}
+    return [f for f in ROOT.rglob("*.py") if not skip & set(f.relative_to(ROOT).parts)]
+
+
+def test_no_module_edits_sys_path() -> None:
+    """Modules are found from the repository root (`python -m`, pytest, Airflow, gunicorn run there)."""
+    edits = []
+    for path in _project_files():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (isinstance(node, ast.Attribute) and node.attr in ("insert", "append", "extend")
+                    and ast.unparse(node.value) == "sys.path"):
+                edits.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert edits == []
+
+
+def test_bench_report_needs_only_the_standard_library() -> None:
+    """The GPU machines run the benchmarks without Airflow or MLflow: their shared module stays stdlib-only."""
+    allowed = set(sys.stdlib_module_names) | {"__future__"}
+    assert imports_of(ROOT / "bench" / "report.py") - allowed == set()

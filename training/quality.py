@@ -9,7 +9,6 @@ paired differences between methods come from the same users.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
