@@ -322,6 +322,7 @@ def start_api(settings: Settings) -> int:
         [
             str(Path(sys.executable).with_name("gunicorn")),
             "-c", "python:api.gunicorn_conf",  # gevent workers (RECSYS_API_WORKERS): slow clients cannot starve them
+            "--chdir", str(REPO),  # the project's modules are imported from the repository root (not installed)
             "--bind", f"127.0.0.1:{settings.api_port}",
             "api.wsgi:app",
         ],
