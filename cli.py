@@ -39,6 +39,12 @@ LONG_RUNNING_AIRFLOW = ("standalone", "api-server", "scheduler", "dag-processor"
 AIRFLOW_ADMIN = "admin"  # the one user of airflow.cfg's simple_auth_manager_users
 
 
+def repo_pythonpath() -> str:
+    """PYTHONPATH with the repository root first: the project is not installed, so a process started
+    from a console script (airflow, gunicorn) finds `api`, `plugins`, ... only through it."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+
 def airflow_env(settings: Settings) -> dict[str, str]:
     """Environment for Airflow subprocesses: the repo's airflow.cfg, state under $RECSYS_HOME/airflow."""
     state = settings.home / "airflow"
@@ -57,7 +63,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{reach}:{settings.airflow_port}/execution/",
         # `airflow standalone` starts its components as `airflow ...` from PATH.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": repo_pythonpath(),
     }
 
 
@@ -327,7 +333,8 @@ def start_api(settings: Settings) -> int:
             "api.wsgi:app",
         ],
         stdout=log_file, stderr=log_file,
-        env=os.environ | {"RECSYS_HOME": str(settings.home)},
+        # `-c python:api.gunicorn_conf` is imported before any --chdir: the root must be on PYTHONPATH.
+        env=os.environ | {"RECSYS_HOME": str(settings.home), "PYTHONPATH": repo_pythonpath()}, cwd=REPO,
     )
     url = f"http://127.0.0.1:{settings.api_port}/health"
     for _ in range(120):

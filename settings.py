@@ -51,7 +51,7 @@ class Settings:
     train_epochs: int
     train_batch_size: int
     train_device: str  # "auto", "cpu", "cuda"
-    event_weights: str  # "view=0.25,cart=0.5,purchase=1": interest per event type (training.quality.EventWeights)
+    event_weights: str  # "view=0.25,cart=0.5,purchase=1": interest per event type (contracts.EventWeights)
     exclude: str  # "seen", "purchased" or "none": what the API leaves out by default, and the evaluation too
     test_days: int  # last days of the window held out to evaluate the night's model
     min_eval_users: int  # fewer evaluated users than this: the gate keeps the champion ("not enough evidence")

@@ -21,6 +21,7 @@ from api.catalogue import CacheConfig, CatalogueCache
 from api.idempotency import Idempotency
 from api.recommend import Ranker, Recommender, Request
 from api.store import Interaction, Store, normalise_url
+from contracts import EventWeights
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def default_config() -> dict[str, Any]:
         "TRITON_URL": st.triton_http_url,
         "SERVING_DIR": str(st.serving_dir),
         "EXCLUDE": st.exclude,  # default exclusion of recommendations (the evaluation's too)
+        # Interest per event type (contracts.EventWeights): popularity weighs events as training does.
+        "EVENT_WEIGHTS": st.event_weights,
         "BULK_LIMIT": 1000,
         # Event times may lie this far past the server's clock (clients' clocks drift), no further.
         "EVENT_TIME_SKEW_S": st.event_time_skew_s,
@@ -151,6 +154,7 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
         interactions_ttl_s=float(app.config["INTERACTIONS_TTL_S"]),
         products_ttl_s=float(app.config["CATALOGUE_TTL_S"]),
         rebuild_s=float(app.config["CATALOGUE_REBUILD_S"]),
+        event_weights=EventWeights.parse(app.config["EVENT_WEIGHTS"]).as_dict(),
     ))
     app.extensions["recsys_catalogue"] = cache
     app.extensions["recsys_recommender"] = Recommender(store, cache)
