@@ -7,32 +7,25 @@ request at a time, interleaved in rounds so machine load hits all alike:
   experiment : a running two-arm experiment with a holdout (assignment + the arm's ranker + impression)
 Writes bench/results/experiment_overhead.json (p50 and p99 per app; ratio = baseline / value).
 
-    python bench/experiment_overhead.py --requests 3000
+    python -m bench.experiment_overhead --requests 3000
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from api import create_app  # noqa: E402
-from api.experiments import NO_EXPERIMENT, Experiments, create_experiment  # noqa: E402
-from tests.shop import PreferenceRanker, ShopTruth, open_shop  # noqa: E402
-from tests.test_api_support import make_config  # noqa: E402
+from api import create_app
+from api.experiments import NO_EXPERIMENT, Experiments, create_experiment
+from bench.report import RESULTS, add_common_options, append_results, stamp
+from tests.shop import PreferenceRanker, ShopTruth, open_shop
+from tests.test_api_support import make_config
 
 
 class _Before(Experiments):
@@ -62,7 +55,7 @@ def _app(root: Path, kind: str, truth: ShopTruth):  # type: ignore[no-untyped-de
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000, help="per app")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "experiment_overhead.json")
+    add_common_options(parser, RESULTS / "experiment_overhead.json")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     truth = ShopTruth()
@@ -81,14 +74,10 @@ def main() -> None:
             got = clients[k].get(f"/customers/{customer}/recommendations?k=10")
             times[k].append(time.perf_counter() - start)
             assert got.status_code == 200
-    git_sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True).stdout.strip()
     common = {"device": f"cpu-{len(os.sched_getaffinity(0))}core",
-              "command": " ".join(["python", *sys.argv]),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha}
+              **stamp("bench.experiment_overhead", args.git_sha, ("numpy", "flask", "sqlalchemy"))}
     config = {"transport": "in-process Flask test client, sequential", "database": "sqlite (WAL)",
               "requests_per_app": args.requests, "k": 10, "ranker": "tests.shop.PreferenceRanker (no Triton)",
-              "load_average_1m_at_start": round(os.getloadavg()[0], 2), "python": platform.python_version(),
               "baseline": "same path without experiment lookup or impression row (pre-experiment behaviour)"}
     rows = []
     for q in (50, 99):
@@ -98,7 +87,7 @@ def main() -> None:
             rows.append({"benchmark": "experiment_overhead", "metric": f"recommend_p{q}_{k}", "value": round(value, 3),
                          "unit": "ms", "baseline": round(base, 3), "ratio": round(base / value, 3),
                          "config": config, **common})
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    append_results(args.out, rows)
     for r in rows:
         print(f"{r['metric']:32s} {r['value']:8.3f} ms  baseline {r['baseline']:8.3f} ms  ratio {r['ratio']:.3f}")
 
