@@ -4,12 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-fast clean stop airflow-ui mlflow-ui bench-api stack stack-demo stack-status stack-down
+.PHONY: venv demo test test-fast clean stop airflow-ui mlflow-ui bench-api bench-quality bench-report stack stack-demo stack-status stack-down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet '.[dev]'  # dependencies only: the modules run from this directory
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -55,4 +55,11 @@ mlflow-ui: $(STAMP)
 # The API benchmark's load generator is Debian's wrk (apt; sudo where not root).
 bench-api: $(STAMP)
 	command -v wrk >/dev/null || $$([ "$$(id -u)" = 0 ] || echo sudo) sh -c 'apt-get update -q && apt-get install -y -q wrk'
-	$(BIN)/python bench/api_latency.py --workdir /tmp/api_bench
+	$(BIN)/python -m bench.api_latency --workdir /tmp/api_bench
+
+# Benchmarks are modules of the bench package, run from the repository root: `python -m bench.<name>`.
+bench-quality: $(STAMP)
+	$(BIN)/python -m bench.quality
+
+bench-report: $(STAMP)
+	$(BIN)/python -m bench.report

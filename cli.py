@@ -7,6 +7,7 @@
     airflow    run the `airflow` command with this project's configuration (the UI asks for a login)
     mlflow-ui  the MLflow UI on 127.0.0.1 over this project's tracking store
     demo       generate -> nightly DAG -> deploy DAG (both through Airflow) -> API -> a response
+    experiment start|stop|list|evaluate: online A/B experiments between registered versions
     stop       stop everything the project started: Triton, the API, Airflow, the MLflow UI
     stack      up|status|down|reload-api|demo: the production topology (Airflow on Celery, MLflow
                server, Dask cluster, API, Triton) as local processes (ops/stack.py)
@@ -38,6 +39,12 @@ LONG_RUNNING_AIRFLOW = ("standalone", "api-server", "scheduler", "dag-processor"
 AIRFLOW_ADMIN = "admin"  # the one user of airflow.cfg's simple_auth_manager_users
 
 
+def repo_pythonpath() -> str:
+    """PYTHONPATH with the repository root first: the project is not installed, so a process started
+    from a console script (airflow, gunicorn) finds `api`, `plugins`, ... only through it."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+
 def airflow_env(settings: Settings) -> dict[str, str]:
     """Environment for Airflow subprocesses: the repo's airflow.cfg, state under $RECSYS_HOME/airflow."""
     state = settings.home / "airflow"
@@ -56,7 +63,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{reach}:{settings.airflow_port}/execution/",
         # `airflow standalone` starts its components as `airflow ...` from PATH.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": repo_pythonpath(),
     }
 
 
@@ -326,7 +333,8 @@ def start_api(settings: Settings) -> int:
             "api.wsgi:app",
         ],
         stdout=log_file, stderr=log_file,
-        env=os.environ | {"RECSYS_HOME": str(settings.home)},
+        # `-c python:api.gunicorn_conf` is imported before any --chdir: the root must be on PYTHONPATH.
+        env=os.environ | {"RECSYS_HOME": str(settings.home), "PYTHONPATH": repo_pythonpath()}, cwd=REPO,
     )
     url = f"http://127.0.0.1:{settings.api_port}/health"
     for _ in range(120):
@@ -493,6 +501,23 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("mlflow-ui")
     stp = sub.add_parser("stop")
     stp.add_argument("--timeout", type=float, default=20.0, help="seconds from SIGTERM to SIGKILL")
+    exp = sub.add_parser("experiment", help="online A/B experiments between registered versions")
+    exp_sub = exp.add_subparsers(dest="action", required=True)
+    exp_start = exp_sub.add_parser("start", help="package both arms, load them into Triton, start routing")
+    exp_start.add_argument("id", help="experiment id, e.g. ranker-2026-12")
+    exp_start.add_argument("--control", default="champion", help="version or alias served to the control arm")
+    exp_start.add_argument("--treatment", default="challenger", help="version or alias of the treatment arm")
+    exp_start.add_argument("--holdout", type=float, default=0.0, help="share of customers outside the test")
+    exp_start.add_argument("--treatment-share", type=float, default=None,
+                           help="share of all traffic for the treatment (default: half of what the holdout leaves)")
+    exp_start.add_argument("--guardrail", action="append", default=[], metavar="KEY=VALUE",
+                           help="min_impressions, max_days, metric, guardrail_metric, alpha, tau")
+    exp_start.add_argument("--no-triton", action="store_true", help="do not restart the local Triton")
+    exp_stop = exp_sub.add_parser("stop", help="end the experiment; everyone gets the champion")
+    exp_stop.add_argument("id")
+    exp_sub.add_parser("list", help="every experiment with live figures (what GET /experiments returns)")
+    exp_eval = exp_sub.add_parser("evaluate", help="what the evaluate_experiment DAG does, in-process")
+    exp_eval.add_argument("--date", default=date.today().isoformat())
     stk = sub.add_parser("stack", help="the production topology on this machine (ops/stack.py)")
     stk.add_argument("action", choices=["up", "status", "down", "reload-api", "demo"],
                      help="reload-api: the API's workers restart and load the newest deployment; "
@@ -524,7 +549,50 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
     elif args.command == "stack":
         return stack_command(settings, args.action, args.events)
+    elif args.command == "experiment":
+        return experiment_command(settings, args)
     return 0
+
+
+def _guardrail_value(text: str) -> object:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def experiment_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`experiment start|stop|list|evaluate`; a refused definition or state change is one `error:` line, exit 1."""
+    from api.experiments import ExperimentError
+    from plugins import experiments
+    from plugins.deploy import DeployError
+    from registry.errors import RegistryError
+    from serving.errors import ServerStartError
+
+    def run() -> None:
+        if args.action == "start":
+            guardrails = {}
+            for item in args.guardrail:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise ExperimentError(f"--guardrail {item!r}: expected KEY=VALUE")
+                guardrails[key] = _guardrail_value(value)
+            arms = {"control": args.control, "treatment": args.treatment}
+            share = (1.0 - args.holdout) / 2 if args.treatment_share is None else args.treatment_share
+            shares = {"control": 1.0 - args.holdout - share, "treatment": share}
+            out = experiments.start(settings, args.id, arms, "control", shares, args.holdout, guardrails,
+                                    load_triton=not args.no_triton and settings.deploy_target == "local")
+        elif args.action == "stop":
+            out = experiments.stop(settings, args.id)
+        elif args.action == "evaluate":
+            out = experiments.evaluate(args.date, settings)
+        else:
+            out = experiments.describe_all(settings)
+        print(json.dumps(out, indent=2, default=str))
+
+    return run_command(run, (ExperimentError, ValueError, RegistryError, DeployError, ServerStartError), exit_code=1)
 
 
 def stack_command(settings: Settings, action: str, events: int = 100_000) -> int:

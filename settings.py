@@ -27,6 +27,13 @@ def _env_int(name: str, default: int) -> int:
     return int(_env(name, str(default)))
 
 
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _env(name, default)
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
 def _repo_root() -> Path:
     return Path(__file__).resolve().parent
 
@@ -44,7 +51,7 @@ class Settings:
     train_epochs: int
     train_batch_size: int
     train_device: str  # "auto", "cpu", "cuda"
-    event_weights: str  # "view=0.25,cart=0.5,purchase=1": interest per event type (training.quality.EventWeights)
+    event_weights: str  # "view=0.25,cart=0.5,purchase=1": interest per event type (contracts.EventWeights)
     exclude: str  # "seen", "purchased" or "none": what the API leaves out by default, and the evaluation too
     test_days: int  # last days of the window held out to evaluate the night's model
     min_eval_users: int  # fewer evaluated users than this: the gate keeps the champion ("not enough evidence")
@@ -77,6 +84,11 @@ class Settings:
     sagemaker_image_uri: str
     sagemaker_instance_type: str
     sagemaker_endpoint_name: str
+    experiment_ttl_s: float = 5.0  # API workers re-read the running experiment at most this often
+    impressions: str = "all"  # "all": every recommendation response is logged; "experiment": only during one
+    experiment_alpha: float = 0.05  # default always-valid false-positive rate of an experiment's tests
+    experiment_min_impressions: int = 1000  # default minimum impressions per arm before a decision
+    experiment_max_days: float = 14.0  # default longest run; past it without a winner the champion stays
     dask_scheduler: str = ""  # dask.distributed scheduler the ETL runs on; empty = threads in-process
 
     @classmethod
@@ -126,6 +138,11 @@ class Settings:
             sagemaker_instance_type=_env("RECSYS_SAGEMAKER_INSTANCE_TYPE", "ml.g4dn.xlarge"),
             sagemaker_endpoint_name=_env("RECSYS_SAGEMAKER_ENDPOINT", ""),
             dask_scheduler=_env("RECSYS_DASK_SCHEDULER", ""),
+            experiment_ttl_s=_env_float("RECSYS_EXPERIMENT_TTL_S", 5.0),
+            impressions=_env_choice("RECSYS_IMPRESSIONS", "all", ("all", "experiment")),
+            experiment_alpha=_env_float("RECSYS_EXPERIMENT_ALPHA", 0.05),
+            experiment_min_impressions=_env_int("RECSYS_EXPERIMENT_MIN_IMPRESSIONS", 1000),
+            experiment_max_days=_env_float("RECSYS_EXPERIMENT_MAX_DAYS", 14.0),
         )
 
     # Where each stage writes; stage outputs are versioned by run date (YYYY-MM-DD).

@@ -15,12 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, customers, errors, health, interactions, openapi, products, ratelimit, resources
+from api import auth, customers, errors, experiments, health, interactions, openapi, products, ratelimit, resources
 from api.candidates import ProductFilter
 from api.catalogue import CacheConfig, CatalogueCache
 from api.idempotency import Idempotency
 from api.recommend import Ranker, Recommender, Request
 from api.store import Interaction, Store, normalise_url
+from contracts import EventWeights
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def default_config() -> dict[str, Any]:
         "TRITON_URL": st.triton_http_url,
         "SERVING_DIR": str(st.serving_dir),
         "EXCLUDE": st.exclude,  # default exclusion of recommendations (the evaluation's too)
+        # Interest per event type (contracts.EventWeights): popularity weighs events as training does.
+        "EVENT_WEIGHTS": st.event_weights,
         "BULK_LIMIT": 1000,
         # Event times may lie this far past the server's clock (clients' clocks drift), no further.
         "EVENT_TIME_SKEW_S": st.event_time_skew_s,
@@ -64,6 +67,11 @@ def default_config() -> dict[str, Any]:
         "TRUSTED_PROXIES": st.api_trusted_proxies,
         # /health answers from a result this many seconds old at most (per worker).
         "HEALTH_CACHE_S": st.health_cache_s,
+        # The running experiment is re-read at most this often (per worker): a started or ended experiment
+        # reaches every worker within it.
+        "EXPERIMENT_TTL_S": st.experiment_ttl_s,
+        # "all": every recommendation response is logged as an impression; "experiment": only while one runs.
+        "IMPRESSIONS": st.impressions,
     }
 
 
@@ -90,20 +98,40 @@ class RankerSlot:
         if not bundle.exists():
             log.info("no serving bundle at %s; recommendations use popular items", bundle)
             return None
+        # Pinned to the bundle's Triton version: while an experiment runs the server holds a second, newer
+        # version (the treatment), which an unpinned client would be served by default.
+        return self._build(bundle, pin_version=True)
+
+    def _build(self, bundle: Path, pin_version: bool) -> Ranker | None:
         try:
             # Imported here: the API runs (popular items only) where serving's dependencies are absent.
             if (bundle / "recommender").is_dir():  # the served recommender, ranked on Triton
                 served = importlib.import_module("serving.recommender")
-                return served.TritonRecommender.from_bundle(bundle, self._triton_url)
+                return served.TritonRecommender.from_bundle(bundle, self._triton_url, pin_version=pin_version)
             ranking = importlib.import_module("api.ranking")
-            return ranking.EncodedRanker.from_bundle(bundle, self._triton_url)
+            return ranking.EncodedRanker.from_bundle(bundle, self._triton_url, pin_version=pin_version)
         except Exception as exc:  # a broken bundle must not take the API down; popular items still work
             log.error("could not build the Triton ranker from %s: %s", bundle, exc)
             return None
 
+    def for_version(self, version: str) -> Ranker | None:
+        """The ranker of bundle `<serving_dir>/<version>` (an experiment's arm), on the Triton version that
+        bundle was built as (both arms are loaded in the one server); the deployed ranker when it is the
+        bundle `current` points at."""
+        bundle = self._serving_dir / version
+        current = self._serving_dir / "current"
+        if current.exists() and current.resolve() == bundle.resolve():
+            return self.get()
+        if not (bundle / "deployment.json").is_file():
+            log.error("experiment arm bundle %s does not exist; the arm serves the default ranker", bundle)
+            return None
+        return self._build(bundle, pin_version=True)
 
-def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = None) -> Flask:
-    """Build the app; `config` overrides keys of `default_config()`, `ranker` replaces the Triton ranker."""
+
+def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = None,
+               arm_rankers: experiments.ArmRankerFactory | None = None) -> Flask:
+    """Build the app; `config` overrides keys of `default_config()`, `ranker` replaces the Triton ranker,
+    `arm_rankers` (bundle version -> ranker) replaces how experiment arms build theirs."""
     app = Flask(__name__)
     app.config.update(default_config())
     app.config.update(config or {})
@@ -117,13 +145,16 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     if app.config.get("INIT_DB", True):
         store.init_db()
     app.extensions["recsys_store"] = store
-    app.extensions["recsys_ranker"] = RankerSlot(
-        ranker, Path(app.config.get("SERVING_DIR", "var/serving")), app.config.get("TRITON_URL", "")
-    )
+    slot = RankerSlot(ranker, Path(app.config.get("SERVING_DIR", "var/serving")), app.config.get("TRITON_URL", ""))
+    app.extensions["recsys_ranker"] = slot
+    app.extensions["recsys_experiments"] = experiments.Experiments(
+        store, float(app.config.get("EXPERIMENT_TTL_S", 5.0)), arm_rankers or slot.for_version,
+        log_all=app.config.get("IMPRESSIONS", "all") != "experiment")
     cache = CatalogueCache(store, CacheConfig(
         interactions_ttl_s=float(app.config["INTERACTIONS_TTL_S"]),
         products_ttl_s=float(app.config["CATALOGUE_TTL_S"]),
         rebuild_s=float(app.config["CATALOGUE_REBUILD_S"]),
+        event_weights=EventWeights.parse(app.config["EVENT_WEIGHTS"]).as_dict(),
     ))
     app.extensions["recsys_catalogue"] = cache
     app.extensions["recsys_recommender"] = Recommender(store, cache)
@@ -150,7 +181,7 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     app.before_request(resources.check_path_ids)
     errors.register_error_handlers(app)
     app.url_map.converters["id"] = resources.IdConverter
-    for module in (health, openapi, customers, products, interactions):
+    for module in (health, openapi, customers, products, interactions, experiments):
         app.register_blueprint(module.bp)
     return app
 

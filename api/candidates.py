@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Select, String, case, cast, func, literal, select
 from sqlalchemy.orm import Session, aliased
 
 from api.store import Interaction, Product
+from contracts import EventWeights
 
-# How much each event says about interest; a removal from the cart says nothing positive.
-EVENT_WEIGHT = case(
-    (Interaction.event_type == "purchase", 4.0),
-    (Interaction.event_type == "cart", 2.0),
-    (Interaction.event_type == "view", 1.0),
-    else_=0.0,
-)
+DEFAULT_WEIGHTS: Mapping[str, float] = EventWeights().as_dict()
 MAX_SESSIONS = 1000  # sessions scanned for co-occurrence, bounding the query on busy products
 
 
@@ -39,19 +35,24 @@ class ProductFilter:
         return stmt
 
 
-def _popularity():  # type: ignore[no-untyped-def]
+def event_weight(weights: Mapping[str, float]):  # type: ignore[no-untyped-def]
+    """SQL weight of one interaction (contracts.EventWeights, RECSYS_EVENT_WEIGHTS); unknown types weigh 0."""
+    return case(*((Interaction.event_type == name, float(w)) for name, w in weights.items()), else_=0.0)
+
+
+def _popularity(weights: Mapping[str, float] = DEFAULT_WEIGHTS):  # type: ignore[no-untyped-def]
     """Weighted event count per product, aggregated over the (product_id, event_type) index alone."""
     return (
-        select(Interaction.product_id.label("product_id"), func.sum(EVENT_WEIGHT).label("score"))
+        select(Interaction.product_id.label("product_id"), func.sum(event_weight(weights)).label("score"))
         .group_by(Interaction.product_id)
         .subquery()
     )
 
 
 def popular(session: Session, limit: int, where: ProductFilter = ProductFilter(),
-            exclude: set[int] = frozenset()) -> list[tuple[int, float]]:
+            exclude: set[int] = frozenset(), weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> list[tuple[int, float]]:
     """Available products by weighted interaction count, then (for a cold store) by id; (product_id, score)."""
-    pop = _popularity()
+    pop = _popularity(weights)
     score = func.coalesce(pop.c.score, 0.0).label("score")
     stmt = (
         select(Product.id, score)
@@ -76,7 +77,8 @@ def has_history(session: Session, customer_id: int) -> bool:
     return session.scalar(stmt) is not None
 
 
-def in_customer_categories(session: Session, customer_id: int, limit: int, where: ProductFilter) -> list[int]:
+def in_customer_categories(session: Session, customer_id: int, limit: int, where: ProductFilter,
+                           weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> list[int]:
     """Popular products from the categories the customer interacted with."""
     categories = (
         select(Product.category_id)
@@ -84,7 +86,7 @@ def in_customer_categories(session: Session, customer_id: int, limit: int, where
         .where(Interaction.customer_id == customer_id, Product.category_id.is_not(None))
         .distinct()
     )
-    pop = _popularity()
+    pop = _popularity(weights)
     score = func.coalesce(pop.c.score, 0.0)
     stmt = (
         select(Product.id)

@@ -13,21 +13,19 @@ import logging
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Float, case, cast, func, select
 from sqlalchemy.engine import Connection
 
-from api.candidates import MAX_SESSIONS, ProductFilter
+from api.candidates import DEFAULT_WEIGHTS, MAX_SESSIONS, ProductFilter
 from api.store import Interaction, Product, Store
 
 log = logging.getLogger(__name__)
 
-# Same weights as candidates.EVENT_WEIGHT (the SQL reference); a removal says nothing positive.
-EVENT_WEIGHTS = {"purchase": 4.0, "cart": 2.0, "view": 1.0, "remove_from_cart": 0.0}
 NO_CATEGORY = -1  # category ids are >= 0, so -1 stands for NULL in the int64 array
 FETCH_CHUNK = 20_000
 
@@ -39,6 +37,9 @@ class CacheConfig:
     interactions_ttl_s: float = 1.0  # popularity and co-occurrence pick up new interactions this often
     products_ttl_s: float = 5.0  # new products, price and availability changes show up this often
     rebuild_s: float = 600.0  # full rebuild (edited/deleted interactions); 0 = never
+    # Popularity's weight per event type (contracts.EventWeights from RECSYS_EVENT_WEIGHTS), as the SQL
+    # reference (api.candidates.popular) and the nightly training weigh events.
+    event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
 
 class Products:
@@ -150,8 +151,9 @@ class Sessions:
 class CatalogueIndex:
     """Products plus interaction aggregates; mutated only under CatalogueCache's lock."""
 
-    def __init__(self, products: Products) -> None:
+    def __init__(self, products: Products, event_weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> None:
         self.products = products
+        self.event_weights = dict(event_weights)
         self.popularity: dict[int, float] = {}
         self.sessions = Sessions()
         self.customers: set[int] = set()  # customers with at least one interaction
@@ -164,12 +166,12 @@ class CatalogueIndex:
     def add_interactions(self, rows: Iterable[tuple[int, int, int, str, str | None]]) -> int:
         """Fold (id, customer_id, product_id, event_type, session) rows in; returns how many."""
         n = 0
-        popularity, customers, sessions = self.popularity, self.customers, self.sessions
+        popularity, customers, sessions, weights = self.popularity, self.customers, self.sessions, self.event_weights
         for iid, customer_id, product_id, event_type, session in rows:
             n += 1
             self.last_interaction_id = max(self.last_interaction_id, iid)
             customers.add(customer_id)
-            popularity[product_id] = popularity.get(product_id, 0.0) + EVENT_WEIGHTS.get(event_type, 0.0)
+            popularity[product_id] = popularity.get(product_id, 0.0) + weights.get(event_type, 0.0)
             if session is not None:
                 sessions.add(session, product_id)
         return n
@@ -303,7 +305,7 @@ class CatalogueCache:
         started = time.perf_counter()
         with self.store.engine.connect() as conn:
             self._fingerprint = products_fingerprint(conn)
-            index = CatalogueIndex(load_products(conn))
+            index = CatalogueIndex(load_products(conn), self.config.event_weights)
             n = index.add_interactions(fetch_interactions(conn, 0))
         index.reorder()
         self._index = index

@@ -25,12 +25,17 @@ def recommendations(ident: int) -> ResponseReturnValue:
         where=ProductFilter(query.category_id, query.min_price, query.max_price),
         exclude=query.exclusion(current_app.config.get("EXCLUDE", "seen")),
     )
-    ranker = current_app.extensions["recsys_ranker"].get()
+    experiments = current_app.extensions["recsys_experiments"]
+    assignment = experiments.assign(ident)  # one cached lookup and a hash (api.experiments)
+    ranker = experiments.ranker(assignment, current_app.extensions["recsys_ranker"].get())
     result = current_app.extensions["recsys_recommender"].recommend(req, ranker)
     body = Recommendations(
         customer_id=ident,
         items=[{"product_id": p, "score": s} for p, s in result.items],
         ranker=result.ranker,
         fallback=result.fallback,
+        recommendation_id=experiments.log_impression(assignment, ident, [p for p, _ in result.items]),
+        arm=assignment.arm,
+        experiment_id=assignment.experiment_id,
     )
     return jsonify(body.model_dump())

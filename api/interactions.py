@@ -15,7 +15,7 @@ from flask.typing import ResponseReturnValue
 from api.errors import Conflict
 from api.resources import parse_body, register_crud, store, to_json
 from api.schemas import InteractionBulk, InteractionCreate, InteractionOut, InteractionPageQuery, InteractionUpdate
-from api.store import Customer, Interaction, Product, utcnow
+from api.store import Customer, Impression, Interaction, Product, utcnow
 
 bp = Blueprint("interactions", __name__, url_prefix="/interactions")
 
@@ -30,6 +30,15 @@ def _references_exist(session: Session, items: list[BaseModel]) -> None:
             index = next(i for i, item in enumerate(items) if getattr(item, attr) in missing)
             field = attr if single else f"items.{index}.{attr}"
             raise Conflict(f"{attr} {getattr(items[index], attr)} does not exist; create it first", field=field)
+    wanted = {item.recommendation_id for item in items if getattr(item, "recommendation_id", None) is not None}
+    if wanted:
+        known = set(session.scalars(select(Impression.id).where(Impression.id.in_(wanted))))
+        missing = wanted - known
+        if missing:
+            index = next(i for i, item in enumerate(items) if getattr(item, "recommendation_id", None) in missing)
+            field = "recommendation_id" if single else f"items.{index}.recommendation_id"
+            raise Conflict(f"recommendation_id {getattr(items[index], 'recommendation_id')} names no recommendation "
+                           "response; send the id a GET /customers/<id>/recommendations returned", field=field)
 
 
 def _event_time_defaults(row: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,8 @@ PROBLEM_STATUSES = {"400": "Malformed request", "401": "Missing or unknown API k
 REQUEST_MODELS = [s.CustomerCreate, s.CustomerUpdate, s.CustomerBulk, s.ProductCreate, s.ProductUpdate,
                   s.ProductBulk, s.InteractionCreate, s.InteractionUpdate, s.InteractionBulk]
 RESPONSE_MODELS = [s.CustomerOut, s.CustomerPage, s.ProductOut, s.ProductPage, s.InteractionOut,
-                   s.InteractionPage, s.BulkResult, s.Recommendations, s.ProductList, s.Health, s.Problem]
+                   s.InteractionPage, s.BulkResult, s.Recommendations, s.ProductList, s.Health, s.Problem,
+                   s.ExperimentOut, s.ExperimentList]
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -107,6 +108,12 @@ def build_spec(bulk_limit: int) -> dict[str, Any]:
     paths["/products/{ident}/similar"] = {"parameters": [_path_id()], "get": _op(
         "Products sharing sessions or customers with this one", "200", s.ProductList,
         params=_query_params(s.TopKQuery))}
+    paths["/experiments"] = {"get": _op("Online experiments, newest first, with live figures per arm", "200",
+                                        s.ExperimentList)}
+    paths["/experiments/{experiment_id}"] = {
+        "parameters": [{"name": "experiment_id", "in": "path", "required": True,
+                        "schema": {"type": "string", "pattern": s.EXPERIMENT_ID_PATTERN}}],
+        "get": _op("One experiment: state, arms, shares, live figures, last decision", "200", s.ExperimentOut)}
     health = _op("Database and ranker status", "200", s.Health, public=True)
     health["responses"]["503"] = {"description": "Database unreachable", "content": _json(s.Health)}
     paths["/health"] = {"get": health}

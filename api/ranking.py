@@ -154,9 +154,11 @@ class EncodedRanker:
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, triton_url: str, protocol: Protocol = "http",
-                    timeout_s: float = 5.0) -> "EncodedRanker":
+                    timeout_s: float = 5.0, pin_version: bool = False) -> "EncodedRanker":
         bundle = ServingBundle.load(Path(bundle_dir))
-        return cls(bundle, TritonClient(triton_url, bundle.deployment.model_name, protocol, timeout_s))
+        version = str(bundle.deployment.triton_version) if pin_version else ""  # pinned: an experiment's arm
+        return cls(bundle, TritonClient(triton_url, bundle.deployment.model_name, protocol, timeout_s,
+                                        model_version=version))
 
     def _encode(self, user_ids: np.ndarray, products: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         pairs = products[list(PRODUCT_COLUMNS)].reset_index(drop=True)

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
 
 from contracts import EVENT_TYPES
 
@@ -55,6 +56,8 @@ PositiveId = Annotated[int, Field(strict=False, ge=MIN_ID, le=MAX_ID), BeforeVal
 CategoryId = Annotated[int, Field(strict=False, ge=0, le=MAX_ID), BeforeValidator(_not_text)]
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 EventTime = Annotated[datetime, AfterValidator(_utc_event_time)]
+MAX_POSITION = 99  # recommendations return at most 100 items (RecommendQuery.k)
+Position = Annotated[int, Field(strict=False, ge=0, le=MAX_POSITION), BeforeValidator(_not_text)]
 # Checked on POST, PUT and PATCH alike (all three validate through CustomerFields).
 Email = Annotated[str, AfterValidator(_email), Field(json_schema_extra={"format": "email"})]
 
@@ -137,12 +140,27 @@ class ProductOut(BaseModel):
 
 
 class InteractionCreate(Body):
+    # The spec states the rule of _position_needs_recommendation: a `position` key needs an integer
+    # recommendation_id beside it.
+    model_config = ConfigDict(json_schema_extra={"dependentSchemas": {"position": {
+        "required": ["recommendation_id"], "properties": {"recommendation_id": {"type": "integer"}}}}})
+
     customer_id: PositiveId
     product_id: PositiveId
     event_type: EventType
     event_time: EventTime | None = Field(None, description="defaults to now; stored and returned in UTC; "
                                          "1970-01-01 .. now + a small clock skew")
     session: Text | None = Field(None, max_length=100)
+    recommendation_id: PositiveId | None = Field(
+        None, description="the `recommendation_id` of the recommendation response this event followed from")
+    position: Position | None = Field(None, description="0-based position of the product in that response; "
+                                      "needs recommendation_id")
+
+    @model_validator(mode="after")
+    def _position_needs_recommendation(self) -> "InteractionCreate":
+        if "position" in self.model_fields_set and self.recommendation_id is None:
+            raise ValueError("position is given without recommendation_id; send both or neither")
+        return self
 
 
 class InteractionUpdate(Body):
@@ -162,6 +180,8 @@ class InteractionOut(BaseModel):
     event_type: EventType
     event_time: datetime
     session: str | None
+    recommendation_id: int | None = None
+    position: int | None = None
 
 
 class CustomerBulk(Body):
@@ -244,6 +264,45 @@ class Recommendations(BaseModel):
     items: list[ScoredItem]
     ranker: Literal["triton", "popular"]
     fallback: bool
+    recommendation_id: int | None = Field(
+        None, description="id of this response's logged impression; send it (and the item's position) with "
+        "the interactions that follow; null only when the impression could not be logged")
+    arm: str = Field("default", description="experiment arm that served this response: an arm of the running "
+                     "experiment, `holdout`, or `default` when no experiment runs")
+    experiment_id: str | None = None
+
+
+EXPERIMENT_ID_PATTERN = "^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class ArmFiguresOut(BaseModel):
+    impressions: int
+    ctr: float = Field(description="share of impressions with at least one attributed view")
+    cart_rate: float
+    conversion_rate: float = Field(description="share of impressions with at least one attributed purchase")
+    revenue_per_impression: float
+
+
+class ArmOut(BaseModel):
+    version: str | None = Field(description="serving-bundle version; null for the holdout (the champion)")
+    share: float
+    figures: ArmFiguresOut
+
+
+class ExperimentOut(BaseModel):
+    id: str
+    state: Literal["running", "promoted", "rolled_back", "stopped"]
+    control: str
+    holdout: float
+    arms: dict[str, ArmOut]
+    guardrails: dict[str, Any]
+    started_at: datetime
+    ended_at: datetime | None
+    decision: dict[str, Any] | None = Field(description="the last evaluation (registry.experiments.Decision)")
+
+
+class ExperimentList(BaseModel):
+    items: list[ExperimentOut]
 
 
 class ProductList(BaseModel):

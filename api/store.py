@@ -104,6 +104,11 @@ class Interaction(Base):
     event_type: Mapped[str] = mapped_column(String(20))
     event_time: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     session: Mapped[str | None] = mapped_column(String(100))
+    # Attribution to the recommendation it came from (api.experiments): the impression and the item's
+    # 0-based position in it. Added to existing databases by Store.init_db (ATTRIBUTION_COLUMNS).
+    recommendation_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("impressions.id", ondelete="SET NULL"), index=True)
+    position: Mapped[int | None] = mapped_column(Integer)
     __table_args__ = (
         CheckConstraint(
             f"event_type IN ({','.join(repr(t) for t in EVENT_TYPES)})", name="ck_interactions_event_type"
@@ -113,6 +118,41 @@ class Interaction(Base):
         Index("ix_interactions_product_event", "product_id", "event_type"),
         Index("ix_interactions_session_product", "session", "product_id"),
     )
+
+
+class Experiment(Base):
+    """An online experiment (api.experiments): arms are serving-bundle versions, shares of traffic per arm
+    plus a holdout, guardrails of the decision (registry.experiments.Guardrails), and its state."""
+
+    __tablename__ = "experiments"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="running", index=True)  # running, promoted, rolled_back, stopped
+    arms: Mapped[str] = mapped_column(Text)  # JSON {arm: bundle version}
+    shares: Mapped[str] = mapped_column(Text)  # JSON {arm: share of all traffic}
+    holdout: Mapped[float] = mapped_column(Float, default=0.0)  # share served the champion, outside the test
+    control: Mapped[str] = mapped_column(String(40))  # the arm serving the champion
+    guardrails: Mapped[str] = mapped_column(Text, default="{}")  # JSON registry.experiments.Guardrails
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    decision: Mapped[str | None] = mapped_column(Text)  # JSON of the last evaluation (running p-values too)
+
+
+class Impression(Base):
+    """One recommendation response: its id is the response's `recommendation_id`. The items are kept as
+    comma-separated product ids in one column, not a row per item: one small insert per response."""
+
+    __tablename__ = "impressions"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    experiment_id: Mapped[str | None] = mapped_column(String(64))
+    arm: Mapped[str] = mapped_column(String(40))
+    customer_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    items: Mapped[str] = mapped_column(Text, default="")
+    __table_args__ = (Index("ix_impressions_experiment_arm", "experiment_id", "arm"),)
+
+
+# Columns added to tables after their first release: init_db adds them to databases created before.
+ATTRIBUTION_COLUMNS = {"interactions": ("recommendation_id", "position")}
 
 
 class ApiKey(Base):
@@ -205,6 +245,7 @@ class Store:
                     if self.schema:
                         conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
                     Base.metadata.create_all(conn)
+                    _add_missing_columns(conn, self.schema)
                 break
             except (OperationalError, ProgrammingError, IntegrityError) as exc:
                 # Several gunicorn workers start at once; the loser of a CREATE race retries once.
@@ -343,6 +384,28 @@ class Store:
         if self._lock_fd is not None and self._lock_pid == os.getpid():
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _add_missing_columns(conn: Connection, schema: str | None) -> None:
+    """ALTER TABLE ... ADD COLUMN for the ATTRIBUTION_COLUMNS a database created before them lacks
+    (create_all makes missing tables only). Nullable columns: old rows read as "not attributed"."""
+    from sqlalchemy import inspect
+    from sqlalchemy.schema import CreateColumn
+
+    inspector = inspect(conn)
+    for table_name, names in ATTRIBUTION_COLUMNS.items():
+        table = Base.metadata.tables[table_name]
+        have = {c["name"] for c in inspector.get_columns(table_name, schema=schema)}
+        qualified = f'"{schema}".{table_name}' if schema else table_name
+        for name in names:
+            if name in have:
+                continue
+            column_sql = CreateColumn(table.c[name]).compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {qualified} ADD COLUMN {column_sql}"))
+            log.info("added column %s.%s", table_name, name)
+        if "recommendation_id" in names and "recommendation_id" not in have:
+            conn.execute(text(f"CREATE INDEX IF NOT EXISTS ix_{table_name}_recommendation_id "
+                              f"ON {qualified} (recommendation_id)"))
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

@@ -1,6 +1,6 @@
 """REST API latency and throughput under gunicorn, ranking on a real local Triton, against a bare-Flask floor.
 
-    make bench-api        # installs Debian's wrk if missing, then: python bench/api_latency.py --workdir /tmp/api_bench
+    make bench-api        # installs Debian's wrk if missing, then: python -m bench.api_latency --workdir /tmp/api_bench
 
 One run builds everything from `etl.synthetic` data: ETL workflow, a small DLRM trained for one epoch,
 a serving bundle, a local Triton (serving.local_triton) and a SQLite store with a 10k-product catalogue.
@@ -36,11 +36,12 @@ import urllib.parse
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import report
+
+ROOT = report.REPO
 FLOOR_BODY = [{"product_id": i, "score": 1.0 / (i + 1)} for i in range(10)]
 API_KEY = "bench-" + "k" * 32
 log = logging.getLogger("bench.api_latency")
@@ -68,7 +69,6 @@ def free_port() -> int:
 # ---------------------------------------------------------------- building the data, model and store
 def build_world(workdir: Path, n_events: int, n_users: int, n_products: int) -> dict[str, Any]:
     """Synthetic events -> ETL -> 1-epoch DLRM -> serving bundle; SQLite store seeded with every product."""
-    sys.path.insert(0, str(ROOT))
     import pandas as pd
     from sqlalchemy import insert, select
 
@@ -369,7 +369,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=20, help="seconds per closed-loop run")
     parser.add_argument("--rates", default="200,50", help="open-loop requests/s for recommendations (comma list)")
     parser.add_argument("--open-duration", type=float, default=30.0, help="seconds of the open-loop run")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "api_latency.json")
+    report.add_common_options(parser, report.RESULTS / "api_latency.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rates = [float(r) for r in args.rates.split(",")]
@@ -380,7 +380,6 @@ def main() -> None:
     # Other work on the machine shares the 2 cores; record how busy it was.
     load_at_start = round(os.getloadavg()[0], 2)
     log.info("world: %s", {k: v for k, v in world.items() if k not in ("customers", "products")})
-    sys.path.insert(0, str(ROOT))
     from serving.local_triton import start_server, stop_server
 
     state = args.workdir / "triton"
@@ -394,8 +393,8 @@ def main() -> None:
     logs = args.workdir / "gunicorn.log"
     api = Gunicorn("api.wsgi:app", args.workers, args.worker_class, args.worker_threads, env, ROOT, logs,
                    config="python:api.gunicorn_conf")
-    floor = Gunicorn("api_latency:floor_app()", args.workers, args.worker_class, args.worker_threads, env,
-                     ROOT / "bench", logs)
+    floor = Gunicorn("bench.api_latency:floor_app()", args.workers, args.worker_class, args.worker_threads, env,
+                     ROOT, logs)
     script = args.workdir / "load.lua"
     script.write_text(WRK_LUA)
     customers, products = args.workdir / "customers.txt", args.workdir / "products.txt"
@@ -427,10 +426,8 @@ def main() -> None:
         floor.stop()
         stop_server(state)
 
-    git_sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=False).stdout.strip()
-    common = {"device": "cpu-2core", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha}
+    common = {"device": "cpu-2core", "command": report.command("bench.api_latency"), "date": report.now(),
+              "git_sha": args.git_sha or report.git_sha(short=True)}
     base = {"load_average_1m_at_start": load_at_start, "server": " ".join(api.command[3:-1]), "database": "sqlite (WAL, group commit)", "transport": "loopback",
             "auth": "on", "rate_limit": "on (10000000 per minute, memory)", "catalogue_products": world["n_products"],
             "customers": len(world["customers"]), "seed_interactions": world["interactions"], "candidates_per_request": 200,

@@ -7,7 +7,7 @@ without the retained heap every step maps and faults them in afresh (~31k faults
 2-core EPYC), with it nearly none. The allocator setting is process-wide, so each side runs in
 its own process.
 
-    python bench/cpu_heap_faults.py            # prints one line per side
+    python -m bench.cpu_heap_faults            # prints one line per side
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+from bench.report import REPO
 
 _ONE_SIDE = """
-import json, resource, sys, torch
-sys.path.insert(0, {repo!r})
+import json, resource, torch
 from models.dlrm import DLRM, DLRMConfig
 from training.fastpath import FastPath, StepOptions, TrainStep
 cards = (50_000, 20_000, 30_000, 7, 1000, 5000, 300, 80_000)
@@ -48,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args(argv)
     for retain in (True, False):
-        code = _ONE_SIDE.format(repo=str(REPO), retain=retain, steps=args.steps)
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        code = _ONE_SIDE.format(retain=retain, steps=args.steps)  # `-c` from the repository root imports it
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
         faults = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"retain_heap={retain}: median {statistics.median(faults):.0f} minor faults per step ({faults})")
     return 0

@@ -1,6 +1,6 @@
 """ETL throughput on the Criteo layout: Parquet -> fit + transform -> Parquet, three engines.
 
-    python bench/etl_throughput.py --rows 2000000 --workdir /tmp/etl_bench
+    python -m bench.etl_throughput --rows 2000000 --workdir /tmp/etl_bench
 
 Ops: FillMissing(0) -> LogOp -> Normalize on I1-I13; Categorify by frequency on C1-C26. Engines:
 `bench/arrow_engine.py` (ours), plain pandas and polars (lazy), each in its own process so peak RSS is
@@ -16,7 +16,6 @@ import resource
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.report import REPO, RESULTS, add_common_options, append_results, command, git_sha, now
 
 DENSE = [f"I{i}" for i in range(1, 14)]
 SPARSE = [f"C{i}" for i in range(1, 27)]
@@ -122,8 +120,8 @@ def _measure(engine: str, src: Path, workdir: Path, repeats: int) -> dict:
     for r in range(repeats):
         dst = workdir / f"out_{engine}_{r}" / "part-00000.parquet"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([sys.executable, __file__, "--child", engine, "--input", str(src),
-                               "--output", str(dst)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "bench.etl_throughput", "--child", engine, "--input", str(src),
+                               "--output", str(dst)], cwd=REPO, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"{engine} failed:\n{proc.stderr[-3000:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -147,7 +145,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/etl_throughput"))
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "etl_throughput.json")
+    add_common_options(parser, RESULTS / "etl_throughput.json")
     parser.add_argument("--child", choices=sorted(ENGINES))
     parser.add_argument("--input", type=Path)
     parser.add_argument("--output", type=Path)
@@ -165,8 +163,7 @@ def main() -> int:
     results = {name: _measure(name, src, args.workdir, args.repeats) for name in ENGINES}
     agree = {name: _same_encoding(results["ours"]["output"], results[name]["output"])
              for name in ("pandas", "polars")}
-    git_sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True).stdout.strip()
+    sha = args.git_sha or git_sha()
     ours_rate = args.rows / results["ours"]["seconds"]
     records = []
     for baseline in ("polars", "pandas"):
@@ -178,15 +175,11 @@ def main() -> int:
             "config": {**config, "baseline_engine": baseline,
                        "same_encoding_as_baseline": agree[baseline]},
             "device": f"cpu-{len(os.sched_getaffinity(0))}core",
-            "command": "python bench/etl_throughput.py " + " ".join(sys.argv[1:]),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "git_sha": git_sha,
+            "command": command("bench.etl_throughput"), "date": now(), "git_sha": sha,
             "peak_rss_mb": round(results["ours"]["peak_rss_mb"]),
             "baseline_peak_rss_mb": round(results[baseline]["peak_rss_mb"]),
         })
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    earlier = json.loads(args.results.read_text()) if args.results.exists() else []  # keep every run
-    args.results.write_text(json.dumps(earlier + records, indent=2) + "\n")
+    append_results(args.out, records)
     print(json.dumps(records, indent=2))
     return 0
 

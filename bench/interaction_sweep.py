@@ -8,23 +8,21 @@ backward are timed apart). Appends one row per config and way of reading the row
 `bench/results/interaction_sweep.json`; the launch table by row width
 (`training/fastpath/launch.py`: `INTERACTION_WIDE_ROWS`, `INTERACTION_NARROW_ROWS`) comes from here.
 
-    python bench/interaction_sweep.py --git-sha $(git rev-parse --short HEAD)
-    python bench/interaction_sweep.py --configs b --samples 8,16 --warps 1,2,4 --stages 3 --columns 32,64,128
+    python -m bench.interaction_sweep --git-sha $(git rev-parse --short HEAD)
+    python -m bench.interaction_sweep --configs b --samples 8,16 --warps 1,2,4 --stages 3 --columns 32,64,128
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import REPO, append_results, configs, device_name, git_sha, make_batches  # noqa: E402
+from bench.report import RESULTS, add_common_options, append_results, command, git_sha, now
+from bench.train_throughput import configs, device_name, make_batches
 
 
 def cuda_ms(fn, n: int = 20) -> float:  # noqa: ANN001
@@ -97,13 +95,12 @@ def summarise(key: str, batch: int, found: list[dict], meta: dict) -> list[dict]
 
 
 def sweep_parser(doc: str, results: str) -> argparse.ArgumentParser:
-    """The options every kernel sweep takes; results: the file under bench/results/."""
+    """The options every kernel sweep takes; results: the file under bench/results/, named as the sweep."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="b,a")
     parser.add_argument("--batch-size", type=int, default=65536)
-    parser.add_argument("--git-sha", default=None, help="recorded as git_sha (the GPU machine has no .git)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / results)
-    return parser
+    parser.set_defaults(module="bench." + results.removesuffix(".json"))
+    return add_common_options(parser, RESULTS / results)
 
 
 def run_sweeps(args: argparse.Namespace, rows_for: Callable[[str, dict], list[dict]]) -> int:
@@ -115,8 +112,7 @@ def run_sweeps(args: argparse.Namespace, rows_for: Callable[[str, dict], list[di
     import triton
 
     meta = {"device": device_name(torch.device("cuda")), "torch": torch.__version__, "triton": triton.__version__,
-            "command": " ".join(["python", *sys.argv]),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_sha": args.git_sha or git_sha()}
+            "command": command(args.module), "date": now(), "git_sha": args.git_sha or git_sha()}
     rows = []
     for key in args.configs.split(","):
         rows += rows_for(key, meta)

@@ -13,30 +13,24 @@ Writes one JSON object per figure to bench/results/loader_throughput.json. Needs
 numpy, pandas and pyarrow when `--data` points at an existing ETL output (the GPU machine);
 `--generate N` builds one here first with `etl` (which needs dask).
 
-    python bench/loader_throughput.py --generate 1000000
-    python bench/loader_throughput.py --data DIR --device cuda --git-sha abc123
+    python -m bench.loader_throughput --generate 1000000
+    python -m bench.loader_throughput --data DIR --device cuda --git-sha abc123
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench import report
+from training.data import Batch, BatchIterator, InteractionTensors, load_schema, load_split
 
-from training.data import Batch, BatchIterator, InteractionTensors, load_schema, load_split  # noqa: E402
-
-RESULTS = REPO / "bench" / "results" / "loader_throughput.json"
+RESULTS = report.RESULTS / "loader_throughput.json"
 
 
 def _sync(device: torch.device) -> None:
@@ -118,12 +112,9 @@ def generate_etl(n_events: int, into: Path) -> Path:
 
 
 def record(entries: list[dict], device_name: str, command: str, git_sha: str, config: dict) -> None:
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    meta = {"device": device_name, "command": command, "date": stamp, "git_sha": git_sha,
-            "config": config, "versions": {"python": platform.python_version(), "torch": torch.__version__}}
-    existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(existing + [meta | e for e in entries], indent=2) + "\n")
+    meta = {"device": device_name, "command": command, "date": report.now(), "git_sha": git_sha,
+            "config": config, "versions": report.versions("torch")}
+    report.append_results(RESULTS, [meta | e for e in entries])
 
 
 def entry(metric: str, value: float, baseline: float) -> dict:
@@ -143,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.data is None) == (args.generate is None):
         parser.error("give exactly one of --data and --generate")
-    git_sha = args.git_sha or subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                             capture_output=True, text=True).stdout.strip() or "unknown"
+    git_sha = args.git_sha or report.git_sha(short=True)
     tmp = tempfile.TemporaryDirectory()
     etl_dir = args.data or generate_etl(args.generate, Path(tmp.name))
     device = torch.device(args.device)
@@ -178,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             entry("batches_gpu_streamed_vs_plain_dataloader", streamed, plain),
         ]
         name = torch.cuda.get_device_name(device)
-    record(entries, name, "python bench/loader_throughput.py " + " ".join(argv or sys.argv[1:]), git_sha, config)
+    record(entries, name, report.command("bench.loader_throughput", argv), git_sha, config)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / RESULTS.name).write_text(RESULTS.read_text())

@@ -1,7 +1,7 @@
 """Recommendation quality on the full catalogue: the served path against classic baselines, per data set.
 
-    python bench/quality.py                       # every data set, appends to bench/results/quality.json
-    python bench/quality.py --datasets instacart --max-users 2000
+    python -m bench.quality                       # every data set, appends to bench/results/quality.json
+    python -m bench.quality --datasets instacart --max-users 2000
 
 For each data set: a per-user temporal holdout (each user's last 20% of sessions), items seen in
 training excluded (the API's default), relevant = test carts and purchases. The served recommender
@@ -16,25 +16,16 @@ popularity bias and wall time in `figures`. Hyperparameters are the defaults of 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
 import os
-import platform
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.report import RESULTS, add_common_options, append_results, stamp
 
 log = logging.getLogger("bench.quality")
-RESULTS = REPO / "bench" / "results" / "quality.json"
 
 
 def synthetic_events(seed: int = 7) -> tuple[pd.DataFrame, Callable | None]:
@@ -57,15 +48,7 @@ DATASETS: dict[str, Callable[[], tuple[pd.DataFrame, object]]] = {
 }
 
 
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def run(name: str, max_users: int | None, k: int) -> list[dict]:
+def run(name: str, max_users: int | None, k: int, sha: str | None = None) -> list[dict]:
     from training.compare import SERVED, compare, oracle_scorer
     from training.quality import build_task, user_holdout
     from training.ranker import RankerConfig, fit_recommender
@@ -88,8 +71,7 @@ def run(name: str, max_users: int | None, k: int) -> list[dict]:
     best_ndcg = float(comparison.results[best].metrics.ndcg.mean())
     common = {
         "benchmark": "quality", "unit": "ndcg@10", "device": f"cpu-{os.cpu_count()}core",
-        "command": " ".join(["python", *sys.argv]), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": _git_sha(), "versions": {"python": platform.python_version(), "numpy": np.__version__},
+        **stamp("bench.quality", sha, modules=("numpy", "torch", "implicit")),
         "config": {"dataset": name, "split": "user_holdout(0.2 of sessions)", "exclude": "seen",
                    "relevant": list(task.relevant_events), "k": k, "users": len(task.users),
                    "items": task.n_items, "events": len(events), "served_mode": fitted.recommender.mode,
@@ -115,21 +97,19 @@ def main() -> int:
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {sorted(DATASETS)}")
     parser.add_argument("--max-users", type=int, default=None, help="subsample evaluated users (seeded)")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_common_options(parser, RESULTS / "quality.json")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rows: list[dict] = []
     for name in args.datasets.split(","):
-        rows += run(name.strip(), args.max_users, args.k)
+        rows += run(name.strip(), args.max_users, args.k, args.git_sha)
         for row in rows:
             if row["config"]["dataset"] == name:
                 print(f"{name:10s} {row['method']:10s} ndcg@{args.k} {row['value']:.4f}  x{row['ratio']:.2f} "
                       f"of {row['baseline_method']}  recall {row['figures'][f'recall_at_{args.k}']:.4f}")
     if not args.no_write:
-        existing = json.loads(args.out.read_text()) if args.out.exists() else []
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(existing + rows, indent=1, default=float) + "\n")
+        append_results(args.out, rows)
     return 0
 
 

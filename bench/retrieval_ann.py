@@ -9,32 +9,25 @@ Vectors: a two-tower of the project's default size (dim 32 + bias slot) with ran
 tastes vary and item vectors drawn around 200 cluster centres (learnt item vectors cluster by
 category); the timings do not depend on the values, the recall does a little.
 
-    python bench/retrieval_ann.py --sizes 50000,200000,1000000
+    python -m bench.retrieval_ann --sizes 50000,200000,1000000
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench.train_throughput import append_results, git_sha  # noqa: E402
-from models.two_tower import TwoTower, TwoTowerConfig  # noqa: E402
-from serving.candidate_index import CandidateIndex  # noqa: E402
+from bench.report import RESULTS, add_common_options, append_results, command, git_sha, now
+from models.two_tower import TwoTower, TwoTowerConfig
+from serving.candidate_index import CandidateIndex
 
 log = logging.getLogger("bench.retrieval_ann")
-RESULTS = REPO / "bench" / "results" / "retrieval_ann.json"
 
 
 def catalogue(n_items: int, n_users: int, seed: int = 0) -> tuple[TwoTower, np.ndarray, torch.Tensor]:
@@ -63,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="50000,200000,1000000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_common_options(parser, RESULTS / "retrieval_ann.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
@@ -86,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                        "index": f"faiss IVF-Flat inner product, nprobe {ivf._ann.nprobe} of {ivf._ann.nlist} lists",  # type: ignore[attr-defined]
                        "baseline": "exact: torch matmul + topk (CandidateIndex below ANN_MIN_ITEMS)"},
             "device": f"cpu-{torch.get_num_threads()}core {platform.processor() or platform.machine()}",
-            "torch": torch.__version__, "command": "python " + " ".join(sys.argv),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha(),
+            "torch": torch.__version__, "command": command("bench.retrieval_ann", argv),
+            "date": now(), "git_sha": args.git_sha or git_sha(),
         })
     append_results(args.out, rows)
     for row in rows:

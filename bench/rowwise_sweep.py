@@ -9,20 +9,18 @@ warps x chunks per program. Appends one row per config to `bench/results/rowwise
 the launch table by row width (`training/fastpath/launch.py`: `ROWWISE_WIDE_ROWS`,
 `ROWWISE_NARROW_ROWS`) comes from here.
 
-    python bench/rowwise_sweep.py --git-sha $(git rev-parse --short HEAD)
+    python -m bench.rowwise_sweep --git-sha $(git rev-parse --short HEAD)
 """
 
 from __future__ import annotations
 
 import itertools
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from interaction_sweep import cuda_ms, run_sweeps, sweep_parser  # noqa: E402
-from train_throughput import configs, make_batches  # noqa: E402
+from bench.interaction_sweep import cuda_ms, run_sweeps, sweep_parser
+from bench.train_throughput import configs, make_batches
 
 
 def sweep(key: str, batch: int) -> list[dict]:

@@ -1,6 +1,6 @@
 """Request-time cost of the sequential source: one customer's events -> ordered sequence -> next-item scores.
 
-    python bench/sequential_latency.py [--items 10000] [--requests 2000]
+    python -m bench.sequential_latency [--items 10000] [--requests 2000]
 
 What the API worker adds per recommendation when the sequential source is served: building the
 sequence from the customer's events (`Recommender.sequences`) and scoring the whole catalogue with
@@ -13,25 +13,19 @@ and p99 to bench/results/sequential_latency.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-RESULTS = REPO / "bench" / "results" / "sequential_latency.json"
+from bench.report import RESULTS, add_common_options, append_results, stamp
+
+OUT = RESULTS / "sequential_latency.json"
 
 
 def main() -> int:
-    import onnxruntime
     import torch
 
     from models.sequential import SASRec, SASRecConfig, SequentialScorer
@@ -44,6 +38,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2_000)
     parser.add_argument("--events", type=int, default=60, help="events per customer")
     parser.add_argument("--no-write", action="store_true")
+    add_common_options(parser, OUT)
     args = parser.parse_args()
     c = SequentialConfig()
     torch.manual_seed(0)
@@ -69,11 +64,8 @@ def main() -> int:
             return np.array(out) * 1000.0
 
         onnx_ms, torch_ms = measure(onnx_scorer), measure(torch_scorer)
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     common = {"benchmark": "sequential_latency", "unit": "ms", "device": f"cpu-{os.cpu_count()}core",
-              "command": " ".join(["python", *sys.argv]), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "git_sha": sha, "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                                           "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
+              **stamp("bench.sequential_latency", args.git_sha, modules=("numpy", "torch", "onnxruntime")),
               "config": {"items": args.items, "requests": args.requests, "events_per_customer": args.events,
                          "max_len": c.max_len, "dim": c.dim, "layers": c.layers, "heads": c.heads,
                          "baseline": "the same model in PyTorch eager, one thread"}}
@@ -84,8 +76,7 @@ def main() -> int:
                               "ratio": base / value})
         print(f"p{q}: onnx {value:.3f} ms, torch {base:.3f} ms")
     if not args.no_write:
-        existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-        RESULTS.write_text(json.dumps(existing + rows, indent=1) + "\n")
+        append_results(args.out, rows)
     return 0
 
 

@@ -14,13 +14,12 @@ with N, so each figure has its 1-GPU baseline from the same run:
 Appends one JSON object per figure to bench/results/train_multi_gpu.json. Needs only torch (and
 pyarrow for the quality data), so it runs on the bare GPU machine:
 
-    python bench/train_multi_gpu.py --gpus 2 --data DATA --git-sha $(git rev-parse --short HEAD)
+    python -m bench.train_multi_gpu --gpus 2 --data DATA --git-sha $(git rev-parse --short HEAD)
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
@@ -34,15 +33,12 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench.train_throughput import N_DENSE, append_results, configs, git_sha  # noqa: E402
-from training.distributed import ShardedDLRM, ShardedStepConfig, end_rank, init_process_group, sync  # noqa: E402
-from models.dlrm import DLRMConfig  # noqa: E402
+from bench.report import REPO, RESULTS, add_common_options, append_results, command, git_sha, now
+from bench.train_throughput import N_DENSE, configs
+from models.dlrm import DLRMConfig
+from training.distributed import ShardedDLRM, ShardedStepConfig, end_rank, init_process_group, sync
 
 log = logging.getLogger("bench.train_multi_gpu")
-RESULTS = REPO / "bench" / "results" / "train_multi_gpu.json"
 
 
 # ---------------------------------------------------------------- workers (one per GPU, torchrun)
@@ -183,7 +179,7 @@ def quality(data: Path, gpus: int, args: argparse.Namespace, tmp: Path) -> dict:
 
 
 def scaling(gpus: int, config: str, batch: int, precision: str, args: argparse.Namespace, tmp: Path) -> dict:
-    rates = {n: torchrun(n, [str(Path(__file__)), "worker", "scaling", "--config", config, "--batch-size", str(batch),
+    rates = {n: torchrun(n, ["-m", "bench.train_multi_gpu", "worker", "scaling", "--config", config, "--batch-size", str(batch),
                              "--steps", str(args.steps), "--precision", precision, *(["--profile"] if args.profile else [])],
                          tmp / f"scaling{config}{batch}{n}.json") for n in (1, gpus)}
     one, many = rates[1]["samples_per_s"], rates[gpus]["samples_per_s"]
@@ -198,7 +194,7 @@ def scaling(gpus: int, config: str, batch: int, precision: str, args: argparse.N
 
 
 def memory(gpus: int, args: argparse.Namespace, tmp: Path) -> dict:
-    runs = {n: torchrun(n, [str(Path(__file__)), "worker", "memory", "--cap-gib", str(args.cap_gib),
+    runs = {n: torchrun(n, ["-m", "bench.train_multi_gpu", "worker", "memory", "--cap-gib", str(args.cap_gib),
                             "--big-rows", str(args.big_rows)], tmp / f"memory{n}.json") for n in (1, gpus)}
     return {
         "benchmark": "train_multi_gpu", "metric": "trains_table_larger_than_gpu_memory_cap",
@@ -229,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="scaling: print the top ops of rank 0")
     parser.add_argument("--cap-gib", type=float, default=8.0)
     parser.add_argument("--big-rows", type=int, default=24_000_000, help="rows of the dim-128 table (24M: 12.3 GB)")
-    parser.add_argument("--git-sha", default=None)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_common_options(parser, RESULTS / "train_multi_gpu.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.gpus < 2 or not torch.cuda.is_available():
@@ -238,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = args.parts.split(",")
     meta = {"device": f"{args.gpus}x {torch.cuda.get_device_name(0)}", "torch": torch.__version__,
             "nccl": ".".join(map(str, torch.cuda.nccl.version())), "git_sha": args.git_sha or git_sha(),
-            "command": "python " + " ".join([sys.argv[0], *argv])}
+            "command": command("bench.train_multi_gpu", argv)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -249,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                      for b in args.batch_sizes.split(",") for p in args.precisions.split(",")]
         if "memory" in parts:
             rows.append(memory(args.gpus, args, tmp))
-    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    date = now()
     rows = [row | meta | {"date": date} for row in rows]
     append_results(args.out, rows)
     for row in rows:

@@ -4,9 +4,9 @@ Two steps, so the GPU machine (no dask, so no `etl`) can run the second one:
 
     # here, with the project venv: oracle AUC on valid/test from the truth, and a compact copy of
     # the ETL output (needed columns only, rows sorted by user/product, zstd) that travels cheaply
-    python bench/train_quality.py prepare --raw RAW_DIR --etl ETL_DIR --out DATA_DIR
+    python -m bench.train_quality prepare --raw RAW_DIR --etl ETL_DIR --out DATA_DIR
     # anywhere with torch: train with training.train() and compare AUCs with the oracle
-    python bench/train_quality.py run --data DATA_DIR --events 1000000 --device cpu --epochs 4
+    python -m bench.train_quality run --data DATA_DIR --events 1000000 --device cpu --epochs 4
 
 Sorting the rows changes nothing a model sees: the trainer shuffles every epoch and AUC ignores
 row order. `run` appends one object per split to `bench/results/train_quality.json` with
@@ -16,7 +16,6 @@ row order. `run` appends one object per split to `bench/results/train_quality.js
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import sys
@@ -24,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.report import RESULTS, add_common_options, append_results, command, git_sha, now
 
 log = logging.getLogger("bench.train_quality")
 SPLITS = ("train", "valid", "test")
@@ -100,8 +98,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             "config": {"events": args.events, "generator": generator, "train_config": config.to_dict(), "best_epoch": result.best_epoch,
                        "history": result.history, "train_seconds": seconds, "torch": torch.__version__},
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{torch.get_num_threads()}core",
-            "command": "python " + " ".join(sys.argv),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_sha": args.git_sha,
+            "command": command("bench.train_quality"), "date": now(), "git_sha": args.git_sha or git_sha(),
         }
         rows.append(row)
         log.info("%s AUC %.4f vs oracle %.4f (gap %.4f)", split, model_auc, oracle[split], row["gap"])
@@ -131,17 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     go.add_argument("--warmup-steps", type=int, default=0)
     go.add_argument("--seed", type=int, default=0)
     go.add_argument("--target-gap", type=float, default=0.005)
-    go.add_argument("--git-sha", default="unknown")
-    go.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_quality.json")
+    add_common_options(go, RESULTS / "train_quality.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.command == "prepare":
         print(json.dumps(prepare(args.raw, args.etl, args.out), indent=2))
         return 0
     rows = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    existing = json.loads(args.out.read_text()) if args.out.exists() and args.out.read_text().strip() else []
-    args.out.write_text(json.dumps(existing + rows, indent=2) + "\n")
+    append_results(args.out, rows)
     for row in rows:
         print(f"{row['metric']:<10} model {row['value']:.4f}  oracle {row['baseline']:.4f}  gap {row['gap']:+.4f}"
               f"  (target <= {row['target_gap']}: {'met' if row['meets_target'] else 'missed'})")

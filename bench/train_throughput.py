@@ -14,19 +14,16 @@ take turns repeat by repeat. The baseline is built like the reference DLRM: one
 
 Only torch (and triton on CUDA) and the standard library are imported besides `training`, so it
 runs on the bare GPU machine. Usage:
-    python bench/train_throughput.py                # full Criteo-Kaggle sizes on CUDA, CPU sizes otherwise
-    python bench/train_throughput.py --quick        # small tables and batches, minutes on a laptop CPU
-    python bench/train_throughput.py --check --variants fast,no_pad,torch_sparse --git-sha SHA
+    python -m bench.train_throughput                # full Criteo-Kaggle sizes on CUDA, CPU sizes otherwise
+    python -m bench.train_throughput --quick        # small tables and batches, minutes on a laptop CPU
+    python -m bench.train_throughput --check --variants fast,no_pad,torch_sparse --git-sha SHA
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -37,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.report import RESULTS, add_common_options, append_results, command, git_sha, now
 
 from models.dlrm import DLRM, DLRMConfig, mlp  # noqa: E402
 from training.fastpath import (  # noqa: E402
@@ -200,16 +196,6 @@ def measure(
     return rates
 
 
-def git_sha() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "models", "training", "bench/train_throughput.py"],
-                               cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -235,12 +221,6 @@ def cpu_identity() -> dict[str, object]:
             a @ b
         info[f"gemm_2048x512x512_{str(dtype).split('.')[1]}_gflops"] = 2 * 2048 * 512 * 512 * n / (time.perf_counter() - began) / 1e9
     return info
-
-
-def append_results(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    existing = json.loads(path.read_text()) if path.exists() and path.read_text().strip() else []
-    path.write_text(json.dumps(existing + rows, indent=2) + "\n")
 
 
 def release() -> None:
@@ -369,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--check", action="store_true", help="CUDA: check the fused kernels and step against references first")
     parser.add_argument("--profile", default=None, type=Path, help="CUDA: write the top kernels of config b's step here")
-    parser.add_argument("--git-sha", default=None, help="recorded as git_sha (the GPU machine has no .git)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_throughput.json")
+    add_common_options(parser, RESULTS / "train_throughput.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -392,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     heap_retained = retain_freed_memory() if not cuda else False
     cpu = cpu_identity() if not cuda else {}
     variants = args.variants.split(",")
-    sha = args.git_sha or git_sha()
+    sha = args.git_sha or git_sha(dirty_paths=("models", "training", "bench/train_throughput.py"))
     checks: dict[str, list[dict]] = {}
     if args.check and cuda:
         checks = {"fused_adagrad": check_fused_adagrad(device), "step_equivalence": check_step_equivalence(device)}
@@ -449,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             row = {
                 "benchmark": "train_throughput", "metric": "samples_per_s", "value": value, "unit": "samples/s",
                 "baseline": baseline, "ratio": value / baseline if baseline else None, "config": config,
-                "device": device_name(device), "command": "python " + " ".join(sys.argv),
-                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_sha": sha,
+                "device": device_name(device), "command": command("bench.train_throughput", argv), "date": now(),
+                "git_sha": sha,
             }
             if cuda:
                 row["peak_gpu_mem_bytes"] = peaks[variants[0]]

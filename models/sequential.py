@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contracts import EVENT_CODES
 from models import ModelError
 
 _MASKED = -1e9  # additive attention bias of a masked key: finite, so no row ever becomes NaN
@@ -36,6 +35,7 @@ class SASRecConfig:
     heads: int = 2
     layers: int = 2
     dropout: float = 0.2
+    n_kinds: int = 8  # event-type codes (contracts.EVENT_CODES) below this; 0 is padding / unknown
 
     def __post_init__(self) -> None:
         if min(self.n_items, self.max_len, self.dim, self.heads, self.layers) < 1 or self.dim % self.heads:
@@ -83,7 +83,7 @@ class SASRec(nn.Module):
         super().__init__()
         self.config = config
         self.items = nn.Embedding(config.n_items + 1, config.dim, padding_idx=0)
-        self.kinds = nn.Embedding(len(EVENT_CODES) + 1, config.dim, padding_idx=0)
+        self.kinds = nn.Embedding(config.n_kinds, config.dim, padding_idx=0)
         self.positions = nn.Embedding(config.max_len, config.dim)
         self.blocks = nn.ModuleList(_Block(config.dim, config.heads, config.dropout) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.dim)
@@ -147,7 +147,7 @@ def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, table: tor
 @dataclass(eq=False)
 class SequentialScorer:
     """The fitted SASRec as a candidate source: `score_sequences` for ordered events (what the
-    recommender passes), `score` for a bag of interactions (their items, unordered, as views)."""
+    recommender passes), `score` for a bag of interactions (their items, unordered, types unknown)."""
 
     model: SASRec
     batch: int = 512
@@ -189,7 +189,7 @@ class SequentialScorer:
             cols = rows.indices[rows.indptr[r]:rows.indptr[r + 1]][-self.max_len:]
             if len(cols):
                 items[r, -len(cols):] = cols + 1
-        return self.score_sequences(items, np.where(items > 0, EVENT_CODES["view"], 0))
+        return self.score_sequences(items, np.zeros_like(items))  # event types unknown
 
     def __getstate__(self) -> dict:  # weights and config, not the module object
         return {"config": asdict(self.model.config), "state": {k: v.cpu() for k, v in self.model.state_dict().items()},

@@ -121,6 +121,7 @@ def _deploy_local(packaged: Stage, settings: Settings) -> Stage:
         grpc_port=settings.triton_grpc_port,
         state_dir=state_dir,
         model_name=settings.triton_model_name,
+        also=_experiment_bundles(settings, Path(packaged["bundle"])),
     )
     try:
         smoke_test(Path(packaged["bundle"]), handle.http_url, settings.triton_model_name)
@@ -132,11 +133,35 @@ def _deploy_local(packaged: Stage, settings: Settings) -> Stage:
                 grpc_port=settings.triton_grpc_port,
                 state_dir=state_dir,
                 model_name=settings.triton_model_name,
+                also=_experiment_bundles(settings, previous),
             )
             raise DeployError(f"smoke test failed ({exc}); rolled back to {previous.name}") from exc
         raise DeployError(f"smoke test failed ({exc}); no previous deployment to roll back to") from exc
     _point_current(current, Path(packaged["bundle"]))
     return {"version": packaged["version"], "target": "local", "endpoint": handle.http_url}
+
+
+def _experiment_bundles(settings: Settings, deployed: Path) -> list[Path]:
+    """Bundles of the running experiment's arms other than `deployed`: a deploy while an experiment runs
+    keeps them loaded in the restarted Triton, so its arms go on ranking. [] when none runs (or the API's
+    database cannot be read: the deploy itself must not depend on it)."""
+    try:
+        from api.experiments import running
+        from api.store import Store
+
+        store = Store(settings.database_url)
+        try:
+            row = running(store)
+        finally:
+            store.dispose()
+    except Exception as exc:  # noqa: BLE001 - a missing or unreachable API database means no experiment
+        log.info("deploy: no running experiment read (%s)", exc)
+        return []
+    if row is None:
+        return []
+    versions = json.loads(row.arms).values()
+    bundles = [settings.serving_dir / v for v in versions if (settings.serving_dir / v / "deployment.json").is_file()]
+    return [b for b in bundles if b.resolve() != deployed.resolve()]
 
 
 def _deploy_sagemaker(packaged: Stage, settings: Settings) -> Stage:
@@ -148,8 +173,9 @@ def _deploy_sagemaker(packaged: Stage, settings: Settings) -> Stage:
     return {"version": packaged["version"], "target": "sagemaker", "endpoint": result.endpoint_name}
 
 
-def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64) -> None:
-    """Score a random valid batch through Triton and compare with onnxruntime on the same file."""
+def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64, model_version: str = "") -> None:
+    """Score a random valid batch through Triton and compare with onnxruntime on the same file
+    (`model_version`: that version of the model, when the server holds several)."""
     import onnxruntime as ort
 
     from serving.triton_client import TritonClient
@@ -161,7 +187,7 @@ def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64) -> N
     sparse = np.stack(
         [rng.integers(0, columns[name]["cardinality"], rows) for name in schema["categorical"]], axis=1
     ).astype(np.int64)
-    served = TritonClient(url, model_name).score(dense, sparse)
+    served = TritonClient(url, model_name, model_version=model_version).score(dense, sparse)
     session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     expected = session.run(None, {"dense": dense, "sparse": sparse})[0].reshape(-1)
     if not np.allclose(served, expected, atol=1e-5):

@@ -199,6 +199,9 @@ def evaluate(run_date: str, validated: Stage, trained: Stage, settings: Settings
     out.mkdir(parents=True, exist_ok=True)
     k, best = comparison.k, comparison.best_baseline
     per_user = pd.DataFrame({"user_id": task.users} | {name: r.metrics.ndcg for name, r in comparison.results.items()})
+    champion, champion_ndcg = _versus_champion(task, comparison.results[SERVED].metrics.ndcg, settings, k)
+    if champion_ndcg is not None:
+        per_user["champion"] = champion_ndcg
     per_user.to_parquet(out / "per_user_ndcg.parquet", index=False)
     served = comparison.results[SERVED].metrics.ndcg.mean()
     versus = comparison.versus[best]
@@ -209,12 +212,44 @@ def evaluate(run_date: str, validated: Stage, trained: Stage, settings: Settings
         f"vs_baseline_ndcg_at_{k}_ci_high": versus.high,
         "cold_test_users": float(task.n_skipped_cold),
     }
-    (out / "comparison.json").write_text(json.dumps({"metrics": metrics, "best_baseline": best,
+    if champion is not None:
+        metrics |= {f"champion_ndcg_at_{k}": champion["champion"],
+                    f"vs_champion_ndcg_at_{k}_ci_low": champion["diff_ci_low"],
+                    f"vs_champion_ndcg_at_{k}_ci_high": champion["diff_ci_high"]}
+    (out / "comparison.json").write_text(json.dumps({"metrics": metrics, "best_baseline": best, "champion": champion,
                                                      "skipped": comparison.skipped}, indent=2))
     comparison_plots(comparison, out / "plots")
     log.info("evaluate: served ndcg@%d %.4f vs %s %.4f, difference interval [%+.4f, %+.4f], %d users", k, served,
              best, metrics[f"baseline_ndcg_at_{k}"], versus.low, versus.high, comparison.n_users)
-    return {"metrics": metrics, "best_baseline": best, "dir": str(out)}
+    return {"metrics": metrics, "best_baseline": best, "champion": champion, "dir": str(out)}
+
+
+def _versus_champion(task: Any, challenger_ndcg: Any, settings: Settings,
+                     k: int) -> tuple[dict[str, Any] | None, Any]:
+    """The registered champion's served path scored on tonight's task beside the challenger, paired per
+    user: (the promotion gate's evidence as plain numbers, the champion's per-user NDCG); (None, None)
+    while there is no champion. Scoring is evaluation, so it happens here, not in registry/."""
+    import tempfile
+
+    from contracts import RECOMMENDER_DIR
+    from registry.models import download_run_artifact
+    from registry.promotion import champion_version
+    from training.compare import versus_champion
+    from training.ranker import FittedRecommender
+
+    version = champion_version(settings.mlflow_tracking_uri, settings.model_name)
+    if version is None:
+        return None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = download_run_artifact(settings.mlflow_tracking_uri, settings.model_name, version, RECOMMENDER_DIR,
+                                      Path(tmp))
+        fitted = FittedRecommender.load(local)
+        per_user, diff = versus_champion(task, challenger_ndcg, fitted.recommender, fitted.scorer(), k)
+    log.info("evaluate: champion v%s on the same %d users: ndcg@%d %.4f, difference interval [%+.4f, %+.4f]",
+             version, len(per_user), k, per_user.mean(), diff.low, diff.high)
+    evidence = {"version": version, "metric": f"ndcg_at_{k}", "champion": float(per_user.mean()), "diff": diff.mean,
+                "diff_ci_low": diff.low, "diff_ci_high": diff.high, "users": int(len(per_user))}
+    return evidence, per_user
 
 
 def planted_truth(settings: Settings):  # type: ignore[no-untyped-def]
@@ -241,12 +276,12 @@ def register(
     artifacts) and register the ranker, with the recommender it ranks for, as a new version."""
     from registry import Lineage, data_hash, git_sha, log_training_run, register_model
     from registry.promotion import RUN_KEY_TAG, registered_for
-    from registry.reevaluate import RECOMMENDER_ARTIFACT
+    from contracts import RECOMMENDER_DIR
 
     artifacts = {
         "schema.json": Path(trained["schema"]),
         "workflow": Path(features["workflow"]),
-        RECOMMENDER_ARTIFACT: Path(trained["model_dir"]),
+        RECOMMENDER_DIR: Path(trained["model_dir"]),
         "eval": Path(evaluated["dir"]),
         "validation/report.json": Path(validated["report"]),
         "validation/data_docs": Path(validated["data_docs"]),
@@ -289,22 +324,19 @@ def register(
     return {"run_id": run_id, "version": str(version)}
 
 
-def promote(run_date: str, validated: Stage, evaluated: Stage, registered: Stage, settings: Settings) -> Stage:
+def promote(run_date: str, evaluated: Stage, registered: Stage, settings: Settings) -> Stage:
     """Move alias `champion` to the new version only on evidence (registry.promote): enough users, and
-    intervals above zero against the best baseline and the champion re-scored on the same users."""
-    import pandas as pd
-
+    intervals above zero against the best baseline and the champion, which `evaluate` scored on the same
+    users (the gate is handed those numbers; it scores nothing itself)."""
+    from registry import ChampionEvidence
     from registry import promote as promote_version
-    from registry.reevaluate import reevaluator
 
-    _, _, task = _nightly_task(validated, settings)
-    per_user = pd.read_parquet(Path(evaluated["dir"]) / "per_user_ndcg.parquet")
+    champion = evaluated.get("champion")
     decision = promote_version(
         settings.mlflow_tracking_uri,
         settings.model_name,
         registered["version"],
-        reevaluate=reevaluator(settings.mlflow_tracking_uri, settings.model_name, task,
-                               per_user["served"].to_numpy()),
+        versus_champion=None if champion is None else ChampionEvidence(**champion),
         min_users=settings.min_eval_users,
     )
     log.info("promote: %s (evidence %s)", decision.reason, decision.evidence)
@@ -330,7 +362,7 @@ NIGHTLY_STAGES: tuple[StageSpec, ...] = (
     StageSpec("evaluate", evaluate, ("validate", "train")),
     StageSpec("train_retrieval", train_retrieval, ("fit_workflow",)),
     StageSpec("register", register, ("validate", "fit_workflow", "train", "evaluate", "train_retrieval")),
-    StageSpec("promote", promote, ("validate", "evaluate", "register")),
+    StageSpec("promote", promote, ("evaluate", "register")),
 )
 
 

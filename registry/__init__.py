@@ -7,11 +7,13 @@ from registry.errors import (
     RegistryError,
 )
 from registry.lineage import Lineage, data_hash, git_sha
-from registry.models import download_model, set_deployment_tag
+from registry.models import download_model, download_run_artifact, set_deployment_tag
 from registry.promotion import (
     CHALLENGER,
     CHAMPION,
+    ChampionEvidence,
     PromotionDecision,
+    champion_version,
     promote,
     register_model,
     resolve_version,
@@ -28,6 +30,7 @@ from registry.tracking import (
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "ChampionEvidence",
     "Lineage",
     "MetricMissing",
     "MissingArtifact",
@@ -37,8 +40,10 @@ __all__ = [
     "SCHEMA_FILE",
     "WEIGHTS_FILE",
     "WORKFLOW_DIR",
+    "champion_version",
     "data_hash",
     "download_model",
+    "download_run_artifact",
     "git_sha",
     "log_rejected_data",
     "log_training_run",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from registry.errors import RegistryError
 from registry.models import download_model, set_deployment_tag
-from registry.promotion import promote, register_model
+from registry.promotion import ChampionEvidence, promote, register_model
 from settings import get_settings, run_command
 
 
@@ -23,7 +23,9 @@ def _parser(default_name: str) -> argparse.ArgumentParser:
     prom = commands.add_parser("promote", help="move champion to a version if it wins")
     prom.add_argument("version")
     prom.add_argument("--metric", default="ndcg_at_10")
-    prom.add_argument("--etl-dir", type=Path, help="re-evaluate the champion on this ETL output")
+    prom.add_argument("--evidence", type=Path,
+                      help="comparison.json of the nightly evaluate stage (runs/<date>/eval/), whose `champion` "
+                           "entry scored the current champion on the challenger's users")
     download = commands.add_parser("download", help="fetch a model for deployment")
     download.add_argument("ref", help="alias or version, e.g. champion or 3")
     download.add_argument("dst", type=Path)
@@ -44,13 +46,11 @@ def _run(args: argparse.Namespace, uri: str) -> None:
     if args.command == "register":
         print(register_model(uri, args.run_id, args.name))
     elif args.command == "promote":
-        reevaluate = None
-        if args.etl_dir is not None:
-            from registry.reevaluate import reevaluator
-            from training.evaluate import EvalInputs
-
-            reevaluate = reevaluator(uri, EvalInputs.from_etl_dir(args.etl_dir))
-        decision = promote(uri, args.name, args.version, args.metric, reevaluate)
+        versus = None
+        if args.evidence is not None:
+            champion = json.loads(args.evidence.read_text()).get("champion")
+            versus = None if champion is None else ChampionEvidence(**champion)
+        decision = promote(uri, args.name, args.version, args.metric, versus)
         print(json.dumps(asdict(decision), indent=2))
     elif args.command == "download":
         print(download_model(uri, f"models:/{args.name}@{args.ref}"

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mlflow.artifacts import download_artifacts
+from mlflow.exceptions import MlflowException
 
 from registry.errors import MissingArtifact, ModelNotFound
 from registry.promotion import get_version
@@ -57,6 +58,23 @@ def download_model(tracking_uri: str, model_uri: str, dst: Path | None = None) -
                 f"registry.log_training_run, re-log and register it"
             )
     logger.info("downloaded %s v%s to %s", name, mv.version, local)
+    return local
+
+
+def download_run_artifact(tracking_uri: str, model_name: str, version_or_alias: str, artifact: str,
+                          dst: Path) -> Path:
+    """Download folder or file `artifact` of the run that logged `model_name` at a version or alias
+    (e.g. contracts.RECOMMENDER_DIR, the served recommender); `MissingArtifact` when the run lacks it."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    with tracking(tracking_uri) as client:
+        mv = get_version(client, model_name, version_or_alias)
+        try:
+            local = Path(client.download_artifacts(mv.run_id, artifact, str(dst)))
+        except (MlflowException, OSError) as exc:
+            raise MissingArtifact(f"{model_name} v{mv.version} (run {mv.run_id}) has no artifact {artifact!r}: "
+                                  f"{exc}") from exc
+    logger.info("downloaded %s of %s v%s to %s", artifact, model_name, mv.version, local)
     return local
 
 

@@ -2,14 +2,14 @@
 
 A new version gets alias `challenger`. `promote` moves `champion` to it only on evidence: enough
 evaluated users, and bootstrap intervals of the paired NDCG differences to the best classic baseline
-and to the current champion (re-scored on the same users) that lie above zero.
+and to the current champion (scored on the same users by the nightly evaluate stage) that lie above
+zero. The gate only decides over numbers it is handed or that the run logged; it scores nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -25,7 +25,23 @@ logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-Reevaluate = Callable[[str], dict[str, float]]  # champion URI -> its paired comparison on the challenger's users
+
+
+@dataclass(frozen=True)
+class ChampionEvidence:
+    """The champion's served path scored on the challenger's evaluation users, paired per user.
+
+    Built by whoever evaluates (the nightly `evaluate` stage, `training.compare.versus_champion`)
+    from per-user metric arrays; the gate reads only these numbers.
+    """
+
+    version: str  # the champion version that was scored; the gate refuses evidence about another one
+    metric: str  # what was compared, e.g. "ndcg_at_10"; must be the gate's metric
+    champion: float  # its mean metric on those users
+    diff: float  # mean of (challenger - champion) per user
+    diff_ci_low: float  # bootstrap interval of that mean difference
+    diff_ci_high: float
+    users: int  # users both were scored on
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,13 @@ def get_version(client: MlflowClient, name: str, version_or_alias: str) -> Model
         ) from exc
 
 
+def champion_version(tracking_uri: str, model_name: str) -> str | None:
+    """The version alias `champion` points at; None while there is none."""
+    with tracking(tracking_uri) as client:
+        mv = _champion(client, model_name)
+        return None if mv is None else str(mv.version)
+
+
 def resolve_version(tracking_uri: str, model_name: str, version_or_alias: str) -> str:
     """The version number behind a number or an alias (`champion`, `challenger`)."""
     with tracking(tracking_uri) as client:
@@ -146,7 +169,7 @@ def promote(
     model_name: str,
     version: str,
     metric: str = "ndcg_at_10",
-    reevaluate: Reevaluate | None = None,
+    versus_champion: ChampionEvidence | None = None,
     min_users: int = 100,
 ) -> PromotionDecision:
     """Move alias `champion` to `version` only on evidence, and record why either way.
@@ -156,9 +179,9 @@ def promote(
     the bootstrap interval of the paired difference, `vs_baseline_<metric>_ci_low/_high`. The gate:
     1. fewer than `min_users` evaluated users -> not enough evidence, champion kept;
     2. the interval of (served - best baseline) must lie above 0, not merely the mean;
-    3. a current champion is re-scored by `reevaluate(champion_uri)` on the challenger's users, which
-       returns `champion_<metric>`, `diff`, `diff_ci_low`, `diff_ci_high` and `users` (paired); the
-       challenger must beat it with an interval above 0. Without `reevaluate` it is not promoted.
+    3. a current champion must have been scored on the challenger's users: `versus_champion`, evidence
+       about that very version (paired difference and its interval); the challenger must beat it with
+       an interval above 0. Without such evidence it is not promoted (fail closed).
     The decision and its evidence are tags `promotion.*` on the version and its run.
     """
     with tracking(tracking_uri) as client:
@@ -199,17 +222,22 @@ def promote(
                                 f"interval [{low:+.4f}, {high:+.4f}] over {users:.0f} users", None)
         if str(champion_mv.version) == str(mv.version):
             return decide(False, f"version {mv.version} is already the champion", score)
-        uri = f"models:/{model_name}/{champion_mv.version}"
-        if reevaluate is None:
+        if versus_champion is None:
             # Fail closed: a challenger that cannot be compared on the same users does not take over.
             return decide(False, f"champion v{champion_mv.version} not re-evaluated on the challenger's users "
-                                 "(pass reevaluate=...); champion kept", None)
-        logger.info("re-evaluating %s on the challenger's users", uri)
-        versus = reevaluate(uri)
-        champion_score = _metric(versus, f"champion_{metric}", f"re-evaluation of {uri}")
-        c_low, c_high = _metric(versus, "diff_ci_low", uri), _metric(versus, "diff_ci_high", uri)
+                                 "(pass versus_champion=...); champion kept", None)
+        if str(versus_champion.version) != str(champion_mv.version):
+            return decide(False, f"champion is v{champion_mv.version} but the evidence re-evaluated "
+                                 f"v{versus_champion.version} (the champion moved since evaluation); champion kept",
+                          None)
+        versus = versus_champion
+        if versus.metric != metric:
+            raise MetricMissing(f"evidence about champion v{versus.version} compares {versus.metric}, the gate {metric}")
+        if not all(math.isfinite(v) for v in (versus.champion, versus.diff_ci_low, versus.diff_ci_high)):
+            raise MetricMissing(f"evidence about champion v{versus.version} is not finite: {versus}")
+        champion_score, c_low, c_high = float(versus.champion), float(versus.diff_ci_low), float(versus.diff_ci_high)
         evidence |= {"vs_champion": score - champion_score, "vs_champion_ci_low": c_low,
-                     "vs_champion_ci_high": c_high, "champion_users": _metric(versus, "users", uri)}
+                     "vs_champion_ci_high": c_high, "champion_users": float(versus.users)}
         if c_low <= 0:
             return decide(False, f"{metric} {score:.4f} does not beat champion v{champion_mv.version} "
                                  f"({champion_score:.4f}) on evidence: interval [{c_low:+.4f}, {c_high:+.4f}]",

@@ -187,7 +187,7 @@ def log_training_run(
     lineage: git sha, data hash, eval-set hash, run date, inputs as `lineage.*` tags. The same
     can come as plain `tags` (`git_sha`, `data_hash`, `eval_set_hash`, `run_date`,
     `input_paths`), which are stored under the `lineage.` prefix too. Without an eval-set hash
-    the promotion gate cannot compare logged metrics and needs a `reevaluate` callable.
+    the promotion gate cannot compare logged metrics and needs `versus_champion` evidence.
     artifact_root: where a new experiment stores artifacts (None: the server's default).
     """
     from models.saved import load_model  # imports torch; keep registry import light

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from contracts import SCHEMA_FILE, WORKFLOW_DIR
+from contracts import RECOMMENDER_DIR, SCHEMA_FILE, WORKFLOW_DIR
 from serving.errors import BundleError
 from serving.recommender import RECOMMENDER_FILE
 from serving.schema import FeatureSchema, read_schema
@@ -31,7 +31,6 @@ REPO_DIR = "triton_repo"
 DEPLOYMENT_FILE = "deployment.json"
 RETRIEVAL_DIR = "retrieval"  # optional two-tower candidate model: two_tower.pt + catalogue.parquet
 RETRIEVAL_MODEL_FILE = "two_tower.pt"
-RECOMMENDER_DIR = "recommender"  # the served recommender (serving.recommender) whose pools the model ranks
 PAIR_COLUMNS = ("user_id", "product_id", "category_id", "brand", "price")
 
 

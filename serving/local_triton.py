@@ -23,6 +23,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,14 +93,15 @@ def _backend_directory(state_dir: Path) -> Path:
 
 
 def server_command(model: RepositoryModel, state_dir: Path, http_port: int, grpc_port: int,
-                   metrics_port: int | None = None, host: str = "127.0.0.1") -> tuple[list[str], dict[str, str]]:
+                   metrics_port: int | None = None, host: str = "127.0.0.1",
+                   also: Sequence[RepositoryModel] = ()) -> tuple[list[str], dict[str, str]]:
     """The `tritonserver` command line and environment serving `model`'s Python-backend twin.
 
     Writes the twin repository and the backend directory under `state_dir` first.
     """
     state_dir = Path(state_dir).resolve()
     model_repository = state_dir / MODEL_REPOSITORY
-    build_python_repository(model, model_repository)
+    build_python_repository(model, model_repository, also=also)
     command = [
         str(_distribution() / "bin" / "tritonserver"),
         f"--model-repository={model_repository}",
@@ -257,13 +259,14 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _ready(http_url: str, model_name: str) -> bool:
+def _ready(http_url: str, model_name: str, versions: Sequence[int] = ()) -> bool:
     import tritonclient.http as httpclient
 
     try:
         client = httpclient.InferenceServerClient(http_url, connection_timeout=2.0, network_timeout=2.0)
         try:
-            return bool(client.is_server_ready() and client.is_model_ready(model_name))
+            return bool(client.is_server_ready() and client.is_model_ready(model_name)
+                        and all(client.is_model_ready(model_name, str(v)) for v in versions))
         finally:
             client.close()
     except Exception:  # refused connections etc. simply mean "not yet" while polling
@@ -279,13 +282,18 @@ def start_server(
     model_name: str | None = None,
     host: str = "127.0.0.1",
     timeout_s: float = 120.0,
+    also: Sequence[Path] = (),
 ) -> ServerHandle:
     """Start a detached Triton serving `source` (bundle or repository), replacing any earlier one.
+
+    `also`: more bundles of the same model, served as further versions by the same server (an
+    experiment's arms); clients address them by version (serving.triton_client's model_version).
 
     Returns once the server and model are ready; raises `ServerStartError` quoting the log tail.
     """
     repo_dir = resolve_repository(Path(source)).resolve()
     model = read_repository(repo_dir, model_name)
+    extra = [read_repository(resolve_repository(Path(b)).resolve(), model.name) for b in also]
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     stop_server(state_dir)
@@ -294,7 +302,7 @@ def start_server(
         raise ServerStartError(f"cannot start Triton on {host}: port(s) {busy} already in use; pick free ports "
                                "or stop the server holding them (python -m serving stop --state-dir ...)")
     log_path = state_dir / LOG_FILE
-    command, env = server_command(model, state_dir, http_port, grpc_port, metrics_port, host)
+    command, env = server_command(model, state_dir, http_port, grpc_port, metrics_port, host, also=extra)
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    cwd=state_dir, env=env, start_new_session=True)
@@ -303,7 +311,8 @@ def start_server(
                           repository=str(repo_dir), log_path=str(log_path))
     (state_dir / STATE_FILE).write_text(json.dumps(asdict(handle), indent=2))
     deadline = time.monotonic() + timeout_s
-    while not _ready(handle.http_url, model.name):
+    versions = sorted({model.version, *(m.version for m in extra)}) if extra else []
+    while not _ready(handle.http_url, model.name, versions):
         if process.poll() is not None or time.monotonic() > deadline:
             reason = (f"exited with code {process.returncode}" if process.poll() is not None
                       else f"was not ready after {timeout_s:.0f}s")

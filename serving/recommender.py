@@ -268,7 +268,7 @@ class TritonRecommender:
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, triton_url: str, protocol: str = "http",
-                    timeout_s: float = 5.0) -> "TritonRecommender":
+                    timeout_s: float = 5.0, pin_version: bool = False) -> "TritonRecommender":
         from serving.bundle import RECOMMENDER_DIR, ServingBundle
         from serving.triton_client import TritonClient as Client
 
@@ -280,7 +280,9 @@ class TritonRecommender:
         sequential = recommender.sources.get("sequential")
         if sequential is not None and (folder / SEQUENTIAL_ONNX).is_file():  # ONNX Runtime in the worker, not torch
             recommender.sources["sequential"] = OnnxSequentialScorer.replacing(sequential, folder / SEQUENTIAL_ONNX)
-        return cls(recommender, Client(triton_url, bundle.deployment.model_name, protocol, timeout_s))  # type: ignore[arg-type]
+        version = str(bundle.deployment.triton_version) if pin_version else ""  # pinned: an experiment's arm
+        return cls(recommender, Client(triton_url, bundle.deployment.model_name, protocol, timeout_s,  # type: ignore[arg-type]
+                                       model_version=version))
 
     def recommend(self, product_ids: np.ndarray, event_types: np.ndarray, allowed: np.ndarray,
                   excluded_ids: np.ndarray, k: int) -> list[tuple[int, float]]:

@@ -17,7 +17,6 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from contracts import EVENT_CODES
 from models.sequential import NextItemHead, SequentialScorer
 from serving.errors import ExportError, ExportParityError
 from serving.export import OPSET, ParityReport
@@ -93,7 +92,7 @@ class OnnxSequentialScorer:
             cols = rows.indices[rows.indptr[r]:rows.indptr[r + 1]][-self.max_len:]
             if len(cols):
                 items[r, -len(cols):] = cols + 1
-        return self.score_sequences(items, np.where(items > 0, EVENT_CODES["view"], 0))
+        return self.score_sequences(items, np.zeros_like(items))  # event types unknown
 
     def fit(self, interactions) -> "OnnxSequentialScorer":  # type: ignore[no-untyped-def]
         raise ExportError("an exported sequential model is not refitted; train it with training.sequential")

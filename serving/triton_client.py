@@ -24,12 +24,16 @@ class TritonClient:
     not thread-safe.
     """
 
-    def __init__(self, url: str, model_name: str = "dlrm", protocol: Protocol = "http", timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, model_name: str = "dlrm", protocol: Protocol = "http", timeout_s: float = 5.0,
+                 model_version: str = "") -> None:
         if protocol not in ("http", "grpc"):
             raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
         # tritonclient takes host:port; accept a URL with a scheme too.
         self.url = url.split("://", 1)[-1].rstrip("/")
         self.model_name = model_name
+        # "" = the server's default policy (the newest loaded version); a number pins one version, so two
+        # versions loaded in one server (the arms of an experiment) are addressed separately.
+        self.model_version = str(model_version)
         self.protocol = protocol
         self.timeout_s = timeout_s
         self._local = threading.local()
@@ -65,9 +69,10 @@ class TritonClient:
         if self._max_batch_size is None:
             try:
                 if self.protocol == "http":
-                    config = self._connect().get_model_config(self.model_name)
+                    config = self._connect().get_model_config(self.model_name, self.model_version)
                 else:
-                    config = self._connect().get_model_config(self.model_name, as_json=True, client_timeout=self.timeout_s)["config"]
+                    config = self._connect().get_model_config(self.model_name, self.model_version, as_json=True,
+                                                              client_timeout=self.timeout_s)["config"]
             except Exception as exc:  # transport errors differ per protocol; all mean "unavailable"
                 raise self._unavailable(exc) from exc
             self._max_batch_size = int(config.get("max_batch_size", 0)) or 1
@@ -76,7 +81,8 @@ class TritonClient:
     def is_ready(self) -> bool:
         """Whether the server is up and the model loaded (never raises)."""
         try:
-            return bool(self._connect().is_server_ready() and self._connect().is_model_ready(self.model_name))
+            return bool(self._connect().is_server_ready()
+                        and self._connect().is_model_ready(self.model_name, self.model_version))
         except Exception:
             self.close()
             return False
@@ -101,9 +107,10 @@ class TritonClient:
         outputs = [module.InferRequestedOutput("score")]
         try:
             if self.protocol == "http":
-                result = self._connect().infer(self.model_name, inputs, outputs=outputs)
+                result = self._connect().infer(self.model_name, inputs, model_version=self.model_version, outputs=outputs)
             else:
-                result = self._connect().infer(self.model_name, inputs, outputs=outputs, client_timeout=self.timeout_s)
+                result = self._connect().infer(self.model_name, inputs, model_version=self.model_version, outputs=outputs,
+                                               client_timeout=self.timeout_s)
         except Exception as exc:  # transport errors differ per protocol; all mean "unavailable"
             raise self._unavailable(exc) from exc
         return result.as_numpy("score").reshape(-1)

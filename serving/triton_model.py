@@ -28,7 +28,8 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        onnx_path = _parameter(config, "onnx_path", "")
+        # One server may hold several versions (an experiment's arms): each reads its own file.
+        onnx_path = _parameter(config, f"onnx_path_{args.get('model_version', '')}", _parameter(config, "onnx_path", ""))
         options = ort.SessionOptions()
         # The stub shares the machine's cores with the API; one thread per run and no inter-op pool
         # avoid spinning threads that would only contend with the request handlers.

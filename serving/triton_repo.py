@@ -151,7 +151,8 @@ def _read_config(config_path: Path) -> pb.ModelConfig:
         raise RepositoryError(f"{config_path} is not a valid Triton model config: {exc}") from exc
 
 
-def build_python_repository(model: RepositoryModel, out_dir: Path, onnx_threads: int = 1) -> Path:
+def build_python_repository(model: RepositoryModel, out_dir: Path, onnx_threads: int = 1,
+                            also: Sequence[RepositoryModel] = ()) -> Path:
     """Write `out_dir/<model>/`: `model`'s config with the Python backend instead of ONNX Runtime, and
     `<version>/model.py` (serving/triton_model.py) running the repository's ONNX file where it lies.
 
@@ -164,10 +165,23 @@ def build_python_repository(model: RepositoryModel, out_dir: Path, onnx_threads:
     config.backend = "python"
     config.parameters["onnx_path"].string_value = str(Path(model.onnx_path).resolve())
     config.parameters["intra_op_threads"].string_value = str(onnx_threads)
+    versions = {model.version: model}
+    for other in also:  # more versions of the same model in one server: the arms of an experiment
+        if (other.name, other.n_dense, other.n_sparse) != (model.name, model.n_dense, model.n_sparse):
+            raise RepositoryError(f"{other.name} v{other.version} ({other.n_dense} dense, {other.n_sparse} sparse) "
+                                  f"cannot be served as a version of {model.name} ({model.n_dense}, {model.n_sparse})")
+        if other.version in versions and Path(other.onnx_path).resolve() != Path(model.onnx_path).resolve():
+            raise RepositoryError(f"two bundles are both version {other.version} of {model.name}")
+        versions[other.version] = other
+    if len(versions) > 1:
+        config.version_policy.specific.versions.extend(sorted(versions))
+        for version, m in versions.items():  # serving/triton_model.py reads its own version's file
+            config.parameters[f"onnx_path_{version}"].string_value = str(Path(m.onnx_path).resolve())
     model_dir = Path(out_dir) / model.name
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    (model_dir / str(model.version)).mkdir(parents=True)
-    shutil.copyfile(PYTHON_MODEL_SOURCE, model_dir / str(model.version) / "model.py")
+    for version in versions:
+        (model_dir / str(version)).mkdir(parents=True)
+        shutil.copyfile(PYTHON_MODEL_SOURCE, model_dir / str(version) / "model.py")
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
     return model_dir

@@ -67,7 +67,7 @@ def test_a_new_product_appears_after_the_catalogue_ttl(tmp_path: Path) -> None:
     assert 11 not in _ids(client.get("/products/popular?k=20"))  # within both TTLs: the cached catalogue
     clock.now += 60
     popular = client.get("/products/popular?k=20").json["items"]
-    assert {"product_id": 11, "score": 4.0} in popular
+    assert {"product_id": 11, "score": 1.0} in popular  # a purchase weighs 1 (RECSYS_EVENT_WEIGHTS default)
 
 
 def test_new_interactions_change_popularity_after_their_ttl(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_new_interactions_change_popularity_after_their_ttl(tmp_path: Path) -> N
     assert client.post("/interactions/bulk", json={"items": items}).status_code == 201
     assert _ids(client.get("/products/popular?k=1")) == [6]
     clock.now += 10
-    assert client.get("/products/popular?k=1").json["items"] == [{"product_id": 8, "score": 12.0}]
+    assert client.get("/products/popular?k=1").json["items"] == [{"product_id": 8, "score": 3.0}]
 
 
 def test_unavailable_products_leave_once_the_catalogue_refreshes(tmp_path: Path) -> None:
@@ -97,6 +97,30 @@ def test_deleted_interactions_leave_popularity_at_the_full_rebuild(tmp_path: Pat
     clock.now += 600
     popular = client.get("/products/popular?k=20").json["items"]
     assert popular[0]["product_id"] != 6 and {"product_id": 6, "score": 0.0} in popular
+
+
+@pytest.mark.parametrize("weights", ["", "view=1,cart=0,purchase=0", "view=0,cart=3,purchase=0.5"])
+def test_popularity_weighs_events_as_configured(tmp_path: Path, weights: str) -> None:
+    """/products/popular sums RECSYS_EVENT_WEIGHTS per product: one meaning with training's weights."""
+    from collections import Counter
+
+    from contracts import EventWeights
+
+    app, client, _ = _app(tmp_path, EVENT_WEIGHTS=weights)
+    want = EventWeights.parse(weights).as_dict()
+    with app.extensions["recsys_store"].session() as session:
+        scores: Counter[int] = Counter()
+        for i in session.query(Interaction):
+            scores[i.product_id] += want[i.event_type]
+    popular = client.get("/products/popular?k=20").json["items"]
+    assert popular and {p["product_id"]: p["score"] for p in popular} == \
+        {p["product_id"]: pytest.approx(scores[p["product_id"]]) for p in popular}
+    assert [p["score"] for p in popular] == sorted((p["score"] for p in popular), reverse=True)
+
+
+def test_unparseable_event_weights_stop_the_app_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="click"):
+        create_app(make_config(tmp_path, EVENT_WEIGHTS="click=1"))
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def test_spec_lists_every_route_of_the_app() -> None:
     for rule in APP.url_map.iter_rules():
         if rule.endpoint in {"static", "openapi.spec"}:
             continue
-        path = rule.rule.replace("<id:ident>", "{ident}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)  # <id:ident> -> {ident}, <name> -> {name}
         served |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert documented == served
 

@@ -101,7 +101,7 @@ def test_without_ranker_recommendations_use_popularity(client: FlaskClient) -> N
     add_catalogue(client)
     body = client.get("/customers/1/recommendations?k=2").json
     assert body["ranker"] == "popular" and body["fallback"] is False
-    # Product 6: cart + purchase (2 + 4) outweighs product 3 (purchase 4); product 1 is bought by customer 1.
+    # Product 6: cart + purchase (0.5 + 1) outweighs product 3 (purchase 1); product 1 is bought by customer 1.
     assert _ids_of(body) == [6, 3]
 
 
@@ -119,8 +119,10 @@ def test_candidate_sources_find_session_mates_and_category_products(client: Flas
 def test_popular_products_order_by_weighted_events(client: FlaskClient) -> None:
     add_catalogue(client)
     items = client.get("/products/popular?k=3").json["items"]
-    assert [i["product_id"] for i in items] == [6, 1, 3]  # 6: 2+4, 1: 4+1, 3: 4 (10 is unavailable)
-    assert [i["score"] for i in items] == [6.0, 5.0, 4.0]
+    # RECSYS_EVENT_WEIGHTS' defaults (view 0.25, cart 0.5, purchase 1): 6: cart + purchase, 1: purchase + view,
+    # 3: purchase (10 is unavailable)
+    assert [i["product_id"] for i in items] == [6, 1, 3]
+    assert [i["score"] for i in items] == [1.5, 1.25, 1.0]
 
 
 def test_similar_products_share_sessions_or_customers(client: FlaskClient) -> None:

@@ -18,7 +18,7 @@ def dagbag():
 
 def test_dag_files_import_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"nightly_training", "deploy_model"}
+    assert set(dagbag.dag_ids) == {"nightly_training", "deploy_model", "evaluate_experiment"}
 
 
 def test_nightly_dag_follows_the_declared_stage_list(dagbag) -> None:
@@ -44,3 +44,14 @@ def test_deploy_dag_is_manual_and_takes_version_and_target(dagbag) -> None:
     assert list(dag.params.keys()) == ["version", "target"]
     assert dag.params["version"] == "champion"
     assert set(dag.task_ids) == {"resolve", "package", "deploy", "record"}
+
+
+def test_evaluate_experiment_is_daily_and_deploys_only_a_promotion(dagbag) -> None:
+    dag = dagbag.dags["evaluate_experiment"]
+    assert dag.schedule == "@daily" and dag.catchup is False
+    assert set(dag.task_ids) == {"evaluate", "promoted", "trigger_deploy"}
+    assert dag.get_task("evaluate").retries == 0  # a decision acts once per look
+    assert dag.get_task("promoted").upstream_task_ids == {"evaluate"}
+    assert dag.get_task("trigger_deploy").upstream_task_ids == {"promoted"}
+    assert dag.get_task("trigger_deploy").trigger_dag_id == "deploy_model"
+    assert dag.params["deploy"] is True

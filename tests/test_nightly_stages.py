@@ -173,3 +173,45 @@ def test_unreadable_inputs_are_named_in_the_registered_run(settings: Settings, t
     (listed,) = json.loads(tags["validation.unreadable_files"])
     assert listed["path"] == str(noise)
     assert tags["validation.n_unreadable_rows"] == str(listed["rows"]) == str(validated["unreadable_files"][0]["rows"])
+
+
+def test_evaluate_scores_the_champion_and_the_gate_decides_on_those_numbers(recsys_home: Path,
+                                                                            tmp_path: Path) -> None:
+    """The champion's served path, downloaded from the registry, is scored on tonight's users beside the
+    challenger (paired per user); the gate then decides on those numbers alone."""
+    import numpy as np
+
+    from etl import SyntheticConfig, generate
+    from training.compare import served_lists
+    from training.quality import build_task, last_days_split, list_metrics
+    from training.ranker import MODEL_FILE, RankerConfig, fit_recommender
+
+    settings = Settings.from_env()
+    split = last_days_split(generate(SyntheticConfig(n_events=3000, n_users=60, n_products=100, days=4,
+                                                     seed=3)).events, 1)
+    task = build_task(split)
+    assert nightly._versus_champion(task, np.zeros(len(task.users)), settings, 10) == (None, None)  # no champion
+
+    fitted = fit_recommender(split.train, split.items, RankerConfig(sources=("item_knn", "popularity"), epochs=1, pool_size=30, cuts=1))
+    model_dir = fitted.save(tmp_path / "recommender")
+    validated, features, trained, evaluated = _stage_outputs(tmp_path / "stages")
+    trained |= {"model_dir": str(model_dir), "model_path": str(model_dir / MODEL_FILE)}
+    evaluated["metrics"] |= {"eval_users": 500.0, "vs_baseline_ndcg_at_10_ci_low": 0.05,
+                             "vs_baseline_ndcg_at_10_ci_high": 0.15}
+    first = nightly.register(RUN_DATE, validated, features, trained, evaluated, None, settings)
+    assert nightly.promote(RUN_DATE, evaluated, first, settings)["promoted"]  # no champion yet
+
+    own = list_metrics(task, served_lists(fitted.recommender, fitted.scorer(), task, 10), 10).ndcg
+    tie, per_user = nightly._versus_champion(task, own, settings, 10)
+    assert tie is not None and tie["version"] == first["version"] and tie["users"] == len(task.users)
+    np.testing.assert_allclose(per_user, own)  # the registered champion serves exactly what was fitted
+    assert tie["diff"] == tie["diff_ci_low"] == tie["diff_ci_high"] == 0.0
+    better, _ = nightly._versus_champion(task, own + 0.1, settings, 10)
+    assert better is not None and better["diff_ci_low"] == pytest.approx(0.1)
+
+    later = "2026-03-11"
+    second = nightly.register(later, validated, features, trained, evaluated, None, settings)
+    kept = nightly.promote(later, evaluated | {"champion": tie}, second, settings)
+    assert not kept["promoted"] and f"champion v{first['version']}" in kept["reason"]
+    moved = nightly.promote(later, evaluated | {"champion": better}, second, settings)
+    assert moved["promoted"] and moved["evidence"]["vs_champion_ci_low"] == pytest.approx(0.1)

@@ -190,17 +190,10 @@ def _champion_version(store: dict, name: str) -> str | None:
         return None
 
 
-def _versus(champion: float, diff: float, half: float = 0.02):  # type: ignore[no-untyped-def]
-    """A reevaluate callable: the champion re-scored on the challenger's users, a paired difference."""
-    asked: list[str] = []
-
-    def reevaluate(uri: str) -> dict[str, float]:
-        asked.append(uri)
-        return {"champion_ndcg_at_10": champion, "diff": diff, "diff_ci_low": diff - half,
-                "diff_ci_high": diff + half, "users": 500.0}
-
-    reevaluate.asked = asked  # type: ignore[attr-defined]
-    return reevaluate
+def _versus(version: str, champion: float, diff: float, half: float = 0.02) -> registry.ChampionEvidence:
+    """Evidence as the evaluate stage hands it: champion `version` scored on the challenger's users, paired."""
+    return registry.ChampionEvidence(version=version, metric="ndcg_at_10", champion=champion, diff=diff,
+                                     diff_ci_low=diff - half, diff_ci_high=diff + half, users=500)
 
 
 def test_promotion_gate_sequence(store: dict) -> None:
@@ -212,14 +205,14 @@ def test_promotion_gate_sequence(store: dict) -> None:
     assert first.promoted and first.champion is None and _champion_version(store, name) == v1
 
     v2 = registry.register_model(store["uri"], log_run(store, 0.31, 0.20), name)
-    tie = _versus(champion=0.30, diff=0.01)  # interval [-0.01, 0.03] includes 0
-    kept = registry.promote(store["uri"], name, v2, reevaluate=tie)
+    tie = _versus(v1, champion=0.30, diff=0.01)  # interval [-0.01, 0.03] includes 0
+    kept = registry.promote(store["uri"], name, v2, versus_champion=tie)
     assert not kept.promoted and kept.champion == pytest.approx(0.30) and kept.champion_version == v1
-    assert tie.asked == [f"models:/{name}/{v1}"] and "interval" in kept.reason
+    assert "interval" in kept.reason and registry.champion_version(store["uri"], name) == v1
     assert _champion_version(store, name) == v1
 
     v3 = registry.register_model(store["uri"], log_run(store, 0.40, 0.20), name)
-    better = registry.promote(store["uri"], name, v3, reevaluate=_versus(champion=0.30, diff=0.10))
+    better = registry.promote(store["uri"], name, v3, versus_champion=_versus(v1, champion=0.30, diff=0.10))
     assert better.promoted and _champion_version(store, name) == v3
     assert better.evidence["vs_champion_ci_low"] == pytest.approx(0.08)
 
@@ -262,8 +255,19 @@ def test_a_champion_that_cannot_be_rescored_is_kept(store: dict) -> None:
     v1 = registry.register_model(store["uri"], log_run(store, 0.30, 0.20), name)
     registry.promote(store["uri"], name, v1)
     v2 = registry.register_model(store["uri"], log_run(store, 0.50, 0.20), name)
-    refused = registry.promote(store["uri"], name, v2)  # no reevaluate: fail closed
+    refused = registry.promote(store["uri"], name, v2)  # no evidence about the champion: fail closed
     assert not refused.promoted and "re-evaluated" in refused.reason
+    assert _champion_version(store, name) == v1
+
+
+def test_evidence_about_another_champion_is_refused(store: dict) -> None:
+    """Evidence scored against a version that is no longer the champion does not decide (fail closed)."""
+    name = new_name()
+    v1 = registry.register_model(store["uri"], log_run(store, 0.30, 0.20), name)
+    registry.promote(store["uri"], name, v1)
+    v2 = registry.register_model(store["uri"], log_run(store, 0.50, 0.20), name)
+    stale = registry.promote(store["uri"], name, v2, versus_champion=_versus("999", champion=0.1, diff=0.4))
+    assert not stale.promoted and "moved since evaluation" in stale.reason
     assert _champion_version(store, name) == v1
 
 

@@ -205,3 +205,23 @@ def test_restart_with_a_new_version_replaces_the_server_then_stop_makes_it_unava
         with pytest.raises(RankerUnavailable, match=url):
             TritonClient(url, protocol=protocol, timeout_s=2).score(dense.numpy(), sparse.numpy())
     assert stop_server(root / "state") is False  # idempotent
+
+
+def test_one_server_serves_two_versions_of_the_model_each_with_its_own_weights(tmp_path: Path) -> None:
+    """An experiment's arms: two bundles (versions 1 and 2) loaded in one Triton, addressed by version."""
+    champion = add_version(tmp_path / "a", version=1, seed=0)
+    challenger = add_version(tmp_path / "b", version=2, seed=1)
+    handle = start_server(tmp_path / "a" / "repo", free_port(), free_port(), tmp_path / "state",
+                          also=[tmp_path / "b" / "repo"])
+    try:
+        dense, sparse = random_batch(load_model(champion), 8, seed=5)
+        for version, model_path in (("1", champion), ("2", challenger)):
+            client = TritonClient(handle.http_url, model_version=version)
+            assert client.is_ready()
+            np.testing.assert_allclose(client.score(dense.numpy(), sparse.numpy()),
+                                       torch_scores(model_path, dense, sparse), atol=1e-5)
+        assert not np.allclose(torch_scores(champion, dense, sparse), torch_scores(challenger, dense, sparse), atol=1e-3)
+        with pytest.raises(RankerUnavailable):
+            TritonClient(handle.http_url, model_version="3", timeout_s=2).score(dense.numpy(), sparse.numpy())
+    finally:
+        stop_server(tmp_path / "state")

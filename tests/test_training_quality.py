@@ -54,7 +54,7 @@ def test_history_rows_sum_configured_event_weights(shop: pd.DataFrame) -> None:
     row = dict(zip(task.split.items[task.history[0].indices].tolist(), task.history[0].data.tolist()))
     assert row == {10: 0.5, 11: 3.0, 12: 0.5}
     assert EventWeights.parse("view=0,purchase=2") == EventWeights(view=0.0, cart=0.5, purchase=2.0)
-    with pytest.raises(DataError, match="click"):
+    with pytest.raises(ValueError, match="click"):  # contracts.ContractError
         EventWeights.parse("click=1")
 
 

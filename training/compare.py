@@ -18,8 +18,8 @@ import scipy.sparse as sp
 
 from models.classic import CLASSIC, index_of
 from serving.recommender import PairScorer, Recommender
-from training.quality import (Interval, MethodResult, Task, interaction_matrix, list_metrics, paired_difference,
-                              top_k_lists, with_intervals)
+from training.quality import (Interval, MethodResult, Task, bootstrap, interaction_matrix, list_metrics,
+                              paired_difference, top_k_lists, with_intervals)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,17 @@ def served_lists(recommender: Recommender, ranker: PairScorer | None, task: Task
             items = np.where(items >= 0, index_of(task.split.items, recommender.items[np.maximum(items, 0)]), -1)
         out[rows] = items
     return out
+
+
+def versus_champion(task: Task, challenger_ndcg: np.ndarray, recommender: Recommender, ranker: PairScorer | None,
+                    k: int = 10, n_boot: int = 1000) -> tuple[np.ndarray, Interval]:
+    """The registered champion's served path on tonight's task, next to the challenger: the champion's
+    NDCG@k per user (task order) and the bootstrap interval of the paired (challenger - champion) mean."""
+    champion = list_metrics(task, served_lists(recommender, ranker, task, k), k).ndcg
+    challenger = np.asarray(challenger_ndcg, dtype=np.float64)
+    if challenger.shape != champion.shape:
+        raise ValueError(f"challenger has {challenger.shape} per-user values, the task {champion.shape}")
+    return champion, bootstrap(challenger - champion, n_boot)
 
 
 def _reindex(matrix: sp.csr_matrix, columns: np.ndarray, n_columns: int) -> sp.csr_matrix:

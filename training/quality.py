@@ -9,7 +9,6 @@ paired differences between methods come from the same users.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -18,44 +17,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from contracts import EventWeights
 from models.classic import index_of, top_k
 from serving.sequences import Sequences, sequences_of_events
 from training.errors import DataError
 
 Exclude = Literal["seen", "purchased", "none"]
 EXCLUDE_CHOICES: tuple[str, ...] = ("seen", "purchased", "none")
-
-
-@dataclass(frozen=True)
-class EventWeights:
-    """How much one event says about interest; the interaction matrices sum these per (user, item)."""
-
-    view: float = 0.25
-    cart: float = 0.5
-    purchase: float = 1.0
-    remove_from_cart: float = 0.0
-
-    @classmethod
-    def parse(cls, text: str) -> "EventWeights":
-        """`"view=0.25,cart=0.5,purchase=1"`; unnamed event types keep their default."""
-        values: dict[str, float] = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            name, sep, number = part.partition("=")
-            if not sep or name.strip() not in cls.__dataclass_fields__:
-                raise DataError(f"event weight {part!r} is not `<event_type>=<number>` with one of "
-                                f"{sorted(cls.__dataclass_fields__)}")
-            try:
-                values[name.strip()] = float(number)
-            except ValueError as exc:
-                raise DataError(f"event weight {part!r}: {number!r} is not a number") from exc
-        if any(not math.isfinite(v) or v < 0 for v in values.values()):
-            raise DataError(f"event weights must be finite and >= 0, got {values}")
-        return cls(**values)
-
-    def of(self, event_type: pd.Series) -> np.ndarray:
-        table = {"view": self.view, "cart": self.cart, "purchase": self.purchase,
-                 "remove_from_cart": self.remove_from_cart}
-        return event_type.map(table).fillna(0.0).to_numpy(dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,101 @@
+"""A simulated shop for experiment tests: customers with a planted preference shop through the real API.
+
+Truth: every customer prefers one category. Shown a recommendation, a customer scans it top down and
+clicks (views) an item with probability `click_match` when it is of their category, `click_other`
+otherwise, discounted by position; a click is carted with `p_cart` and a cart bought with `p_buy`.
+Every event is posted to POST /interactions with the response's recommendation_id and the position.
+
+Rankers: `PreferenceRanker` knows the truth (scores the customer's category first), `ContraryRanker`
+ranks it last; both are deterministic, so two arms with the same ranker form an A/A test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from flask.testing import FlaskClient
+
+
+@dataclass(frozen=True)
+class ShopTruth:
+    n_customers: int = 120
+    n_categories: int = 6
+    per_category: int = 12
+    click_match: float = 0.30
+    click_other: float = 0.04
+    p_cart: float = 0.5
+    p_buy: float = 0.6
+    seed: int = 0
+
+    def preference(self, customer_id: int) -> int:
+        return 1 + (customer_id * 7 + self.seed) % self.n_categories  # planted, known to the good ranker
+
+    def category(self, product_id: int) -> int:
+        return 1 + (product_id - 1) // self.per_category
+
+
+class PreferenceRanker:
+    """Ranks the customer's preferred category first (the planted truth); ties broken by product id."""
+
+    def __init__(self, truth: ShopTruth) -> None:
+        self.truth = truth
+
+    def score(self, customer_id: int, products: pd.DataFrame) -> np.ndarray:
+        match = products["category_id"].to_numpy() == self.truth.preference(customer_id)
+        return match.astype(np.float64) + 1e-4 * (products["product_id"].to_numpy() % 97)
+
+
+class ContraryRanker(PreferenceRanker):
+    """Ranks the customer's preferred category last: a worse model."""
+
+    def score(self, customer_id: int, products: pd.DataFrame) -> np.ndarray:
+        return 1.0 - super().score(customer_id, products)
+
+
+def _bulk(client: FlaskClient, path: str, items: list[dict], size: int = 50) -> None:
+    for start in range(0, len(items), size):  # the test apps' BULK_LIMIT is 50
+        posted = client.post(path, json={"items": items[start:start + size]})
+        assert posted.status_code == 201, posted.json
+
+
+def open_shop(client: FlaskClient, truth: ShopTruth) -> None:
+    """Products of every category, the customers, and one view in each customer's category, so every
+    customer has a history (recommendations go through the ranker, not popular items)."""
+    n_products = truth.n_categories * truth.per_category
+    _bulk(client, "/products/bulk", [{"id": p, "category_id": truth.category(p), "price": float(5 + p % 20)}
+                                     for p in range(1, n_products + 1)])
+    _bulk(client, "/customers/bulk", [{"id": c} for c in range(1, truth.n_customers + 1)])
+    _bulk(client, "/interactions/bulk", [{"customer_id": c, "product_id": (truth.preference(c) - 1) * truth.per_category + 1,
+                                          "event_type": "view"} for c in range(1, truth.n_customers + 1)])
+
+
+def shop(client: FlaskClient, truth: ShopTruth, visits: int, seed: int, k: int = 5) -> dict[str, int]:
+    """`visits` recommendation requests by random customers, each followed by what the customer does;
+    returns the responses per arm."""
+    rng = np.random.default_rng(seed)
+    arms: dict[str, int] = {}
+    for _ in range(visits):
+        customer = int(rng.integers(1, truth.n_customers + 1))
+        # exclude=none: a customer sees the shelf again on the next visit, whatever they did before
+        got = client.get(f"/customers/{customer}/recommendations?k={k}&exclude=none")
+        assert got.status_code == 200, got.json
+        body = got.json
+        arms[body["arm"]] = arms.get(body["arm"], 0) + 1
+        for position, item in enumerate(body["items"]):
+            liked = truth.category(item["product_id"]) == truth.preference(customer)
+            if rng.random() >= (truth.click_match if liked else truth.click_other) / (1 + 0.3 * position):
+                continue
+            events = ["view"]
+            if rng.random() < truth.p_cart:
+                events.append("cart")
+                if rng.random() < truth.p_buy:
+                    events.append("purchase")
+            for event in events:
+                posted = client.post("/interactions", json={
+                    "customer_id": customer, "product_id": item["product_id"], "event_type": event,
+                    "recommendation_id": body["recommendation_id"], "position": position})
+                assert posted.status_code == 201, posted.json
+            break  # one click per visit
+    return arms
