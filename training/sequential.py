@@ -85,7 +85,9 @@ def fit_sequential(events: pd.DataFrame, items: np.ndarray, config: SequentialCo
     items = np.asarray(items, dtype=np.int64)
     data = training_windows(events, items, config.max_len)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    with torch_threads(config.cpu_threads if device.type == "cpu" else torch.get_num_threads()):
+    # Its own random stream: fitting it leaves the caller's (the ranker's initialisation) untouched.
+    with torch_threads(config.cpu_threads if device.type == "cpu" else torch.get_num_threads()), \
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return _fit(data, items, config, device)
 
 
