@@ -78,6 +78,8 @@ class Settings:
     sagemaker_instance_type: str
     sagemaker_endpoint_name: str
     dask_scheduler: str = ""  # dask.distributed scheduler the ETL runs on; empty = threads in-process
+    drift_warn: float = 0.1  # PSI between nights (registry.drift) at which the run is tagged drift=warn
+    drift_block: float = 0.25  # PSI at which the promotion gate refuses the night's model
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -126,6 +128,8 @@ class Settings:
             sagemaker_instance_type=_env("RECSYS_SAGEMAKER_INSTANCE_TYPE", "ml.g4dn.xlarge"),
             sagemaker_endpoint_name=_env("RECSYS_SAGEMAKER_ENDPOINT", ""),
             dask_scheduler=_env("RECSYS_DASK_SCHEDULER", ""),
+            drift_warn=_env_float("RECSYS_DRIFT_WARN", 0.1),
+            drift_block=_env_float("RECSYS_DRIFT_BLOCK", 0.25),
         )
 
     # Where each stage writes; stage outputs are versioned by run date (YYYY-MM-DD).
