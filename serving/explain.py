@@ -128,15 +128,17 @@ def _names(ids: list[int]) -> str:
 
 
 def _reason(kind: str, ids: list[int], verb: str) -> str:
+    """The sentence: the verb is what the customer did with the first (strongest) evidence product."""
     if not ids:
         return {"because_you_viewed": "Chosen by customers with a history like yours",
                 "goes_with_your_items": "Goes with the products in your history",
                 "similar_to_history": "Similar to your history"}.get(kind, "Recommended for you")
+    first, rest = f"product {ids[0]}", (f" and {_names(ids[1:])}" if len(ids) > 1 else "")
     if kind == "because_you_viewed":
-        return f"Because you {verb} {_names(ids)}: customers who did also chose this"
+        return f"Because you {verb} {first}{rest and ' (and' + rest[4:] + ')'}: customers who did also chose this"
     if kind == "goes_with_your_items":
-        return f"Goes with {_names(ids)}, which you {verb}"
-    return f"Similar to {_names(ids)}, which you {verb}"
+        return f"Goes with {first}, which you {verb}{rest and ', and with' + rest[4:]}"
+    return f"Similar to {first}, which you {verb}{rest and ', and to' + rest[4:]}"
 
 
 def explain(sources: Mapping[str, object], item_ids: np.ndarray, history: sp.csr_matrix,
