@@ -248,10 +248,14 @@ def _within_pool_z(probabilities: np.ndarray) -> np.ndarray:
     A listwise-trained ranker's logits are defined up to a per-model shift and scale (the softmax
     over a pool ignores a shift), so the raw score distribution moves between two retrainings on the
     same shop; the within-pool shape is what tonight's and last night's models can be compared on."""
+    import warnings
+
     p = np.clip(probabilities, 1e-7, 1 - 1e-7)
     logit = np.log(p) - np.log1p(-p)
-    mean = np.nanmean(logit, axis=1, keepdims=True)
-    std = np.nanstd(logit, axis=1, keepdims=True)
+    with warnings.catch_warnings():  # a user whose pool is empty (everything blocked) is all NaN: kept NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(logit, axis=1, keepdims=True)
+        std = np.nanstd(logit, axis=1, keepdims=True)
     return (logit - mean) / np.where(std > 0, std, 1.0)
 
 

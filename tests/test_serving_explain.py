@@ -106,3 +106,11 @@ def test_a_source_without_a_decomposition_is_explained_without_evidence(recommen
     scores = {"sequential": np.linspace(0, 1, N_ITEMS)}
     why = explain({"sequential": object()}, rec.items, history, scores, np.zeros(N_ITEMS, bool), np.array([59, -1]))
     assert len(why) == 1 and why[0].kind == "recommended" and why[0].evidence == []
+
+
+def test_the_api_schema_lists_exactly_the_kinds_serving_produces() -> None:
+    from typing import get_args
+
+    from api.schemas import ExplanationKind
+
+    assert get_args(ExplanationKind) == ALL_KINDS
