@@ -223,8 +223,9 @@ class Recommender:
         (`serving.explain`): the source that ranks it best, and the history items behind its score."""
         from serving.explain import explain
 
+        row = blocked[:1].toarray() if sp.issparse(blocked) else np.asarray(blocked)[:1]
         return explain(self.sources, self.items, history, {n: s[0] for n, s in scores.items()},
-                       np.asarray(blocked)[0], items, self.shares, events, category_id, self.mode)
+                       row[0], items, self.shares, events, category_id, self.mode)
 
     # ------------------------------------------------------------------------------ files
     def save(self, folder: Path) -> Path:

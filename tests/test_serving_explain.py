@@ -81,7 +81,7 @@ def test_popular_items_say_popular_and_name_the_filtered_category(recommender) -
     rec, history, items, _, why = _served(recommender, "popularity")
     assert {(e.source, e.kind, tuple(e.evidence)) for e in why} == {("popularity", "popular", ())}
     blocked = np.zeros((1, N_ITEMS), dtype=bool)
-    in_category = rec.explain(history, blocked, items, rec.source_scores(history), category_id=12)
+    in_category = rec.explain(history, sp.csr_matrix(blocked), items, rec.source_scores(history), category_id=12)
     assert all(e.kind == "popular_in_category" and e.category_id == 12 and "12" in e.reason for e in in_category)
     assert {e.kind for e in why + in_category} <= set(ALL_KINDS)
 
