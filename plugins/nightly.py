@@ -214,24 +214,28 @@ def evaluate(run_date: str, validated: Stage, trained: Stage, settings: Settings
     comparison_plots(comparison, out / "plots")
     log.info("evaluate: served ndcg@%d %.4f vs %s %.4f, difference interval [%+.4f, %+.4f], %d users", k, served,
              best, metrics[f"baseline_ndcg_at_{k}"], versus.low, versus.high, comparison.n_users)
-    report = drift(fitted, task, out, settings)
+    report = drift(fitted, task, out, settings, run_date)
     return {"metrics": metrics | report.metrics(), "best_baseline": best, "dir": str(out),
             "drift": report.tags()}
 
 
-def drift(fitted, task, out: Path, settings: Settings):  # type: ignore[no-untyped-def]
+def drift(fitted, task, out: Path, settings: Settings, run_date: str | None = None):  # type: ignore[no-untyped-def]
     """Tonight's drift profile (registry.drift: ranker inputs and scores on the evaluation users, item
-    embedding and factor norms) saved as eval/drift_profile.npz, compared with the champion's night:
-    PSI per figure in eval/drift.json, plots in eval/plots/drift_*.png; the level against the
+    embedding and factor norms) saved as eval/drift_profile.npz, compared with the champion's night
+    (its run's logged profile), or, with no champion yet, the latest earlier night's under
+    runs/: PSI per figure in eval/drift.json, plots in eval/plots/drift_*.png; the level against the
     RECSYS_DRIFT_WARN / RECSYS_DRIFT_BLOCK thresholds is logged here and tagged by `register`."""
     from registry.drift import (PROFILE_FILE, REPORT_FILE, champion_profile, compare_profiles,
-                                dlrm_item_embeddings, no_reference, profile, save_profile)
+                                dlrm_item_embeddings, load_profile, no_reference, profile, save_profile)
     from registry.plots import drift_plots
 
     tonight = profile(fitted.recommender, fitted.scorer(), task.history, task.excluded,
                       None if fitted.ranker is None else dlrm_item_embeddings(fitted.ranker))
     save_profile(tonight, out / PROFILE_FILE)
     found = champion_profile(settings.mlflow_tracking_uri, settings.model_name)
+    earlier = previous_drift_profile(run_date, settings) if found is None and run_date else None
+    if earlier is not None:
+        found = load_profile(earlier), f"night {earlier.parts[-3]} (no champion yet)"
     if found is None:
         report = no_reference(settings.drift_warn, settings.drift_block)
     else:
@@ -241,6 +245,13 @@ def drift(fitted, task, out: Path, settings: Settings):  # type: ignore[no-untyp
     (out / REPORT_FILE).write_text(report.to_json())
     (log.warning if report.level in ("warn", "block") else log.info)("evaluate: %s", report.reason)
     return report
+
+
+def previous_drift_profile(run_date: str, settings: Settings) -> Path | None:
+    """The drift profile of the latest night before `run_date` under runs/, if any."""
+    runs = settings.home / "runs"
+    earlier = sorted(p for p in runs.glob("*/eval/drift_profile.npz") if p.parts[-3] < run_date) if runs.is_dir() else []
+    return earlier[-1] if earlier else None
 
 
 def planted_truth(settings: Settings):  # type: ignore[no-untyped-def]

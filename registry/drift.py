@@ -179,7 +179,8 @@ def compare_profiles(reference: Mapping[str, np.ndarray], current: Mapping[str, 
 
 
 def no_reference(warn: float = 0.1, block: float = 0.25) -> DriftReport:
-    return DriftReport("none", "no reference night (no champion with a drift profile): nothing to compare",
+    return DriftReport("none", "no reference night (no champion or earlier night with a drift profile): "
+                       "nothing to compare",
                        {}, warn, block, "")
 
 

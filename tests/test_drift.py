@@ -95,35 +95,36 @@ def test_a_shifted_night_is_blocked_and_an_unshifted_one_is_not(nights) -> None:
     assert same.level == "ok" and same.metrics()["drift_psi_max"] < 0.1
     assert {"feature.conversion", "score"} <= set(same.psi) and not set(same.gated) & {"feature.conversion", "score"}
 
-def test_the_nightly_stage_compares_with_the_champions_logged_profile(nights, recsys_home: Path,  # type: ignore[no-untyped-def]
-                                                                     tmp_path: Path) -> None:
+def test_the_nightly_stage_compares_with_the_previous_night_then_the_champions_logged_profile(  # type: ignore[no-untyped-def]
+        nights, recsys_home: Path, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    import registry
     from plugins import nightly
     from settings import Settings
 
     settings = Settings.from_env()
     fitted, task = nights["last"]
-    model_dir = fitted.save(tmp_path / "last" / "model")
-    eval_dir = tmp_path / "last" / "eval"
-    nightly.drift(fitted, task, eval_dir, settings)  # no champion yet: nothing to compare
-    assert json.loads((eval_dir / "drift.json").read_text())["level"] == "none"
-    workflow = tmp_path / "workflow"
-    workflow.mkdir()
-    (workflow / "workflow.json").write_text("{}")
-    run_id = registry.log_training_run(
-        settings.mlflow_tracking_uri, settings.model_name, {"run_date": "2026-01-06"}, [], {"ndcg_at_10": 0.1},
-        model_dir / "ranker.pt", {"schema.json": model_dir / "schema.json", "workflow": workflow, "eval": eval_dir},
-        artifact_root=settings.mlflow_artifact_root)
-    version = registry.register_model(settings.mlflow_tracking_uri, run_id, settings.model_name)
-    MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri).set_registered_model_alias(
-        settings.model_name, "champion", version)
-
     shifted, shifted_task = nights["shifted"]
+    eval_dir = settings.run_dir("2026-01-06") / "eval"
+    assert nightly.drift(fitted, task, eval_dir, settings, "2026-01-06").level == "none"  # the first night
+    assert json.loads((eval_dir / "drift.json").read_text())["level"] == "none"
+    # No champion yet: tonight is compared with the latest earlier night on disk.
+    report = nightly.drift(shifted, shifted_task, settings.run_dir("2026-01-07") / "eval", settings, "2026-01-07")
+    assert report.level == "block" and "night 2026-01-06 (no champion yet)" in report.reason
+
+    # The champion: a registered version whose run logged the first night's eval/ (as `register` does).
+    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    experiment = client.create_experiment(settings.model_name, artifact_location=settings.mlflow_artifact_root)
+    run = client.create_run(experiment)
+    client.log_param(run.info.run_id, "run_date", "2026-01-06")
+    client.log_artifacts(run.info.run_id, str(eval_dir), "eval")
+    client.create_registered_model(settings.model_name)
+    version = client.create_model_version(settings.model_name, f"runs:/{run.info.run_id}/eval", run.info.run_id).version
+    client.set_registered_model_alias(settings.model_name, "champion", version)
+
     out = tmp_path / "tonight" / "eval"
-    report = nightly.drift(shifted, shifted_task, out, settings)
-    assert report.level == "block" and f"champion v{version}" in report.reason
+    report = nightly.drift(shifted, shifted_task, out, settings, "2026-01-08")
+    assert report.level == "block" and f"champion v{version} (night 2026-01-06" in report.reason
     assert report.tags()["drift"] == "block" and report.metrics()["drift_psi_max"] >= settings.drift_block
-    assert set(load_profile(out / "drift_profile.npz")) >= {"score", "feature.conversion"}
+    assert set(load_profile(out / "drift_profile.npz")) >= {"score", "feature.conversion", "item.conversion"}
     assert (out / "plots" / "drift_psi.png").stat().st_size > 0 and (out / "plots" / "drift_histograms.png").is_file()
