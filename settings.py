@@ -90,6 +90,8 @@ class Settings:
     experiment_min_impressions: int = 1000  # default minimum impressions per arm before a decision
     experiment_max_days: float = 14.0  # default longest run; past it without a winner the champion stays
     dask_scheduler: str = ""  # dask.distributed scheduler the ETL runs on; empty = threads in-process
+    drift_warn: float = 0.1  # PSI between nights (registry.drift) at which the run is tagged drift=warn
+    drift_block: float = 0.25  # PSI at which the promotion gate refuses the night's model
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -143,6 +145,8 @@ class Settings:
             experiment_alpha=_env_float("RECSYS_EXPERIMENT_ALPHA", 0.05),
             experiment_min_impressions=_env_int("RECSYS_EXPERIMENT_MIN_IMPRESSIONS", 1000),
             experiment_max_days=_env_float("RECSYS_EXPERIMENT_MAX_DAYS", 14.0),
+            drift_warn=_env_float("RECSYS_DRIFT_WARN", 0.1),
+            drift_block=_env_float("RECSYS_DRIFT_BLOCK", 0.25),
         )
 
     # Where each stage writes; stage outputs are versioned by run date (YYYY-MM-DD).

@@ -45,6 +45,14 @@ def _as_matrix(matrix: sp.spmatrix, n_items: int | None = None, what: str = "int
     return csr
 
 
+def _one_row(history: sp.csr_matrix, n_items: int) -> sp.csr_matrix:
+    """One history row (1, n_items) as CSR float32, for per-customer contributions."""
+    row = _as_matrix(history, n_items, "history")
+    if row.shape[0] != 1:
+        raise ModelError(f"contributions explain one history row at a time; got {row.shape[0]}")
+    return row
+
+
 def _check_fitted(scorer: ItemScorer, fitted: object) -> None:
     if fitted is None:
         raise ModelError(f"{scorer.name}: call fit(interactions) before score(history)")
@@ -126,6 +134,14 @@ class ItemKNN:
         rows = _as_matrix(history, self.n_items, "history")
         return np.asarray((rows @ self._similarity).toarray(), dtype=np.float32)
 
+    def contributions(self, history: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(history item indices, (n_history, len(items)) float32): history[h] * S[h, i], what each of
+        one row's history items adds to `score` of each of `items`; columns sum to the scores."""
+        _check_fitted(self, self._similarity)
+        row = _one_row(history, self.n_items)
+        sim = self._similarity[row.indices][:, np.asarray(items, dtype=np.int64)].toarray()
+        return row.indices.astype(np.int64), (row.data[:, None] * sim).astype(np.float32)
+
 
 @dataclass(eq=False)
 class EASE:
@@ -162,6 +178,15 @@ class EASE:
         _check_fitted(self, self._weights)
         rows = _as_matrix(history, self.n_items, "history")
         return np.asarray(rows @ self._weights, dtype=np.float32)
+
+    def contributions(self, history: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(history item indices, (n_history, len(items)) float32): history[h] * B[h, i], what each of
+        one row's history items adds to `score` of each of `items` (negative where B is); columns sum
+        to the scores."""
+        _check_fitted(self, self._weights)
+        row = _one_row(history, self.n_items)
+        weights = self._weights[row.indices][:, np.asarray(items, dtype=np.int64)]
+        return row.indices.astype(np.int64), (row.data[:, None] * weights).astype(np.float32)
 
 
 @dataclass(eq=False)
@@ -215,6 +240,28 @@ class ALS:
         with threadpool_limits(1, "blas"):
             row_factors = self._model.recalculate_user(np.arange(rows.shape[0]), rows)  # (rows, factors)
         return np.asarray(row_factors @ item_factors.T, dtype=np.float32)
+
+    @property
+    def item_factors(self) -> np.ndarray:
+        """(n_items, factors) float32 item factors y_i of the fitted model."""
+        _check_fitted(self, self._model)
+        return np.asarray(self._model.item_factors, dtype=np.float32)
+
+    def contributions(self, history: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(history item indices, (n_history, len(items)) float32): the fold-in score split over one
+        row's history items (Hu, Koren & Volinsky 2008, section 5). The row's factor is
+        x = W sum_h c_h y_h with W = (Y^T Y + sum_h (c_h - 1) y_h y_h^T + regularization I)^-1 and
+        c_h = alpha * history[h], so score_i = sum_h c_h (y_h^T W y_i): history item h contributes
+        its confidence times its similarity to i in the row's own metric W. Columns sum to `score`
+        up to the solver's rounding."""
+        _check_fitted(self, self._model)
+        row = _one_row(history, self.n_items)
+        y = self.item_factors.astype(np.float64)
+        seen = y[row.indices]  # (n_history, factors)
+        confidence = self.alpha * row.data.astype(np.float64)
+        gram = y.T @ y + seen.T @ ((confidence - 1.0)[:, None] * seen) + self.regularization * np.eye(y.shape[1])
+        metric = np.linalg.solve(gram, y[np.asarray(items, dtype=np.int64)].T)  # W y_i, (factors, len(items))
+        return row.indices.astype(np.int64), (confidence[:, None] * (seen @ metric)).astype(np.float32)
 
 
 CLASSIC: dict[str, type[Popularity | ItemKNN | EASE | ALS]] = {

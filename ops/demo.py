@@ -93,6 +93,13 @@ def demo(settings: Settings, stack: StackSettings, events: int,
              f"({decision['reason']})")
     progress(f"answer  : customer {customer} -> {[i['product_id'] for i in answer['items']]} "
              f"(ranker {answer['ranker']})")
+    for item in answer["items"][:2]:
+        why = item.get("explanation") or {}
+        progress(f"why     : {item['product_id']}: {why.get('reason')} ({why.get('source')}, evidence "
+                 f"{why.get('evidence')})")
+    drift_file = settings.run_dir(run_date) / "eval" / "drift.json"
+    if drift_file.is_file():  # written by the evaluate stage (registry.drift)
+        progress(f"drift   : {json.loads(drift_file.read_text())['reason']}")
     progress(f"Airflow : {u['airflow']}  (user {ADMIN}, password in {stack_dir(settings) / PASSWORDS_FILE})")
     progress(f"MLflow  : {u['mlflow']}    API: {u['api']}")
     progress(f"logs    : {stack_dir(settings) / 'logs'} (services), {stack_dir(settings) / 'airflow' / 'logs'} (tasks)")

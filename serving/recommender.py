@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from models.classic import ItemScorer, index_of, top_k
 
 if TYPE_CHECKING:
+    from serving.explain import Explanation
     from serving.triton_client import TritonClient
 
 # dense (n_pairs, n_dense) float32, sparse (n_pairs, n_sparse) int64 -> (n_pairs,) scores
@@ -188,14 +189,16 @@ class Recommender:
 
     # ------------------------------------------------------------------------------ the path
     def recommend(self, history: sp.csr_matrix, blocked: sp.csr_matrix | np.ndarray, k: int,
-                  ranker: PairScorer | None) -> tuple[np.ndarray, np.ndarray]:
+                  ranker: PairScorer | None,
+                  scores: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(n_rows, k) item indices best first (-1 where fewer than k are eligible) and their scores.
 
         history: (n_rows, n_items) weighted interactions; blocked: (n_rows, n_items) bool of items not
         to recommend (exclusions and filters, applied before the cut to k). Without a ranker, or in a
-        source mode, the pool is ordered by that source (or the first source by share).
+        source mode, the pool is ordered by that source (or the first source by share). `scores`: the
+        `source_scores` of `history` when the caller already has them (to explain the list after).
         """
-        scores = self.source_scores(history)
+        scores = self.source_scores(history) if scores is None else scores
         if self.mode != "ranker" or ranker is None:
             name = self.mode if self.mode in self.sources else max(self.shares, key=self.shares.get)
             items = top_k(scores[name], blocked, k)
@@ -212,6 +215,17 @@ class Recommender:
             items = np.pad(items, ((0, 0), (0, k - items.shape[1])), constant_values=-1)
             out_scores = np.pad(out_scores, ((0, 0), (0, k - out_scores.shape[1])), constant_values=-np.inf)
         return items, np.where(items >= 0, out_scores, np.nan)
+
+    def explain(self, history: sp.csr_matrix, blocked: sp.csr_matrix | np.ndarray, items: np.ndarray,
+                scores: dict[str, np.ndarray], events: dict[int, str] | None = None,
+                category_id: int | None = None) -> list["Explanation"]:
+        """Why each of one customer's recommended `items` (indices, -1 skipped) is there
+        (`serving.explain`): the source that ranks it best, and the history items behind its score."""
+        from serving.explain import explain
+
+        row = blocked[:1].toarray() if sp.issparse(blocked) else np.asarray(blocked)[:1]
+        return explain(self.sources, self.items, history, {n: s[0] for n, s in scores.items()},
+                       row[0], items, self.shares, events, category_id, self.mode)
 
     # ------------------------------------------------------------------------------ files
     def save(self, folder: Path) -> Path:
@@ -274,6 +288,23 @@ class TritonRecommender:
                                       scorer)
         keep = items[0] >= 0
         return [(int(p), float(s)) for p, s in zip(rec.items[items[0][keep]], scores[0][keep])]
+
+    def recommend_explained(self, product_ids: np.ndarray, event_types: np.ndarray, allowed: np.ndarray,
+                            excluded_ids: np.ndarray, k: int,
+                            category_id: int | None = None) -> list[tuple[int, float, "Explanation"]]:
+        """`recommend`, each item with its `serving.explain.Explanation` (computed for these k only);
+        category_id: the request's category filter, named by popular items' explanations."""
+        from serving.explain import strongest_events
+
+        rec = self.recommender
+        scorer = None if rec.mode != "ranker" else self.client.score
+        history, blocked = rec.history(product_ids, event_types), rec.blocked(allowed, excluded_ids)
+        scores = rec.source_scores(history)
+        items, out_scores = rec.recommend(history, blocked, k, scorer, scores)
+        keep = items[0] >= 0
+        why = rec.explain(history, blocked, items[0][keep], scores,
+                          strongest_events(product_ids, event_types, rec.event_weights), category_id)
+        return [(int(p), float(s), e) for p, s, e in zip(rec.items[items[0][keep]], out_scores[0][keep], why)]
 
     def is_ready(self) -> bool:
         return bool(self.client.is_ready())
