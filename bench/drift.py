@@ -1,7 +1,7 @@
 """Drift between nights on the synthetic shop: PSI (registry.drift) of the next day's night on the same
 shop, and of a night on a shop whose customers convert more, against last night.
 
-    python bench/drift.py            # appends to bench/results/drift.json
+    python -m bench.drift            # appends to bench/results/drift.json
 
 Per shop: last night = a 6-day window, tonight = the window one day later (same generator), shifted =
 the same window of the generator with base_logit -2 -> -0.5. value = the shifted night's largest gated
@@ -12,34 +12,20 @@ are kept in `figures`.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-RESULTS = REPO / "bench" / "results"
+from bench.report import RESULTS, add_common_options, append_results, stamp
+
 SHOPS = {
     "small": dict(n_events=24_000, n_users=1000, n_products=300, days=7, seed=3),  # tests/test_drift.py's shop
     "medium": dict(n_events=100_000, n_users=2000, n_products=300, days=7, seed=3),
 }
 SHIFT = {"base_logit": -0.5}
-
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def night_profile(events: pd.DataFrame, first_day: int) -> tuple[dict[str, np.ndarray], int]:
@@ -56,7 +42,7 @@ def night_profile(events: pd.DataFrame, first_day: int) -> tuple[dict[str, np.nd
                    dlrm_item_embeddings(fitted.ranker)), len(task.users)
 
 
-def run(name: str) -> dict:
+def run(name: str, sha: str | None = None) -> dict:
     from etl import SyntheticConfig, generate
     from registry.drift import compare_profiles
 
@@ -75,9 +61,7 @@ def run(name: str) -> dict:
                    "ranker": "epochs=1, cuts=1, pool_size=30", "warn": a.warn, "block": a.block},
         "figures": {"unshifted": {"level": a.level, "worst": a.worst, "psi": a.psi},
                     "shifted": {"level": b.level, "worst": b.worst, "psi": b.psi}},
-        "device": f"cpu-{os.cpu_count()}core", "command": " ".join(["python", *sys.argv]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "git_sha": _git_sha(),
-        "versions": {"python": platform.python_version(), "numpy": np.__version__},
+        "device": f"cpu-{os.cpu_count()}core", **stamp("bench.drift", sha, ("numpy", "torch")),
         "wall_seconds": time.perf_counter() - started,
     }
 
@@ -86,18 +70,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shops", default=",".join(SHOPS), help=f"comma list of {sorted(SHOPS)}")
     parser.add_argument("--no-write", action="store_true")
+    add_common_options(parser, RESULTS / "drift.json")
     args = parser.parse_args()
     rows = []
     for name in args.shops.split(","):
-        row = run(name.strip())
+        row = run(name.strip(), args.git_sha)
         rows.append(row)
         f = row["figures"]
         print(f"{name}: unshifted {f['unshifted']['level']} {f['unshifted']['worst']}, "
               f"shifted {f['shifted']['level']} {f['shifted']['worst']}")
     if not args.no_write:
-        path = RESULTS / "drift.json"
-        old = json.loads(path.read_text()) if path.exists() else []
-        path.write_text(json.dumps(old + rows, indent=2) + "\n")
+        append_results(args.out, rows)
     return 0
 
 
