@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     stp.add_argument("--timeout", type=float, default=20.0, help="seconds from SIGTERM to SIGKILL")
     stk = sub.add_parser("stack", help="the production topology on this machine (ops/stack.py)")
     stk.add_argument("action", choices=["up", "status", "down", "reload-api", "demo"],
-                     help="reload-api: the API's workers restart and load the newest deployment; "
+                     help="reload-api: the API's workers restart gracefully (a new deployment needs none); "
                           "demo: up, then the nightly DAG through the scheduler, deploy, one answer")
     stk.add_argument("--events", type=int, default=100_000, help="demo: synthetic events to generate")
     args = parser.parse_args(argv)

@@ -430,9 +430,9 @@ def status(settings: Settings, stack: StackSettings) -> list[PartStatus]:
 
 
 def reload_api(settings: Settings, stack: StackSettings) -> None:
-    """Make the API's gunicorn restart its workers gracefully (SIGHUP to the master): the new
-    workers load the deployed bundle. The API builds its ranker once per worker, so a deployment
-    made after the API started is served only after this."""
+    """Make the API's gunicorn restart its workers gracefully (SIGHUP to the master), e.g. after a
+    configuration change. A new deployment needs no reload: each worker notices `serving/current`
+    moved within RECSYS_API_DEPLOY_CHECK_S and builds the new ranker (api.RankerSlot)."""
     import signal
 
     table = ProcessTable(stack_dir(settings))
