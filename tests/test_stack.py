@@ -122,8 +122,9 @@ def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.Com
 def _airflow(env: dict[str, str]) -> AirflowClient:
     """Airflow's REST API, logged in as the stack's admin with the generated password."""
     passwords = Path(env["RECSYS_HOME"]) / "stack" / "airflow-passwords.json"
+    # A generous per-request timeout: one API-server worker on a loaded 2-core machine took over 10 s.
     return AirflowClient(f"http://127.0.0.1:{env['RECSYS_AIRFLOW_PORT']}", "admin",
-                         json.loads(passwords.read_text())["admin"])
+                         json.loads(passwords.read_text())["admin"], timeout_s=60)
 
 
 def test_scheduler_runs_the_nightly_on_celery_deploys_and_the_api_answers(stack_env: dict[str, str]) -> None:
@@ -143,7 +144,7 @@ def test_scheduler_runs_the_nightly_on_celery_deploys_and_the_api_answers(stack_
     assert "answers: 2 workers" in next(line for line in shown.stdout.splitlines() if line.startswith("dask-workers "))
 
     airflow = _airflow(env)
-    assert requests.get(f"{airflow.url}/api/v2/dags", timeout=10).status_code == 401  # login is on
+    assert requests.get(f"{airflow.url}/api/v2/dags", timeout=60).status_code == 401  # login is on
     airflow.wait_for_dags({"nightly_training", "deploy_model"}, timeout_s=120)  # parsed after start
     run_id = "stack-test"
     airflow.trigger("nightly_training", run_id, RUN_DATE.isoformat(), {"deploy": True})
