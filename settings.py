@@ -74,6 +74,7 @@ class Settings:
     api_key_pepper: str  # secret mixed into stored API-key hashes
     event_time_skew_s: float  # how far past the server's clock an interaction's event_time may lie
     health_cache_s: float  # /health reuses its last result this long (per worker)
+    api_deploy_check_s: float  # the API's workers look for a new deployment (serving/current) this often
     auth_failure_limit: str  # failed authentications per address before 429, e.g. "20 per minute"
     idempotency_ttl_s: float  # how long a POST's Idempotency-Key and its answer are kept
     deploy_target: str  # "local" or "sagemaker"
@@ -129,6 +130,7 @@ class Settings:
             api_key_pepper=_env("RECSYS_API_KEY_PEPPER", ""),
             event_time_skew_s=_env_float("RECSYS_EVENT_TIME_SKEW_S", 300.0),
             health_cache_s=_env_float("RECSYS_HEALTH_CACHE_S", 1.0),
+            api_deploy_check_s=_env_float("RECSYS_API_DEPLOY_CHECK_S", 5.0),
             auth_failure_limit=_env("RECSYS_AUTH_FAILURE_LIMIT", "20 per minute"),
             idempotency_ttl_s=_env_float("RECSYS_IDEMPOTENCY_TTL_S", 86400.0),
             deploy_target=_env("RECSYS_DEPLOY_TARGET", "local"),
