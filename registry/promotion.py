@@ -226,7 +226,7 @@ def promote(
         if low <= 0:
             return decide(False, f"{metric} {score:.4f} does not beat {best} {baseline:.4f} on evidence: "
                                  f"difference {score - baseline:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}] "
-                                 f"includes 0 ({users:.0f} users)", None)
+                                 f"{_versus_zero(low, high)} ({users:.0f} users)", None)
         if champion_mv is None:
             return decide(True, f"no champion; {metric} {score:.4f} beats {best} {baseline:.4f}, difference "
                                 f"interval [{low:+.4f}, {high:+.4f}] over {users:.0f} users", None)
@@ -250,7 +250,13 @@ def promote(
                      "vs_champion_ci_high": c_high, "champion_users": float(versus.users)}
         if c_low <= 0:
             return decide(False, f"{metric} {score:.4f} does not beat champion v{champion_mv.version} "
-                                 f"({champion_score:.4f}) on evidence: interval [{c_low:+.4f}, {c_high:+.4f}]",
+                                 f"({champion_score:.4f}) on evidence: interval [{c_low:+.4f}, {c_high:+.4f}] "
+                                 f"{_versus_zero(c_low, c_high)}",
                           champion_score)
         return decide(True, f"{metric} {score:.4f} beats champion v{champion_mv.version} ({champion_score:.4f}), "
                             f"interval [{c_low:+.4f}, {c_high:+.4f}], and {best} {baseline:.4f}", champion_score)
+
+
+def _versus_zero(low: float, high: float) -> str:
+    """How a difference interval that does not lie above 0 stands: worse on evidence, or a tie."""
+    return "lies below 0" if high < 0 else "includes 0"

@@ -238,9 +238,9 @@ def test_a_tie_with_the_best_baseline_is_not_promoted(store: dict) -> None:
 
 def test_model_worse_than_baseline_is_never_promoted(store: dict) -> None:
     name = new_name()
-    version = registry.register_model(store["uri"], log_run(store, 0.15, 0.20), name)
+    version = registry.register_model(store["uri"], log_run(store, 0.15, 0.20, interval=(-0.08, -0.02)), name)
     decision = registry.promote(store["uri"], name, version)
-    assert not decision.promoted and "baseline" in decision.reason
+    assert not decision.promoted and "baseline" in decision.reason and "lies below 0" in decision.reason
     assert _champion_version(store, name) is None
 
 
