@@ -317,8 +317,8 @@ class TritonRecommender:
                   excluded_ids: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Up to k (product_id, score) best first; `allowed` masks `recommender.items` (available,
         passing the request's filters), `excluded_ids` are never returned. The score is the ranker's
-        probability that the customer interacts with the product next (or the serving source's score
-        in a source mode)."""
+        probability that the customer interacts with the product next, its blend with a source (see
+        `blend`) when `blend_weight` is set, or the serving source's score in a source mode."""
         rec = self.recommender
         scorer = None if rec.mode != "ranker" else self.client.score
         items, scores = rec.recommend(rec.history(product_ids, event_types), rec.blocked(allowed, excluded_ids), k,

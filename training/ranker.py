@@ -55,7 +55,9 @@ class RankerConfig:
     k: int = 10
     seed: int = 0
     history_features: tuple[str, ...] = ()  # serving.recommender.HISTORY_FEATURES groups
-    blend_weights: tuple[float, ...] = ()  # tried on held-out users for ranker + weight * source (empty: none)
+    # Weights tried on held-out users for ranker + weight * source (0, the ranker alone, always competes);
+    # with the Mult-DAE source: synthetic 0.1213 vs 0.1199 without, Instacart 0.0593 vs 0.0594 (a tie).
+    blend_weights: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.sources if s not in CLASSIC]
