@@ -236,11 +236,6 @@ class ALS:
         model.fit(matrix, show_progress=False)  # implicit 0.7 takes (users, items) CSR
         return model
 
-    def item_factors(self) -> np.ndarray:
-        """(items, factors) float32 item factors of the fitted model."""
-        _check_fitted(self, self._model)
-        return np.asarray(self._model.item_factors, dtype=np.float32)
-
     def score(self, history: sp.csr_matrix) -> np.ndarray:
         _check_fitted(self, self._model)
         rows = _as_matrix(history, self.n_items, "history")

@@ -209,7 +209,7 @@ class Recommender:
         """(n_rows, pool_size, width) float32 of one HISTORY_FEATURES group for the pool's candidates."""
         n, c = pool.shape
         if group == "als_affinity":
-            factors = self.sources["als"].item_factors()  # (n_items, f)
+            factors = self.sources["als"].item_factors  # (n_items, f)
             unit = factors / np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-12)
             weights = sp.csr_matrix(history, dtype=np.float32)
             centroid = np.asarray(weights @ unit)  # (n, f) history-weighted sum of unit item vectors
