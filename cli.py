@@ -262,13 +262,15 @@ def generate(
     corrupt: int,
     users: int | None = None,
     products: int | None = None,
+    truth: dict[str, object] | None = None,
 ) -> dict:
-    """Synthetic raw events for `days` days ending the day before `end`, `corrupt` rows spoiled."""
+    """Synthetic raw events for `days` days ending the day before `end`, `corrupt` rows spoiled;
+    `truth` overrides parameters of the planted model (etl.synthetic.SyntheticConfig)."""
     from etl.synthetic import SyntheticConfig, generate as generate_events, write_events
 
     config = SyntheticConfig(
         n_events=events, n_users=users, n_products=products,
-        start_date=end - timedelta(days=days), days=days, seed=seed,
+        start_date=end - timedelta(days=days), days=days, seed=seed, **(truth or {}),
     )
     data = generate_events(config)
     files = write_events(data.events, settings.raw_dir, config=config)
@@ -476,6 +478,16 @@ def stop(settings: Settings, timeout_s: float = 20.0) -> list[str]:
     return stopped
 
 
+def _truth_override(text: str) -> tuple[str, object]:
+    from etl.errors import SyntheticDataError
+    from etl.synthetic import SyntheticConfig
+
+    try:
+        return SyntheticConfig.parse_override(text)
+    except SyntheticDataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
     parser = argparse.ArgumentParser(prog="python -m cli", description=__doc__,
@@ -489,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--corrupt", type=int, default=0)
     gen.add_argument("--users", type=int, default=None, help="default: the generator's, by size")
     gen.add_argument("--products", type=int, default=None)
+    gen.add_argument("--truth", type=_truth_override, action="append", default=[], metavar="NAME=VALUE",
+                     help="a parameter of the planted model, e.g. product_bias_std=1.5 (repeatable)")
     night = sub.add_parser("nightly")
     night.add_argument("--date", default=date.today().isoformat())
     dep = sub.add_parser("deploy")
@@ -520,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     exp_eval.add_argument("--date", default=date.today().isoformat())
     stk = sub.add_parser("stack", help="the production topology on this machine (ops/stack.py)")
     stk.add_argument("action", choices=["up", "status", "down", "reload-api", "demo"],
-                     help="reload-api: the API's workers restart and load the newest deployment; "
+                     help="reload-api: the API's workers restart gracefully (a new deployment needs none); "
                           "demo: up, then the nightly DAG through the scheduler, deploy, one answer")
     stk.add_argument("--events", type=int, default=100_000, help="demo: synthetic events to generate")
     args = parser.parse_args(argv)
@@ -530,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "generate":
         days = args.days or settings.window_days
         print(json.dumps(generate(settings, args.events, args.end, days, args.seed, args.corrupt,
-                                         args.users, args.products), indent=2))
+                                         args.users, args.products, dict(args.truth)), indent=2))
     elif args.command == "nightly":
         # A night that stops on purpose (validation failed closed, no partitions, a stage's own
         # error) is one `error:` line and exit 1, not a traceback; the details are in the logs.

@@ -74,6 +74,7 @@ class Settings:
     api_key_pepper: str  # secret mixed into stored API-key hashes
     event_time_skew_s: float  # how far past the server's clock an interaction's event_time may lie
     health_cache_s: float  # /health reuses its last result this long (per worker)
+    api_deploy_check_s: float  # the API's workers look for a new deployment (serving/current) this often
     auth_failure_limit: str  # failed authentications per address before 429, e.g. "20 per minute"
     idempotency_ttl_s: float  # how long a POST's Idempotency-Key and its answer are kept
     deploy_target: str  # "local" or "sagemaker"
@@ -90,6 +91,8 @@ class Settings:
     experiment_min_impressions: int = 1000  # default minimum impressions per arm before a decision
     experiment_max_days: float = 14.0  # default longest run; past it without a winner the champion stays
     dask_scheduler: str = ""  # dask.distributed scheduler the ETL runs on; empty = threads in-process
+    drift_warn: float = 0.1  # PSI between nights (registry.drift) at which the run is tagged drift=warn
+    drift_block: float = 0.25  # PSI at which the promotion gate refuses the night's model
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -127,6 +130,7 @@ class Settings:
             api_key_pepper=_env("RECSYS_API_KEY_PEPPER", ""),
             event_time_skew_s=_env_float("RECSYS_EVENT_TIME_SKEW_S", 300.0),
             health_cache_s=_env_float("RECSYS_HEALTH_CACHE_S", 1.0),
+            api_deploy_check_s=_env_float("RECSYS_API_DEPLOY_CHECK_S", 5.0),
             auth_failure_limit=_env("RECSYS_AUTH_FAILURE_LIMIT", "20 per minute"),
             idempotency_ttl_s=_env_float("RECSYS_IDEMPOTENCY_TTL_S", 86400.0),
             deploy_target=_env("RECSYS_DEPLOY_TARGET", "local"),
@@ -143,6 +147,8 @@ class Settings:
             experiment_alpha=_env_float("RECSYS_EXPERIMENT_ALPHA", 0.05),
             experiment_min_impressions=_env_int("RECSYS_EXPERIMENT_MIN_IMPRESSIONS", 1000),
             experiment_max_days=_env_float("RECSYS_EXPERIMENT_MAX_DAYS", 14.0),
+            drift_warn=_env_float("RECSYS_DRIFT_WARN", 0.1),
+            drift_block=_env_float("RECSYS_DRIFT_BLOCK", 0.25),
         )
 
     # Where each stage writes; stage outputs are versioned by run date (YYYY-MM-DD).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -72,26 +73,68 @@ def default_config() -> dict[str, Any]:
         "EXPERIMENT_TTL_S": st.experiment_ttl_s,
         # "all": every recommendation response is logged as an impression; "experiment": only while one runs.
         "IMPRESSIONS": st.impressions,
+        # How often (seconds, per worker at most) the ranker looks for a new deployment at serving/current.
+        "DEPLOY_CHECK_S": st.api_deploy_check_s,
     }
 
 
 class RankerSlot:
-    """Holds the ranker; builds the default Triton one on first use, when a serving bundle exists."""
+    """Holds the ranker: the one given, or the default Triton one built from the serving bundle at
+    `serving_dir/current`, and built again when a new deployment moves that link.
 
-    def __init__(self, ranker: Ranker | None, serving_dir: Path, triton_url: str) -> None:
+    A deploy swaps `current` atomically (plugins.deploy); every `check_s` seconds at most, one request
+    of a worker compares the link's target and its identity (path, inode, mtime: a few stat calls)
+    with what the ranker was built from, and rebuilds on a change, so a deployment made after the
+    API started is served without restarting it. Other requests meanwhile keep the ranker they had.
+    """
+
+    def __init__(self, ranker: Ranker | None, serving_dir: Path, triton_url: str, check_s: float = 5.0) -> None:
         self._ranker = ranker
-        self._resolved = ranker is not None
+        self._fixed = ranker is not None  # a ranker handed in (tests, embedding) is never replaced
+        self._resolved = self._fixed
         self._serving_dir = serving_dir
         self._triton_url = triton_url
+        self._check_s = check_s
+        self._checked_at = -float("inf")
+        self._stamp: tuple[str, int, int] | None = None
         self._lock = threading.Lock()
 
+    def deployment_stamp(self) -> tuple[str, int, int] | None:
+        """What `current` points at now (resolved path, inode, mtime); None when nothing is deployed."""
+        bundle = self._serving_dir / "current"
+        try:
+            target = os.path.realpath(bundle)
+            info = os.stat(target)
+        except OSError:
+            return None
+        return target, info.st_ino, info.st_mtime_ns
+
     def get(self) -> Ranker | None:
-        if not self._resolved:
-            with self._lock:
-                if not self._resolved:
-                    self._ranker = self._build_default()
-                    self._resolved = True
+        if self._fixed:
+            return self._ranker
+        due = time.monotonic() - self._checked_at >= self._check_s
+        if not self._resolved or due:
+            # The first build waits for the lock; later checks are skipped by requests that find one under way.
+            if self._lock.acquire(blocking=not self._resolved):
+                try:
+                    if not self._resolved or time.monotonic() - self._checked_at >= self._check_s:
+                        self._refresh()
+                finally:
+                    self._lock.release()
         return self._ranker
+
+    def _refresh(self) -> None:
+        stamp = self.deployment_stamp()
+        self._checked_at = time.monotonic()
+        if self._resolved and stamp == self._stamp:
+            return
+        if self._resolved:
+            log.info("new deployment at %s (%s); building its ranker", self._serving_dir / "current",
+                     stamp[0] if stamp else "none")
+        self._ranker = self._build_default()
+        self._resolved = True
+        # A bundle that failed to build is tried again at the next check, not remembered as served.
+        self._stamp = stamp if (self._ranker is not None or stamp is None) else None
 
     def _build_default(self) -> Ranker | None:
         bundle = self._serving_dir / "current"
@@ -145,7 +188,8 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     if app.config.get("INIT_DB", True):
         store.init_db()
     app.extensions["recsys_store"] = store
-    slot = RankerSlot(ranker, Path(app.config.get("SERVING_DIR", "var/serving")), app.config.get("TRITON_URL", ""))
+    slot = RankerSlot(ranker, Path(app.config.get("SERVING_DIR", "var/serving")), app.config.get("TRITON_URL", ""),
+                      float(app.config.get("DEPLOY_CHECK_S", 5.0)))
     app.extensions["recsys_ranker"] = slot
     app.extensions["recsys_experiments"] = experiments.Experiments(
         store, float(app.config.get("EXPERIMENT_TTL_S", 5.0)), arm_rankers or slot.for_version,

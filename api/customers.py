@@ -31,7 +31,8 @@ def recommendations(ident: int) -> ResponseReturnValue:
     result = current_app.extensions["recsys_recommender"].recommend(req, ranker)
     body = Recommendations(
         customer_id=ident,
-        items=[{"product_id": p, "score": s} for p, s in result.items],
+        items=[{"product_id": p, "score": s, "explanation": why}
+               for (p, s), why in zip(result.items, result.explanations, strict=True)],
         ranker=result.ranker,
         fallback=result.fallback,
         recommendation_id=experiments.log_impression(assignment, ident, [p for p, _ in result.items]),

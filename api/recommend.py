@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,7 +20,7 @@ import pandas as pd
 from sqlalchemy import bindparam, select
 
 from api.candidates import ProductFilter
-from api.catalogue import CatalogueCache, CatalogueIndex, Products
+from api.catalogue import NO_CATEGORY, CatalogueCache, CatalogueIndex, Products
 from api.store import Interaction, Store
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CANDIDATES = 200  # products the ranker scores per request
+CATALOGUE_SOURCES = ("co_occurring", "in_categories", "popular")  # _pool's lists, in its order
 RETRIEVED = 100  # of those, at most this many from the retrieval model, ahead of the catalogue sources
 
 
@@ -66,6 +67,18 @@ class Result:
     items: list[tuple[int, float]]  # (product_id, score), best first, distinct
     ranker: str  # "triton" or "popular"
     fallback: bool
+    explanations: list[dict] = field(default_factory=list)  # per item, serving.explain.Explanation.as_dict()
+
+
+def _popular_why(n: int, where: ProductFilter) -> list[dict]:
+    """Explanations of n popular items (the fallback and the top-up): popular, in the filtered category."""
+    from serving.explain import popular
+
+    return [popular(where.category_id, "popular").as_dict() for _ in range(n)]
+
+
+def _popular_result(items: list[tuple[int, float]], where: ProductFilter, fallback: bool) -> Result:
+    return Result(items, "popular", fallback, _popular_why(len(items), where))
 
 
 @dataclass(frozen=True)
@@ -108,11 +121,13 @@ def _retrieved(index: CatalogueIndex, retrieved: list[int], req: Request, exclud
 
 
 def _pool(index: CatalogueIndex, history: History, req: Request, exclude: set[int],
-          retrieved: Sequence[int] = ()) -> list[int]:
+          retrieved: Sequence[int] = (), origin: dict[int, str] | None = None) -> list[int]:
     """Up to CANDIDATES distinct products: the retrieval model's first, then the three catalogue sources
     in turn (most personal first), so each is represented however long the others' lists are;
-    excluded products left out."""
+    excluded products left out. `origin`, when given, gets each product's source (its first list)."""
     ids: dict[int, None] = dict.fromkeys(_retrieved(index, list(retrieved), req, exclude)[:RETRIEVED])
+    if origin is not None:
+        origin.update(dict.fromkeys(ids, "retrieval"))
     sources = [
         index.co_occurring(history.touched, CANDIDATES, req.where),
         index.in_categories(index.categories_of(history.touched), CANDIDATES, req.where),
@@ -122,10 +137,31 @@ def _pool(index: CatalogueIndex, history: History, req: Request, exclude: set[in
     for batch in zip_longest(*sources):
         if len(ids) >= CANDIDATES:
             break
-        for pid in batch:
+        for name, pid in zip(CATALOGUE_SOURCES, batch):
             if pid is not None and pid not in exclude:
                 ids[pid] = None
+                if origin is not None:
+                    origin.setdefault(pid, name)
     return list(ids)[:CANDIDATES]
+
+
+def _catalogue_why(ranked: list[tuple[int, float]], origin: dict[int, str], products: Products,
+                   history: History, where: ProductFilter) -> list[dict]:
+    """Explanations of the catalogue path's items by the list that brought each into the pool
+    (serving.explain.catalogue): a category's items name the customer's products in that category."""
+    from serving.explain import catalogue
+
+    rows, found = products.rows_of(np.asarray([p for p, _ in ranked], dtype=np.int64))
+    category = np.where(found, products.category[np.where(found, rows, 0)], NO_CATEGORY)
+    touched = np.fromiter(dict.fromkeys(p for p, _ in reversed(history.events)), dtype=np.int64)  # latest first
+    t_rows, t_found = products.rows_of(touched)
+    t_category = np.where(t_found, products.category[np.where(t_found, t_rows, 0)], NO_CATEGORY)
+    out = []
+    for (pid, _), cat in zip(ranked, category.tolist()):
+        name = origin.get(pid, "popular")
+        same = touched[t_category == cat].tolist() if name == "in_categories" and cat != NO_CATEGORY else []
+        out.append(catalogue(name, None if cat == NO_CATEGORY else int(cat), same, where.category_id).as_dict())
+    return out
 
 
 class Recommender:
@@ -158,28 +194,37 @@ class Recommender:
         history = read_history(self.store, req.customer_id)
         exclude = history.excluded(req.exclude)
         if ranker is None or not history.touched:
-            return Result(self.popular(req.k, req.where, exclude), "popular", False)
+            return _popular_result(self.popular(req.k, req.where, exclude), req.where, False)
         if hasattr(ranker, "recommender"):  # serving.recommender.TritonRecommender: the evaluated path
             return self._recommend_served(req, ranker, history, exclude)
         self._attach(ranker)
         retrieved = self._retrieve(ranker, req.customer_id, exclude)
         with self.cache.lock:
             index = self.cache.index()
-            pool = _pool(index, history, req, exclude, retrieved)
+            origin: dict[int, str] = {}
+            pool = _pool(index, history, req, exclude, retrieved, origin)
             if not pool:
-                return Result(self.popular(req.k, req.where, exclude), "popular", False)
+                return _popular_result(self.popular(req.k, req.where, exclude), req.where, False)
             products = index.products  # an immutable snapshot: safe to use once the lock is released
             rows, _ = products.rows_of(np.asarray(pool, dtype=np.int64))
         try:
             scores = self._score(ranker, req.customer_id, products, rows)
         except ranker_unavailable_error() as exc:
             log.warning("ranker unavailable for customer %s, serving popular items: %s", req.customer_id, exc)
-            return Result(self.popular(req.k, req.where, exclude), "popular", True)
+            return _popular_result(self.popular(req.k, req.where, exclude), req.where, True)
         if scores.shape[0] != len(rows):
             raise ValueError(f"ranker returned {scores.shape[0]} scores for {len(rows)} products")
         order = np.argsort(-scores, kind="stable")[: req.k]
         ids = products.ids[rows]
-        return Result(self._top_up([(int(ids[i]), float(scores[i])) for i in order], req, exclude), "triton", False)
+        ranked = [(int(ids[i]), float(scores[i])) for i in order]
+        why = _catalogue_why(ranked, origin, products, history, req.where)
+        return self._explained_top_up(ranked, why, req, exclude)
+
+    def _explained_top_up(self, ranked: list[tuple[int, float]], why: list[dict], req: Request,
+                          exclude: set[int]) -> Result:
+        """A ranked Result, topped up with popular items (explained as popular) when short of k."""
+        items = self._top_up(ranked, req, exclude)
+        return Result(items, "triton", False, why + _popular_why(len(items) - len(ranked), req.where))
 
     def _top_up(self, ranked: list[tuple[int, float]], req: Request, exclude: set[int]) -> list[tuple[int, float]]:
         """A list short of k while eligible products remain gets the most popular of them appended."""
@@ -200,11 +245,13 @@ class Recommender:
         pids = np.fromiter((p for p, _ in history.events), dtype=np.int64, count=len(history.events))
         kinds = np.array([t for _, t in history.events], dtype=object)
         try:
-            ranked = served.recommend(pids, kinds, allowed, np.fromiter(exclude, dtype=np.int64), req.k)
+            explained = served.recommend_explained(pids, kinds, allowed, np.fromiter(exclude, dtype=np.int64),
+                                                   req.k, req.where.category_id)
         except ranker_unavailable_error() as exc:
             log.warning("ranker unavailable for customer %s, serving popular items: %s", req.customer_id, exc)
-            return Result(self.popular(req.k, req.where, exclude), "popular", True)
-        return Result(self._top_up(ranked, req, exclude), "triton", False)
+            return _popular_result(self.popular(req.k, req.where, exclude), req.where, True)
+        return self._explained_top_up([(p, s) for p, s, _ in explained], [e.as_dict() for _, _, e in explained],
+                                      req, exclude)
 
     def _retrieve(self, ranker: Ranker, customer_id: int, exclude: set[int]) -> list[int]:
         """The ranker's retrieval candidates (api.ranking.EncodedRanker.candidates); [] when it has none or fails."""

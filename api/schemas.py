@@ -259,9 +259,30 @@ class ScoredItem(BaseModel):
     score: float
 
 
+ExplanationKind = Literal["because_you_viewed", "goes_with_your_items", "similar_to_history", "popular",
+                          "popular_in_category", "viewed_together", "recommended"]  # serving.explain.ALL_KINDS
+
+
+class Explanation(BaseModel):
+    """Why an item is recommended (serving.explain): the candidate source that put it in the pool, a kind
+    the front end renders, a readable reason and the customer's own products behind it."""
+
+    source: str = Field(description="candidate source: item_knn, ease, als, popularity, or the catalogue "
+                                    "path's retrieval, co_occurring, in_categories, popular")
+    kind: ExplanationKind
+    reason: str
+    evidence: list[int] = Field(max_length=3, description="product ids from the customer's history that add "
+                                                          "most to the item's score, strongest first")
+    category_id: int | None = Field(None, description="the category of a popular_in_category explanation")
+
+
+class RecommendedItem(ScoredItem):
+    explanation: Explanation
+
+
 class Recommendations(BaseModel):
     customer_id: int
-    items: list[ScoredItem]
+    items: list[RecommendedItem]
     ranker: Literal["triton", "popular"]
     fallback: bool
     recommendation_id: int | None = Field(

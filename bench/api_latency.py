@@ -2,15 +2,15 @@
 
     make bench-api        # installs Debian's wrk if missing, then: python -m bench.api_latency --workdir /tmp/api_bench
 
-One run builds everything from `etl.synthetic` data: ETL workflow, a small DLRM trained for one epoch,
-a serving bundle, a local Triton (serving.local_triton) and a SQLite store with a 10k-product catalogue.
+One run builds everything from `etl.synthetic` data: the served recommender (candidate sources and its
+DLRM ranker, `training.ranker.fit_recommender`, as the nightly run registers it), ETL workflow, a serving bundle, a local Triton (serving.local_triton) and a SQLite store with a 10k-product catalogue.
 Two gunicorn servers run with the same worker settings (2 gevent workers by default, as api/gunicorn_conf.py
 serves; --worker-class gthread for 2 x 4 threads): the API
 (auth on, rate limits on but raised) and a bare Flask app answering a fixed JSON list (the floor,
 `floor_app()` below).
 Measured, each on loopback:
   - closed loop (wrk, --threads/--connections): the floor, GET /customers/<id>/recommendations
-    (200 candidates ranked by Triton) and POST /interactions (validation, auth, store write);
+    (the recommender's candidate pool ranked by Triton) and POST /interactions (validation, auth, store write);
     every accepted interaction is read back afterwards (count in the store + a sample through the API);
   - open loop (a paced Python client on keep-alive connections, latency counted from each request's
     scheduled start): recommendations and the floor at each of --rates requests/s.
@@ -68,7 +68,16 @@ def free_port() -> int:
 
 # ---------------------------------------------------------------- building the data, model and store
 def build_world(workdir: Path, n_events: int, n_users: int, n_products: int) -> dict[str, Any]:
-    """Synthetic events -> ETL -> 1-epoch DLRM -> serving bundle; SQLite store seeded with every product."""
+    """Synthetic events -> the served recommender (sources + DLRM ranker, training.ranker) -> serving bundle;
+    SQLite store seeded with every product.
+
+    The bundle is the one the nightly run registers and the API serves today: `recommender/` (candidate
+    sources, pool, features) with its ranker as the Triton model, so a request runs
+    `serving.recommender.TritonRecommender` (the evaluated path). The ranker is made to order the list
+    (`mode = "ranker"`) whatever won on held-out users, so every request is ranked on Triton: the slower
+    of the served modes.
+    """
+    import numpy as np
     import pandas as pd
     from sqlalchemy import insert, select
 
@@ -76,7 +85,7 @@ def build_world(workdir: Path, n_events: int, n_users: int, n_products: int) -> 
     from api.store import Product, Store
     from etl import EtlConfig, SyntheticConfig, generate, run_etl
     from serving.bundle import build_bundle
-    from training import TrainConfig, TrainInputs, train
+    from training.ranker import MODEL_FILE, SCHEMA_FILE, RankerConfig, fit_recommender
 
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -84,18 +93,18 @@ def build_world(workdir: Path, n_events: int, n_users: int, n_products: int) -> 
     data = generate(SyntheticConfig(n_events=n_events, n_users=n_users, n_products=n_products, days=4, seed=0))
     events = workdir / "events.parquet"
     data.events.to_parquet(events)
-    etl_out = run_etl(events, workdir / "etl", EtlConfig())
-    config = TrainConfig(embedding_dim=8, bottom_mlp=[32, 16], top_mlp=[32, 16], epochs=1, batch_size=4096,
-                         device="cpu")
-    result = train(TrainInputs(etl_out.train_dir, etl_out.valid_dir, etl_out.schema_path), config,
-                   workdir / "train")
+    # The recommender's catalogue is every product of the shop (the store's catalogue below).
+    catalogue = np.sort(data.products.product_id.to_numpy(np.int64))
+    fitted = fit_recommender(data.events, catalogue, RankerConfig())
+    fitted_mode, fitted.recommender.mode = fitted.recommender.mode, "ranker"
     model_dir = workdir / "model"
-    model_dir.mkdir()
-    shutil.copyfile(result.model_path, model_dir / "dlrm.pt")
-    shutil.copyfile(etl_out.schema_path, model_dir / "schema.json")
+    fitted.save(model_dir / "recommender")
+    shutil.copyfile(model_dir / "recommender" / MODEL_FILE, model_dir / "dlrm.pt")
+    shutil.copyfile(model_dir / "recommender" / SCHEMA_FILE, model_dir / "schema.json")
+    etl_out = run_etl(events, workdir / "etl", EtlConfig())  # the bundle carries the nightly ETL workflow too
     shutil.copytree(etl_out.workflow_dir, model_dir / "workflow")
     serving_dir = workdir / "home" / "serving"
-    # Default repository options: max_batch_size 1024 lets Triton batch concurrent 200-row requests.
+    # Default repository options: max_batch_size 1024 lets Triton batch concurrent pool-sized requests.
     bundle = build_bundle(model_dir, serving_dir, version=1)
     (serving_dir / "current").symlink_to(bundle.name)
 
@@ -115,9 +124,12 @@ def build_world(workdir: Path, n_events: int, n_users: int, n_products: int) -> 
         n_products_db = len(known) + len(rest)
     store.dispose()
     customers = sorted(int(u) for u in data.events.user_id.unique())
+    rec = fitted.recommender
     return {"bundle": bundle, "db": db, "home": workdir / "home", "customers": customers,
             "products": sorted(int(p) for p in data.products.product_id), "n_products": n_products_db,
-            "interactions": seeded.interactions, "best_valid_auc": round(result.best_valid_auc, 4)}
+            "interactions": seeded.interactions, "pool_size": rec.pool_size,
+            "sources": rec.source_names, "fitted_mode": fitted_mode,
+            "ranker_valid_ndcg_at_10": round(rec.evidence.get("valid_ndcg_at_10.ranker", float("nan")), 4)}
 
 
 # ---------------------------------------------------------------- servers
@@ -404,7 +416,7 @@ def main() -> None:
     try:
         api.wait_ready("/health")
         floor.wait_ready("/floor")
-        # Warm up: each worker builds its catalogue index and the ranker encodes the catalogue once.
+        # Warm up: each worker builds its catalogue index and loads the recommender once.
         run_wrk(api.url, script, "recommend", run_id, customers, products, args.threads, args.connections, 5)
         wrk = {mode: run_wrk(api.url if mode != "floor" else floor.url, script, mode, run_id, customers, products,
                              args.threads, args.connections, args.duration)
@@ -430,9 +442,12 @@ def main() -> None:
               "git_sha": args.git_sha or report.git_sha(short=True)}
     base = {"load_average_1m_at_start": load_at_start, "server": " ".join(api.command[3:-1]), "database": "sqlite (WAL, group commit)", "transport": "loopback",
             "auth": "on", "rate_limit": "on (10000000 per minute, memory)", "catalogue_products": world["n_products"],
-            "customers": len(world["customers"]), "seed_interactions": world["interactions"], "candidates_per_request": 200,
-            "k": 10, "ranker": "local Triton (PyTriton's tritonserver, Python backend running ONNX Runtime CPU), HTTP", "model_valid_auc":
-            world["best_valid_auc"], "baseline": "bare Flask GET returning a fixed JSON list, same gunicorn config"}
+            "customers": len(world["customers"]), "seed_interactions": world["interactions"],
+            "candidates_per_request": world["pool_size"], "k": 10,
+            "ranker": "local Triton (PyTriton's tritonserver, Python backend running ONNX Runtime CPU), HTTP",
+            "served_path": f"serving.recommender.TritonRecommender: sources {world['sources']} -> pool of "
+            f"{world['pool_size']} -> DLRM ranker on Triton (mode forced to ranker; fitted mode "
+            f"{world['fitted_mode']})", "ranker_valid_ndcg_at_10": world["ranker_valid_ndcg_at_10"], "baseline": "bare Flask GET returning a fixed JSON list, same gunicorn config"}
     rows = []
     for name, path in (("recommend", "GET /customers/<id>/recommendations"), ("interactions", "POST /interactions")):
         w, f = wrk[name], wrk["floor"]

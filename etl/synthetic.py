@@ -96,6 +96,23 @@ class SyntheticConfig:
         except (TypeError, ValueError) as exc:
             raise SyntheticDataError(f"start_date {self.start_date!r} is not YYYY-MM-DD") from exc
 
+    @classmethod
+    def parse_override(cls, text: str) -> tuple[str, object]:
+        """`name=value` for one numeric field of the planted model (e.g. `product_bias_std=1.5`), typed
+        like the field's default; `SyntheticDataError` names the fields that can be set this way."""
+        name, _, value = text.partition("=")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)
+                    if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)}
+        for entity in ("n_events", "days", "seed"):  # they have flags of their own
+            defaults.pop(entity, None)
+        if name.strip() not in defaults or not value.strip():
+            raise SyntheticDataError(f"{text!r} is not NAME=VALUE with NAME one of {', '.join(sorted(defaults))}")
+        kind = type(defaults[name.strip()])
+        try:
+            return name.strip(), kind(value.strip())
+        except ValueError as exc:
+            raise SyntheticDataError(f"{name.strip()} takes a {kind.__name__}, got {value.strip()!r}") from exc
+
     def resolved(self) -> "SyntheticConfig":
         """The same config with every derived entity count filled in."""
         n_products = self.n_products or max(30, self.n_events // 4000)

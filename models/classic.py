@@ -45,6 +45,14 @@ def _as_matrix(matrix: sp.spmatrix, n_items: int | None = None, what: str = "int
     return csr
 
 
+def _one_row(history: sp.csr_matrix, n_items: int) -> sp.csr_matrix:
+    """One history row (1, n_items) as CSR float32, for per-customer contributions."""
+    row = _as_matrix(history, n_items, "history")
+    if row.shape[0] != 1:
+        raise ModelError(f"contributions explain one history row at a time; got {row.shape[0]}")
+    return row
+
+
 def _check_fitted(scorer: ItemScorer, fitted: object) -> None:
     if fitted is None:
         raise ModelError(f"{scorer.name}: call fit(interactions) before score(history)")
@@ -121,10 +129,23 @@ class ItemKNN:
         )
         return self
 
+    def similarity(self) -> sp.csr_matrix:
+        """(items, items) CSR: S[i, j], the similarity of history item i to candidate j (0 off the neighbourhood)."""
+        _check_fitted(self, self._similarity)
+        return self._similarity
+
     def score(self, history: sp.csr_matrix) -> np.ndarray:
         _check_fitted(self, self._similarity)
         rows = _as_matrix(history, self.n_items, "history")
         return np.asarray((rows @ self._similarity).toarray(), dtype=np.float32)
+
+    def contributions(self, history: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(history item indices, (n_history, len(items)) float32): history[h] * S[h, i], what each of
+        one row's history items adds to `score` of each of `items`; columns sum to the scores."""
+        _check_fitted(self, self._similarity)
+        row = _one_row(history, self.n_items)
+        sim = self._similarity[row.indices][:, np.asarray(items, dtype=np.int64)].toarray()
+        return row.indices.astype(np.int64), (row.data[:, None] * sim).astype(np.float32)
 
 
 @dataclass(eq=False)
@@ -162,6 +183,15 @@ class EASE:
         _check_fitted(self, self._weights)
         rows = _as_matrix(history, self.n_items, "history")
         return np.asarray(rows @ self._weights, dtype=np.float32)
+
+    def contributions(self, history: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(history item indices, (n_history, len(items)) float32): history[h] * B[h, i], what each of
+        one row's history items adds to `score` of each of `items` (negative where B is); columns sum
+        to the scores."""
+        _check_fitted(self, self._weights)
+        row = _one_row(history, self.n_items)
+        weights = self._weights[row.indices][:, np.asarray(items, dtype=np.int64)]
+        return row.indices.astype(np.int64), (row.data[:, None] * weights).astype(np.float32)
 
 
 @dataclass(eq=False)
@@ -216,12 +246,118 @@ class ALS:
             row_factors = self._model.recalculate_user(np.arange(rows.shape[0]), rows)  # (rows, factors)
         return np.asarray(row_factors @ item_factors.T, dtype=np.float32)
 
+    @property
+    def item_factors(self) -> np.ndarray:
+        """(n_items, factors) float32 item factors y_i of the fitted model."""
+        _check_fitted(self, self._model)
+        return np.asarray(self._model.item_factors, dtype=np.float32)
 
-CLASSIC: dict[str, type[Popularity | ItemKNN | EASE | ALS]] = {
+    def contributions(self, history: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(history item indices, (n_history, len(items)) float32): the fold-in score split over one
+        row's history items (Hu, Koren & Volinsky 2008, section 5). The row's factor is
+        x = W sum_h c_h y_h with W = (Y^T Y + sum_h (c_h - 1) y_h y_h^T + regularization I)^-1 and
+        c_h = alpha * history[h], so score_i = sum_h c_h (y_h^T W y_i): history item h contributes
+        its confidence times its similarity to i in the row's own metric W. Columns sum to `score`
+        up to the solver's rounding."""
+        _check_fitted(self, self._model)
+        row = _one_row(history, self.n_items)
+        y = self.item_factors.astype(np.float64)
+        seen = y[row.indices]  # (n_history, factors)
+        confidence = self.alpha * row.data.astype(np.float64)
+        gram = y.T @ y + seen.T @ ((confidence - 1.0)[:, None] * seen) + self.regularization * np.eye(y.shape[1])
+        metric = np.linalg.solve(gram, y[np.asarray(items, dtype=np.int64)].T)  # W y_i, (factors, len(items))
+        return row.indices.astype(np.int64), (confidence[:, None] * (seen @ metric)).astype(np.float32)
+
+
+@dataclass(eq=False)
+class MultDAE:
+    """Denoising autoencoder with a multinomial likelihood (Liang et al. 2018, "Variational Autoencoders for
+    Collaborative Filtering", Mult-DAE), in torch.
+
+    A history row x (weighted interactions) is L2-normalised, its stored cells dropped out (fit only), encoded by
+    tanh(x W_enc + b) into `hidden` units and decoded to logits over the catalogue; fit maximises
+    sum_i x_i log softmax(logits)_i. The decoder's bias and the softmax over the whole catalogue let it
+    model "popular and to this user's taste" in one score. score = the logits: (rows, items).
+    """
+
+    # Chosen on a validation split of the synthetic shop's training part (NDCG@10): hidden 64, lr 1e-3,
+    # 100 epochs 0.1233; hidden 200, 60 epochs 0.1233; lr 3e-3 overfits (0.1121 at 60 epochs); EASE 0.1207.
+    hidden: int = 64
+    dropout: float = 0.5
+    epochs: int = 100
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    random_state: int = 0
+    name: str = field(default="mult_dae", init=False)
+    n_items: int = field(default=0, init=False)
+    _state: dict | None = field(default=None, init=False, repr=False)
+
+    def _net(self, n_items: int):  # type: ignore[no-untyped-def]
+        import torch
+
+        return torch.nn.Sequential(torch.nn.Linear(n_items, self.hidden), torch.nn.Tanh(),
+                                   torch.nn.Linear(self.hidden, n_items))
+
+    def fit(self, interactions: sp.csr_matrix) -> MultDAE:
+        import torch
+        import torch.nn.functional as F
+
+        matrix = _as_matrix(interactions)
+        n_users, n_items = matrix.shape
+        generator = torch.Generator().manual_seed(self.random_state)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_state)
+            net = self._net(n_items)
+        encoder, decoder = net[0], net[2]
+        optimizer = torch.optim.Adam(net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+        unit = sp.diags(1.0 / np.maximum(norms, 1e-12)).astype(np.float32) @ matrix  # L2-normalised rows
+        rows = torch.from_numpy(np.flatnonzero(np.diff(matrix.indptr) > 0))
+        net.train()
+        for _ in range(self.epochs):
+            order = rows[torch.randperm(len(rows), generator=generator)].numpy()
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                # Sparse encoder input: dropping out a zero changes nothing, so only stored cells are dropped.
+                x_in, x = unit[batch].tocoo(), matrix[batch].tocoo()
+                keep = (torch.rand(x_in.nnz, generator=generator) >= self.dropout).float() / (1.0 - self.dropout)
+                sparse_in = torch.sparse_coo_tensor(np.vstack([x_in.row, x_in.col]),
+                                                    torch.from_numpy(x_in.data) * keep, x_in.shape,
+                                                    check_invariants=False)
+                hidden = torch.tanh(torch.sparse.mm(sparse_in, encoder.weight.T) + encoder.bias)
+                log_p = F.log_softmax(decoder(hidden), dim=1)
+                picked = log_p[torch.from_numpy(x.row.astype(np.int64)), torch.from_numpy(x.col.astype(np.int64))]
+                loss = -(picked * torch.from_numpy(x.data)).sum() / len(batch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        self._state, self.n_items = {k: v.detach().clone() for k, v in net.state_dict().items()}, n_items
+        return self
+
+    def score(self, history: sp.csr_matrix) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        _check_fitted(self, self._state)
+        rows = _as_matrix(history, self.n_items, "history")
+        net = self._net(self.n_items)
+        net.load_state_dict(self._state)
+        net.eval()
+        out = np.empty(rows.shape, dtype=np.float32)
+        with torch.no_grad():
+            for start in range(0, rows.shape[0], 1024):
+                x = torch.from_numpy(rows[start:start + 1024].toarray())
+                out[start:start + len(x)] = net(F.normalize(x, dim=1)).numpy()
+        return out
+
+
+CLASSIC: dict[str, type[Popularity | ItemKNN | EASE | ALS | MultDAE]] = {
     "popularity": Popularity,
     "item_knn": ItemKNN,
     "ease": EASE,
     "als": ALS,
+    "mult_dae": MultDAE,
 }
 
 

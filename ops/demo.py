@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta, timezone
 import requests
 
 from ops.airflow_client import AirflowClient
-from ops.stack import ADMIN, PASSWORDS_FILE, admin_password, reload_api, stack_dir, up, urls
+from ops.stack import ADMIN, PASSWORDS_FILE, admin_password, stack_dir, up, urls
 from settings import Settings, StackSettings
 
 NIGHTLY, DEPLOY = "nightly_training", "deploy_model"
@@ -68,7 +68,7 @@ def demo(settings: Settings, stack: StackSettings, events: int,
         airflow.trigger(DEPLOY, deploy_run, datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                         {"version": str(decision["version"]), "target": "local"})
     airflow.wait(DEPLOY, deploy_run, timeout_s=1800, on_task=_task_line(progress))
-    reload_api(settings, stack)
+    # No API restart: its workers build the new ranker when they see serving/current moved.
 
     progress("[5/5] the API: store loaded from the validated events, one recommendation")
     from api.seed import seed_from_events
@@ -93,6 +93,13 @@ def demo(settings: Settings, stack: StackSettings, events: int,
              f"({decision['reason']})")
     progress(f"answer  : customer {customer} -> {[i['product_id'] for i in answer['items']]} "
              f"(ranker {answer['ranker']})")
+    for item in answer["items"][:2]:
+        why = item.get("explanation") or {}
+        progress(f"why     : {item['product_id']}: {why.get('reason')} ({why.get('source')}, evidence "
+                 f"{why.get('evidence')})")
+    drift_file = settings.run_dir(run_date) / "eval" / "drift.json"
+    if drift_file.is_file():  # written by the evaluate stage (registry.drift)
+        progress(f"drift   : {json.loads(drift_file.read_text())['reason']}")
     progress(f"Airflow : {u['airflow']}  (user {ADMIN}, password in {stack_dir(settings) / PASSWORDS_FILE})")
     progress(f"MLflow  : {u['mlflow']}    API: {u['api']}")
     progress(f"logs    : {stack_dir(settings) / 'logs'} (services), {stack_dir(settings) / 'airflow' / 'logs'} (tasks)")

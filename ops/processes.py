@@ -34,6 +34,9 @@ class Service:
     health_url: str = ""  # HTTP URL answering 2xx when the service is up; empty = pid alive only
     tcp: tuple[str, int] | None = None  # or a TCP port that accepts connections
     log_marker: str = ""  # or a line its log prints once it is ready (Celery: "ready.")
+    # or a dask.distributed scheduler (address) that must answer and report at least `dask_workers` workers
+    dask: str = ""
+    dask_workers: int = 0
     cwd: str | None = None
 
 

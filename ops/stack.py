@@ -158,13 +158,15 @@ def services(settings: Settings, stack: StackSettings, env: dict[str, str]) -> l
                            "--workers", "1", "--backend-store-uri", stack.database_url("mlflow"),
                            "--artifacts-destination", artifact_store(settings, stack)],
                 full, health_url=f"{u['mlflow']}/health", cwd=str(stack_dir(settings))),
+        # Healthy when the scheduler answers over its own protocol (not merely a listening port) and,
+        # for the workers, when it counts them all as connected.
         Service("dask-scheduler", [_bin("dask"), "scheduler", "--host", host, "--port", str(stack.dask_port),
                                    "--no-dashboard"],
-                full, tcp=(_client_host(host), stack.dask_port), cwd=str(REPO)),
+                full, dask=u["dask"], cwd=str(REPO)),
         Service("dask-workers", [_bin("dask"), "worker", u["dask"], "--nworkers", str(stack.dask_workers),
                                  "--nthreads", "1", "--no-dashboard",
                                  "--local-directory", str(stack_dir(settings) / "dask")],
-                full, cwd=str(REPO)),
+                full, dask=u["dask"], dask_workers=stack.dask_workers, cwd=str(REPO)),
         Service("airflow-api-server", [airflow, "api-server", "--host", settings.airflow_host,
                                        "--port", str(settings.airflow_port),
                                        "--workers", "1"],
@@ -205,6 +207,25 @@ def _tcp_ok(address: tuple[str, int]) -> bool:
         return False
 
 
+def dask_workers(address: str, timeout_s: float = 5.0) -> int | None:
+    """How many workers the dask.distributed scheduler at `address` has connected; None when it does
+    not answer within `timeout_s`. One `identity` call over Dask's own protocol, the whole exchange
+    under one deadline: a frozen scheduler still accepts TCP connections (the kernel does), and a
+    distributed.Client waits on its handshake for good."""
+    import asyncio
+
+    from distributed.core import rpc
+
+    async def ask() -> dict:
+        async with rpc(address, timeout=timeout_s) as scheduler:
+            return await scheduler.identity(n_workers=-1)
+
+    try:
+        return len(asyncio.run(asyncio.wait_for(ask(), timeout_s))["workers"])
+    except (OSError, TimeoutError):  # refused, unreachable, or no answer in time
+        return None
+
+
 def _log_tail(path: str, lines: int = 25) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
@@ -212,10 +233,26 @@ def _log_tail(path: str, lines: int = 25) -> str:
         return "(no log)"
 
 
+def probe(table: ProcessTable, service: Service) -> tuple[bool, str]:
+    """Whether `service` runs and passes its check, and what the check saw."""
+    record = table.record(service.name)
+    if record is None or not table.is_running(record):
+        return False, "not running"
+    if service.dask:
+        workers = dask_workers(service.dask)
+        if workers is None:
+            return False, f"dask scheduler {service.dask} does not answer"
+        return workers >= service.dask_workers, f"dask scheduler {service.dask} answers: {workers} workers" + (
+            f" (expects {service.dask_workers})" if service.dask_workers else "")
+    return healthy(table, service), _check_name(service)
+
+
 def healthy(table: ProcessTable, service: Service) -> bool:
     record = table.record(service.name)
     if record is None or not table.is_running(record):
         return False
+    if service.dask:
+        return probe(table, service)[0]
     if service.health_url:
         return _http_ok(service.health_url)
     if service.tcp:
@@ -230,6 +267,8 @@ def _check_name(service: Service) -> str:
         return service.health_url
     if service.tcp:
         return f"tcp {service.tcp[0]}:{service.tcp[1]}"
+    if service.dask:
+        return f"dask scheduler {service.dask}" + (f", {service.dask_workers} workers" if service.dask_workers else "")
     return f"log says '{service.log_marker.strip()}'" if service.log_marker else "pid alive"
 
 
@@ -376,9 +415,9 @@ def status(settings: Settings, stack: StackSettings) -> list[PartStatus]:
     for service in services(settings, stack, stack_env(settings, stack, secret)):
         record = table.record(service.name)
         running = record is not None and table.is_running(record)
-        ok = running and healthy(table, service)
+        ok, seen = probe(table, service)
         parts.append(PartStatus(service.name, record.pid if record else None, running, ok,
-                                _check_name(service) if record else "not started"))
+                                seen if record else "not started"))
     handle = read_handle(settings.serving_dir / "triton")
     if handle is None:
         parts.append(PartStatus(TRITON, None, False, False, "not deployed"))
@@ -391,9 +430,9 @@ def status(settings: Settings, stack: StackSettings) -> list[PartStatus]:
 
 
 def reload_api(settings: Settings, stack: StackSettings) -> None:
-    """Make the API's gunicorn restart its workers gracefully (SIGHUP to the master): the new
-    workers load the deployed bundle. The API builds its ranker once per worker, so a deployment
-    made after the API started is served only after this."""
+    """Make the API's gunicorn restart its workers gracefully (SIGHUP to the master), e.g. after a
+    configuration change. A new deployment needs no reload: each worker notices `serving/current`
+    moved within RECSYS_API_DEPLOY_CHECK_S and builds the new ranker (api.RankerSlot)."""
     import signal
 
     table = ProcessTable(stack_dir(settings))

@@ -221,7 +221,9 @@ def evaluate(run_date: str, validated: Stage, trained: Stage, settings: Settings
     comparison_plots(comparison, out / "plots")
     log.info("evaluate: served ndcg@%d %.4f vs %s %.4f, difference interval [%+.4f, %+.4f], %d users", k, served,
              best, metrics[f"baseline_ndcg_at_{k}"], versus.low, versus.high, comparison.n_users)
-    return {"metrics": metrics, "best_baseline": best, "champion": champion, "dir": str(out)}
+    report = drift(fitted, task, out, settings, run_date)
+    return {"metrics": metrics | report.metrics(), "best_baseline": best, "champion": champion, "dir": str(out),
+            "drift": report.tags()}
 
 
 def _versus_champion(task: Any, challenger_ndcg: Any, settings: Settings,
@@ -250,6 +252,41 @@ def _versus_champion(task: Any, challenger_ndcg: Any, settings: Settings,
     evidence = {"version": version, "metric": f"ndcg_at_{k}", "champion": float(per_user.mean()), "diff": diff.mean,
                 "diff_ci_low": diff.low, "diff_ci_high": diff.high, "users": int(len(per_user))}
     return evidence, per_user
+
+
+def drift(fitted, task, out: Path, settings: Settings, run_date: str | None = None):  # type: ignore[no-untyped-def]
+    """Tonight's drift profile (registry.drift: ranker inputs and scores on the evaluation users, item
+    embedding and factor norms) saved as eval/drift_profile.npz, compared with the champion's night
+    (its run's logged profile), or, with no champion yet, the latest earlier night's under
+    runs/: PSI per figure in eval/drift.json, plots in eval/plots/drift_*.png; the level against the
+    RECSYS_DRIFT_WARN / RECSYS_DRIFT_BLOCK thresholds is logged here and tagged by `register`."""
+    from registry.drift import (PROFILE_FILE, REPORT_FILE, champion_profile, compare_profiles,
+                                dlrm_item_embeddings, load_profile, no_reference, profile, save_profile)
+    from registry.plots import drift_plots
+
+    tonight = profile(fitted.recommender, fitted.scorer(), task.history, task.excluded,
+                      None if fitted.ranker is None else dlrm_item_embeddings(fitted.ranker))
+    save_profile(tonight, out / PROFILE_FILE)
+    found = champion_profile(settings.mlflow_tracking_uri, settings.model_name)
+    earlier = previous_drift_profile(run_date, settings) if found is None and run_date else None
+    if earlier is not None:
+        found = load_profile(earlier), f"night {earlier.parts[-3]} (no champion yet)"
+    if found is None:
+        report = no_reference(settings.drift_warn, settings.drift_block)
+    else:
+        reference, name = found
+        report = compare_profiles(reference, tonight, settings.drift_warn, settings.drift_block, reference_name=name)
+        drift_plots(report, reference, tonight, out / "plots")
+    (out / REPORT_FILE).write_text(report.to_json())
+    (log.warning if report.level in ("warn", "block") else log.info)("evaluate: %s", report.reason)
+    return report
+
+
+def previous_drift_profile(run_date: str, settings: Settings) -> Path | None:
+    """The drift profile of the latest night before `run_date` under runs/, if any."""
+    runs = settings.home / "runs"
+    earlier = sorted(p for p in runs.glob("*/eval/drift_profile.npz") if p.parts[-3] < run_date) if runs.is_dir() else []
+    return earlier[-1] if earlier else None
 
 
 def planted_truth(settings: Settings):  # type: ignore[no-untyped-def]
@@ -317,7 +354,7 @@ def register(
         artifact_root=settings.mlflow_artifact_root,
         tags={"n_in": str(validated["n_in"]), "n_quarantined": str(validated["n_quarantined"]),
               "eval.best_baseline": evaluated["best_baseline"], "served_mode": trained["mode"],
-              RUN_KEY_TAG: key,
+              RUN_KEY_TAG: key, **evaluated.get("drift", {}),
               **unreadable_tags(validated.get("unreadable_files", []))},
     )
     version = register_model(settings.mlflow_tracking_uri, run_id, settings.model_name)
@@ -338,6 +375,7 @@ def promote(run_date: str, evaluated: Stage, registered: Stage, settings: Settin
         registered["version"],
         versus_champion=None if champion is None else ChampionEvidence(**champion),
         min_users=settings.min_eval_users,
+        drift_block=settings.drift_block,
     )
     log.info("promote: %s (evidence %s)", decision.reason, decision.evidence)
     return _jsonable(asdict(decision)) | {"version": registered["version"]}

@@ -97,3 +97,50 @@ def comparison_plots(comparison: Any, folder: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def drift_plots(report: Any, reference: dict, current: dict, folder: Path, n_histograms: int = 4) -> list[Path]:
+    """PSI per figure against the warn and block lines (a `registry.drift.DriftReport`; reported-only
+    figures hatched), and reference-vs-tonight histograms of the score and the most drifted figures."""
+    import numpy as np
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    if not report.psi:
+        return paths
+    names = sorted(report.psi, key=lambda n: -report.psi[n])
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(names) + 1.6))
+    values = [report.psi[n] for n in names]
+    colors = ["tab:red" if v >= report.block else "tab:orange" if v >= report.warn else "tab:green" for v in values]
+    bars = ax.barh(range(len(names)), values, color=colors)
+    for bar, name in zip(bars, names):
+        if name in report.reported_only:
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
+    ax.axvline(report.warn, color="tab:orange", ls="--", label=f"warn {report.warn}")
+    ax.axvline(report.block, color="tab:red", ls="--", label=f"block {report.block}")
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("PSI vs " + (report.reference or "reference"))
+    ax.set_title(f"drift: {report.level} (hatched: reported only)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(folder / "drift_psi.png")
+    fig.savefig(paths[-1], dpi=80)
+    plt.close(fig)
+    shown = [n for n in ("score",) if n in report.psi] + [n for n in names if n != "score"][:n_histograms - 1]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(6, 2.2 * len(shown)), squeeze=False)
+    for ax, name in zip(axes[:, 0], shown):
+        a, b = np.asarray(reference[name], float), np.asarray(current[name], float)
+        a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+        edges = np.histogram_bin_edges(np.concatenate([a, b]), bins=40)
+        ax.hist(a, edges, density=True, alpha=0.5, label="reference")
+        ax.hist(b, edges, density=True, alpha=0.5, label="tonight")
+        ax.set_title(f"{name}: PSI {report.psi[name]:.3f}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(folder / "drift_histograms.png")
+    fig.savefig(paths[-1], dpi=80)
+    plt.close(fig)
+    return paths

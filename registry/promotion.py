@@ -171,6 +171,7 @@ def promote(
     metric: str = "ndcg_at_10",
     versus_champion: ChampionEvidence | None = None,
     min_users: int = 100,
+    drift_block: float | None = None,
 ) -> PromotionDecision:
     """Move alias `champion` to `version` only on evidence, and record why either way.
 
@@ -182,6 +183,8 @@ def promote(
     3. a current champion must have been scored on the challenger's users: `versus_champion`, evidence
        about that very version (paired difference and its interval); the challenger must beat it with
        an interval above 0. Without such evidence it is not promoted (fail closed).
+    With `drift_block`, a run whose `drift_psi_max` (registry.drift: PSI of the served path's inputs
+    against the champion's night) reaches it is refused before any comparison, whatever its metrics.
     The decision and its evidence are tags `promotion.*` on the version and its run.
     """
     with tracking(tracking_uri) as client:
@@ -213,10 +216,17 @@ def promote(
         if users < min_users:
             return decide(False, f"not enough evidence: {users:.0f} evaluated users < {min_users}; "
                                  "champion kept", None)
+        drifted = metrics.get("drift_psi_max")
+        if drift_block is not None and drifted is not None and math.isfinite(drifted) and drifted >= drift_block:
+            evidence["drift_psi_max"] = float(drifted)
+            worst = run.data.tags.get("drift.worst", "a figure")
+            return decide(False, f"drift blocks promotion: PSI of {worst} is {drifted:.3f} >= {drift_block} against "
+                                 f"{run.data.tags.get('drift.reference') or 'the champion'}'s night "
+                                 "(registry.drift); champion kept", None)
         if low <= 0:
             return decide(False, f"{metric} {score:.4f} does not beat {best} {baseline:.4f} on evidence: "
                                  f"difference {score - baseline:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}] "
-                                 f"includes 0 ({users:.0f} users)", None)
+                                 f"{_versus_zero(low, high)} ({users:.0f} users)", None)
         if champion_mv is None:
             return decide(True, f"no champion; {metric} {score:.4f} beats {best} {baseline:.4f}, difference "
                                 f"interval [{low:+.4f}, {high:+.4f}] over {users:.0f} users", None)
@@ -240,7 +250,13 @@ def promote(
                      "vs_champion_ci_high": c_high, "champion_users": float(versus.users)}
         if c_low <= 0:
             return decide(False, f"{metric} {score:.4f} does not beat champion v{champion_mv.version} "
-                                 f"({champion_score:.4f}) on evidence: interval [{c_low:+.4f}, {c_high:+.4f}]",
+                                 f"({champion_score:.4f}) on evidence: interval [{c_low:+.4f}, {c_high:+.4f}] "
+                                 f"{_versus_zero(c_low, c_high)}",
                           champion_score)
         return decide(True, f"{metric} {score:.4f} beats champion v{champion_mv.version} ({champion_score:.4f}), "
                             f"interval [{c_low:+.4f}, {c_high:+.4f}], and {best} {baseline:.4f}", champion_score)
+
+
+def _versus_zero(low: float, high: float) -> str:
+    """How a difference interval that does not lie above 0 stands: worse on evidence, or a tie."""
+    return "lies below 0" if high < 0 else "includes 0"

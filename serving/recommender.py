@@ -27,12 +27,20 @@ from models.classic import ItemScorer, index_of, top_k
 from serving.sequences import Sequences, sequence_of
 
 if TYPE_CHECKING:
+    from serving.explain import Explanation
     from serving.triton_client import TritonClient
 
 # dense (n_pairs, n_dense) float32, sparse (n_pairs, n_sparse) int64 -> (n_pairs,) scores
 PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 RECOMMENDER_FILE = "recommender.pkl"
 N_ITEM_STATS = 3
+# Optional user-history feature groups (`Recommender.history_features`): name -> its dense columns.
+HISTORY_FEATURES: dict[str, tuple[str, ...]] = {
+    # cosine between the candidate's ALS item factors and the user's history centroid in that space
+    "als_affinity": ("als_history_cosine",),
+    # largest item-kNN similarity between the candidate and any one item of the user's history
+    "knn_max": ("knn_history_max",),
+}
 
 
 def item_statistics(views: np.ndarray, carts: np.ndarray, purchases: np.ndarray) -> np.ndarray:
@@ -69,6 +77,9 @@ class Recommender:
     mode: str = "ranker"
     evidence: dict[str, float] = field(default_factory=dict)  # held-out figures behind `mode` and `shares`
     event_weights: dict[str, float] = field(default_factory=dict)  # event type -> weight of a history row
+    history_features: tuple[str, ...] = ()  # HISTORY_FEATURES groups appended to the ranker's inputs
+    blend_source: str | None = None  # in ranker mode, this source's pool-standardised score is added ...
+    blend_weight: float = 0.0  # ... with this weight to the ranker's pool-standardised logit (0: ranker alone)
 
     @property
     def n_items(self) -> int:
@@ -80,7 +91,10 @@ class Recommender:
 
     @property
     def n_dense(self) -> int:
-        return 2 * len(self.sources) + 2 + N_ITEM_STATS
+        return 2 * len(self.sources) + 2 + N_ITEM_STATS + len(self._history_columns())
+
+    def _history_columns(self) -> list[str]:
+        return [c for group in self.history_features for c in HISTORY_FEATURES[group]]
 
     @property
     def cardinalities(self) -> list[int]:
@@ -90,7 +104,7 @@ class Recommender:
         """(continuous, categorical) names of the ranker's inputs, in `features` order."""
         dense = [f"{name}.{part}" for name in self.source_names for part in ("score_z", "inverse_rank")]
         dense += ["log_popularity", "log_history_length", "conversion", "log_wanted", "log_views"]
-        return dense, ["product"]
+        return dense + self._history_columns(), ["product"]
 
     def schema(self) -> dict:
         """schema.json of the ranker's inputs (docs/CONTRACTS.md layout), for export and Triton."""
@@ -196,22 +210,49 @@ class Recommender:
         base = 2 * len(self.source_names)
         dense[:, :, base] = _relative_log(self.popularity)[safe]
         dense[:, :, base + 1] = np.log1p(np.diff(history.indptr))[:, None]
-        dense[:, :, base + 2:] = self.item_stats[safe]
+        dense[:, :, base + 2:base + 2 + N_ITEM_STATS] = self.item_stats[safe]
+        at = base + 2 + N_ITEM_STATS
+        for group in self.history_features:
+            width = len(HISTORY_FEATURES[group])
+            dense[:, :, at:at + width] = self._history_group(group, history, safe)
+            at += width
         dense[~valid] = 0.0
         sparse = np.where(valid, pool + 1, 0)[:, :, None].astype(np.int64)
         return dense.reshape(n * c, self.n_dense), sparse.reshape(n * c, 1)
 
+    def _history_group(self, group: str, history: sp.csr_matrix, pool: np.ndarray) -> np.ndarray:
+        """(n_rows, pool_size, width) float32 of one HISTORY_FEATURES group for the pool's candidates."""
+        n, c = pool.shape
+        if group == "als_affinity":
+            factors = self.sources["als"].item_factors  # (n_items, f)
+            unit = factors / np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-12)
+            weights = sp.csr_matrix(history, dtype=np.float32)
+            centroid = np.asarray(weights @ unit)  # (n, f) history-weighted sum of unit item vectors
+            centroid /= np.maximum(np.linalg.norm(centroid, axis=1, keepdims=True), 1e-12)
+            return np.einsum("nf,ncf->nc", centroid, unit[pool])[:, :, None].astype(np.float32)
+        if group == "knn_max":
+            similarity = self.sources["item_knn"].similarity()  # (n_items, n_items) CSR, row = history item
+            out = np.zeros((n, c), dtype=np.float32)
+            for r in range(n):
+                seen = history.indices[history.indptr[r]:history.indptr[r + 1]]
+                if len(seen):
+                    out[r] = similarity[seen][:, pool[r]].max(axis=0).toarray().ravel()
+            return out[:, :, None]
+        raise ValueError(f"unknown history feature group {group!r}; choose from {sorted(HISTORY_FEATURES)}")
+
     # ------------------------------------------------------------------------------ the path
     def recommend(self, history: sp.csr_matrix, blocked: sp.csr_matrix | np.ndarray, k: int,
-                  ranker: PairScorer | None, sequences: Sequences | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  ranker: PairScorer | None, scores: dict[str, np.ndarray] | None = None,
+                  sequences: Sequences | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(n_rows, k) item indices best first (-1 where fewer than k are eligible) and their scores.
 
         history: (n_rows, n_items) weighted interactions; blocked: (n_rows, n_items) bool of items not
         to recommend (exclusions and filters, applied before the cut to k). Without a ranker, or in a
-        source mode, the pool is ordered by that source (or the first source by share). sequences: the
-        same rows' latest events in order (`serving.sequences`), read by a sequential source.
+        source mode, the pool is ordered by that source (or the first source by share). `scores`: the
+        `source_scores` of `history` when the caller already has them (to explain the list after).
+        sequences: the same rows' latest events in order (`serving.sequences`), read by a sequential source.
         """
-        scores = self.source_scores(history, sequences)
+        scores = self.source_scores(history, sequences) if scores is None else scores
         if self.mode != "ranker" or ranker is None:
             name = self.mode if self.mode in self.sources else max(self.shares, key=self.shares.get)
             items = top_k(scores[name], blocked, k)
@@ -219,6 +260,9 @@ class Recommender:
         pool = self.pool(scores, blocked)
         dense, sparse = self.features(history, scores, pool)
         ranked = np.asarray(ranker(dense, sparse), dtype=np.float32).reshape(pool.shape)
+        if self.blend_weight and self.blend_source in self.sources:
+            ranked = blend(ranked, dense.reshape(*pool.shape, -1)[:, :, 2 * self.source_names.index(self.blend_source)],
+                           pool >= 0, self.blend_weight)
         ranked = np.where(pool >= 0, ranked, -np.inf)
         order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
         items = np.take_along_axis(pool, order, axis=1)
@@ -228,6 +272,17 @@ class Recommender:
             items = np.pad(items, ((0, 0), (0, k - items.shape[1])), constant_values=-1)
             out_scores = np.pad(out_scores, ((0, 0), (0, k - out_scores.shape[1])), constant_values=-np.inf)
         return items, np.where(items >= 0, out_scores, np.nan)
+
+    def explain(self, history: sp.csr_matrix, blocked: sp.csr_matrix | np.ndarray, items: np.ndarray,
+                scores: dict[str, np.ndarray], events: dict[int, str] | None = None,
+                category_id: int | None = None) -> list["Explanation"]:
+        """Why each of one customer's recommended `items` (indices, -1 skipped) is there
+        (`serving.explain`): the source that ranks it best, and the history items behind its score."""
+        from serving.explain import explain
+
+        row = blocked[:1].toarray() if sp.issparse(blocked) else np.asarray(blocked)[:1]
+        return explain(self.sources, self.items, history, {n: s[0] for n, s in scores.items()},
+                       row[0], items, self.shares, events, category_id, self.mode)
 
     # ------------------------------------------------------------------------------ files
     def save(self, folder: Path) -> Path:
@@ -247,6 +302,18 @@ class Recommender:
         if not isinstance(recommender, Recommender):
             raise TypeError(f"{path} holds a {type(recommender).__name__}, not a Recommender")
         return recommender
+
+
+def blend(probability: np.ndarray, source_z: np.ndarray, valid: np.ndarray, weight: float) -> np.ndarray:
+    """(n_rows, pool) ranking value: the ranker's logit standardised within each pool plus `weight` times a
+    source's score standardised within the pool (`features`' score_z). Scale-free, so a weight chosen on
+    held-out users means the same on any data set."""
+    p = np.clip(probability.astype(np.float64), 1e-7, 1 - 1e-7)
+    logit = np.where(valid, np.log(p) - np.log1p(-p), np.nan)
+    mean = np.nanmean(logit, axis=1, keepdims=True)
+    std = np.nanstd(logit, axis=1, keepdims=True)
+    z = np.nan_to_num((logit - mean) / np.where(std > 0, std, 1.0))
+    return (z + weight * source_z).astype(np.float32)
 
 
 def _gather(scores: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -288,14 +355,31 @@ class TritonRecommender:
                   excluded_ids: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Up to k (product_id, score) best first; `allowed` masks `recommender.items` (available,
         passing the request's filters), `excluded_ids` are never returned. The score is the ranker's
-        probability that the customer interacts with the product next (or the serving source's score
-        in a source mode)."""
+        probability that the customer interacts with the product next, its blend with a source (see
+        `blend`) when `blend_weight` is set, or the serving source's score in a source mode."""
         rec = self.recommender
         scorer = None if rec.mode != "ranker" else self.client.score
         items, scores = rec.recommend(rec.history(product_ids, event_types), rec.blocked(allowed, excluded_ids), k,
-                                      scorer, rec.sequences(product_ids, event_types))
+                                      scorer, sequences=rec.sequences(product_ids, event_types))
         keep = items[0] >= 0
         return [(int(p), float(s)) for p, s in zip(rec.items[items[0][keep]], scores[0][keep])]
+
+    def recommend_explained(self, product_ids: np.ndarray, event_types: np.ndarray, allowed: np.ndarray,
+                            excluded_ids: np.ndarray, k: int,
+                            category_id: int | None = None) -> list[tuple[int, float, "Explanation"]]:
+        """`recommend`, each item with its `serving.explain.Explanation` (computed for these k only);
+        category_id: the request's category filter, named by popular items' explanations."""
+        from serving.explain import strongest_events
+
+        rec = self.recommender
+        scorer = None if rec.mode != "ranker" else self.client.score
+        history, blocked = rec.history(product_ids, event_types), rec.blocked(allowed, excluded_ids)
+        scores = rec.source_scores(history, rec.sequences(product_ids, event_types))
+        items, out_scores = rec.recommend(history, blocked, k, scorer, scores)
+        keep = items[0] >= 0
+        why = rec.explain(history, blocked, items[0][keep], scores,
+                          strongest_events(product_ids, event_types, rec.event_weights), category_id)
+        return [(int(p), float(s), e) for p, s, e in zip(rec.items[items[0][keep]], out_scores[0][keep], why)]
 
     def is_ready(self) -> bool:
         return bool(self.client.is_ready())

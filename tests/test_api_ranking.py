@@ -102,3 +102,48 @@ def test_recommendations_fall_back_to_popular_when_triton_is_unreachable(world: 
     customer_id = int(pd.read_parquet(world["events"]).user_id.iloc[0])
     body = app.test_client().get(f"/customers/{customer_id}/recommendations?k=5&exclude=purchased").json
     assert body["ranker"] == "popular" and body["fallback"] is True and len(body["items"]) == 5
+
+
+def _point_current(serving: Path, bundle: Path) -> None:
+    """What a deploy does (plugins.deploy): swap serving/current to the new bundle atomically."""
+    tmp = serving / "current.tmp"
+    tmp.symlink_to(bundle.resolve(), target_is_directory=True)
+    tmp.replace(serving / "current")
+
+
+def test_a_running_api_serves_a_new_deployment_without_a_restart(world: dict, triton,  # type: ignore[no-untyped-def]
+                                                                  tmp_path: Path) -> None:
+    import shutil
+
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    app = create_app(make_config(tmp_path, SERVING_DIR=str(serving), TRITON_URL=triton.http_url, DEPLOY_CHECK_S=0))
+    # The same deployments seen by a worker that checks once an hour: it keeps what it built first.
+    slow = create_app(make_config(tmp_path / "slow", SERVING_DIR=str(serving), TRITON_URL=triton.http_url,
+                                  DEPLOY_CHECK_S=3600))
+    for each in (app, slow):
+        seed(each.extensions["recsys_store"], world["events"])
+    customer_id = int(pd.read_parquet(world["events"]).user_id.iloc[0])
+    path = f"/customers/{customer_id}/recommendations?k=5&exclude_purchased=false"
+
+    def ranked_by(which: Flask) -> str:
+        body = which.test_client().get(path).json
+        assert len(body["items"]) == 5
+        return body["ranker"]
+
+    assert ranked_by(app) == "popular" and ranked_by(slow) == "popular"  # nothing deployed yet
+    _point_current(serving, world["bundle"])
+    assert ranked_by(app) == "triton"
+    first = app.extensions["recsys_ranker"].get()
+    assert isinstance(first, EncodedRanker) and app.extensions["recsys_ranker"].get() is first  # built once
+    assert ranked_by(slow) == "popular"  # its next look is an hour away
+
+    second = shutil.copytree(world["bundle"], serving / "2", symlinks=True)  # version 2 of the same model
+    _point_current(serving, second)
+    assert ranked_by(app) == "triton"
+    assert app.extensions["recsys_ranker"].get() is not first  # rebuilt from the new bundle
+
+    (serving / "current").unlink()  # undeployed: popular items again, no error
+    assert ranked_by(app) == "popular"
+    for each in (app, slow):
+        each.extensions["recsys_store"].dispose()

@@ -82,7 +82,8 @@ def test_customer_without_history_gets_popular_items(ranked: FlaskClient, custom
     body = ranked.get(f"/customers/{customer_id}/recommendations?k=3").json
     popular = ranked.get("/products/popular?k=3").json["items"]
     assert body["ranker"] == "popular" and body["fallback"] is False
-    assert body["items"] == popular
+    assert [{"product_id": i["product_id"], "score": i["score"]} for i in body["items"]] == popular
+    assert all(i["explanation"]["kind"] == "popular" and i["explanation"]["evidence"] == [] for i in body["items"])
 
 
 def test_ranker_down_falls_back_to_popular_with_flag(tmp_path: Path) -> None:
@@ -91,6 +92,10 @@ def test_ranker_down_falls_back_to_popular_with_flag(tmp_path: Path) -> None:
     body = c.get("/customers/1/recommendations?k=3").json
     assert body["ranker"] == "popular" and body["fallback"] is True
     assert len(body["items"]) == 3 and 1 not in _ids_of(body)  # customer 1 bought product 1
+    assert {i["explanation"]["kind"] for i in body["items"]} == {"popular"}
+    in_category = c.get("/customers/1/recommendations?k=3&category_id=1").json["items"]
+    assert in_category and all(i["explanation"]["kind"] == "popular_in_category"
+                               and i["explanation"]["category_id"] == 1 for i in in_category)
 
 
 def _ids_of(body: dict) -> list[int]:
@@ -169,3 +174,15 @@ def test_default_ranker_is_absent_without_a_serving_bundle(tmp_path: Path) -> No
     broken = create_app(make_config(tmp_path))
     assert broken.extensions["recsys_ranker"].get() is None
     assert broken.test_client().get("/customers/1/recommendations").json["ranker"] == "popular"
+
+
+def test_catalogue_path_explains_each_item_by_the_list_that_brought_it(ranked: FlaskClient) -> None:
+    """Customer 3 touched 6, 7 (category 2), 9, 10 (category 3) in session s4; 6 shares s3 with 1 and 3."""
+    items = ranked.get("/customers/3/recommendations?k=10").json["items"]
+    why = {i["product_id"]: i["explanation"] for i in items}
+    assert {p: e["source"] for p, e in why.items()} == {1: "co_occurring", 3: "co_occurring", 5: "in_categories",
+                                                        8: "in_categories", 2: "popular", 4: "popular"}
+    assert {why[p]["kind"] for p in (1, 3)} == {"viewed_together"} and {why[p]["kind"] for p in (2, 4)} == {"popular"}
+    for pid in (5, 8):  # popular in category 2, because of the customer's own category-2 products, latest first
+        assert why[pid]["kind"] == "popular_in_category" and why[pid]["category_id"] == 2
+        assert why[pid]["evidence"] == [7, 6] and "product 7" in why[pid]["reason"]

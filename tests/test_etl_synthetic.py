@@ -145,3 +145,11 @@ def test_csv_output_reads_back_as_the_same_events_and_passes_validation(tmp_path
         window_start=datetime(2026, 5, 1, tzinfo=timezone.utc),
         window_end=datetime(2026, 5, 3, tzinfo=timezone.utc)))
     assert report.n_in == len(events) and report.n_quarantined == 0
+
+
+def test_planted_model_overrides_are_typed_and_unknown_names_refused():
+    assert SyntheticConfig.parse_override("product_bias_std=1.5") == ("product_bias_std", 1.5)
+    assert SyntheticConfig.parse_override("latent_dim=4") == ("latent_dim", 4)
+    for bad in ("n_events=5", "bogus=1", "latent_dim=x", "price_coef", "preference_mix="):
+        with pytest.raises(SyntheticDataError):
+            SyntheticConfig.parse_override(bad)

@@ -7,10 +7,11 @@ import pytest
 import scipy.sparse as sp
 
 from models import ModelError
-from models.classic import ALS, CLASSIC, EASE, ItemKNN, Popularity, fit_all, top_k
+from models.classic import ALS, CLASSIC, EASE, ItemKNN, MultDAE, Popularity, fit_all, top_k
 
 # Small enough that every scorer fits in well under a second on a shared 2-core box.
-SMALL = {"als": {"factors": 4, "iterations": 5}, "item_knn": {"neighbours": 3}, "ease": {"l2": 10.0}}
+SMALL = {"als": {"factors": 4, "iterations": 5}, "item_knn": {"neighbours": 3}, "ease": {"l2": 10.0},
+         "mult_dae": {"hidden": 8, "epochs": 20}}
 
 
 @pytest.fixture
@@ -100,6 +101,16 @@ def test_als_fits_are_identical_for_the_same_seed(planted_blocks: sp.csr_matrix)
     first = ALS(factors=4, iterations=5, random_state=5).fit(planted_blocks).score(planted_blocks)
     second = ALS(factors=4, iterations=5, random_state=5).fit(planted_blocks).score(planted_blocks)
     assert np.array_equal(first, second)
+
+
+def test_mult_dae_ranks_a_users_own_block_above_the_other_block_and_is_seeded(planted_blocks: sp.csr_matrix) -> None:
+    dae = MultDAE(hidden=8, epochs=60, learning_rate=1e-2, random_state=2).fit(planted_blocks)
+    history = sp.csr_matrix(([1.0, 1.0, 1.0], ([0, 0, 0], [20, 25, 29])), shape=(1, 40))  # a fresh block-B customer
+    scores = dae.score(history)[0]
+    unseen_b = [i for i in range(20, 40) if i not in (20, 25, 29)]
+    assert np.mean([scores[b] > scores[a] for b in unseen_b for a in range(20)]) >= 0.9
+    again = MultDAE(hidden=8, epochs=60, learning_rate=1e-2, random_state=2).fit(planted_blocks)
+    assert np.array_equal(again.score(planted_blocks), dae.score(planted_blocks))
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIC))

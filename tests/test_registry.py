@@ -49,7 +49,8 @@ def store(tmp_path_factory) -> dict:
 
 
 def log_run(store: dict, ndcg: float, baseline: float, eval_set: str = "test-A", users: int = 500,
-            interval: tuple[float, float] | None = None) -> str:
+            interval: tuple[float, float] | None = None, extra: dict | None = None,
+            tags: dict[str, str] | None = None) -> str:
     """A run carrying the full-catalogue comparison the gate reads; the difference interval is centred on
     ndcg - baseline, +-0.02, unless given."""
     low, high = interval or (ndcg - baseline - 0.02, ndcg - baseline + 0.02)
@@ -60,11 +61,12 @@ def log_run(store: dict, ndcg: float, baseline: float, eval_set: str = "test-A",
         history=[{"epoch": 1, "loss": 0.6, "valid_auc": 0.6}, {"epoch": 2, "loss": 0.5, "valid_auc": 0.7}],
         eval_metrics={"ndcg_at_10": ndcg, "baseline_ndcg_at_10": baseline, "auc": 0.7,
                       "oracle_auc": None, "k": 10, "eval_users": users,
-                      "vs_baseline_ndcg_at_10_ci_low": low, "vs_baseline_ndcg_at_10_ci_high": high},
+                      "vs_baseline_ndcg_at_10_ci_low": low, "vs_baseline_ndcg_at_10_ci_high": high} | (extra or {}),
         model_path=store["model_path"],
         artifacts=store["artifacts"],
         lineage=Lineage("abc123", "datahash", eval_set, "2026-11-24", ["raw/date=2026-11-24"]),
         artifact_root=store["artifact_root"],
+        tags=tags,
     )
 
 
@@ -236,9 +238,9 @@ def test_a_tie_with_the_best_baseline_is_not_promoted(store: dict) -> None:
 
 def test_model_worse_than_baseline_is_never_promoted(store: dict) -> None:
     name = new_name()
-    version = registry.register_model(store["uri"], log_run(store, 0.15, 0.20), name)
+    version = registry.register_model(store["uri"], log_run(store, 0.15, 0.20, interval=(-0.08, -0.02)), name)
     decision = registry.promote(store["uri"], name, version)
-    assert not decision.promoted and "baseline" in decision.reason
+    assert not decision.promoted and "baseline" in decision.reason and "lies below 0" in decision.reason
     assert _champion_version(store, name) is None
 
 
@@ -278,3 +280,17 @@ def test_deployment_tag_lands_on_the_version(store: dict) -> None:
     tags = client_for(store).get_model_version(name, version).tags
     assert tags["deployment.sagemaker.endpoint"] == "recsys-endpoint"
     assert tags["deployment.latest_target"] == "sagemaker"
+
+
+def test_drift_above_the_block_threshold_refuses_promotion_with_its_reason(store: dict) -> None:
+    """A model that would be promoted on its metrics is refused when its night drifted past the block line."""
+    name = new_name()
+    drifted = registry.register_model(store["uri"], log_run(
+        store, 0.40, 0.20, extra={"drift_psi_max": 0.31}, tags={"drift": "block", "drift.worst": "item.conversion"}),
+        name)
+    decision = registry.promote(store["uri"], name, drifted, drift_block=0.25)
+    assert not decision.promoted and "drift" in decision.reason and "item.conversion" in decision.reason
+    assert decision.evidence["drift_psi_max"] == pytest.approx(0.31) and _champion_version(store, name) is None
+    assert client_for(store).get_model_version(name, drifted).tags["promotion.reason"] == decision.reason
+    calm = registry.register_model(store["uri"], log_run(store, 0.40, 0.20, extra={"drift_psi_max": 0.12}), name)
+    assert registry.promote(store["uri"], name, calm, drift_block=0.25).promoted  # a warn level does not block

@@ -169,3 +169,25 @@ def test_a_new_customer_gets_session_based_items_after_a_few_events(world: dict,
     assert body["ranker"] == "triton" and body["fallback"] is False
     assert len(after) == K and not set(viewed) & set(after) and after != popular
     assert _in_category(world, after, category) > _in_category(world, popular, category), (popular, after)
+
+
+def test_every_served_item_is_explained_by_its_source_and_the_customers_products(world: dict, triton,  # type: ignore[no-untyped-def]
+                                                                                tmp_path: Path) -> None:
+    app = create_app(make_config(tmp_path, SERVING_DIR=str(world["root"] / "serving"), TRITON_URL=triton.http_url))
+    seed(app.extensions["recsys_store"], world["train_file"])
+    rec = world["fitted"].recommender
+    events = pd.read_parquet(world["train_file"], columns=["user_id", "product_id"])
+    client = app.test_client()
+    sources = set()
+    for customer in events.user_id.drop_duplicates().iloc[:8].tolist():
+        history = set(events.product_id[events.user_id == customer].tolist())
+        items = client.get(f"/customers/{customer}/recommendations?k={K}").json["items"]
+        assert len(items) == K
+        for item in items:
+            why = item["explanation"]
+            sources.add(why["source"])
+            assert why["source"] in rec.sources and why["reason"]
+            assert set(why["evidence"]) <= history and len(why["evidence"]) <= 3
+            if why["source"] in ("item_knn", "ease", "als"):  # decomposable: evidence named in the reason
+                assert why["evidence"] and f"product {why['evidence'][0]}" in why["reason"]
+    assert len(sources) >= 2  # the pool mixes sources, and so do the explanations

@@ -10,7 +10,7 @@ import pytest
 
 from etl import SyntheticConfig, generate
 from models.classic import top_k
-from serving.recommender import Recommender
+from serving.recommender import Recommender, blend
 from training.compare import compare, served_lists
 from training.quality import build_task, last_days_split
 from training.ranker import FittedRecommender, RankerConfig, fit_recommender
@@ -102,3 +102,30 @@ def test_the_sequential_source_stays_only_where_it_wins_held_out(fitted) -> None
     assert ("sequential" in rec.sources) != bool(dropped)  # either served, or dropped with the figures why
     assert not dropped or dropped["sequential"] <= max(v for n, v in dropped.items() if n != "sequential")
     assert ("sequential" in rec.source_names) == any(n.startswith("sequential.") for n in rec.feature_names()[0])
+
+
+def test_history_features_extend_the_inputs_named_in_the_schema(fitted) -> None:  # type: ignore[no-untyped-def]
+    model, split = fitted
+    task = build_task(split)
+    rec = replace(model.recommender, history_features=("als_affinity", "knn_max"))
+    scores = rec.source_scores(task.history[:5])
+    pool = rec.pool(scores, task.excluded[:5])
+    dense, sparse = rec.features(task.history[:5], scores, pool)
+    names, _ = rec.feature_names()
+    assert dense.shape[1] == rec.n_dense == len(names) == model.recommender.n_dense + 2
+    assert [c["name"] for c in rec.schema()["columns"]][:-1] == names
+    cosine, knn_max = dense[:, names.index("als_history_cosine")], dense[:, names.index("knn_history_max")]
+    assert np.all(np.abs(cosine) <= 1.0 + 1e-5) and cosine.std() > 0 and np.all(knn_max >= 0) and knn_max.max() > 0
+    # The shared columns are unchanged by the extra groups.
+    plain, _ = model.recommender.features(task.history[:5], scores, pool)
+    np.testing.assert_array_equal(dense[:, :model.recommender.n_dense], plain)
+
+
+def test_a_blend_orders_by_ranker_logit_plus_weighted_source_score() -> None:
+    probability = np.array([[0.9, 0.5, 0.1, 0.3]], dtype=np.float32)
+    source_z = np.array([[-1.0, 0.0, 3.0, 0.0]], dtype=np.float32)
+    valid = np.array([[True, True, True, False]])
+    alone = blend(probability, source_z, valid, 0.0)
+    assert np.argsort(-alone[0, :3]).tolist() == [0, 1, 2]  # weight 0: the ranker's order
+    mixed = blend(probability, source_z, valid, 2.0)
+    assert np.argmax(mixed[0, :3]) == 2  # a heavy weight lets the source's favourite win

@@ -26,6 +26,7 @@ from tests.conftest import REPO, free_port
 pytestmark = pytest.mark.integration
 
 RUN_DATE = date(2026, 11, 20)
+DATA = ["--events", "80000", "--users", "300", "--products", "1500"]
 POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
@@ -121,14 +122,14 @@ def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.Com
 def _airflow(env: dict[str, str]) -> AirflowClient:
     """Airflow's REST API, logged in as the stack's admin with the generated password."""
     passwords = Path(env["RECSYS_HOME"]) / "stack" / "airflow-passwords.json"
+    # A generous per-request timeout: one API-server worker on a loaded 2-core machine took over 10 s.
     return AirflowClient(f"http://127.0.0.1:{env['RECSYS_AIRFLOW_PORT']}", "admin",
-                         json.loads(passwords.read_text())["admin"])
+                         json.loads(passwords.read_text())["admin"], timeout_s=60)
 
 
-def test_scheduler_runs_the_nightly_on_celery_and_the_api_answers(stack_env: dict[str, str]) -> None:
+def test_scheduler_runs_the_nightly_on_celery_deploys_and_the_api_answers(stack_env: dict[str, str]) -> None:
     env, home = stack_env, Path(stack_env["RECSYS_HOME"])
-    made = cli(env, "generate", "--events", "80000", "--users", "300", "--products", "1500",
-               "--end", RUN_DATE.isoformat(), "--days", "6")
+    made = cli(env, "generate", *DATA, "--end", RUN_DATE.isoformat(), "--days", "6")
     assert made.returncode == 0, made.stderr[-3000:]
 
     started = cli(env, "stack", "up", timeout=420)
@@ -140,13 +141,14 @@ def test_scheduler_runs_the_nightly_on_celery_and_the_api_answers(stack_env: dic
     assert all(f"{part} " in shown.stdout and "healthy" in line
                for part in ("mlflow", "dask-workers", "airflow-scheduler", "worker-gpu", "api")
                for line in shown.stdout.splitlines() if line.startswith(f"{part} "))
+    assert "answers: 2 workers" in next(line for line in shown.stdout.splitlines() if line.startswith("dask-workers "))
 
     airflow = _airflow(env)
-    assert requests.get(f"{airflow.url}/api/v2/dags", timeout=10).status_code == 401  # login is on
+    assert requests.get(f"{airflow.url}/api/v2/dags", timeout=60).status_code == 401  # login is on
     airflow.wait_for_dags({"nightly_training", "deploy_model"}, timeout_s=120)  # parsed after start
     run_id = "stack-test"
     airflow.trigger("nightly_training", run_id, RUN_DATE.isoformat(), {"deploy": True})
-    state = airflow.wait("nightly_training", run_id, timeout_s=480)
+    state = airflow.wait("nightly_training", run_id, timeout_s=600)
     tasks = airflow.tasks("nightly_training", run_id)
     assert state == "success", {t: (v["state"], v["try_number"]) for t, v in tasks.items()}
     assert tasks["train"]["queue"] == "gpu" and tasks["ingest"]["queue"] == "default"
@@ -156,37 +158,43 @@ def test_scheduler_runs_the_nightly_on_celery_and_the_api_answers(stack_env: dic
 
     from mlflow import MlflowClient
 
-    # The gate asks for evidence, so on data this small it may keep no champion: assert that what the
-    # DAG decided is what the registry records, and that only a promotion triggers the deploy DAG.
+    # The gate asks for evidence, and on this data it keeps no champion: the served path ties or trails
+    # the best classic baseline (EASE) here, and no synthetic size or planted signal measured so far made
+    # its interval lie above 0 reliably (README, "The production topology"). Assert that what the DAG
+    # decided is what the registry records, and that only a promotion triggers the deploy DAG.
     decision = airflow.xcom("nightly_training", run_id, "promote")
+    version = str(decision["version"])
     mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['RECSYS_MLFLOW_UI_PORT']}")
     model = mlflow.get_registered_model("dlrm-ranker")
-    night = mlflow.get_model_version("dlrm-ranker", str(decision["version"]))
+    night = mlflow.get_model_version("dlrm-ranker", version)
     assert night.tags["promotion.decision"] == ("promoted" if decision["promoted"] else "rejected")
-    assert model.aliases["challenger"] == str(decision["version"])
-    assert model.aliases.get("champion") == (str(decision["version"]) if decision["promoted"] else None)
+    assert model.aliases["challenger"] == version
+    assert model.aliases.get("champion") == (version if decision["promoted"] else None)
     deploys = airflow.runs("deploy_model")
-    assert [r["conf"]["version"] for r in deploys] == (["champion"] if decision["promoted"] else [])
+    assert [(r["conf"]["version"], r["triggered_by"]) for r in deploys] == (
+        [("champion", "operator")] if decision["promoted"] else [])
     if not decision["promoted"]:  # an operator deploys the night's version by hand, through the REST API
         deploys = [airflow.trigger("deploy_model", "deploy-by-hand", RUN_DATE.isoformat(),
-                                   {"version": str(decision["version"]), "target": "local"})]
+                                   {"version": version, "target": "local"})]
     assert airflow.wait("deploy_model", deploys[0]["dag_run_id"], timeout_s=300) == "success"
+    assert str(airflow.xcom("deploy_model", deploys[0]["dag_run_id"], "record")["version"]) == version
+    assert (home / "serving" / "current").resolve().name == version
 
-    # The API under gunicorn on PostgreSQL answers with the deployed ranker.
+    # The API under gunicorn on PostgreSQL, started before the deploy, serves the new model without a
+    # reload: its workers notice serving/current moved (RECSYS_API_DEPLOY_CHECK_S).
     validated = home / "runs" / RUN_DATE.isoformat() / "validation" / "valid" / "events.parquet"
     api_env = env | {"RECSYS_DATABASE_URL": f"{POSTGRES}/{env['RECSYS_STACK_DB_PREFIX']}_api"}
     seeded = subprocess.run([sys.executable, "-m", "api", "seed", "--events", str(validated)], cwd=REPO,
                             env=api_env, capture_output=True, text=True, timeout=300)
     assert seeded.returncode == 0, seeded.stderr[-3000:]
-    reloaded = cli(env, "stack", "reload-api", timeout=120)  # its workers built no ranker before the deploy
-    assert reloaded.returncode == 0, reloaded.stderr[-3000:]
     events = pd.read_parquet(validated, columns=["user_id", "event_type"])
     customer = int(events.loc[events.event_type == "purchase", "user_id"].value_counts().index[0])
-    answer = requests.get(f"http://127.0.0.1:{env['RECSYS_API_PORT']}/customers/{customer}/recommendations?k=10",
-                          timeout=30)
-    assert answer.status_code == 200, answer.text
-    body = answer.json()
-    assert len(body["items"]) == 10 and body["ranker"] == "triton" and body["fallback"] is False
+    url = f"http://127.0.0.1:{env['RECSYS_API_PORT']}/customers/{customer}/recommendations?k=10"
+    deadline = time.monotonic() + 90
+    while (body := requests.get(url, timeout=30).json()).get("ranker") != "triton":
+        assert time.monotonic() < deadline, body
+        time.sleep(1)
+    assert len(body["items"]) == 10 and body["fallback"] is False
 
     stopped = cli(env, "stack", "down", timeout=180)
     assert stopped.returncode == 0, stopped.stderr[-3000:]

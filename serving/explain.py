@@ -1,0 +1,187 @@
+"""Why each recommended item is there: the candidate source that put it in the pool, and the evidence.
+
+Computed only for the k items a customer is shown, from the source scores the served path already
+computed (`Recommender.recommend`): per item, the source that ranks it best among the items the
+request allows is its origin (the pool takes each source's best items first). What the front end
+gets per item:
+
+| source     | kind                  | evidence (at most 3 product ids)                                     |
+|------------|-----------------------|----------------------------------------------------------------------|
+| item_knn   | because_you_viewed    | history items h with the largest history[h] * S[h, i] (their share of the item's score) |
+| ease       | goes_with_your_items  | history items h with the largest history[h] * B[h, i]                 |
+| als        | similar_to_history    | history items with the largest share of the fold-in score (Hu et al. 2008, section 5): near the item in the customer's factor metric |
+| popularity | popular / popular_in_category | none: the item is among the most interacted-with (in the requested category) |
+| other      | recommended           | none (a source without a per-item decomposition)                      |
+
+Only history items that add to the score (a positive share) are evidence; a source whose score has
+no positive share from the history says so with an empty list. The reason text says what the
+customer did with the first evidence item (viewed, added to the cart, bought).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+MAX_EVIDENCE = 3
+POPULARITY = "popularity"
+KINDS: dict[str, str] = {
+    "item_knn": "because_you_viewed",
+    "ease": "goes_with_your_items",
+    "als": "similar_to_history",
+    POPULARITY: "popular",
+}
+ALL_KINDS = ("because_you_viewed", "goes_with_your_items", "similar_to_history", "popular", "popular_in_category",
+             "viewed_together", "recommended")
+VERBS = {"purchase": "bought", "cart": "added to your cart", "view": "viewed"}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why one item is recommended: the source that put it in the pool, a kind the front end renders,
+    a readable reason and the customer's own products behind it (product ids, strongest first)."""
+
+    source: str
+    kind: str
+    reason: str
+    evidence: list[int] = field(default_factory=list)
+    category_id: int | None = None  # the category of a popular_in_category explanation
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Decomposable(Protocol):
+    """A source whose score of an item splits over one history row's items (models.classic)."""
+
+    def contributions(self, history: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def popular(category_id: int | None = None, source: str = POPULARITY) -> Explanation:
+    """Popular items: the popularity source's, the API's popular fallback, and its top-up."""
+    if category_id is not None:
+        return Explanation(source, "popular_in_category", f"Popular in category {category_id}", [], int(category_id))
+    return Explanation(source, "popular", "Popular with other customers", [])
+
+
+def catalogue(source: str, category_id: int | None, in_category: list[int],
+              filtered: int | None = None) -> Explanation:
+    """The API's catalogue path (a bundle without the served recommender): `source` is the list that
+    brought the item into the pool (api.recommend._pool): "retrieval" (two-tower top-N of the
+    customer), "co_occurring" (shares sessions with the customer's products), "in_categories"
+    (popular in a category of the customer's products; `in_category`: those products, latest
+    first) or "popular"."""
+    if source == "retrieval":
+        return Explanation(source, "similar_to_history", "Similar to your history", [])
+    if source == "co_occurring":
+        return Explanation(source, "viewed_together", "Seen in the same sessions as products you interacted with", [])
+    if source == "in_categories" and category_id is not None:
+        ids = [int(p) for p in in_category[:MAX_EVIDENCE]]
+        reason = f"Popular in category {category_id}" + (f", where you looked at {_names(ids)}" if ids else "")
+        return Explanation(source, "popular_in_category", reason, ids, int(category_id))
+    return popular(filtered, source)
+
+
+def origins(scores: Mapping[str, np.ndarray], blocked: np.ndarray, items: np.ndarray,
+            shares: Mapping[str, float] | None = None) -> list[str]:
+    """The source that ranks each of `items` (indices into one row) best among the non-blocked items.
+
+    scores: source -> (n_items,) one row's scores; blocked: (n_items,) bool. Rank = items scored
+    higher, plus equal ones at a lower index (the order `models.classic.top_k` breaks ties in).
+    Equal ranks go to a personal source before popularity, then to the larger pool share.
+    """
+    shares = shares or {}
+    names = [s for s in sorted(scores) if shares.get(s, 1.0) > 0] or sorted(scores)
+    eligible = ~np.asarray(blocked, dtype=bool).reshape(-1)
+    index = np.arange(eligible.size)
+    out = []
+    for item in np.asarray(items, dtype=np.int64):
+        best: tuple[int, bool, float, str] | None = None
+        for name in names:
+            row = np.asarray(scores[name]).reshape(-1)
+            value = row[item]
+            rank = int(np.count_nonzero(eligible & ((row > value) | ((row == value) & (index < item)))))
+            key = (rank, name == POPULARITY, -shares.get(name, 0.0), name)
+            best = key if best is None or key < best else best
+        assert best is not None
+        out.append(best[3])
+    return out
+
+
+def evidence(source: Decomposable, history: sp.csr_matrix, item: int,
+             limit: int = MAX_EVIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """(history item indices, their contributions) with a positive share of `item`'s score, largest first."""
+    seen, share = source.contributions(history, np.array([item], dtype=np.int64))
+    share = share[:, 0]
+    order = np.lexsort((seen, -share))  # largest share first, lower index on ties
+    order = order[share[order] > 0][:limit]
+    return seen[order], share[order]
+
+
+def _names(ids: list[int]) -> str:
+    names = [f"product {p}" for p in ids]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _reason(kind: str, ids: list[int], verb: str) -> str:
+    """The sentence: the verb is what the customer did with the first (strongest) evidence product."""
+    if not ids:
+        return {"because_you_viewed": "Chosen by customers with a history like yours",
+                "goes_with_your_items": "Goes with the products in your history",
+                "similar_to_history": "Similar to your history"}.get(kind, "Recommended for you")
+    first, rest = f"product {ids[0]}", (f" and {_names(ids[1:])}" if len(ids) > 1 else "")
+    if kind == "because_you_viewed":
+        return f"Because you {verb} {first}{rest and ' (and' + rest[4:] + ')'}: customers who did also chose this"
+    if kind == "goes_with_your_items":
+        return f"Goes with {first}, which you {verb}{rest and ', and with' + rest[4:]}"
+    return f"Similar to {first}, which you {verb}{rest and ', and to' + rest[4:]}"
+
+
+def explain(sources: Mapping[str, object], item_ids: np.ndarray, history: sp.csr_matrix,
+            scores: Mapping[str, np.ndarray], blocked: np.ndarray, items: np.ndarray,
+            shares: Mapping[str, float] | None = None, events: Mapping[int, str] | None = None,
+            category_id: int | None = None, mode: str = "ranker") -> list[Explanation]:
+    """One explanation per recommended item index in `items` (one customer; -1 entries are skipped).
+
+    sources: name -> fitted source; item_ids: (n_items,) product ids of the columns; history: (1,
+    n_items) the customer's weighted row; scores: name -> (1, n_items) or (n_items,) each source's
+    scores the path ranked with; blocked: the request's (1, n_items) exclusions and filters; events:
+    product id -> the customer's strongest event type on it (for the reason's verb); category_id: the
+    request's category filter; mode: a source name when that source alone orders the served list.
+    """
+    items = np.asarray(items, dtype=np.int64).reshape(-1)
+    items = items[items >= 0]
+    row_scores = {name: np.asarray(s).reshape(-1) for name, s in scores.items()}
+    if mode in row_scores:
+        named = [mode] * len(items)
+    else:
+        named = origins(row_scores, blocked, items, shares)
+    out = []
+    for item, name in zip(items.tolist(), named):
+        if name == POPULARITY:
+            out.append(popular(category_id, name))
+            continue
+        kind = KINDS.get(name, "recommended")
+        source = sources.get(name)
+        ids: list[int] = []
+        if hasattr(source, "contributions"):
+            seen, _ = evidence(source, history, item)  # type: ignore[arg-type]
+            ids = [int(p) for p in np.asarray(item_ids)[seen]]
+        verb = VERBS.get((events or {}).get(ids[0], ""), "interacted with") if ids else ""
+        out.append(Explanation(name, kind, _reason(kind, ids, verb), ids))
+    return out
+
+
+def strongest_events(product_ids: np.ndarray, event_types: np.ndarray,
+                     weights: Mapping[str, float]) -> dict[int, str]:
+    """product id -> the event type of the customer's heaviest event on it (purchase over cart over view)."""
+    out: dict[int, str] = {}
+    for pid, kind in zip(np.asarray(product_ids).tolist(), np.asarray(event_types).tolist()):
+        pid, kind = int(pid), str(kind)
+        if weights.get(kind, 0.0) > 0 and weights.get(kind, 0.0) > weights.get(out.get(pid, ""), 0.0):
+            out[pid] = kind
+    return out
