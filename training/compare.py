@@ -85,7 +85,7 @@ def served_lists(recommender: Recommender, ranker: PairScorer | None, task: Task
             history = _reindex(history[:, known], to_rec[known], recommender.n_items)
             excluded = _reindex(excluded[:, known], to_rec[known], recommender.n_items).astype(bool)
             sequences = None if sequences is None else sequences.reindexed(to_rec)
-        items, _ = recommender.recommend(history, excluded, k, ranker, sequences)
+        items, _ = recommender.recommend(history, excluded, k, ranker, sequences=sequences)
         if not same:
             items = np.where(items >= 0, index_of(task.split.items, recommender.items[np.maximum(items, 0)]), -1)
         out[rows] = items
