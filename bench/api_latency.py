@@ -67,7 +67,8 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------- building the data, model and store
-def build_world(workdir: Path, n_events: int, n_users: int, n_products: int) -> dict[str, Any]:
+def build_world(workdir: Path, n_events: int, n_users: int, n_products: int,
+                keep_sequential: str = "always") -> dict[str, Any]:
     """Synthetic events -> the served recommender (sources + DLRM ranker, training.ranker) -> serving bundle;
     SQLite store seeded with every product.
 
@@ -95,7 +96,8 @@ def build_world(workdir: Path, n_events: int, n_users: int, n_products: int) -> 
     data.events.to_parquet(events)
     # The recommender's catalogue is every product of the shop (the store's catalogue below).
     catalogue = np.sort(data.products.product_id.to_numpy(np.int64))
-    fitted = fit_recommender(data.events, catalogue, RankerConfig())
+    # the real-time path on: the sequential source served whatever held-out users say (issue 15's budget)
+    fitted = fit_recommender(data.events, catalogue, RankerConfig(keep_sequential=keep_sequential))
     fitted_mode, fitted.recommender.mode = fitted.recommender.mode, "ranker"
     model_dir = workdir / "model"
     fitted.save(model_dir / "recommender")
@@ -372,6 +374,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--products", type=int, default=10_000)
+    parser.add_argument("--sequential", default="always", choices=("always", "held_out"),
+                        help="serve the real-time sequential source always (default) or as held-out users decide")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (API and floor alike)")
     parser.add_argument("--worker-class", default="gevent", choices=("gevent", "gthread", "sync"),
                         help="gunicorn worker class (API and floor alike); the API also loads api/gunicorn_conf.py")
@@ -388,7 +392,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed; apt-get install wrk")
 
-    world = build_world(args.workdir, args.events, args.users, args.products)
+    world = build_world(args.workdir, args.events, args.users, args.products, args.sequential)
     # Other work on the machine shares the 2 cores; record how busy it was.
     load_at_start = round(os.getloadavg()[0], 2)
     log.info("world: %s", {k: v for k, v in world.items() if k not in ("customers", "products")})
@@ -443,7 +447,7 @@ def main() -> None:
     base = {"load_average_1m_at_start": load_at_start, "server": " ".join(api.command[3:-1]), "database": "sqlite (WAL, group commit)", "transport": "loopback",
             "auth": "on", "rate_limit": "on (10000000 per minute, memory)", "catalogue_products": world["n_products"],
             "customers": len(world["customers"]), "seed_interactions": world["interactions"],
-            "candidates_per_request": world["pool_size"], "k": 10,
+            "candidates_per_request": world["pool_size"], "k": 10, "sequential_source": args.sequential,
             "ranker": "local Triton (PyTriton's tritonserver, Python backend running ONNX Runtime CPU), HTTP",
             "served_path": f"serving.recommender.TritonRecommender: sources {world['sources']} -> pool of "
             f"{world['pool_size']} -> DLRM ranker on Triton (mode forced to ranker; fitted mode "
