@@ -97,19 +97,18 @@ def origins(scores: Mapping[str, np.ndarray], blocked: np.ndarray, items: np.nda
     shares = shares or {}
     names = [s for s in sorted(scores) if shares.get(s, 1.0) > 0] or sorted(scores)
     eligible = ~np.asarray(blocked, dtype=bool).reshape(-1)
-    index = np.arange(eligible.size)
-    out = []
-    for item in np.asarray(items, dtype=np.int64):
-        best: tuple[int, bool, float, str] | None = None
-        for name in names:
-            row = np.asarray(scores[name]).reshape(-1)
-            value = row[item]
-            rank = int(np.count_nonzero(eligible & ((row > value) | ((row == value) & (index < item)))))
+    items = np.asarray(items, dtype=np.int64).reshape(-1)
+    index = np.flatnonzero(eligible)
+    best: list[tuple[int, bool, float, str] | None] = [None] * len(items)
+    for name in names:
+        row = np.asarray(scores[name]).reshape(-1)
+        values = row[index]  # the eligible items' scores, one (len(items), n_eligible) comparison per source
+        target = row[items][:, None]
+        ranks = np.count_nonzero((values > target) | ((values == target) & (index < items[:, None])), axis=1)
+        for i, rank in enumerate(ranks.tolist()):
             key = (rank, name == POPULARITY, -shares.get(name, 0.0), name)
-            best = key if best is None or key < best else best
-        assert best is not None
-        out.append(best[3])
-    return out
+            best[i] = key if best[i] is None or key < best[i] else best[i]  # type: ignore[operator]
+    return [key[3] for key in best if key is not None]
 
 
 def evidence(source: Decomposable, history: sp.csr_matrix, item: int,
