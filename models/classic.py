@@ -416,7 +416,10 @@ def top_k(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> np.ndarr
     if exclude is not None:
         if exclude.shape != scores.shape:
             raise ModelError(f"top_k: exclude has shape {exclude.shape}, scores {scores.shape}")
-        work[exclude.nonzero()] = -np.inf
+        if isinstance(exclude, np.ndarray) and exclude.dtype == bool:
+            work[exclude] = -np.inf
+        else:
+            work[exclude.nonzero()] = -np.inf
     take = min(k, n_items)
     result = np.full((n_rows, k), -1, dtype=np.int64)
     if take == 0 or n_rows == 0:
@@ -426,8 +429,9 @@ def top_k(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> np.ndarr
     above = work > threshold
     at = work == threshold
     room = take - above.sum(axis=1, keepdims=True)
-    chosen = above | (at & (np.cumsum(at, axis=1) <= room))  # ties: lowest indices first
-    items = np.nonzero(chosen)[1].reshape(n_rows, take)  # ascending index within each row
+    if np.any(at.sum(axis=1, keepdims=True) > room):  # more ties at the threshold than room: lowest indices first
+        at &= np.cumsum(at, axis=1) <= room
+    items = np.nonzero(above | at)[1].reshape(n_rows, take)  # ascending index within each row
     values = np.take_along_axis(work, items, axis=1)
     order = np.argsort(-values, axis=1, kind="stable")  # stable keeps lower index first on ties
     items, values = np.take_along_axis(items, order, axis=1), np.take_along_axis(values, order, axis=1)
