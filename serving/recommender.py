@@ -158,26 +158,29 @@ class Recommender:
         quota = {s: max(1, int(round(self.shares.get(s, 0.0) * self.pool_size))) for s in self.source_names
                  if self.shares.get(s, 0.0) > 0}
         take = min(self.pool_size, self.n_items)
-        ranked = {s: top_k(scores[s], blocked, take) for s in self.source_names}
+        ranked = {s: top_k(scores[s], blocked, take) for s in quota}  # a source with no share adds nothing
         out = np.full((n, self.pool_size), -1, dtype=np.int64)
         chosen = np.zeros((n, self.n_items + 1), dtype=bool)  # column n_items: the -1 padding, never free
         chosen[:, -1] = True
         count = np.zeros(n, dtype=np.int64)
         # each source's share first (in name order), then the rest by share order, then popularity
-        turns = [(ranked[s], q) for s, q in quota.items()]
+        turns: list[tuple[np.ndarray | None, int]] = [(ranked[s], q) for s, q in quota.items()]
         turns += [(ranked[s], self.pool_size) for s in sorted(quota, key=quota.get, reverse=True)]
-        turns.append((self._popular_pool(blocked, n), self.pool_size))
+        turns.append((None, self.pool_size))  # popularity: computed only when a pool is still short
         rows = np.arange(n)[:, None]
         for candidates, limit in turns:
+            if count.min(initial=self.pool_size) >= self.pool_size:
+                break  # every pool is full
+            if candidates is None:
+                candidates = self._popular_pool(blocked, n)
             # a source's list is distinct items, so only earlier turns can have taken one of them
             free = ~chosen[rows, candidates]
-            room = np.minimum(limit, self.pool_size - count)[:, None]
-            taken = free & (np.cumsum(free, axis=1) <= room)
-            at = count[:, None] + np.cumsum(taken, axis=1) - 1
-            r, c = np.nonzero(taken)
-            out[r, at[r, c]] = candidates[r, c]
-            chosen[r, candidates[r, c]] = True
-            count += taken.sum(axis=1)
+            rank = np.cumsum(free, axis=1)  # 1-based position among this list's free items
+            r, c = np.nonzero(free & (rank <= np.minimum(limit, self.pool_size - count)[:, None]))
+            picked = candidates[r, c]
+            out[r, count[r] + rank[r, c] - 1] = picked
+            chosen[r, picked] = True
+            count += np.bincount(r, minlength=n)
         return out
 
     def _popular_pool(self, blocked: sp.csr_matrix | np.ndarray, n: int) -> np.ndarray:
