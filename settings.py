@@ -66,6 +66,7 @@ class Settings:
     mlflow_ui_port: int
     api_workers: int  # gunicorn worker processes of the API
     api_worker_connections: int  # connections one API worker holds at once
+    api_compute_threads: int  # torch and BLAS threads per API worker (its requests share one core)
     api_header_timeout_s: int  # seconds to send a request's headers; also the idle keep-alive limit
     api_trusted_proxies: int  # proxies in front of the API whose X-Forwarded-For is trusted (0 = none)
     ratelimit_storage_uri: str
@@ -122,6 +123,7 @@ class Settings:
             mlflow_ui_port=_env_int("RECSYS_MLFLOW_UI_PORT", 5001),
             api_workers=_env_int("RECSYS_API_WORKERS", 2),
             api_worker_connections=_env_int("RECSYS_API_WORKER_CONNECTIONS", 1000),
+            api_compute_threads=_env_int("RECSYS_API_COMPUTE_THREADS", 1),
             api_header_timeout_s=_env_int("RECSYS_API_HEADER_TIMEOUT_S", 5),
             api_trusted_proxies=_env_int("RECSYS_API_TRUSTED_PROXIES", 0),
             ratelimit_storage_uri=_env("RECSYS_RATELIMIT_STORAGE", "memory://"),

@@ -171,6 +171,8 @@ class Recommender:
         self.store = store
         self.cache = cache
         self._prepared: set[int] = set()  # ids of rankers already listening to catalogue reloads
+        # (catalogue snapshot, served items, rows, found) of the last served-path request
+        self._rows_cache: tuple[Products, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _attach(self, ranker: Ranker | None) -> None:
         """Let a ranker that caches encodings (api.ranking.EncodedRanker) prepare on each catalogue reload."""
@@ -238,8 +240,7 @@ class Recommender:
         a list short of k (few eligible products known to the model) is topped up with popular ones."""
         with self.cache.lock:
             products = self.cache.index().products
-        items = served.recommender.items
-        rows, found = products.rows_of(items)
+        rows, found = self._served_rows(products, served.recommender.items)
         allowed = found.copy()
         allowed[found] = products.mask(rows[found], req.where)
         pids = np.fromiter((p for p, _ in history.events), dtype=np.int64, count=len(history.events))
@@ -252,6 +253,13 @@ class Recommender:
             return _popular_result(self.popular(req.k, req.where, exclude), req.where, True)
         return self._explained_top_up([(p, s) for p, s, _ in explained], [e.as_dict() for _, _, e in explained],
                                       req, exclude)
+
+    def _served_rows(self, products: Products, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`products.rows_of(items)`, found once per catalogue snapshot and recommender (both immutable)."""
+        cached = self._rows_cache
+        if cached is None or cached[0] is not products or cached[1] is not items:
+            cached = self._rows_cache = (products, items, *products.rows_of(items))  # one tuple: thread-safe swap
+        return cached[2], cached[3]
 
     def _retrieve(self, ranker: Ranker, customer_id: int, exclude: set[int]) -> list[int]:
         """The ranker's retrieval candidates (api.ranking.EncodedRanker.candidates); [] when it has none or fails."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -10,7 +11,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from models import ModelError
 
@@ -194,6 +195,13 @@ class EASE:
         return row.indices.astype(np.int64), (row.data[:, None] * weights).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    """The process's BLAS libraries, found once: `threadpool_limits` re-reads /proc/self/maps on every
+    call (~2 ms), too slow for a per-request fold-in. Created after implicit is imported (at its first use)."""
+    return ThreadpoolController()
+
+
 @dataclass(eq=False)
 class ALS:
     """Implicit-feedback matrix factorisation (Hu, Koren & Volinsky 2008) through implicit's CPU ALS.
@@ -215,12 +223,19 @@ class ALS:
     name: str = field(default="als", init=False)
     n_items: int = field(default=0, init=False)
     _model: AlternatingLeastSquares | None = field(default=None, init=False, repr=False)
+    _gram: Any = field(default=None, init=False, repr=False, compare=False)  # (Y as float64, Y^T Y) for `contributions`
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_gram"] = None  # recomputed on first use
+        return state
 
     def fit(self, interactions: sp.csr_matrix) -> ALS:
         matrix = _as_matrix(interactions)
         # implicit parallelises over users itself; a BLAS thread pool inside each solve slows it down.
         with threadpool_limits(1, "blas"):
             self._model, self.n_items = self._fit(matrix), matrix.shape[1]
+        self._gram = None
         return self
 
     def _fit(self, matrix: sp.csr_matrix) -> AlternatingLeastSquares:
@@ -242,7 +257,7 @@ class ALS:
         item_factors = self._model.item_factors  # (items, factors)
         if rows.shape[0] == 0:
             return np.zeros((0, self.n_items), dtype=np.float32)
-        with threadpool_limits(1, "blas"):
+        with _blas_controller().limit(limits=1, user_api="blas"):
             row_factors = self._model.recalculate_user(np.arange(rows.shape[0]), rows)  # (rows, factors)
         return np.asarray(row_factors @ item_factors.T, dtype=np.float32)
 
@@ -261,10 +276,13 @@ class ALS:
         up to the solver's rounding."""
         _check_fitted(self, self._model)
         row = _one_row(history, self.n_items)
-        y = self.item_factors.astype(np.float64)
+        if self._gram is None:  # per item explained, so computed once: (n_items, factors) float64 and Y^T Y
+            y = self.item_factors.astype(np.float64)
+            self._gram = (y, y.T @ y)
+        y, yty = self._gram
         seen = y[row.indices]  # (n_history, factors)
         confidence = self.alpha * row.data.astype(np.float64)
-        gram = y.T @ y + seen.T @ ((confidence - 1.0)[:, None] * seen) + self.regularization * np.eye(y.shape[1])
+        gram = yty + seen.T @ ((confidence - 1.0)[:, None] * seen) + self.regularization * np.eye(y.shape[1])
         metric = np.linalg.solve(gram, y[np.asarray(items, dtype=np.int64)].T)  # W y_i, (factors, len(items))
         return row.indices.astype(np.int64), (confidence[:, None] * (seen @ metric)).astype(np.float32)
 
@@ -292,6 +310,12 @@ class MultDAE:
     name: str = field(default="mult_dae", init=False)
     n_items: int = field(default=0, init=False)
     _state: dict | None = field(default=None, init=False, repr=False)
+    _scoring: Any = field(default=None, init=False, repr=False, compare=False)  # the eval net `score` reuses
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_scoring"] = None  # rebuilt from _state on first use: pickles carry the weights once
+        return state
 
     def _net(self, n_items: int):  # type: ignore[no-untyped-def]
         import torch
@@ -333,6 +357,7 @@ class MultDAE:
                 loss.backward()
                 optimizer.step()
         self._state, self.n_items = {k: v.detach().clone() for k, v in net.state_dict().items()}, n_items
+        self._scoring = None
         return self
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
@@ -341,9 +366,11 @@ class MultDAE:
 
         _check_fitted(self, self._state)
         rows = _as_matrix(history, self.n_items, "history")
-        net = self._net(self.n_items)
-        net.load_state_dict(self._state)
-        net.eval()
+        if self._scoring is None:  # built once: a fresh net would initialise 2 x n_items x hidden weights per call
+            net = self._net(self.n_items)
+            net.load_state_dict(self._state)
+            self._scoring = net.eval()
+        net = self._scoring
         out = np.empty(rows.shape, dtype=np.float32)
         with torch.no_grad():
             for start in range(0, rows.shape[0], 1024):
@@ -389,7 +416,10 @@ def top_k(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> np.ndarr
     if exclude is not None:
         if exclude.shape != scores.shape:
             raise ModelError(f"top_k: exclude has shape {exclude.shape}, scores {scores.shape}")
-        work[exclude.nonzero()] = -np.inf
+        if isinstance(exclude, np.ndarray) and exclude.dtype == bool:
+            work[exclude] = -np.inf
+        else:
+            work[exclude.nonzero()] = -np.inf
     take = min(k, n_items)
     result = np.full((n_rows, k), -1, dtype=np.int64)
     if take == 0 or n_rows == 0:
@@ -399,8 +429,9 @@ def top_k(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> np.ndarr
     above = work > threshold
     at = work == threshold
     room = take - above.sum(axis=1, keepdims=True)
-    chosen = above | (at & (np.cumsum(at, axis=1) <= room))  # ties: lowest indices first
-    items = np.nonzero(chosen)[1].reshape(n_rows, take)  # ascending index within each row
+    if np.any(at.sum(axis=1, keepdims=True) > room):  # more ties at the threshold than room: lowest indices first
+        at &= np.cumsum(at, axis=1) <= room
+    items = np.nonzero(above | at)[1].reshape(n_rows, take)  # ascending index within each row
     values = np.take_along_axis(work, items, axis=1)
     order = np.argsort(-values, axis=1, kind="stable")  # stable keeps lower index first on ties
     items, values = np.take_along_axis(items, order, axis=1), np.take_along_axis(values, order, axis=1)

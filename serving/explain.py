@@ -97,29 +97,36 @@ def origins(scores: Mapping[str, np.ndarray], blocked: np.ndarray, items: np.nda
     shares = shares or {}
     names = [s for s in sorted(scores) if shares.get(s, 1.0) > 0] or sorted(scores)
     eligible = ~np.asarray(blocked, dtype=bool).reshape(-1)
-    index = np.arange(eligible.size)
-    out = []
-    for item in np.asarray(items, dtype=np.int64):
-        best: tuple[int, bool, float, str] | None = None
-        for name in names:
-            row = np.asarray(scores[name]).reshape(-1)
-            value = row[item]
-            rank = int(np.count_nonzero(eligible & ((row > value) | ((row == value) & (index < item)))))
+    items = np.asarray(items, dtype=np.int64).reshape(-1)
+    index = np.flatnonzero(eligible)
+    best: list[tuple[int, bool, float, str] | None] = [None] * len(items)
+    for name in names:
+        row = np.asarray(scores[name]).reshape(-1)
+        values = row[index]  # the eligible items' scores, one (len(items), n_eligible) comparison per source
+        target = row[items][:, None]
+        ranks = np.count_nonzero((values > target) | ((values == target) & (index < items[:, None])), axis=1)
+        for i, rank in enumerate(ranks.tolist()):
             key = (rank, name == POPULARITY, -shares.get(name, 0.0), name)
-            best = key if best is None or key < best else best
-        assert best is not None
-        out.append(best[3])
-    return out
+            best[i] = key if best[i] is None or key < best[i] else best[i]  # type: ignore[operator]
+    return [key[3] for key in best if key is not None]
 
 
 def evidence(source: Decomposable, history: sp.csr_matrix, item: int,
              limit: int = MAX_EVIDENCE) -> tuple[np.ndarray, np.ndarray]:
     """(history item indices, their contributions) with a positive share of `item`'s score, largest first."""
-    seen, share = source.contributions(history, np.array([item], dtype=np.int64))
-    share = share[:, 0]
-    order = np.lexsort((seen, -share))  # largest share first, lower index on ties
-    order = order[share[order] > 0][:limit]
-    return seen[order], share[order]
+    return evidence_of(source, history, np.array([item], dtype=np.int64), limit)[0]
+
+
+def evidence_of(source: Decomposable, history: sp.csr_matrix, items: np.ndarray,
+                limit: int = MAX_EVIDENCE) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`evidence` of each of `items`, from one `contributions` call (one slice, one solve) for them all."""
+    seen, shares = source.contributions(history, np.asarray(items, dtype=np.int64))
+    out = []
+    for share in shares.T:
+        order = np.lexsort((seen, -share))  # largest share first, lower index on ties
+        order = order[share[order] > 0][:limit]
+        out.append((seen[order], share[order]))
+    return out
 
 
 def _names(ids: list[int]) -> str:
@@ -160,17 +167,21 @@ def explain(sources: Mapping[str, object], item_ids: np.ndarray, history: sp.csr
         named = [mode] * len(items)
     else:
         named = origins(row_scores, blocked, items, shares)
+    found: dict[int, np.ndarray] = {}  # position in `items` -> evidence, one contributions call per source
+    for name in set(named) - {POPULARITY}:
+        if hasattr(sources.get(name), "contributions"):
+            at = [i for i, n in enumerate(named) if n == name]
+            for i, (seen, _) in zip(at, evidence_of(sources[name], history, items[at])):  # type: ignore[arg-type]
+                found[i] = seen
     out = []
-    for item, name in zip(items.tolist(), named):
+    for i, name in enumerate(named):
         if name == POPULARITY:
             out.append(popular(category_id, name))
             continue
         kind = KINDS.get(name, "recommended")
-        source = sources.get(name)
         ids: list[int] = []
-        if hasattr(source, "contributions"):
-            seen, _ = evidence(source, history, item)  # type: ignore[arg-type]
-            ids = [int(p) for p in np.asarray(item_ids)[seen]]
+        if i in found:
+            ids = [int(p) for p in np.asarray(item_ids)[found[i]]]
         verb = VERBS.get((events or {}).get(ids[0], ""), "interacted with") if ids else ""
         out.append(Explanation(name, kind, _reason(kind, ids, verb), ids))
     return out

@@ -14,6 +14,7 @@ ranker, or one source alone when the ranker did not beat it on held-out users (t
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -156,31 +157,51 @@ class Recommender:
         n = next(iter(scores.values())).shape[0]
         quota = {s: max(1, int(round(self.shares.get(s, 0.0) * self.pool_size))) for s in self.source_names
                  if self.shares.get(s, 0.0) > 0}
-        ranked = {s: top_k(scores[s], blocked, min(self.pool_size, self.n_items)) for s in self.source_names}
-        fill = top_k(np.broadcast_to(self.popularity.astype(np.float32), (n, self.n_items)).copy(), blocked,
-                     min(self.pool_size, self.n_items))
+        take = min(self.pool_size, self.n_items)
+        ranked = {s: top_k(scores[s], blocked, take) for s in quota}  # a source with no share adds nothing
         out = np.full((n, self.pool_size), -1, dtype=np.int64)
-        for r in range(n):
-            chosen: dict[int, None] = {}
-            for s, q in quota.items():  # each source's share first, then the rest by share order
-                taken = 0
-                for item in ranked[s][r]:
-                    if taken >= q or len(chosen) >= self.pool_size:
-                        break
-                    if item >= 0 and item not in chosen:
-                        chosen[int(item)] = None
-                        taken += 1
-            for source in [*sorted(quota, key=quota.get, reverse=True), None]:
-                if len(chosen) >= self.pool_size:
-                    break
-                for item in (ranked[source][r] if source else fill[r]):
-                    if len(chosen) >= self.pool_size:
-                        break
-                    if item >= 0:
-                        chosen.setdefault(int(item), None)
-            picked = list(chosen)
-            out[r, :len(picked)] = picked
+        chosen = np.zeros((n, self.n_items + 1), dtype=bool)  # column n_items: the -1 padding, never free
+        chosen[:, -1] = True
+        count = np.zeros(n, dtype=np.int64)
+        # each source's share first (in name order), then the rest by share order, then popularity
+        turns: list[tuple[np.ndarray | None, int]] = [(ranked[s], q) for s, q in quota.items()]
+        turns += [(ranked[s], self.pool_size) for s in sorted(quota, key=quota.get, reverse=True)]
+        turns.append((None, self.pool_size))  # popularity: computed only when a pool is still short
+        rows = np.arange(n)[:, None]
+        for candidates, limit in turns:
+            if count.min(initial=self.pool_size) >= self.pool_size:
+                break  # every pool is full
+            if candidates is None:
+                candidates = self._popular_pool(blocked, n)
+            # a source's list is distinct items, so only earlier turns can have taken one of them
+            free = ~chosen[rows, candidates]
+            rank = np.cumsum(free, axis=1)  # 1-based position among this list's free items
+            r, c = np.nonzero(free & (rank <= np.minimum(limit, self.pool_size - count)[:, None]))
+            picked = candidates[r, c]
+            out[r, count[r] + rank[r, c] - 1] = picked
+            chosen[r, picked] = True
+            count += np.bincount(r, minlength=n)
         return out
+
+    def _popular_pool(self, blocked: sp.csr_matrix | np.ndarray, n: int) -> np.ndarray:
+        """(n_rows, min(pool_size, n_items)) the most popular non-blocked items per row, -1 padded:
+        `top_k` of `popularity`, from an order computed once per recommender."""
+        take = min(self.pool_size, self.n_items)
+        order = self._popularity_order
+        if sp.issparse(blocked):
+            blocked = blocked.toarray()
+        free = ~np.asarray(blocked, dtype=bool)[:, order] if n else np.zeros((0, len(order)), dtype=bool)
+        free = np.broadcast_to(free, (n, len(order)))
+        out = np.full((n, take), -1, dtype=np.int64)
+        rank = np.cumsum(free, axis=1)
+        r, c = np.nonzero(free & (rank <= take))
+        out[r, rank[r, c] - 1] = order[c]
+        return out
+
+    @functools.cached_property
+    def _popularity_order(self) -> np.ndarray:
+        """Item indices by popularity, most first, ties to the lower index (`top_k`'s order)."""
+        return np.argsort(-self.popularity.astype(np.float32), kind="stable")
 
     # ------------------------------------------------------------------------------ features
     def features(self, history: sp.csr_matrix, scores: dict[str, np.ndarray],

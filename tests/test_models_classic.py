@@ -151,3 +151,19 @@ def test_top_k_breaks_ties_by_lower_item_index() -> None:
     scores = np.array([[0.5, 1.0, 0.5, 1.0, 0.5, 0.5, 0.2]], dtype=np.float32)
     assert top_k(scores, None, 4).tolist() == [[1, 3, 0, 2]]
     assert top_k(np.zeros((2, 100), dtype=np.float32), None, 3).tolist() == [[0, 1, 2], [0, 1, 2]]
+
+
+def test_top_k_equals_sorting_every_eligible_item_by_score_then_index() -> None:
+    """The reference order, spelled out: eligible items by score (best first), ties to the lower index, -1 after."""
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        n, m = int(rng.integers(1, 5)), int(rng.integers(1, 120))
+        scores = (rng.integers(0, 4, (n, m)) if trial % 2 else rng.normal(size=(n, m))).astype(np.float32)
+        blocked = rng.random((n, m)) < rng.random()
+        for k in (1, 7, 200):
+            want = np.full((n, k), -1, dtype=np.int64)
+            for r in range(n):
+                ranked = sorted(np.flatnonzero(~blocked[r]).tolist(), key=lambda i: (-scores[r, i], i))[:k]
+                want[r, :len(ranked)] = ranked
+            np.testing.assert_array_equal(top_k(scores, blocked, k), want)
+            np.testing.assert_array_equal(top_k(scores, sp.csr_matrix(blocked), k), want)

@@ -129,3 +129,58 @@ def test_a_blend_orders_by_ranker_logit_plus_weighted_source_score() -> None:
     assert np.argsort(-alone[0, :3]).tolist() == [0, 1, 2]  # weight 0: the ranker's order
     mixed = blend(probability, source_z, valid, 2.0)
     assert np.argmax(mixed[0, :3]) == 2  # a heavy weight lets the source's favourite win
+
+
+def _pool_loop(rec: Recommender, scores: dict[str, np.ndarray], blocked) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The pool as first written (a Python loop per row and item): what the vectorised `pool` must equal."""
+    n = next(iter(scores.values())).shape[0]
+    quota = {s: max(1, int(round(rec.shares.get(s, 0.0) * rec.pool_size))) for s in rec.source_names
+             if rec.shares.get(s, 0.0) > 0}
+    ranked = {s: top_k(scores[s], blocked, min(rec.pool_size, rec.n_items)) for s in rec.source_names}
+    fill = top_k(np.broadcast_to(rec.popularity.astype(np.float32), (n, rec.n_items)).copy(), blocked,
+                 min(rec.pool_size, rec.n_items))
+    out = np.full((n, rec.pool_size), -1, dtype=np.int64)
+    for r in range(n):
+        chosen: dict[int, None] = {}
+        for s, q in quota.items():
+            taken = 0
+            for item in ranked[s][r]:
+                if taken >= q or len(chosen) >= rec.pool_size:
+                    break
+                if item >= 0 and item not in chosen:
+                    chosen[int(item)] = None
+                    taken += 1
+        for source in [*sorted(quota, key=quota.get, reverse=True), None]:
+            for item in (ranked[source][r] if source else fill[r]):
+                if len(chosen) >= rec.pool_size:
+                    break
+                if item >= 0:
+                    chosen.setdefault(int(item), None)
+        out[r, :len(chosen)] = list(chosen)
+    return out
+
+
+@pytest.mark.parametrize("blocked_share", [0.0, 0.5, 0.97])
+def test_the_vectorised_pool_equals_the_per_item_loop(fitted, blocked_share: float) -> None:  # type: ignore[no-untyped-def]
+    model, split = fitted
+    task = build_task(split)
+    rng = np.random.default_rng(int(blocked_share * 100))
+    for pool_size in (model.recommender.pool_size, 7, 1000):  # shares rounding over, under, past the catalogue
+        rec = replace(model.recommender, pool_size=pool_size)
+        scores = rec.source_scores(task.history)
+        blocked = rng.random((len(task.users), rec.n_items)) < blocked_share
+        blocked[0] = True  # a row with nothing eligible
+        np.testing.assert_array_equal(rec.pool(scores, blocked), _pool_loop(rec, scores, blocked))
+        np.testing.assert_array_equal(rec.pool(scores, task.excluded), _pool_loop(rec, scores, task.excluded))
+
+
+def test_repeated_and_reloaded_scoring_gives_the_same_lists_and_scores(fitted, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Caches built at the first request (Mult-DAE's eval net, ALS's Gram matrix) change no answer."""
+    model, split = fitted
+    rec, task = model.recommender, build_task(split)
+    first = rec.recommend(task.history, task.excluded, 10, model.scorer())
+    again = rec.recommend(task.history, task.excluded, 10, model.scorer())
+    reloaded = Recommender.load(rec.save(tmp_path)).recommend(task.history, task.excluded, 10, model.scorer())
+    for items, scores in (again, reloaded):
+        np.testing.assert_array_equal(items, first[0])
+        np.testing.assert_array_equal(scores, first[1])
