@@ -434,6 +434,7 @@ def _demo_experiment(settings: Settings, deployed: str, validated: Path, api_url
     from plugins import experiments
     from registry import resolve_version
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # packaging downloads both arms
     control = resolve_version(settings.mlflow_tracking_uri, settings.model_name, deployed)
     treatment = experiments.register_copy(settings, control)
     experiment_id = f"demo-aa-{int(time.time())}"
