@@ -372,22 +372,22 @@ def demo(settings: Settings, events: int) -> None:
     today = date.today()
     run_date = today.isoformat()
     started = time.time()
-    print(f"[1/6] generating {events:,} synthetic events (planted truth) into {settings.raw_dir}")
+    print(f"[1/7] generating {events:,} synthetic events (planted truth) into {settings.raw_dir}")
     made = generate(settings, events, today, settings.window_days, seed=7, corrupt=30,
                     users=max(200, events // 500), products=max(1000, events // 100))
     print(f"      {made['events']:,} events in {len(made['files'])} day files, {made['corrupted']} rows corrupted on purpose")
-    print("[2/6] Airflow metadata DB")
+    print("[2/7] Airflow metadata DB")
     _quiet_airflow(settings, "migrate", "db", "migrate")
-    print(f"[3/6] nightly_training DAG for {run_date} (airflow dags test)")
+    print(f"[3/7] nightly_training DAG for {run_date} (airflow dags test)")
     _quiet_airflow(settings, "nightly", "dags", "test", "nightly_training", run_date,
                    "-c", json.dumps({"deploy": False}))
     _nightly_summary(settings, run_date)
     version, why = _deploy_choice(settings)
     print(f"      promote: {why}")
-    print(f"[4/6] deploy_model DAG: {version} -> local Triton")
+    print(f"[4/7] deploy_model DAG: {version} -> local Triton")
     _quiet_airflow(settings, "deploy", "dags", "test", "deploy_model", run_date,
                    "-c", json.dumps({"version": version, "target": "local"}))
-    print("[5/6] API: loading the store from the validated events, starting gunicorn")
+    print("[5/7] API: loading the store from the validated events, starting gunicorn")
     from api.seed import seed_from_events
 
     validated = settings.run_dir(run_date) / "validation" / "valid" / "events.parquet"
@@ -398,14 +398,71 @@ def demo(settings: Settings, events: int) -> None:
     url = f"http://127.0.0.1:{settings.api_port}/customers/{customer}/recommendations?k=10"
     with urllib.request.urlopen(url, timeout=10) as response:
         body = json.loads(response.read())
-    print(f"[6/6] GET {url}")
-    print(json.dumps(body, indent=2))
+    print(f"[6/7] GET {url}")
+    answer_file = settings.home / "logs" / "demo-recommendation.json"
+    answer_file.write_text(json.dumps(body, indent=2))
+    print(f"      customer {customer} -> {[item['product_id'] for item in body['items']]} "
+          f"(ranker {body.get('ranker')}; the whole answer: {answer_file})")
+    for item in body["items"][:3]:
+        print(f"      {_explained(item)}")
+    _demo_experiment(settings, version, validated, f"http://127.0.0.1:{settings.api_port}", run_date)
     report = json.loads((settings.run_dir(run_date) / "eval" / "comparison.json").read_text())
     print(f"\nNDCG@10 on the held-out day, full catalogue (95% interval over users):\n{_metrics_lines(report)}")
     print(f"done in {time.time() - started:.0f} s. The API and Triton keep running (stop: make stop).")
     print(f"MLflow UI : make mlflow-ui    (then http://127.0.0.1:{settings.mlflow_ui_port})")
     print(f"Airflow UI: make airflow-ui   (then http://{settings.airflow_host}:{settings.airflow_port}, user "
           f"'{AIRFLOW_ADMIN}', password in {airflow_passwords_file(settings)}; the DAG runs above are listed)")
+
+
+def _explained(item: dict) -> str:
+    """One recommended item and why (serving.explain's explanation), on one line."""
+    why = item.get("explanation") or {}
+    evidence = f", evidence {why['evidence']}" if why.get("evidence") else ""
+    return (f"why {item['product_id']}: {why.get('reason')} (source {why.get('source')}, kind {why.get('kind')}"
+            f"{evidence})")
+
+
+def _demo_experiment(settings: Settings, deployed: str, validated: Path, api_url: str, run_date: str,
+                     visits: int = 240) -> None:
+    """An A/A online experiment on the running API: the deployed version against the same model registered
+    again (identical weights), simulated customers shopping through both arms, the evaluate_experiment
+    DAG's code deciding, GET /experiments/<id>, then stop, so the deployed model serves everyone again."""
+    import pandas as pd
+    import requests
+
+    from ops import shopper
+    from plugins import experiments
+    from registry import resolve_version
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # packaging downloads both arms
+    control = resolve_version(settings.mlflow_tracking_uri, settings.model_name, deployed)
+    treatment = experiments.register_copy(settings, control)
+    experiment_id = f"demo-aa-{int(time.time())}"
+    print(f"[7/7] online experiment {experiment_id}: an A/A test, version {control} (deployed) against "
+          f"version {treatment} (the same model registered again)")
+    began = time.time()
+    started = experiments.start(settings, experiment_id, {"control": control, "treatment": treatment}, "control")
+    print(f"      started: 50/50 split, Triton restarted serving both versions ({started['triton']})")
+    time.sleep(settings.experiment_ttl_s + 0.5)  # API workers re-read the running experiment this often
+    seen = pd.read_parquet(validated, columns=["user_id", "product_id", "category_id"]).dropna()
+    liked = shopper.preferences(seen)
+    category_of = dict(zip(seen["product_id"].astype(int), seen["category_id"].astype(int)))
+    customers = sorted(liked)[:: max(1, len(liked) // 150)]
+    done = shopper.shop(api_url, {c: liked[c] for c in customers}, category_of, visits, seed=11)
+    print(f"      traffic: {done.visits} visits by {len(customers)} simulated customers, responses per arm "
+          f"{done.per_arm}; posted {done.events} with recommendation_id and position")
+    decided = experiments.evaluate(run_date, settings)  # what the evaluate_experiment DAG runs
+    summary = requests.get(f"{api_url}/experiments/{experiment_id}", timeout=30).json()
+    for arm, shown in summary["arms"].items():
+        f = shown["figures"]
+        print(f"      {arm:9s} v{shown['version']}: {f['impressions']:4d} impressions, CTR {f['ctr']:.3f}, "
+              f"conversion {f['conversion_rate']:.3f}")
+    print(f"      decision: {decided['outcome']}: {decided['reason']} (MLflow run {decided.get('run_id')})")
+    print(f"      GET /experiments/{experiment_id}: state {summary['state']}, control {summary['control']}, "
+          f"min_impressions {summary['guardrails'].get('min_impressions')}")
+    stopped = experiments.stop(settings, experiment_id)
+    print(f"      stopped (state {stopped['state']}): everyone gets version {control} again; "
+          f"{time.time() - began:.0f} s")
 
 
 def _metrics_lines(report: dict) -> str:
@@ -448,6 +505,9 @@ def _nightly_summary(settings: Settings, run_date: str) -> None:
     comparison = json.loads((run / "eval" / "comparison.json").read_text())["metrics"]
     print(f"      evaluate: {comparison['eval_users']:.0f} users, served NDCG@10 {comparison['ndcg_at_10']:.4f} "
           f"vs best baseline {comparison['baseline_ndcg_at_10']:.4f}")
+    drift_file = run / "eval" / "drift.json"
+    if drift_file.is_file():  # written by the evaluate stage (registry.drift)
+        print(f"      drift: {json.loads(drift_file.read_text())['reason']}")
 
 
 def _deploy_choice(settings: Settings) -> tuple[str, str]:

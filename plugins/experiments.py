@@ -197,6 +197,23 @@ def start(settings: Settings, experiment_id: str, arms: dict[str, str], control:
             "control": control, "guardrails": merged, "triton": endpoint}
 
 
+def register_copy(settings: Settings, version: str) -> str:
+    """Register the model behind `version` (number or alias) again as a new version of the same model:
+    same run, same artifacts, tagged `experiment.copy_of`; no alias moves. Two such versions make an
+    honest A/A test (identical weights: any difference between the arms is noise)."""
+    from registry import resolve_version
+    from registry.tracking import tracking
+
+    number = resolve_version(settings.mlflow_tracking_uri, settings.model_name, version)
+    with tracking(settings.mlflow_tracking_uri) as client:
+        original = client.get_model_version(settings.model_name, number)
+        copy = client.create_model_version(settings.model_name, source=original.source, run_id=original.run_id,
+                                           tags={"experiment.copy_of": number},
+                                           description=f"copy of version {number} for an A/A test")
+    log.info("registered version %s of %s as a copy of version %s", copy.version, settings.model_name, number)
+    return str(copy.version)
+
+
 def stop(settings: Settings, experiment_id: str) -> Stage:
     """End a running experiment by hand (state `stopped`): everyone is served the deployed champion again."""
     from api import experiments as api_experiments
