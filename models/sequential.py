@@ -116,6 +116,17 @@ class SASRec(nn.Module):
         return self(items, kinds)[:, -1] @ self.item_table().T
 
 
+def history_tokens(rows, max_len: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """(n_rows, max_len) int64 item tokens (column + 1, left-padded with 0) of a CSR history's columns,
+    the last `max_len` in column order: how a scorer reads a history that carries no event order."""
+    items = np.zeros((rows.shape[0], max_len), dtype=np.int64)
+    for r in range(rows.shape[0]):
+        cols = rows.indices[rows.indptr[r]:rows.indptr[r + 1]][-max_len:]
+        if len(cols):
+            items[r, -len(cols):] = cols + 1
+    return items
+
+
 class NextItemHead(nn.Module):
     """What is exported and served: the full-catalogue next-item scores of a batch of sequences."""
 
@@ -184,11 +195,7 @@ class SequentialScorer:
         rows = history.tocsr()
         if rows.shape[1] != self.n_items:
             raise ModelError(f"history has {rows.shape[1]} item columns; the scorer was fitted on {self.n_items}")
-        items = np.zeros((rows.shape[0], self.max_len), dtype=np.int64)
-        for r in range(rows.shape[0]):
-            cols = rows.indices[rows.indptr[r]:rows.indptr[r + 1]][-self.max_len:]
-            if len(cols):
-                items[r, -len(cols):] = cols + 1
+        items = history_tokens(rows, self.max_len)
         return self.score_sequences(items, np.zeros_like(items))  # event types unknown
 
     def __getstate__(self) -> dict:  # weights and config, not the module object

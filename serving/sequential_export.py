@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from models.sequential import NextItemHead, SequentialScorer
+from models.sequential import NextItemHead, SequentialScorer, history_tokens
 from serving.errors import ExportError, ExportParityError
 from serving.export import OPSET, ParityReport
 
@@ -87,11 +87,7 @@ class OnnxSequentialScorer:
 
     def score(self, history) -> np.ndarray:  # type: ignore[no-untyped-def]
         rows = history.tocsr()
-        items = np.zeros((rows.shape[0], self.max_len), dtype=np.int64)
-        for r in range(rows.shape[0]):
-            cols = rows.indices[rows.indptr[r]:rows.indptr[r + 1]][-self.max_len:]
-            if len(cols):
-                items[r, -len(cols):] = cols + 1
+        items = history_tokens(rows, self.max_len)
         return self.score_sequences(items, np.zeros_like(items))  # event types unknown
 
     def fit(self, interactions) -> "OnnxSequentialScorer":  # type: ignore[no-untyped-def]
