@@ -29,6 +29,19 @@ class Behaviour:
     p_buy: float = 0.6
     position_discount: float = 0.3  # click probability / (1 + discount * position)
 
+    def react(self, rng: np.random.Generator, match: bool, position: int) -> list[str]:
+        """What a customer does with the item at `position`: [] (no click), or a view, then maybe a cart,
+        then maybe a purchase. One draw for the click, one more per step taken."""
+        p_click = self.click_match if match else self.click_other
+        if rng.random() >= p_click / (1 + self.position_discount * position):
+            return []
+        events = ["view"]
+        if rng.random() < self.p_cart:
+            events.append("cart")
+            if rng.random() < self.p_buy:
+                events.append("purchase")
+        return events
+
 
 @dataclass
 class Visits:
@@ -64,15 +77,9 @@ def shop(api_url: str, liked: Mapping[int, set[int]], category_of: Mapping[int, 
             arm = body.get("arm") or "none"
             done.per_arm[arm] = done.per_arm.get(arm, 0) + 1
             for position, item in enumerate(body["items"]):
-                match = category_of.get(item["product_id"]) in liked[customer]
-                p_click = (behaviour.click_match if match else behaviour.click_other)
-                if rng.random() >= p_click / (1 + behaviour.position_discount * position):
+                events = behaviour.react(rng, category_of.get(item["product_id"]) in liked[customer], position)
+                if not events:
                     continue
-                events = ["view"]
-                if rng.random() < behaviour.p_cart:
-                    events.append("cart")
-                    if rng.random() < behaviour.p_buy:
-                        events.append("purchase")
                 for event in events:
                     posted = http.post(f"{api_url}/interactions", timeout=timeout_s, json={
                         "customer_id": customer, "product_id": item["product_id"], "event_type": event,

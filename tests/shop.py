@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from flask.testing import FlaskClient
 
+from ops.shopper import Behaviour
+
 
 @dataclass(frozen=True)
 class ShopTruth:
@@ -75,6 +77,7 @@ def shop(client: FlaskClient, truth: ShopTruth, visits: int, seed: int, k: int =
     """`visits` recommendation requests by random customers, each followed by what the customer does;
     returns the responses per arm."""
     rng = np.random.default_rng(seed)
+    behaviour = Behaviour(truth.click_match, truth.click_other, truth.p_cart, truth.p_buy, position_discount=0.3)
     arms: dict[str, int] = {}
     for _ in range(visits):
         customer = int(rng.integers(1, truth.n_customers + 1))
@@ -84,14 +87,9 @@ def shop(client: FlaskClient, truth: ShopTruth, visits: int, seed: int, k: int =
         body = got.json
         arms[body["arm"]] = arms.get(body["arm"], 0) + 1
         for position, item in enumerate(body["items"]):
-            liked = truth.category(item["product_id"]) == truth.preference(customer)
-            if rng.random() >= (truth.click_match if liked else truth.click_other) / (1 + 0.3 * position):
+            events = behaviour.react(rng, truth.category(item["product_id"]) == truth.preference(customer), position)
+            if not events:
                 continue
-            events = ["view"]
-            if rng.random() < truth.p_cart:
-                events.append("cart")
-                if rng.random() < truth.p_buy:
-                    events.append("purchase")
             for event in events:
                 posted = client.post("/interactions", json={
                     "customer_id": customer, "product_id": item["product_id"], "event_type": event,
