@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
@@ -16,13 +15,14 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, customers, errors, experiments, health, interactions, openapi, products, ratelimit, resources
-from api.candidates import ProductFilter
-from api.catalogue import CacheConfig, CatalogueCache
+from api import auth, customers, errors, experiments, health, interactions, openapi, products, queries, ratelimit
+from api import resources
 from api.idempotency import Idempotency
-from api.recommend import Ranker, Recommender, Request
 from api.store import Interaction, Store, normalise_url
-from contracts import EventWeights
+from contracts import RECOMMENDER_DIR, EventWeights
+from serving.catalogue import CacheConfig, CatalogueCache, ProductFilter
+from serving.errors import BundleError
+from serving.request_path import History, Ranker, Request, RequestRecommender
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +147,13 @@ class RankerSlot:
 
     def _build(self, bundle: Path, pin_version: bool) -> Ranker | None:
         try:
-            # Imported here: the API runs (popular items only) where serving's dependencies are absent.
-            if (bundle / "recommender").is_dir():  # the served recommender, ranked on Triton
-                served = importlib.import_module("serving.recommender")
-                return served.TritonRecommender.from_bundle(bundle, self._triton_url, pin_version=pin_version)
-            ranking = importlib.import_module("api.ranking")
-            return ranking.EncodedRanker.from_bundle(bundle, self._triton_url, pin_version=pin_version)
+            if not (bundle / RECOMMENDER_DIR).is_dir():
+                raise BundleError(f"{bundle} has no {RECOMMENDER_DIR}/ (the served recommender every nightly run "
+                                  "registers); redeploy a version the nightly run registered")
+            # Imported here: torch and the Triton client load only once a bundle is deployed.
+            from serving.recommender import TritonRecommender
+
+            return TritonRecommender.from_bundle(bundle, self._triton_url, pin_version=pin_version)
         except Exception as exc:  # a broken bundle must not take the API down; popular items still work
             log.error("could not build the Triton ranker from %s: %s", bundle, exc)
             return None
@@ -194,14 +195,14 @@ def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = Non
     app.extensions["recsys_experiments"] = experiments.Experiments(
         store, float(app.config.get("EXPERIMENT_TTL_S", 5.0)), arm_rankers or slot.for_version,
         log_all=app.config.get("IMPRESSIONS", "all") != "experiment")
-    cache = CatalogueCache(store, CacheConfig(
+    cache = CatalogueCache(queries.StoreCatalogue(store), CacheConfig(
         interactions_ttl_s=float(app.config["INTERACTIONS_TTL_S"]),
         products_ttl_s=float(app.config["CATALOGUE_TTL_S"]),
         rebuild_s=float(app.config["CATALOGUE_REBUILD_S"]),
         event_weights=EventWeights.parse(app.config["EVENT_WEIGHTS"]).as_dict(),
     ))
     app.extensions["recsys_catalogue"] = cache
-    app.extensions["recsys_recommender"] = Recommender(store, cache)
+    app.extensions["recsys_recommender"] = RequestRecommender(cache)
     app.extensions["recsys_health"] = health.HealthCheck(float(app.config["HEALTH_CACHE_S"]))
     app.extensions["recsys_idempotency"] = Idempotency(store, float(app.config["IDEMPOTENCY_TTL_S"]))
 
@@ -237,13 +238,14 @@ def warm_up(app: Flask) -> None:
     worker that cannot warm up still serves, and pays on its first request."""
     start = time.perf_counter()
     try:
-        recommender: Recommender = app.extensions["recsys_recommender"]
+        recommender: RequestRecommender = app.extensions["recsys_recommender"]
         ranker = app.extensions["recsys_ranker"].get()
         recommender.popular(1)
         with app.extensions["recsys_store"].engine.connect() as conn:
             customer = conn.execute(select(Interaction.customer_id).order_by(Interaction.id.desc()).limit(1)).scalar()
         if customer is not None:
-            recommender.recommend(Request(int(customer), 10, ProductFilter(), True), ranker)
+            history = History.of(queries.history(app.extensions["recsys_store"], int(customer)))
+            recommender.recommend(Request(int(customer), 10, ProductFilter(), True), history, ranker)
     except Exception:  # noqa: BLE001 - warming is an optimisation, never a reason not to serve
         log.exception("warm-up failed; the first request of this worker does the work instead")
         return

@@ -42,13 +42,9 @@ def post_worker_init(worker: Any) -> None:
     """Per worker, after the app is loaded and before it accepts: app logging, torch and BLAS threads,
     cooperative psycopg2, warm-up."""
     configure_logging()  # the app's own loggers (gunicorn configures only its own)
-    import torch
-    from threadpoolctl import threadpool_limits
+    from serving.request_path import limit_compute_threads
 
-    # A worker's requests take turns on one core; torch's and BLAS's default pools (a thread per core) in
-    # every worker make the workers' small per-request products contend for the same cores.
-    torch.set_num_threads(_settings.api_compute_threads)
-    threadpool_limits(_settings.api_compute_threads)  # the process's BLAS and OpenMP pools, from now on
+    limit_compute_threads(_settings.api_compute_threads)
     if type(worker).__name__.startswith("Gevent"):  # not when --worker-class picks another on the command line
         from psycogreen.gevent import patch_psycopg
 

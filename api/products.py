@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from api import candidates
+from api import queries
 from api.resources import get_or_404, parse_query, register_crud, store
 from api.schemas import ProductBulk, ProductCreate, ProductList, ProductOut, ProductUpdate, TopKQuery
 from api.store import Product
@@ -30,4 +30,4 @@ def similar(ident: int) -> ResponseReturnValue:
     query = parse_query(TopKQuery)
     with store().session() as session:
         get_or_404(session, Product, ident)
-        return jsonify(_scored(candidates.similar_products(session, ident, query.k)))
+        return jsonify(_scored(queries.similar_products(session, ident, query.k)))

@@ -268,7 +268,7 @@ class Explanation(BaseModel):
     the front end renders, a readable reason and the customer's own products behind it."""
 
     source: str = Field(description="candidate source: item_knn, ease, als, popularity, or the catalogue "
-                                    "path's retrieval, co_occurring, in_categories, popular")
+                                    "path's co_occurring, in_categories, popular")
     kind: ExplanationKind
     reason: str
     evidence: list[int] = Field(max_length=3, description="product ids from the customer's history that add "

@@ -37,25 +37,25 @@ def resolve(version: str, settings: Settings) -> Stage:
         f"models:/{settings.model_name}/{number}",
         settings.serving_dir / "downloads" / str(number),
     )
-    _download_optional(settings, str(number), Path(model_dir))
+    _download_run_artifacts(settings, str(number), Path(model_dir))
     log.info("resolve: %s -> version %s at %s", version, number, model_dir)
     return {"version": str(number), "model_dir": str(model_dir)}
 
 
-OPTIONAL_ARTIFACTS = ("recommender", "retrieval")  # the served recommender; the two-tower model
+RUN_ARTIFACTS = ("recommender", "retrieval")  # the served recommender; the two-tower model
 
 
-def _download_optional(settings: Settings, number: str, model_dir: Path) -> None:
+def _download_run_artifacts(settings: Settings, number: str, model_dir: Path) -> None:
     """Fetch the run's `recommender/` and `retrieval/` artifacts into model_dir when logged.
 
-    Optional: a version without them, or a failed download, leaves the bundle to serve without them
-    (the API then ranks with the legacy encoded ranker or serves popular items).
+    A version without `recommender/` (none the nightly run registers has it missing) is refused by
+    `package` (serving.bundle.build_bundle raises BundleError); `retrieval/` is optional.
     """
     from mlflow.exceptions import MlflowException
 
     from registry.tracking import tracking
 
-    for name in OPTIONAL_ARTIFACTS:
+    for name in RUN_ARTIFACTS:
         try:
             with tracking(settings.mlflow_tracking_uri) as client:
                 run_id = client.get_model_version(settings.model_name, number).run_id

@@ -1,7 +1,8 @@
 """Serving: ONNX export, Triton model repository, local Triton (PyTriton's tritonserver), Triton client, bundles.
 
-Heavy modules (torch, tritonclient) load only when their functions are used, so the API can import
-`serving.ranking` and `serving.errors` without them.
+Also the request-time path the API calls (`request_path`: history -> candidates -> rank -> popular
+fallback, over the per-worker `catalogue` index). Heavy modules (torch, tritonclient) load only when
+their functions are used, so the API imports `serving.request_path` and `serving.errors` without them.
 """
 
 from serving.errors import (

@@ -1,7 +1,9 @@
-"""Serving bundles: `<serving_dir>/<version>/` with the ONNX model, schema, ETL workflow and Triton repo.
+"""Serving bundles: `<serving_dir>/<version>/` with the served recommender, the ONNX ranker, its Triton repo.
 
-A bundle is everything the ranking path needs at request time: the fitted workflow turns raw
-(customer, product) pairs into model inputs; Triton scores them.
+A bundle is everything the request path needs: `recommender/` (candidate sources, filters and the
+features of each (customer, candidate) pair, `serving.recommender`), the DLRM that ranks the pairs as
+an ONNX model in a Triton repository, and deployment.json. The ETL's fitted workflow and its schema
+travel with it (`workflow/`, `schema.json`): the registered run's lineage.
 """
 
 from __future__ import annotations
@@ -13,9 +15,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import pandas as pd
 
 from contracts import RECOMMENDER_DIR, SCHEMA_FILE, WORKFLOW_DIR
 from serving.errors import BundleError
@@ -31,7 +30,6 @@ REPO_DIR = "triton_repo"
 DEPLOYMENT_FILE = "deployment.json"
 RETRIEVAL_DIR = "retrieval"  # optional two-tower candidate model: two_tower.pt + catalogue.parquet
 RETRIEVAL_MODEL_FILE = "two_tower.pt"
-PAIR_COLUMNS = ("user_id", "product_id", "category_id", "brand", "price")
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class Deployment:
     categorical: list[str]
     source: str  # the model directory the bundle was built from
     retrieval: str | None = None  # bundle-relative dir of the two-tower candidate model, if shipped
-    recommender: str | None = None  # bundle-relative dir of the served recommender, if shipped
+    recommender: str | None = None  # bundle-relative dir of the served recommender (every bundle built now)
 
 
 def find_weights(model_dir: Path) -> Path:
@@ -76,11 +74,12 @@ def _copy_retrieval(model_dir: Path, staging: Path) -> str | None:
     return RETRIEVAL_DIR
 
 
-def _copy_recommender(model_dir: Path, staging: Path) -> str | None:
+def _copy_recommender(model_dir: Path, staging: Path) -> str:
     """Copy model_dir/recommender/ (the served recommender the ranker ranks for) into the bundle."""
     source = model_dir / RECOMMENDER_DIR
     if not (source / RECOMMENDER_FILE).is_file():
-        return None
+        raise BundleError(f"{source} has no {RECOMMENDER_FILE}: a bundle serves the recommender the nightly run "
+                          f"registers with the ranker (its {RECOMMENDER_DIR}/ artifact); none was found")
     shutil.copytree(source, staging / RECOMMENDER_DIR)
     return RECOMMENDER_DIR
 
@@ -93,10 +92,11 @@ def build_bundle(
     triton_version: int | None = None,
     **repository_options: Any,
 ) -> Path:
-    """Build `out_dir/<version>/` from a model dir (weights, schema.json, workflow/); returns it.
+    """Build `out_dir/<version>/` from a model dir (weights, schema.json, workflow/, recommender/); returns it.
 
-    An optional `model_dir/retrieval/` (two_tower.pt, catalogue.parquet) is copied as `retrieval/`
-    and named in deployment.json, so the API can add the two-tower model's candidates.
+    A model dir without `recommender/` is refused (BundleError). An optional `model_dir/retrieval/`
+    (two_tower.pt, catalogue.parquet) is copied as `retrieval/` and named in deployment.json; the
+    request path does not read it (the served recommender's sources are its candidates).
 
     The Triton model version is `triton_version`, else `version` when it is a positive integer
     (a registry version), else 1.
@@ -153,13 +153,12 @@ def build_bundle(
 
 
 class ServingBundle:
-    """A built bundle, loaded for request-time feature encoding."""
+    """A built bundle: where it is, what it serves (deployment.json) and its ranker's input schema."""
 
-    def __init__(self, path: Path, deployment: Deployment, schema: FeatureSchema, workflow: Any) -> None:
+    def __init__(self, path: Path, deployment: Deployment, schema: FeatureSchema) -> None:
         self.path = path
         self.deployment = deployment
         self.schema = schema
-        self.workflow = workflow
 
     @classmethod
     def load(cls, path: Path) -> "ServingBundle":
@@ -168,30 +167,8 @@ class ServingBundle:
         if not deployment_path.is_file():
             raise BundleError(f"{path} is not a serving bundle (no {DEPLOYMENT_FILE}); build it with build_bundle")
         deployment = Deployment(**json.loads(deployment_path.read_text()))
-        schema = read_schema(path / SCHEMA_FILE)
-        import etl
-
-        workflow = etl.Workflow.load(path / WORKFLOW_DIR)
-        return cls(path, deployment, schema, workflow)
+        return cls(path, deployment, read_schema(path / SCHEMA_FILE))
 
     @property
     def repository(self) -> Path:
         return self.path / REPO_DIR
-
-    def encode(self, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Raw pairs (user_id, product_id, category_id, brand, price[, event_time]) ->
-        dense float32 (B, n_dense), sparse int64 (B, n_sparse), rows in input order."""
-        missing = [c for c in PAIR_COLUMNS if c not in pairs.columns]
-        if missing:
-            raise BundleError(f"pairs lack columns {missing}; expected {list(PAIR_COLUMNS)}")
-        features = self.workflow.transform(pairs.reset_index(drop=True))
-        if hasattr(features, "compute"):  # a Dask frame
-            features = features.compute()
-        absent = [c for c in (*self.schema.continuous, *self.schema.categorical) if c not in features.columns]
-        if absent:
-            raise BundleError(f"the workflow in {self.path / WORKFLOW_DIR} did not produce columns {absent}")
-        if len(features) != len(pairs):
-            raise BundleError(f"the workflow returned {len(features)} rows for {len(pairs)} pairs; it must keep every row")
-        dense = features[list(self.schema.continuous)].to_numpy(dtype=np.float32).reshape(len(features), -1)
-        sparse = features[list(self.schema.categorical)].to_numpy(dtype=np.int64)
-        return dense, sparse

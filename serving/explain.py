@@ -70,13 +70,10 @@ def popular(category_id: int | None = None, source: str = POPULARITY) -> Explana
 
 def catalogue(source: str, category_id: int | None, in_category: list[int],
               filtered: int | None = None) -> Explanation:
-    """The API's catalogue path (a bundle without the served recommender): `source` is the list that
-    brought the item into the pool (api.recommend._pool): "retrieval" (two-tower top-N of the
-    customer), "co_occurring" (shares sessions with the customer's products), "in_categories"
-    (popular in a category of the customer's products; `in_category`: those products, latest
-    first) or "popular"."""
-    if source == "retrieval":
-        return Explanation(source, "similar_to_history", "Similar to your history", [])
+    """The catalogue path (a ranker other than the served recommender): `source` is the list that
+    brought the item into the pool (serving.request_path._pool): "co_occurring" (shares sessions
+    with the customer's products), "in_categories" (popular in a category of the customer's
+    products; `in_category`: those products, latest first) or "popular"."""
     if source == "co_occurring":
         return Explanation(source, "viewed_together", "Seen in the same sessions as products you interacted with", [])
     if source == "in_categories" and category_id is not None:

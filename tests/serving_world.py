@@ -1,9 +1,9 @@
-"""A small real world for serving tests: synthetic events -> ETL -> an untrained DLRM, laid out
-as the registry hands a model over (weights, schema.json, workflow/)."""
+"""A small real world for serving tests: synthetic events -> a fitted served recommender (candidate
+sources + DLRM ranker) and the ETL's workflow, laid out as the registry hands a version over
+(dlrm.pt, schema.json, workflow/, recommender/), so `serving.bundle.build_bundle` takes it."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,38 +11,45 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from etl import EtlConfig, EtlOutputs, SyntheticConfig, generate, run_etl
+from etl import EtlConfig, SyntheticConfig, generate, run_etl
 from serving.local_triton import ServerHandle, start_server, stop_server
 from tests.conftest import free_port
-from models.dlrm import DLRM, DLRMConfig, save_model
+from training.quality import Split, last_days_split
+from training.ranker import MODEL_FILE, SCHEMA_FILE, FittedRecommender, RankerConfig, fit_recommender
+
+SMALL_SHOP = SyntheticConfig(n_events=6000, n_users=80, n_products=150, days=4, seed=1)
+SMALL_RECOMMENDER = RankerConfig(sources=("item_knn", "popularity"), epochs=2, pool_size=30)
 
 
 @dataclass
-class ServingWorld:
-    model_dir: Path  # dlrm.pt, schema.json, workflow/
-    etl: EtlOutputs
-    events: Path  # the raw events as one Parquet file
-    products: pd.DataFrame
+class ServedWorld:
+    model_dir: Path  # dlrm.pt, schema.json, workflow/, recommender/
+    fitted: FittedRecommender
+    split: Split  # the training days (the store's catalogue and history) and the held-out last day
+    train_file: Path  # the training days' events as one Parquet file: what a store is seeded with
 
 
-def build_serving_world(root: Path, n_events: int = 3000, seed: int = 1) -> ServingWorld:
-    data = generate(SyntheticConfig(n_events=n_events, days=4, seed=seed))
-    events = root / "events.parquet"
-    data.events.to_parquet(events)
-    out = run_etl(events, root / "etl", EtlConfig())
-    schema = json.loads(out.schema_path.read_text())
-    cardinality = {c["name"]: c["cardinality"] for c in schema["columns"] if "cardinality" in c}
-    torch.manual_seed(0)
-    model = DLRM(DLRMConfig(n_dense=len(schema["continuous"]),
-                            cardinalities=[cardinality[name] for name in schema["categorical"]],
-                            embedding_dim=4, bottom_mlp=[8], top_mlp=[8]))
+def build_served_world(root: Path, shop: SyntheticConfig = SMALL_SHOP,
+                       config: RankerConfig = SMALL_RECOMMENDER) -> ServedWorld:
+    """Browsing that follows categories (`category_sessions`), the last day held out; the recommender is
+    fitted on the days before it and set to rank with its DLRM (Triton then ranks every request)."""
+    data = generate(shop)
+    events = category_sessions(data.events, data.products)
+    held = last_days_split(events, 1)
+    # The shop's catalogue is what the store knows: the products of the training days.
+    split = Split(held.train, held.test, np.unique(held.train["product_id"].to_numpy(np.int64)), held.kind)
+    fitted = fit_recommender(split.train, split.items, config)
+    fitted.recommender.mode = "ranker"  # whatever won on held-out users: here Triton must rank
     model_dir = root / "model"
-    save_model(model, model_dir / "dlrm.pt")
-    shutil.copyfile(out.schema_path, model_dir / "schema.json")
-    shutil.copytree(out.workflow_dir, model_dir / "workflow")
-    return ServingWorld(model_dir, out, events, data.products)
+    fitted.save(model_dir / "recommender")
+    shutil.copyfile(model_dir / "recommender" / MODEL_FILE, model_dir / "dlrm.pt")
+    shutil.copyfile(model_dir / "recommender" / SCHEMA_FILE, model_dir / "schema.json")
+    train_file = root / "train.parquet"
+    split.train.to_parquet(train_file)
+    etl = run_etl(train_file, root / "etl", EtlConfig())
+    shutil.copytree(etl.workflow_dir, model_dir / "workflow")
+    return ServedWorld(model_dir, fitted, split, train_file)
 
 
 def category_sessions(events: pd.DataFrame, products: pd.DataFrame, seed: int = 0,

@@ -9,12 +9,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import delete
 
-from api import candidates, create_app
+from api import create_app
 from api.auth import create_key
-from api.candidates import ProductFilter
 from api.seed import seed
 from api.store import ApiKey, Interaction
 from etl.synthetic import SyntheticConfig, generate
+from serving.catalogue import ProductFilter
+from tests import sql_reference
 from tests.test_api_support import PriceRanker, add_catalogue, make_config
 
 
@@ -139,16 +140,16 @@ def test_catalogue_index_agrees_with_the_sql_candidate_queries(synthetic_app: Fl
     store = synthetic_app.extensions["recsys_store"]
     index = synthetic_app.extensions["recsys_catalogue"].index()
     with store.session() as session:
-        assert index.popular(40, where) == candidates.popular(session, 40, where)
+        assert index.popular(40, where) == sql_reference.popular(session, 40, where)
         customers = sorted(index.customers)[:15]
         for customer_id in customers:
             touched = {i.product_id for i in session.query(Interaction).filter_by(customer_id=customer_id)}
-            bought = candidates.purchased(session, customer_id)
-            assert index.popular(30, where, bought) == candidates.popular(session, 30, where, bought)
+            bought = sql_reference.purchased(session, customer_id)
+            assert index.popular(30, where, bought) == sql_reference.popular(session, 30, where, bought)
             assert index.in_categories(index.categories_of(touched), 500, where) == \
-                candidates.in_customer_categories(session, customer_id, 500, where)
+                sql_reference.in_customer_categories(session, customer_id, 500, where)
             # Sessions here number far below the cap, so both count every shared session.
-            assert index.co_occurring(touched, 500, where) == candidates.co_occurring(session, customer_id, 500, where)
+            assert index.co_occurring(touched, 500, where) == sql_reference.co_occurring(session, customer_id, 500, where)
 
 
 def test_stored_key_lookups_are_cached_for_their_ttl(tmp_path: Path) -> None:

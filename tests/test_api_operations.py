@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-import api.catalogue
+import api.queries
 from api import create_app, warm_up
 from api.store import Store
 from tests.test_api_support import (PG_URL, PriceRanker, add_catalogue, app, client, make_config,  # noqa: F401
@@ -94,8 +94,8 @@ def test_warm_up_does_the_first_requests_work_before_it_arrives(tmp_path: Path,
     add_catalogue(app.test_client())
     app.extensions["recsys_catalogue"].invalidate()  # as in a freshly started worker
     loads: list[int] = []
-    real_load = api.catalogue.load_products
-    monkeypatch.setattr(api.catalogue, "load_products", lambda conn: (loads.append(1), real_load(conn))[1])
+    real_load = api.queries.product_rows
+    monkeypatch.setattr(api.queries, "product_rows", lambda conn: (loads.append(1), real_load(conn))[1])
     warm_up(app)
     assert len(loads) == 1 and len(ranker.calls) == 1  # catalogue loaded, the ranker has ranked once
     first = app.test_client().get("/customers/2/recommendations?k=3")

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from api import candidates, create_app
-from api.candidates import ProductFilter
+from api import create_app
+from serving.catalogue import ProductFilter
+from tests import sql_reference
 from tests.test_api_support import DownRanker, PriceRanker, add_catalogue, app, client, make_config  # noqa: F401
 
 
@@ -115,10 +116,10 @@ def test_candidate_sources_find_session_mates_and_category_products(client: Flas
     where = ProductFilter()
     with app.extensions["recsys_store"].session() as session:
         # Customer 1 touched 1, 2, 5; sessions holding those also hold 3 and 6 (s3).
-        assert set(candidates.co_occurring(session, 1, 50, where)) == {3, 6}
+        assert set(sql_reference.co_occurring(session, 1, 50, where)) == {3, 6}
         # Customer 1 touched categories 1 and 2: every available product there.
-        assert set(candidates.in_customer_categories(session, 1, 50, where)) == {1, 2, 3, 4, 5, 6, 7, 8}
-        assert candidates.co_occurring(session, 4, 50, where) == []
+        assert set(sql_reference.in_customer_categories(session, 1, 50, where)) == {1, 2, 3, 4, 5, 6, 7, 8}
+        assert sql_reference.co_occurring(session, 4, 50, where) == []
 
 
 def test_popular_products_order_by_weighted_events(client: FlaskClient) -> None:

@@ -182,11 +182,11 @@ def test_gevent_workers_rank_with_triton_warmed_up(tmp_path: Path) -> None:
     from api import create_app
     from api.seed import seed
     from serving.bundle import build_bundle
-    from tests.serving_world import build_serving_world, running_triton
+    from tests.serving_world import build_served_world, running_triton
     from tests.test_api_support import make_config
 
     (tmp_path / "world").mkdir()
-    world = build_serving_world(tmp_path / "world")
+    world = build_served_world(tmp_path / "world")
     home = tmp_path / "home"
     bundle = build_bundle(world.model_dir, home / "serving", version=1)
     (home / "serving" / "current").symlink_to(bundle.name)
@@ -195,8 +195,8 @@ def test_gevent_workers_rank_with_triton_warmed_up(tmp_path: Path) -> None:
     try:
         config = make_config(tmp_path, SERVING_DIR=str(home / "serving"), TRITON_URL=triton.http_url)
         in_process = create_app(config)
-        seed(in_process.extensions["recsys_store"], world.events)
-        customer = int(pd.read_parquet(world.events).user_id.iloc[0])
+        seed(in_process.extensions["recsys_store"], world.train_file)
+        customer = int(pd.read_parquet(world.train_file).user_id.iloc[0])
         path = f"/customers/{customer}/recommendations?k=5&exclude_purchased=false"
         want = in_process.test_client().get(path).json
         host, port = triton.http_url.rsplit(":", 1)
@@ -209,7 +209,7 @@ def test_gevent_workers_rank_with_triton_warmed_up(tmp_path: Path) -> None:
             while server.log.read_text().count("worker warmed up") < WORKERS and time.monotonic() < deadline:
                 time.sleep(0.5)
             assert server.log.read_text().count("worker warmed up") == WORKERS
-            assert "(ranker: EncodedRanker)" in server.log.read_text()
+            assert "(ranker: TritonRecommender)" in server.log.read_text()
         in_process.extensions["recsys_store"].dispose()
     finally:
         triton_gen.close()

@@ -1,5 +1,6 @@
 """The layering of docs/LAYOUT.md, read from the source (ast, every import including lazy ones):
-api/, serving/, registry/ and models/ never import training/; models/ is torch-level math only."""
+api/, serving/, registry/ and models/ never import training/; models/ is torch-level math only;
+api/ is web only (the recommendation math lives in serving/)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NEVER_TRAINING = ("api", "serving", "registry", "models")
 # What models/ may import besides the standard library and itself: array and model math only.
 MODELS_MAY_IMPORT = {"torch", "numpy", "scipy", "implicit", "threadpoolctl"}
+# What api/ never imports: array and model math, scoring. It calls serving/ for recommendations.
+API_NEVER_IMPORTS = {"numpy", "torch", "scipy", "implicit", "threadpoolctl", "models"}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -49,6 +52,11 @@ def test_models_import_only_array_and_model_libraries() -> None:
     allowed = MODELS_MAY_IMPORT | set(sys.stdlib_module_names) | {"models", "__future__"}
     found = {str(f.relative_to(ROOT)): sorted(imports_of(f) - allowed) for f in _files("models")}
     assert {f: extra for f, extra in found.items() if extra} == {}
+
+
+def test_api_holds_no_array_math_or_models() -> None:
+    found = {str(f.relative_to(ROOT)): sorted(imports_of(f) & API_NEVER_IMPORTS) for f in _files("api")}
+    assert {f: math for f, math in found.items() if math} == {}, "api/ calls serving/ for recommendations"
 
 
 def _project_files() -> list[Path]:

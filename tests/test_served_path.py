@@ -1,7 +1,9 @@
-"""What is evaluated is what is served: the offline evaluator's top-k equals the API's, Triton ranking."""
+"""What is evaluated is what is served: the offline evaluator's top-k equals the API's, Triton ranking;
+the API's fallback, a refused bundle and a new deployment picked up without a restart."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,17 +11,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from flask import Flask
 
 from api import create_app
 from api.seed import seed
-from etl import EtlConfig, SyntheticConfig, generate, run_etl
+from etl import SyntheticConfig
 from serving.bundle import build_bundle
 from serving.recommender import TritonRecommender
-from tests.serving_world import category_sessions, running_triton
+from tests.conftest import free_port
+from tests.serving_world import build_served_world, running_triton
 from tests.test_api_support import make_config
 from training.compare import served_lists
-from training.quality import Split, build_task, last_days_split
-from training.ranker import MODEL_FILE, SCHEMA_FILE, RankerConfig, fit_recommender
+from training.quality import build_task
+from training.ranker import RankerConfig
 
 pytestmark = pytest.mark.integration
 K = 10
@@ -29,25 +33,12 @@ K = 10
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A fitted recommender laid out as the registry hands it over, built into a bundle at serving/current."""
     root = tmp_path_factory.mktemp("served")
-    data = generate(SyntheticConfig(n_events=20_000, n_users=120, n_products=400, days=5, seed=5))
-    events = category_sessions(data.events, data.products)  # browsing that a session-aware model can follow
-    held = last_days_split(events, 1)
-    # The shop's catalogue is what the store knows: the products of the training days.
-    split = Split(held.train, held.test, np.unique(held.train["product_id"].to_numpy(np.int64)), held.kind)
     # the real-time path is under test here, so the sequential source is kept whatever held-out users say
-    fitted = fit_recommender(split.train, split.items, RankerConfig(epochs=2, pool_size=60, keep_sequential="always"))
-    fitted.recommender.mode = "ranker"  # whatever won on held-out users: here Triton must rank
-    model_dir = root / "model"
-    fitted.save(model_dir / "recommender")
-    shutil.copyfile(model_dir / "recommender" / MODEL_FILE, model_dir / "dlrm.pt")
-    shutil.copyfile(model_dir / "recommender" / SCHEMA_FILE, model_dir / "schema.json")
-    train_file = root / "train.parquet"
-    split.train.to_parquet(train_file)
-    etl = run_etl(train_file, root / "etl", EtlConfig())
-    shutil.copytree(etl.workflow_dir, model_dir / "workflow")
-    bundle = build_bundle(model_dir, root / "serving", version=1)
+    built = build_served_world(root, SyntheticConfig(n_events=20_000, n_users=120, n_products=400, days=5, seed=5),
+                               RankerConfig(epochs=2, pool_size=60, keep_sequential="always"))
+    bundle = build_bundle(built.model_dir, root / "serving", version=1)
     (root / "serving" / "current").symlink_to(bundle.name)
-    return {"root": root, "fitted": fitted, "split": split, "train_file": train_file}
+    return {"root": root, "fitted": built.fitted, "split": built.split, "train_file": built.train_file}
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +182,72 @@ def test_every_served_item_is_explained_by_its_source_and_the_customers_products
             if why["source"] in ("item_knn", "ease", "als"):  # decomposable: evidence named in the reason
                 assert why["evidence"] and f"product {why['evidence'][0]}" in why["reason"]
     assert len(sources) >= 2  # the pool mixes sources, and so do the explanations
+
+
+def _first_customer(world: dict) -> int:
+    return int(pd.read_parquet(world["train_file"], columns=["user_id"]).user_id.iloc[0])
+
+
+def test_recommendations_fall_back_to_popular_when_triton_is_unreachable(world: dict, tmp_path: Path) -> None:
+    app = create_app(make_config(tmp_path, SERVING_DIR=str(world["root"] / "serving"),
+                                 TRITON_URL=f"127.0.0.1:{free_port()}"))
+    seed(app.extensions["recsys_store"], world["train_file"])
+    body = app.test_client().get(f"/customers/{_first_customer(world)}/recommendations?k=5&exclude=purchased").json
+    assert body["ranker"] == "popular" and body["fallback"] is True and len(body["items"]) == 5
+
+
+def test_a_bundle_without_the_served_recommender_is_refused_by_name(world: dict, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    serving = tmp_path / "serving"
+    shutil.copytree(world["root"] / "serving" / "1", serving / "1", ignore=shutil.ignore_patterns("recommender"))
+    (serving / "current").symlink_to("1")
+    app = create_app(make_config(tmp_path, SERVING_DIR=str(serving), TRITON_URL=f"127.0.0.1:{free_port()}"))
+    with caplog.at_level(logging.ERROR, logger="api"):
+        assert app.extensions["recsys_ranker"].get() is None
+    assert "has no recommender/" in caplog.text
+    seed(app.extensions["recsys_store"], world["train_file"])
+    body = app.test_client().get(f"/customers/{_first_customer(world)}/recommendations?k=5").json
+    assert body["ranker"] == "popular" and body["fallback"] is False and len(body["items"]) == 5
+
+
+def _point_current(serving: Path, bundle: Path) -> None:
+    """What a deploy does (plugins.deploy): swap serving/current to the new bundle atomically."""
+    tmp = serving / "current.tmp"
+    tmp.symlink_to(bundle.resolve(), target_is_directory=True)
+    tmp.replace(serving / "current")
+
+
+def test_a_running_api_serves_a_new_deployment_without_a_restart(world: dict, triton,  # type: ignore[no-untyped-def]
+                                                                  tmp_path: Path) -> None:
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    app = create_app(make_config(tmp_path, SERVING_DIR=str(serving), TRITON_URL=triton.http_url, DEPLOY_CHECK_S=0))
+    # The same deployments seen by a worker that checks once an hour: it keeps what it built first.
+    slow = create_app(make_config(tmp_path / "slow", SERVING_DIR=str(serving), TRITON_URL=triton.http_url,
+                                  DEPLOY_CHECK_S=3600))
+    for each in (app, slow):
+        seed(each.extensions["recsys_store"], world["train_file"])
+    path = f"/customers/{_first_customer(world)}/recommendations?k=5&exclude_purchased=false"
+
+    def ranked_by(which: Flask) -> str:
+        body = which.test_client().get(path).json
+        assert len(body["items"]) == 5
+        return body["ranker"]
+
+    assert ranked_by(app) == "popular" and ranked_by(slow) == "popular"  # nothing deployed yet
+    bundle = world["root"] / "serving" / "1"
+    _point_current(serving, bundle)
+    assert ranked_by(app) == "triton"
+    first = app.extensions["recsys_ranker"].get()
+    assert isinstance(first, TritonRecommender) and app.extensions["recsys_ranker"].get() is first  # built once
+    assert ranked_by(slow) == "popular"  # its next look is an hour away
+
+    second = shutil.copytree(bundle, serving / "2", symlinks=True)  # version 2 of the same model
+    _point_current(serving, second)
+    assert ranked_by(app) == "triton"
+    assert app.extensions["recsys_ranker"].get() is not first  # rebuilt from the new bundle
+
+    (serving / "current").unlink()  # undeployed: popular items again, no error
+    assert ranked_by(app) == "popular"
+    for each in (app, slow):
+        each.extensions["recsys_store"].dispose()

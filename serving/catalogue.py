@@ -5,6 +5,9 @@ every request. Popularity and co-occurrence are folded in incrementally (interac
 the last one seen); products are reloaded whole on their own TTL; a periodic full rebuild picks up
 interactions that were edited or deleted. What must be exact per request (a customer's own history,
 so "exclude purchased") is never served from here.
+
+The rows come from a `CatalogueSource` (the API's store: `api.queries.StoreCatalogue`); this module
+knows no database.
 """
 
 from __future__ import annotations
@@ -14,20 +17,53 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Float, case, cast, func, select
-from sqlalchemy.engine import Connection
 
-from api.candidates import DEFAULT_WEIGHTS, MAX_SESSIONS, ProductFilter
-from api.store import Interaction, Product, Store
+from contracts import EventWeights
 
 log = logging.getLogger(__name__)
 
 NO_CATEGORY = -1  # category ids are >= 0, so -1 stands for NULL in the int64 array
-FETCH_CHUNK = 20_000
+DEFAULT_WEIGHTS: Mapping[str, float] = EventWeights().as_dict()
+MAX_SESSIONS = 1000  # sessions scanned for co-occurrence, bounding the work on busy products
+PRODUCT_FIELDS = ("id", "category_id", "brand", "price", "available")  # a product row, in this order
+InteractionRow = tuple[int, int, int, str, "str | None"]  # (id, customer_id, product_id, event_type, session)
+
+
+@dataclass(frozen=True)
+class ProductFilter:
+    """Constraints every returned product must satisfy (besides being available)."""
+
+    category_id: int | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+
+
+class CatalogueReads(Protocol):
+    """The three reads a refresh makes, on one connection (so they see one state of the store)."""
+
+    def fingerprint(self) -> tuple:
+        """Aggregates of the products that change when a product is added, removed or edited."""
+        ...
+
+    def products(self) -> Iterable[tuple]:
+        """Every product as a row of PRODUCT_FIELDS."""
+        ...
+
+    def interactions(self, after_id: int) -> Iterable[InteractionRow]:
+        """Interactions with an id above after_id, in id order."""
+        ...
+
+
+class CatalogueSource(Protocol):
+    """Where the catalogue comes from: `read()` opens one consistent set of reads."""
+
+    def read(self) -> AbstractContextManager[CatalogueReads]: ...
 
 
 @dataclass(frozen=True)
@@ -37,8 +73,8 @@ class CacheConfig:
     interactions_ttl_s: float = 1.0  # popularity and co-occurrence pick up new interactions this often
     products_ttl_s: float = 5.0  # new products, price and availability changes show up this often
     rebuild_s: float = 600.0  # full rebuild (edited/deleted interactions); 0 = never
-    # Popularity's weight per event type (contracts.EventWeights from RECSYS_EVENT_WEIGHTS), as the SQL
-    # reference (api.candidates.popular) and the nightly training weigh events.
+    # Popularity's weight per event type (contracts.EventWeights from RECSYS_EVENT_WEIGHTS), as the nightly
+    # training weighs events.
     event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
 
@@ -56,6 +92,11 @@ class Products:
         codes, uniques = pd.factorize(self.category)
         self.category_code = codes.astype(np.int64)
         self.category_codes = {int(c): i for i, c in enumerate(uniques)}
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple]) -> "Products":
+        """From rows of PRODUCT_FIELDS (what `CatalogueReads.products` yields)."""
+        return cls(pd.DataFrame(list(rows), columns=list(PRODUCT_FIELDS)))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -163,7 +204,7 @@ class CatalogueIndex:
         self._code_rows = np.empty(0, dtype=np.int64)
         self._code_rows_of: tuple[Products, int] | None = None  # (products, number of session codes) they map
 
-    def add_interactions(self, rows: Iterable[tuple[int, int, int, str, str | None]]) -> int:
+    def add_interactions(self, rows: Iterable[InteractionRow]) -> int:
         """Fold (id, customer_id, product_id, event_type, session) rows in; returns how many."""
         n = 0
         popularity, customers, sessions, weights = self.popularity, self.customers, self.sessions, self.event_weights
@@ -233,50 +274,18 @@ class CatalogueIndex:
         return self.products.ids[rows[order]].tolist()
 
 
-def products_fingerprint(conn: Connection) -> tuple:
-    """Aggregates that change when a product is added, removed or edited (one scan, no rows sent back).
-
-    An edit that keeps every aggregate equal (a brand renamed to one of the same length) is missed
-    until the next full rebuild (CacheConfig.rebuild_s).
-    """
-    # Sums run in floating point: REES46 category ids near 2**63 overflow an integer sum in SQLite.
-    stmt = select(func.count(), func.max(Product.id), func.sum(Product.price),
-                  func.sum(case((Product.available.is_(True), 1), else_=0)),
-                  func.sum(cast(Product.category_id, Float)), func.sum(func.length(Product.brand)),
-                  func.sum(cast(Product.id, Float) * Product.price))
-    return tuple(conn.execute(stmt).one())
-
-
-def load_products(conn: Connection) -> Products:
-    stmt = select(Product.id, Product.category_id, Product.brand, Product.price, Product.available)
-    frame = pd.DataFrame(conn.execute(stmt).all(), columns=["id", "category_id", "brand", "price", "available"])
-    return Products(frame)
-
-
-def fetch_interactions(conn: Connection, after_id: int) -> Iterable[tuple[int, int, int, str, str | None]]:
-    """Interactions with id > after_id in id order, streamed in chunks (Core, no ORM objects)."""
-    stmt = (select(Interaction.id, Interaction.customer_id, Interaction.product_id, Interaction.event_type,
-                   Interaction.session)
-            .where(Interaction.id > after_id).order_by(Interaction.id))
-    result = conn.execute(stmt)
-    while chunk := result.fetchmany(FETCH_CHUNK):
-        yield from chunk
-
-
 class CatalogueCache:
     """Hands out a fresh-enough CatalogueIndex; one per app (so one per gunicorn worker), thread-safe.
 
-    Each listener is called with the index after it was built or changed (the ranker encodes new rows then).
     `clock` is injectable so tests move time instead of sleeping.
     """
 
-    def __init__(self, store: Store, config: CacheConfig = CacheConfig(),
+    def __init__(self, source: CatalogueSource, config: CacheConfig = CacheConfig(),
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.store = store
+        self.source = source
         self.config = config
         self.clock = clock
         self.lock = threading.RLock()  # queries and refreshes both hold it: refresh mutates in place
-        self.listeners: list[Callable[[CatalogueIndex], None]] = []
         self._index: CatalogueIndex | None = None
         self._products_at = self._interactions_at = self._built_at = float("-inf")
         self._fingerprint: tuple | None = None
@@ -303,41 +312,31 @@ class CatalogueCache:
 
     def _rebuild(self, now: float) -> None:
         started = time.perf_counter()
-        with self.store.engine.connect() as conn:
-            self._fingerprint = products_fingerprint(conn)
-            index = CatalogueIndex(load_products(conn), self.config.event_weights)
-            n = index.add_interactions(fetch_interactions(conn, 0))
+        with self.source.read() as read:
+            self._fingerprint = read.fingerprint()
+            index = CatalogueIndex(Products.from_rows(read.products()), self.config.event_weights)
+            n = index.add_interactions(read.interactions(0))
         index.reorder()
         self._index = index
         self._built_at = self._products_at = self._interactions_at = now
         log.info("catalogue index built: %d products, %d interactions, %d sessions in %.0f ms",
                  len(index.products), n, len(index.sessions.session_code), (time.perf_counter() - started) * 1e3)
-        self._notify(index)
 
     def _reload_products(self, now: float) -> None:
         assert self._index is not None
         self._products_at = now
-        with self.store.engine.connect() as conn:
-            fingerprint = products_fingerprint(conn)
+        with self.source.read() as read:
+            fingerprint = read.fingerprint()
             if fingerprint == self._fingerprint:
                 return
             self._fingerprint = fingerprint
-            self._index.products = load_products(conn)
+            self._index.products = Products.from_rows(read.products())
         self._index.reorder()
-        self._notify(self._index)
 
     def _fold_new_interactions(self, now: float) -> None:
         assert self._index is not None
-        with self.store.engine.connect() as conn:
-            n = self._index.add_interactions(fetch_interactions(conn, self._index.last_interaction_id))
+        with self.source.read() as read:
+            n = self._index.add_interactions(read.interactions(self._index.last_interaction_id))
         self._interactions_at = now
         if n:
             self._index.reorder()
-            self._notify(self._index)  # new customers may need preparing
-
-    def _notify(self, index: CatalogueIndex) -> None:
-        for listener in self.listeners:
-            try:
-                listener(index)
-            except Exception:  # a ranker that cannot prepare still ranks (slower) or falls back later
-                log.exception("catalogue listener %r failed", listener)
