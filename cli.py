@@ -41,7 +41,7 @@ AIRFLOW_ADMIN = "admin"  # the one user of airflow.cfg's simple_auth_manager_use
 
 def repo_pythonpath() -> str:
     """PYTHONPATH with the repository root first: the project is not installed, so a process started
-    from a console script (airflow, gunicorn) finds `api`, `plugins`, ... only through it."""
+    from a console script (airflow, gunicorn) finds `api`, `stages`, ... only through it."""
     return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
@@ -300,7 +300,7 @@ def corrupt_rows(path: Path, n: int, seed: int) -> int:
 
 def run_nightly(settings: Settings, run_date: str) -> dict:
     """All nightly stages in-process, in DAG order."""
-    from plugins import nightly
+    from stages import nightly
 
     return nightly.run_nightly(run_date, settings)["promote"]
 
@@ -308,7 +308,7 @@ def run_nightly(settings: Settings, run_date: str) -> dict:
 def nightly_errors() -> tuple[type[Exception], ...]:
     """The errors the nightly stages raise on purpose, one root per package."""
     from etl.errors import EtlError
-    from plugins.nightly import NoInputData
+    from stages.nightly import NoInputData
     from registry.errors import RegistryError
     from training.errors import TrainingError
     from validation import ValidationError
@@ -317,7 +317,7 @@ def nightly_errors() -> tuple[type[Exception], ...]:
 
 
 def run_deploy(settings: Settings, version: str, target: str) -> dict:
-    from plugins import deploy
+    from stages import deploy
 
     packaged = deploy.package(deploy.resolve(version, settings), settings)
     return deploy.record(deploy.deploy(packaged, target, settings), settings)
@@ -431,7 +431,7 @@ def _demo_experiment(settings: Settings, deployed: str, validated: Path, api_url
     import requests
 
     from ops import shopper
-    from plugins import experiments
+    from stages import experiments
     from registry import resolve_version
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # packaging downloads both arms
@@ -466,7 +466,7 @@ def _demo_experiment(settings: Settings, deployed: str, validated: Path, api_url
 
 
 def _metrics_lines(report: dict) -> str:
-    """One line per method of the night's comparison (plugins.nightly.evaluate's comparison.json)."""
+    """One line per method of the night's comparison (stages.nightly.evaluate's comparison.json)."""
     metrics = report["metrics"]
     methods = sorted({key.split(".")[0] for key in metrics
                       if key.endswith(".ndcg_at_10") and not key.startswith("served_minus_")},
@@ -640,8 +640,8 @@ def _guardrail_value(text: str) -> object:
 def experiment_command(settings: Settings, args: argparse.Namespace) -> int:
     """`experiment start|stop|list|evaluate`; a refused definition or state change is one `error:` line, exit 1."""
     from api.experiments import ExperimentError
-    from plugins import experiments
-    from plugins.deploy import DeployError
+    from stages import experiments
+    from stages.deploy import DeployError
     from registry.errors import RegistryError
     from serving.errors import ServerStartError
 

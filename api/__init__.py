@@ -82,7 +82,7 @@ class RankerSlot:
     """Holds the ranker: the one given, or the default Triton one built from the serving bundle at
     `serving_dir/current`, and built again when a new deployment moves that link.
 
-    A deploy swaps `current` atomically (plugins.deploy); every `check_s` seconds at most, one request
+    A deploy swaps `current` atomically (stages.deploy); every `check_s` seconds at most, one request
     of a worker compares the link's target and its identity (path, inode, mtime: a few stat calls)
     with what the ranker was built from, and rebuilds on a change, so a deployment made after the
     API started is served without restarting it. Other requests meanwhile keep the ranker they had.

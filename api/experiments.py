@@ -11,7 +11,7 @@ bundle version. Every response logs one impression row (id = the response's `rec
 through the store's group-committed insert, the same path as POST /interactions.
 
 Created and ended with `python -m cli experiment start|stop|list` (an admin operation that also loads
-the arms' bundles into Triton), decided by registry.experiments through plugins/experiments.py.
+the arms' bundles into Triton), decided by registry.experiments through stages/experiments.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Daily: evaluate the running online experiment -> promote the winner (then deploy it) or roll back, or continue.
 
-Wiring only; the stage is `plugins.experiments.evaluate` (the same as `python -m cli experiment evaluate`):
+Wiring only; the stage is `stages.experiments.evaluate` (the same as `python -m cli experiment evaluate`):
 per-arm figures from the API's database, the mSPRT decision with guardrails (registry.experiments), one
 MLflow run per evaluation with the figures and a plot. A promotion moves alias `champion` to the winning
 version and triggers `deploy_model` for it (unless conf {"deploy": false}).
@@ -14,8 +14,8 @@ import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
-from plugins import experiments
 from settings import get_settings
+from stages import experiments
 
 
 @dag(

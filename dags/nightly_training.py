@@ -1,6 +1,6 @@
 """Nightly: ingest -> validate -> fit_workflow -> train -> evaluate (+ train_retrieval) -> register -> promote (-> deploy).
 
-Wiring only. The tasks are `plugins.nightly.NIGHTLY_STAGES`, in that order, each calling the same
+Wiring only. The tasks are `stages.nightly.NIGHTLY_STAGES`, in that order, each calling the same
 stage function that `python -m cli nightly` runs, with the outputs of the stages it needs as XComs.
 Validation failing closed fails the run without retries, so nothing downstream is trained or promoted;
 a promotion triggers the deploy DAG to `RECSYS_DEPLOY_TARGET`.
@@ -15,8 +15,8 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from plugins import nightly
 from settings import get_settings
+from stages import nightly
 
 # Errors that retrying the same inputs cannot fix: the task fails at once.
 FAIL_FAST = {"ingest": (nightly.NoInputData,)}

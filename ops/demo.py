@@ -109,7 +109,7 @@ def demo(settings: Settings, stack: StackSettings, events: int,
 
 def _metrics(report: dict) -> str:
     """NDCG@10 over the full catalogue of the served path and each same-run baseline, with the served
-    path's 95% interval over users (plugins.nightly.evaluate's eval/comparison.json)."""
+    path's 95% interval over users (stages.nightly.evaluate's eval/comparison.json)."""
     metrics = report["metrics"]
     methods = sorted({key.split(".")[0] for key in metrics
                       if key.endswith(".ndcg_at_10") and not key.startswith("served_minus_")},

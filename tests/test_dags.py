@@ -22,7 +22,7 @@ def test_dag_files_import_without_errors(dagbag) -> None:
 
 
 def test_nightly_dag_follows_the_declared_stage_list(dagbag) -> None:
-    from plugins.nightly import NIGHTLY_STAGES
+    from stages.nightly import NIGHTLY_STAGES
 
     dag = dagbag.dags["nightly_training"]
     names = [stage.name for stage in NIGHTLY_STAGES]

@@ -1,4 +1,4 @@
-"""The pieces the demo's A/A experiment adds: registering a version again (plugins.experiments.register_copy)
+"""The pieces the demo's A/A experiment adds: registering a version again (stages.experiments.register_copy)
 and the HTTP shopper (ops.shopper) whose events the experiment attributes to the arms."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from werkzeug.serving import make_server
 from api import create_app
 from api.experiments import arm_counts, create_experiment
 from ops import shopper
-from plugins import experiments
+from stages import experiments
 from settings import Settings
 from tests.shop import PreferenceRanker, ShopTruth, open_shop
 from tests.test_api_support import make_config

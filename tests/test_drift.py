@@ -99,7 +99,7 @@ def test_the_nightly_stage_compares_with_the_previous_night_then_the_champions_l
         nights, recsys_home: Path, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from plugins import nightly
+    from stages import nightly
     from settings import Settings
 
     settings = Settings.from_env()

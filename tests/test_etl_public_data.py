@@ -145,7 +145,7 @@ def test_cli_writes_the_data_set_and_prints_how_to_run_the_nightly(tmp_path, cap
 
 
 def test_nightly_ingests_every_partition_and_looks_for_no_planted_truth(recsys_home, monkeypatch):
-    from plugins import nightly
+    from stages import nightly
     from settings import Settings
 
     summary = write_public_events("instacart", Settings.from_env().raw_dir, end=END)

@@ -163,7 +163,7 @@ def test_ab_better_treatment_wins_under_the_dag_and_is_promoted(shop_app, tmp_pa
 @pytest.mark.integration  # real MLflow (and Airflow)
 def test_ab_worse_treatment_is_rolled_back_and_the_champion_kept(shop_app, tmp_path: Path,
                                                                   registry_uri: str) -> None:
-    from plugins.experiments import evaluate
+    from stages.experiments import evaluate
 
     _reset_champion(registry_uri)
     app = shop_app(PreferenceRanker(TRUTH), ContraryRanker(TRUTH))
@@ -177,7 +177,7 @@ def test_ab_worse_treatment_is_rolled_back_and_the_champion_kept(shop_app, tmp_p
 
 @pytest.mark.integration  # real MLflow (and Airflow)
 def test_aa_declares_no_winner(shop_app, tmp_path: Path, registry_uri: str) -> None:
-    from plugins.experiments import evaluate
+    from stages.experiments import evaluate
 
     _reset_champion(registry_uri)
     same = PreferenceRanker(TRUTH)
@@ -218,7 +218,7 @@ def test_impressions_can_be_limited_to_experiments(tmp_path: Path) -> None:
 
 def test_a_deploy_during_an_experiment_keeps_the_other_arms_bundle_loaded(tmp_path: Path) -> None:
     from api.store import Store
-    from plugins.deploy import _experiment_bundles
+    from stages.deploy import _experiment_bundles
 
     settings = dataclasses.replace(Settings.from_env(), home=tmp_path, database_url=f"sqlite:///{tmp_path / 'api.db'}")
     for version in ("4", "5"):

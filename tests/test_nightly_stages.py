@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import cli
-from plugins import nightly
+from stages import nightly
 from settings import Settings
 
 RUN_DATE = "2026-03-10"

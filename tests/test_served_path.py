@@ -211,7 +211,7 @@ def test_a_bundle_without_the_served_recommender_is_refused_by_name(world: dict,
 
 
 def _point_current(serving: Path, bundle: Path) -> None:
-    """What a deploy does (plugins.deploy): swap serving/current to the new bundle atomically."""
+    """What a deploy does (stages.deploy): swap serving/current to the new bundle atomically."""
     tmp = serving / "current.tmp"
     tmp.symlink_to(bundle.resolve(), target_is_directory=True)
     tmp.replace(serving / "current")

@@ -159,7 +159,7 @@ def start(settings: Settings, experiment_id: str, arms: dict[str, str], control:
     """
     from api import experiments as api_experiments
     from api.store import Store
-    from plugins import deploy
+    from stages import deploy
     from registry.experiments import Guardrails
 
     if control not in arms:
