@@ -1,8 +1,8 @@
 """A simulated shop for experiment tests: customers with a planted preference shop through the real API.
 
 Truth: every customer prefers one category. Shown a recommendation, a customer scans it top down and
-clicks (views) an item with probability `click_match` when it is of their category, `click_other`
-otherwise, discounted by position; a click is carted with `p_cart` and a cart bought with `p_buy`.
+reacts to each item as `ops.shopper.Behaviour` says (a click more likely for an item of their category,
+discounted by position; a click maybe carted, a cart maybe bought): the demo's shoppers' behaviour.
 Every event is posted to POST /interactions with the response's recommendation_id and the position.
 
 Rankers: `PreferenceRanker` knows the truth (scores the customer's category first), `ContraryRanker`
@@ -25,10 +25,7 @@ class ShopTruth:
     n_customers: int = 120
     n_categories: int = 6
     per_category: int = 12
-    click_match: float = 0.30
-    click_other: float = 0.04
-    p_cart: float = 0.5
-    p_buy: float = 0.6
+    behaviour: Behaviour = Behaviour()  # click, cart and buy probabilities (the demo's shoppers' own)
     seed: int = 0
 
     def preference(self, customer_id: int) -> int:
@@ -77,7 +74,6 @@ def shop(client: FlaskClient, truth: ShopTruth, visits: int, seed: int, k: int =
     """`visits` recommendation requests by random customers, each followed by what the customer does;
     returns the responses per arm."""
     rng = np.random.default_rng(seed)
-    behaviour = Behaviour(truth.click_match, truth.click_other, truth.p_cart, truth.p_buy, position_discount=0.3)
     arms: dict[str, int] = {}
     for _ in range(visits):
         customer = int(rng.integers(1, truth.n_customers + 1))
@@ -87,7 +83,7 @@ def shop(client: FlaskClient, truth: ShopTruth, visits: int, seed: int, k: int =
         body = got.json
         arms[body["arm"]] = arms.get(body["arm"], 0) + 1
         for position, item in enumerate(body["items"]):
-            events = behaviour.react(rng, truth.category(item["product_id"]) == truth.preference(customer), position)
+            events = truth.behaviour.react(rng, truth.category(item["product_id"]) == truth.preference(customer), position)
             if not events:
                 continue
             for event in events:
