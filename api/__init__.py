@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, customers, errors, experiments, health, interactions, openapi, products, queries, ratelimit
-from api import resources
+from api import (auth, customers, errors, experiments, health, interactions, openapi, products, queries, ratelimit,
+                 resources)
 from api.idempotency import Idempotency
 from api.store import Interaction, Store, normalise_url
 from contracts import RECOMMENDER_DIR, EventWeights
@@ -245,7 +245,7 @@ def warm_up(app: Flask) -> None:
             customer = conn.execute(select(Interaction.customer_id).order_by(Interaction.id.desc()).limit(1)).scalar()
         if customer is not None:
             history = History.of(queries.history(app.extensions["recsys_store"], int(customer)))
-            recommender.recommend(Request(int(customer), 10, ProductFilter(), True), history, ranker)
+            recommender.recommend(Request(int(customer), 10, ProductFilter(), exclude="none"), history, ranker)
     except Exception:  # noqa: BLE001 - warming is an optimisation, never a reason not to serve
         log.exception("warm-up failed; the first request of this worker does the work instead")
         return

@@ -2,10 +2,11 @@
 items as the fallback. What the API's `/customers/<id>/recommendations` calls.
 
 With the deployed served recommender (`serving.recommender.TritonRecommender`, every bundle the
-nightly run builds) the candidates, filters and ranking are that recommender's, as the nightly
-evaluator runs it in batch. Any other ranker (the tests' rankers, an experiment's arm) scores a pool
-from the per-worker catalogue index (`serving.catalogue`: session co-occurrence, the customer's
-categories, popularity): the catalogue path. The history is read by the caller on every request
+nightly run builds, an experiment's arms included) the candidates, filters and ranking are that
+recommender's, as the nightly evaluator runs it in batch. Any other `Ranker` (no deployed bundle
+makes one: the tests' rankers) scores a pool from the per-worker catalogue index
+(`serving.catalogue`: session co-occurrence, the customer's categories, popularity): the catalogue
+path. The history is read by the caller on every request
 (`api.queries.history`), so a purchase is excluded from the very next recommendation.
 """
 
