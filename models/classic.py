@@ -35,12 +35,16 @@ class ItemScorer(Protocol):
     def score(self, history: sp.csr_matrix) -> np.ndarray: ...
 
 
-def _as_matrix(matrix: sp.spmatrix, n_items: int | None = None, what: str = "interactions") -> sp.csr_matrix:
-    """CSR float32 copy of `matrix`, checked against the fitted catalogue width."""
+def _as_matrix(matrix: sp.spmatrix, n_items: int | None = None, what: str = "interactions",
+               copy: bool = True) -> sp.csr_matrix:
+    """CSR float32 copy of `matrix`, checked against the fitted catalogue width. copy=False returns
+    `matrix` itself when it is that already, with sorted indices and no duplicates (read-only use)."""
     if not sp.issparse(matrix) or matrix.ndim != 2:
         raise ModelError(f"{what} must be a 2-D scipy.sparse matrix (rows, items); got {type(matrix).__name__}")
     if n_items is not None and matrix.shape[1] != n_items:
         raise ModelError(f"{what} has {matrix.shape[1]} item columns; the scorer was fitted on {n_items}")
+    if not copy and isinstance(matrix, sp.csr_matrix) and matrix.dtype == np.float32 and matrix.has_canonical_format:
+        return matrix
     csr = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
     csr.sum_duplicates()
     return csr
@@ -48,7 +52,7 @@ def _as_matrix(matrix: sp.spmatrix, n_items: int | None = None, what: str = "int
 
 def _one_row(history: sp.csr_matrix, n_items: int) -> sp.csr_matrix:
     """One history row (1, n_items) as CSR float32, for per-customer contributions."""
-    row = _as_matrix(history, n_items, "history")
+    row = _as_matrix(history, n_items, "history", copy=False)
     if row.shape[0] != 1:
         raise ModelError(f"contributions explain one history row at a time; got {row.shape[0]}")
     return row
@@ -75,7 +79,7 @@ class Popularity:
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
         _check_fitted(self, self._weights)
-        rows = _as_matrix(history, self.n_items, "history").shape[0]
+        rows = _as_matrix(history, self.n_items, "history", copy=False).shape[0]
         return np.tile(self._weights, (rows, 1))
 
 
@@ -96,6 +100,12 @@ class ItemKNN:
     name: str = field(default="item_knn", init=False)
     n_items: int = field(default=0, init=False)
     _similarity: sp.csr_matrix | None = field(default=None, init=False, repr=False)
+    _by_candidate: sp.csr_matrix | None = field(default=None, init=False, repr=False, compare=False)  # S^T, for `contributions`
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_by_candidate"] = None  # rebuilt from _similarity on first use: pickles carry S once
+        return state
 
     def fit(self, interactions: sp.csr_matrix) -> ItemKNN:
         if self.neighbours < 1 or self.shrink < 0:
@@ -128,6 +138,7 @@ class ItemKNN:
             (np.concatenate(vals), (np.concatenate(neighbours), np.concatenate(targets))),
             shape=(n_items, n_items),
         )
+        self._by_candidate = None
         return self
 
     def similarity(self) -> sp.csr_matrix:
@@ -137,7 +148,7 @@ class ItemKNN:
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
         _check_fitted(self, self._similarity)
-        rows = _as_matrix(history, self.n_items, "history")
+        rows = _as_matrix(history, self.n_items, "history", copy=False)
         return np.asarray((rows @ self._similarity).toarray(), dtype=np.float32)
 
     def contributions(self, history: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +156,20 @@ class ItemKNN:
         one row's history items adds to `score` of each of `items`; columns sum to the scores."""
         _check_fitted(self, self._similarity)
         row = _one_row(history, self.n_items)
-        sim = self._similarity[row.indices][:, np.asarray(items, dtype=np.int64)].toarray()
+        items = np.asarray(items, dtype=np.int64)
+        if self._by_candidate is None:  # S^T: a candidate's column (its <= `neighbours` cells) is one slice
+            self._by_candidate = self._similarity.T.tocsr()
+            self._by_candidate.sort_indices()
+        by_candidate = self._by_candidate
+        starts, ends = by_candidate.indptr[items], by_candidate.indptr[items + 1]
+        lengths = ends - starts
+        column = np.repeat(np.arange(len(items)), lengths)  # which of `items` each cell belongs to
+        flat = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        seen = by_candidate.indices[flat]  # the history-side item of each cell
+        at = np.clip(np.searchsorted(row.indices, seen), 0, max(len(row.indices) - 1, 0))
+        hit = (row.indices[at] == seen) if len(row.indices) else np.zeros(len(seen), dtype=bool)
+        sim = np.zeros((len(row.indices), len(items)), dtype=np.float32)
+        sim[at[hit], column[hit]] = by_candidate.data[flat[hit]]
         return row.indices.astype(np.int64), (row.data[:, None] * sim).astype(np.float32)
 
 
@@ -182,7 +206,7 @@ class EASE:
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
         _check_fitted(self, self._weights)
-        rows = _as_matrix(history, self.n_items, "history")
+        rows = _as_matrix(history, self.n_items, "history", copy=False)
         return np.asarray(rows @ self._weights, dtype=np.float32)
 
     def contributions(self, history: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -253,7 +277,7 @@ class ALS:
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
         _check_fitted(self, self._model)
-        rows = _as_matrix(history, self.n_items, "history")
+        rows = _as_matrix(history, self.n_items, "history", copy=False)
         item_factors = self._model.item_factors  # (items, factors)
         if rows.shape[0] == 0:
             return np.zeros((0, self.n_items), dtype=np.float32)
@@ -365,7 +389,7 @@ class MultDAE:
         import torch.nn.functional as F
 
         _check_fitted(self, self._state)
-        rows = _as_matrix(history, self.n_items, "history")
+        rows = _as_matrix(history, self.n_items, "history", copy=False)
         if self._scoring is None:  # built once: a fresh net would initialise 2 x n_items x hidden weights per call
             net = self._net(self.n_items)
             net.load_state_dict(self._state)
@@ -412,29 +436,29 @@ def top_k(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> np.ndarr
     if np.isnan(scores).any():
         raise ModelError("top_k: scores contain NaN; a scorer produced an undefined score")
     n_rows, n_items = scores.shape
-    work = np.array(scores, dtype=np.result_type(scores.dtype, np.float32))  # a copy: -inf marks excluded
-    if exclude is not None:
-        if exclude.shape != scores.shape:
-            raise ModelError(f"top_k: exclude has shape {exclude.shape}, scores {scores.shape}")
-        if isinstance(exclude, np.ndarray) and exclude.dtype == bool:
-            work[exclude] = -np.inf
-        else:
+    dtype = np.result_type(scores.dtype, np.float32)
+    if exclude is not None and exclude.shape != scores.shape:
+        raise ModelError(f"top_k: exclude has shape {exclude.shape}, scores {scores.shape}")
+    if isinstance(exclude, np.ndarray) and exclude.dtype == bool:
+        work = np.where(exclude, np.asarray(-np.inf, dtype=dtype), scores).astype(dtype, copy=False)  # -inf: excluded
+    else:
+        work = np.array(scores, dtype=dtype)  # a copy: -inf marks excluded
+        if exclude is not None:
             work[exclude.nonzero()] = -np.inf
     take = min(k, n_items)
     result = np.full((n_rows, k), -1, dtype=np.int64)
     if take == 0 or n_rows == 0:
         return result
-    # The take-th largest score per row; argpartition alone would break ties at it arbitrarily.
+    # Candidates: every score at or above the take-th largest of its row (ties at it included), so each
+    # row has at least `take`; sorted by row, score descending, then index ascending, the first `take`
+    # of each row are its top items with ties to the lower index. A few passes over the catalogue.
     threshold = np.partition(work, n_items - take, axis=1)[:, n_items - take][:, None]
-    above = work > threshold
-    at = work == threshold
-    room = take - above.sum(axis=1, keepdims=True)
-    if np.any(at.sum(axis=1, keepdims=True) > room):  # more ties at the threshold than room: lowest indices first
-        at &= np.cumsum(at, axis=1) <= room
-    items = np.nonzero(above | at)[1].reshape(n_rows, take)  # ascending index within each row
-    values = np.take_along_axis(work, items, axis=1)
-    order = np.argsort(-values, axis=1, kind="stable")  # stable keeps lower index first on ties
-    items, values = np.take_along_axis(items, order, axis=1), np.take_along_axis(values, order, axis=1)
+    rows, items = np.nonzero(work >= threshold)
+    values = work[rows, items]
+    order = np.lexsort((items, -values, rows))
+    starts = np.searchsorted(rows[order], np.arange(n_rows))  # rows are sorted: where each row begins
+    keep = order[(np.arange(len(order)) - starts[rows[order]]) < take]  # `take` per row, row order kept
+    items, values = items[keep].reshape(n_rows, take), values[keep].reshape(n_rows, take)
     result[:, :take] = np.where(np.isneginf(values), -1, items)
     return result
 

@@ -150,15 +150,24 @@ class Recommender:
                 out[name] = np.asarray(source.score(history), dtype=np.float32)
         return out
 
-    def pool(self, scores: dict[str, np.ndarray], blocked: sp.csr_matrix | np.ndarray) -> np.ndarray:
+    def ranked(self, scores: dict[str, np.ndarray], blocked: sp.csr_matrix | np.ndarray) -> dict[str, np.ndarray]:
+        """Each pooled source's (n_rows, min(pool_size, n_items)) best non-blocked items (`top_k`): what
+        `pool` draws from, and what `explain` reads an item's rank by each source from."""
+        take = min(self.pool_size, self.n_items)
+        return {s: top_k(scores[s], blocked, take) for s in self._quota()}  # a source with no share adds nothing
+
+    def _quota(self) -> dict[str, int]:
+        return {s: max(1, int(round(self.shares.get(s, 0.0) * self.pool_size))) for s in self.source_names
+                if self.shares.get(s, 0.0) > 0}
+
+    def pool(self, scores: dict[str, np.ndarray], blocked: sp.csr_matrix | np.ndarray,
+             ranked: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """(n_rows, pool_size) distinct item indices, -1 padded: each source's best non-blocked items
         in turn up to its share, then any source's next best, then popularity, so a pool is short
-        only when fewer items are eligible."""
+        only when fewer items are eligible. `ranked`: `self.ranked(scores, blocked)` when the caller has it."""
         n = next(iter(scores.values())).shape[0]
-        quota = {s: max(1, int(round(self.shares.get(s, 0.0) * self.pool_size))) for s in self.source_names
-                 if self.shares.get(s, 0.0) > 0}
-        take = min(self.pool_size, self.n_items)
-        ranked = {s: top_k(scores[s], blocked, take) for s in quota}  # a source with no share adds nothing
+        quota = self._quota()
+        ranked = self.ranked(scores, blocked) if ranked is None else ranked
         out = np.full((n, self.pool_size), -1, dtype=np.int64)
         chosen = np.zeros((n, self.n_items + 1), dtype=bool)  # column n_items: the -1 padding, never free
         chosen[:, -1] = True
@@ -199,6 +208,11 @@ class Recommender:
         return out
 
     @functools.cached_property
+    def _log_popularity(self) -> np.ndarray:
+        """The ranker's log_popularity input of every item, computed once per recommender."""
+        return _relative_log(self.popularity)
+
+    @functools.cached_property
     def _popularity_order(self) -> np.ndarray:
         """Item indices by popularity, most first, ties to the lower index (`top_k`'s order)."""
         return np.argsort(-self.popularity.astype(np.float32), kind="stable")
@@ -218,18 +232,18 @@ class Recommender:
         safe = np.where(valid, pool, 0)
         rows = np.arange(n)[:, None]
         dense = np.zeros((n, c, self.n_dense), dtype=np.float32)
-        for j, name in enumerate(self.source_names):
-            s = np.where(valid, scores[name][rows, safe], np.nan)
-            mean = np.nanmean(np.where(valid, s, np.nan), axis=1, keepdims=True) if valid.any() else 0.0
-            std = np.nanstd(s, axis=1, keepdims=True)
-            z = np.nan_to_num((s - mean) / np.where(std > 0, std, 1.0))
-            order = np.argsort(-np.nan_to_num(s, nan=-np.inf), axis=1, kind="stable")
-            rank = np.empty_like(order)
-            np.put_along_axis(rank, order, np.arange(c)[None, :].repeat(n, 0), axis=1)
-            dense[:, :, 2 * j] = z
-            dense[:, :, 2 * j + 1] = 1.0 / (1.0 + rank)
         base = 2 * len(self.source_names)
-        dense[:, :, base] = _relative_log(self.popularity)[safe]
+        if base:  # every source at once: (n_sources, n, c), each row's statistics along the last axis
+            s = np.where(valid, np.stack([scores[name][rows, safe] for name in self.source_names]), np.nan)
+            mean = np.nanmean(s, axis=2, keepdims=True) if valid.any() else 0.0
+            std = np.nanstd(s, axis=2, keepdims=True)
+            z = np.nan_to_num((s - mean) / np.where(std > 0, std, 1.0))
+            order = np.argsort(-np.nan_to_num(s, nan=-np.inf), axis=2, kind="stable")
+            rank = np.empty_like(order)
+            np.put_along_axis(rank, order, np.broadcast_to(np.arange(c), order.shape), axis=2)
+            dense[:, :, 0:base:2] = z.transpose(1, 2, 0)
+            dense[:, :, 1:base:2] = 1.0 / (1.0 + rank.transpose(1, 2, 0))
+        dense[:, :, base] = self._log_popularity[safe]
         dense[:, :, base + 1] = np.log1p(np.diff(history.indptr))[:, None]
         dense[:, :, base + 2:base + 2 + N_ITEM_STATS] = self.item_stats[safe]
         at = base + 2 + N_ITEM_STATS
@@ -264,7 +278,8 @@ class Recommender:
     # ------------------------------------------------------------------------------ the path
     def recommend(self, history: sp.csr_matrix, blocked: sp.csr_matrix | np.ndarray, k: int,
                   ranker: PairScorer | None, scores: dict[str, np.ndarray] | None = None,
-                  sequences: Sequences | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  sequences: Sequences | None = None,
+                  ranked: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(n_rows, k) item indices best first (-1 where fewer than k are eligible) and their scores.
 
         history: (n_rows, n_items) weighted interactions; blocked: (n_rows, n_items) bool of items not
@@ -272,13 +287,14 @@ class Recommender:
         source mode, the pool is ordered by that source (or the first source by share). `scores`: the
         `source_scores` of `history` when the caller already has them (to explain the list after).
         sequences: the same rows' latest events in order (`serving.sequences`), read by a sequential source.
+        ranked: `self.ranked(scores, blocked)` when the caller has it (to explain the list after).
         """
         scores = self.source_scores(history, sequences) if scores is None else scores
         if self.mode != "ranker" or ranker is None:
             name = self.mode if self.mode in self.sources else max(self.shares, key=self.shares.get)
             items = top_k(scores[name], blocked, k)
             return items, _gather(scores[name], items)
-        pool = self.pool(scores, blocked)
+        pool = self.pool(scores, blocked, ranked)
         dense, sparse = self.features(history, scores, pool)
         ranked = np.asarray(ranker(dense, sparse), dtype=np.float32).reshape(pool.shape)
         if self.blend_weight and self.blend_source in self.sources:
@@ -296,14 +312,17 @@ class Recommender:
 
     def explain(self, history: sp.csr_matrix, blocked: sp.csr_matrix | np.ndarray, items: np.ndarray,
                 scores: dict[str, np.ndarray], events: dict[int, str] | None = None,
-                category_id: int | None = None) -> list["Explanation"]:
+                category_id: int | None = None,
+                ranked: dict[str, np.ndarray] | None = None) -> list["Explanation"]:
         """Why each of one customer's recommended `items` (indices, -1 skipped) is there
-        (`serving.explain`): the source that ranks it best, and the history items behind its score."""
+        (`serving.explain`): the source that ranks it best, and the history items behind its score.
+        ranked: `self.ranked(scores, blocked)` when the caller has it (the ranks are then read off it)."""
         from serving.explain import explain
 
         row = blocked[:1].toarray() if sp.issparse(blocked) else np.asarray(blocked)[:1]
         return explain(self.sources, self.items, history, {n: s[0] for n, s in scores.items()},
-                       row[0], items, self.shares, events, category_id, self.mode)
+                       row[0], items, self.shares, events, category_id, self.mode,
+                       None if ranked is None else {n: r[0] for n, r in ranked.items()})
 
     # ------------------------------------------------------------------------------ files
     def save(self, folder: Path) -> Path:
@@ -396,10 +415,12 @@ class TritonRecommender:
         scorer = None if rec.mode != "ranker" else self.client.score
         history, blocked = rec.history(product_ids, event_types), rec.blocked(allowed, excluded_ids)
         scores = rec.source_scores(history, rec.sequences(product_ids, event_types))
-        items, out_scores = rec.recommend(history, blocked, k, scorer, scores)
+        # each source's top list: the pool's input, and where explain reads each item's rank
+        ranked = rec.ranked(scores, blocked) if scorer is not None else None
+        items, out_scores = rec.recommend(history, blocked, k, scorer, scores, ranked=ranked)
         keep = items[0] >= 0
         why = rec.explain(history, blocked, items[0][keep], scores,
-                          strongest_events(product_ids, event_types, rec.event_weights), category_id)
+                          strongest_events(product_ids, event_types, rec.event_weights), category_id, ranked)
         return [(int(p), float(s), e) for p, s, e in zip(rec.items[items[0][keep]], out_scores[0][keep], why)]
 
     def is_ready(self) -> bool:
