@@ -70,17 +70,33 @@ class Popularity:
     name: str = field(default="popularity", init=False)
     n_items: int = field(default=0, init=False)
     _weights: np.ndarray | None = field(default=None, init=False, repr=False)
+    _order: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # `order`, once
 
     def fit(self, interactions: sp.csr_matrix) -> Popularity:
         matrix = _as_matrix(interactions)
         self.n_items = matrix.shape[1]
         self._weights = np.asarray(matrix.sum(axis=0), dtype=np.float32).ravel()
+        self._order = None
         return self
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
         _check_fitted(self, self._weights)
         rows = _as_matrix(history, self.n_items, "history", copy=False).shape[0]
         return np.tile(self._weights, (rows, 1))
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(n_items,) float32: every row's score of each item."""
+        _check_fitted(self, self._weights)
+        return self._weights
+
+    def order(self) -> np.ndarray:
+        """Item indices best first, ties to the lower index (`top_k`'s order): every row's scores are the
+        same, so `top_k_in_order(order)` is their `top_k` without scanning the catalogue per row."""
+        _check_fitted(self, self._weights)
+        if self._order is None:
+            self._order = np.argsort(-self._weights, kind="stable")
+        return self._order
 
 
 @dataclass(eq=False)
@@ -334,7 +350,7 @@ class MultDAE:
     name: str = field(default="mult_dae", init=False)
     n_items: int = field(default=0, init=False)
     _state: dict | None = field(default=None, init=False, repr=False)
-    _scoring: Any = field(default=None, init=False, repr=False, compare=False)  # the eval net `score` reuses
+    _scoring: Any = field(default=None, init=False, repr=False, compare=False)  # `score`'s weight arrays
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -385,21 +401,24 @@ class MultDAE:
         return self
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
+        """The decoder's logits of each L2-normalised history row: the net's eval forward pass, in numpy
+        over the row's stored cells (an encoder product over the history items only, not the catalogue)."""
         _check_fitted(self, self._state)
         rows = _as_matrix(history, self.n_items, "history", copy=False)
-        if self._scoring is None:  # built once: a fresh net would initialise 2 x n_items x hidden weights per call
-            net = self._net(self.n_items)
-            net.load_state_dict(self._state)
-            self._scoring = net.eval()
-        net = self._scoring
+        if self._scoring is None:  # built once: the weights as float32 arrays laid out for the products below
+            self._scoring = tuple(np.ascontiguousarray(self._state[k].detach().numpy().T if k.endswith("weight")
+                                                       else self._state[k].detach().numpy(), dtype=np.float32)
+                                  for k in ("0.weight", "0.bias", "2.weight", "2.bias"))
+        encoder, encoder_bias, decoder, decoder_bias = self._scoring  # (items, hidden), (hidden,), (hidden, items), (items,)
+        owner = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))  # the row of each stored cell
+        norms = np.sqrt(np.bincount(owner, weights=rows.data.astype(np.float64) ** 2, minlength=rows.shape[0]))
+        unit = sp.csr_matrix((rows.data / np.maximum(norms, 1e-12).astype(np.float32)[owner], rows.indices,
+                              rows.indptr), shape=rows.shape)  # F.normalize's rows
         out = np.empty(rows.shape, dtype=np.float32)
-        with torch.no_grad():
-            for start in range(0, rows.shape[0], 1024):
-                x = torch.from_numpy(rows[start:start + 1024].toarray())
-                out[start:start + len(x)] = net(F.normalize(x, dim=1)).numpy()
+        for start in range(0, rows.shape[0], 1024):
+            part = unit if rows.shape[0] <= 1024 else unit[start:start + 1024]  # a slice copies: only when needed
+            hidden = np.tanh(part @ encoder + encoder_bias)
+            out[start:start + len(hidden)] = hidden @ decoder + decoder_bias
         return out
 
 
@@ -460,6 +479,31 @@ def top_k(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> np.ndarr
     keep = order[(np.arange(len(order)) - starts[rows[order]]) < take]  # `take` per row, row order kept
     items, values = items[keep].reshape(n_rows, take), values[keep].reshape(n_rows, take)
     result[:, :take] = np.where(np.isneginf(values), -1, items)
+    return result
+
+
+def top_k_in_order(order: np.ndarray, exclude: sp.csr_matrix | np.ndarray | None, n_rows: int, k: int) -> np.ndarray:
+    """`top_k` of `n_rows` rows that share one score vector, from its `order` (every item, best first,
+    ties to the lower index: `np.argsort(-scores, kind="stable")`): each row's first k items of `order`
+    not stored in `exclude`, -1 padded. Only the head of `order` that can hold them is read."""
+    n_items = len(order)
+    take = min(k, n_items)
+    result = np.full((n_rows, k), -1, dtype=np.int64)
+    if take == 0 or n_rows == 0:
+        return result
+    if exclude is None:
+        result[:, :take] = order[:take]
+        return result
+    if exclude.shape != (n_rows, n_items):
+        raise ModelError(f"top_k_in_order: exclude has shape {exclude.shape}, expected {(n_rows, n_items)}")
+    if sp.issparse(exclude):
+        exclude = exclude.toarray()
+    exclude = np.asarray(exclude, dtype=bool)
+    head = order[:min(n_items, take + int(exclude.sum(axis=1).max()))]  # holds `take` free items, or all there are
+    free = ~exclude[:, head]
+    rank = np.cumsum(free, axis=1)  # 1-based position among the row's free items
+    r, c = np.nonzero(free & (rank <= take))
+    result[r, rank[r, c] - 1] = head[c]
     return result
 
 

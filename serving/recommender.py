@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from models.classic import ItemScorer, index_of, top_k
+from models.classic import ItemScorer, Popularity, index_of, top_k, top_k_in_order
 from serving.sequences import Sequences, sequence_of
 
 if TYPE_CHECKING:
@@ -120,10 +120,13 @@ class Recommender:
         cols = index_of(self.items, np.asarray(product_ids, dtype=np.int64))
         weights = np.array([self.event_weights.get(str(t), 0.0) for t in event_types], dtype=np.float32)
         keep = (cols >= 0) & (weights > 0)
-        row = sp.csr_matrix((weights[keep], (np.zeros(int(keep.sum()), dtype=np.int64), cols[keep])),
-                            shape=(1, self.n_items), dtype=np.float32)
-        row.sum_duplicates()
-        return row
+        cols, weights = cols[keep], weights[keep]
+        order = np.argsort(cols, kind="stable")  # each product's events together, in the order they came
+        cols, weights = cols[order], weights[order]
+        first = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]]) if len(cols) else np.zeros(0, dtype=np.int64)
+        # canonical CSR built directly (sorted, summed duplicates): no COO conversion per request
+        return sp.csr_matrix((np.add.reduceat(weights, first) if len(cols) else weights, cols[first],
+                              np.array([0, len(first)])), shape=(1, self.n_items))
 
     def sequences(self, product_ids: np.ndarray, event_types: np.ndarray) -> Sequences:
         """(1, length) ordered latest events of one customer (ids in time order), for the sequential source."""
@@ -154,7 +157,15 @@ class Recommender:
         """Each pooled source's (n_rows, min(pool_size, n_items)) best non-blocked items (`top_k`): what
         `pool` draws from, and what `explain` reads an item's rank by each source from."""
         take = min(self.pool_size, self.n_items)
-        return {s: top_k(scores[s], blocked, take) for s in self._quota()}  # a source with no share adds nothing
+        out = {}
+        for name in self._quota():  # a source with no share adds nothing
+            source = self.sources.get(name)
+            if isinstance(source, Popularity) and np.array_equal(scores[name], np.broadcast_to(
+                    source.weights, scores[name].shape)):  # its scores, the same in every row: one fixed order
+                out[name] = top_k_in_order(source.order(), blocked, len(scores[name]), take)
+            else:
+                out[name] = top_k(scores[name], blocked, take)
+        return out
 
     def _quota(self) -> dict[str, int]:
         return {s: max(1, int(round(self.shares.get(s, 0.0) * self.pool_size))) for s in self.source_names
@@ -195,17 +206,7 @@ class Recommender:
     def _popular_pool(self, blocked: sp.csr_matrix | np.ndarray, n: int) -> np.ndarray:
         """(n_rows, min(pool_size, n_items)) the most popular non-blocked items per row, -1 padded:
         `top_k` of `popularity`, from an order computed once per recommender."""
-        take = min(self.pool_size, self.n_items)
-        order = self._popularity_order
-        if sp.issparse(blocked):
-            blocked = blocked.toarray()
-        free = ~np.asarray(blocked, dtype=bool)[:, order] if n else np.zeros((0, len(order)), dtype=bool)
-        free = np.broadcast_to(free, (n, len(order)))
-        out = np.full((n, take), -1, dtype=np.int64)
-        rank = np.cumsum(free, axis=1)
-        r, c = np.nonzero(free & (rank <= take))
-        out[r, rank[r, c] - 1] = order[c]
-        return out
+        return top_k_in_order(self._popularity_order, blocked, n, min(self.pool_size, self.n_items))
 
     @functools.cached_property
     def _log_popularity(self) -> np.ndarray:
