@@ -52,9 +52,10 @@ def load_world(workdir: Path, rebuild: bool, sequential: str) -> dict[str, Any]:
     from bench.api_latency import build_world
 
     built = build_world(workdir, 200_000, 2_000, 10_000, sequential)
-    world = {"bundle": str(built["bundle"].path), "db": str(built["db"]), "home": str(built["home"]),
+    world = {"bundle": str(built["bundle"]), "db": str(built["db"]), "home": str(built["home"]),
              "customers": built["customers"], "n_products": built["n_products"], "sources": built["sources"],
-             "pool_size": built["pool_size"], "sequential_source": sequential}
+             "pool_size": built["pool_size"], "sequential_source": sequential, "interactions": built["interactions"],
+             "fitted_mode": built["fitted_mode"], "ranker_valid_ndcg_at_10": built["ranker_valid_ndcg_at_10"]}
     meta.write_text(json.dumps(world))
     return world
 
@@ -148,9 +149,11 @@ def _run_side(repo: Path, world: dict[str, Any], triton: Any, pgid: int, custome
     return json.loads(result.read_text())
 
 
-def _same(a: list[dict], b: list[dict], tolerance: float) -> tuple[int, int, int, list[str]]:
-    """(lists that differ, scores that differ by more than `tolerance`, explanations that differ, examples)."""
+def _same(a: list[dict], b: list[dict], tolerance: float) -> tuple[int, int, int, float, list[str]]:
+    """(lists that differ, lists with a score that differs by more than `tolerance`, explanations that
+    differ, the largest |score difference| of equal lists, examples)."""
     lists = scores = why = 0
+    largest = 0.0
     examples: list[str] = []
     for x, y in zip(a, b, strict=True):
         ids_x, ids_y = [i["product_id"] for i in x["items"]], [i["product_id"] for i in y["items"]]
@@ -158,12 +161,14 @@ def _same(a: list[dict], b: list[dict], tolerance: float) -> tuple[int, int, int
             lists += 1
             examples.append(f"customer {x['customer_id']}: {ids_x} vs {ids_y}")
             continue
-        if any(abs(i["score"] - j["score"]) > tolerance for i, j in zip(x["items"], y["items"])):
+        gap = max((abs(i["score"] - j["score"]) for i, j in zip(x["items"], y["items"])), default=0.0)
+        largest = max(largest, gap)
+        if gap > tolerance:
             scores += 1
         if [i["explanation"] for i in x["items"]] != [i["explanation"] for i in y["items"]]:
             why += 1
             examples.append(f"customer {x['customer_id']}: explanations differ")
-    return lists, scores, why, examples[:5]
+    return lists, scores, why, largest, examples[:5]
 
 
 def main() -> None:
@@ -181,7 +186,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="recommendations per round and side")
     parser.add_argument("--warmup", type=int, default=30, help="requests per round before measuring")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side")
-    parser.add_argument("--score-tolerance", type=float, default=1e-6, help="largest |score difference| called equal")
+    parser.add_argument("--score-tolerance", type=float, default=0.0, help="largest |score difference| called equal (0: bitwise)")
     parser.add_argument("--profile-dir", type=Path, default=None, help="write a cProfile of each side's last round here")
     report.add_common_options(parser, report.RESULTS / "api_cpu.json")
     args = parser.parse_args()
@@ -234,10 +239,11 @@ def main() -> None:
     base = figures("baseline") if "baseline" in sides else None
     same = None
     if base is not None:
-        lists, scores, why, examples = _same(runs["this"][0]["bodies"], runs["baseline"][0]["bodies"],
-                                             args.score_tolerance)
-        same = {"customers": args.requests, "lists_differ": lists, "scores_differ": scores,
-                "explanations_differ": why, "examples": examples}
+        lists, scores, why, largest, examples = _same(runs["this"][0]["bodies"], runs["baseline"][0]["bodies"],
+                                                      args.score_tolerance)
+        same = {"customers": args.requests, "lists_differ": lists, "score_tolerance": args.score_tolerance,
+                "scores_differ": scores, "largest_score_difference": largest, "explanations_differ": why,
+                "examples": examples}
         log.info("same answers: %s", same)
     common = {"device": f"cpu-{len(os.sched_getaffinity(0))}core",
               **report.stamp("bench.api_cpu", args.git_sha, ("numpy", "flask", "torch", "onnxruntime"))}
