@@ -468,18 +468,46 @@ def top_k(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> np.ndarr
     result = np.full((n_rows, k), -1, dtype=np.int64)
     if take == 0 or n_rows == 0:
         return result
-    # Candidates: every score at or above the take-th largest of its row (ties at it included), so each
-    # row has at least `take`; sorted by row, score descending, then index ascending, the first `take`
-    # of each row are its top items with ties to the lower index. A few passes over the catalogue.
-    threshold = np.partition(work, n_items - take, axis=1)[:, n_items - take][:, None]
-    rows, items = np.nonzero(work >= threshold)
+    sampled = np.zeros(n_rows, dtype=bool)
+    stride = n_items // (16 * take)  # rows much longer than k: bound each row's k-th largest from a sample
+    if stride >= 2:
+        sample = work[:, ::stride]
+        q = min(sample.shape[1], 2 * -(-take // stride) + 2)  # ~twice the sample's expected share of the top k
+        bound = np.partition(sample, sample.shape[1] - q, axis=1)[:, sample.shape[1] - q][:, None]
+        rows, items = np.nonzero(work >= bound)
+        counts = np.bincount(rows, minlength=n_rows)
+        # Exact where the bound kept at least k (then it is at or below the k-th largest, so every top item and
+        # every tie of the k-th is a candidate) and few enough to sort; other rows (a sample that missed, ties
+        # en masse) take the full pass below.
+        sampled = (counts >= take) & (counts <= 8 * take)
+        keep = sampled[rows]
+        result[sampled, :take] = _first_per_row(work, rows[keep], items[keep], int(sampled.sum()), take)
+    rest = np.flatnonzero(~sampled)
+    if len(rest):
+        part = work[rest]
+        threshold = np.partition(part, n_items - take, axis=1)[:, n_items - take][:, None]  # the k-th largest
+        above = part > threshold
+        at = part == threshold
+        room = take - above.sum(axis=1, keepdims=True)
+        if np.any(at.sum(axis=1, keepdims=True) > room):  # more ties at the threshold than room: lowest indices first
+            at &= np.cumsum(at, axis=1) <= room
+        rows, items = np.nonzero(above | at)  # exactly k per row
+        result[rest, :take] = _first_per_row(part, rows, items, len(rest), take)
+    return result
+
+
+def _first_per_row(work: np.ndarray, rows: np.ndarray, items: np.ndarray, n_rows: int, take: int) -> np.ndarray:
+    """(n_rows, take) item indices: of each row's candidate cells (row-major, at least `take` per row, from
+    the rows of `work` that appear, in order), the `take` best by score descending then index ascending;
+    -1 for an excluded (-inf) score."""
     values = work[rows, items]
     order = np.lexsort((items, -values, rows))
-    starts = np.searchsorted(rows[order], np.arange(n_rows))  # rows are sorted: where each row begins
-    keep = order[(np.arange(len(order)) - starts[rows[order]]) < take]  # `take` per row, row order kept
+    sorted_rows = rows[order]
+    starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])  # where each row begins
+    position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    keep = order[position < take]
     items, values = items[keep].reshape(n_rows, take), values[keep].reshape(n_rows, take)
-    result[:, :take] = np.where(np.isneginf(values), -1, items)
-    return result
+    return np.where(np.isneginf(values), -1, items)
 
 
 def top_k_in_order(order: np.ndarray, exclude: sp.csr_matrix | np.ndarray | None, n_rows: int, k: int) -> np.ndarray:
