@@ -55,7 +55,7 @@ mlflow-ui: $(STAMP)
 # The API benchmark's load generator is Debian's wrk (apt; sudo where not root).
 bench-api: $(STAMP)
 	command -v wrk >/dev/null || $$([ "$$(id -u)" = 0 ] || echo sudo) sh -c 'apt-get update -q && apt-get install -y -q wrk'
-	$(BIN)/python -m bench.api_latency --workdir /tmp/api_bench
+	$(BIN)/python -m bench.api_latency --workdir /tmp/api_bench $(BENCH_API_ARGS)
 
 # Benchmarks are modules of the bench package, run from the repository root: `python -m bench.<name>`.
 bench-quality: $(STAMP)

@@ -134,6 +134,33 @@ def build_world(workdir: Path, n_events: int, n_users: int, n_products: int,
             "ranker_valid_ndcg_at_10": round(rec.evidence.get("valid_ndcg_at_10.ranker", float("nan")), 4)}
 
 
+def reused_world(source: Path, workdir: Path, sequential: str) -> dict[str, Any]:
+    """A world `bench.api_cpu` built (its world.json): the serving folder and store are copied into `workdir`,
+    so this run's interactions do not change the next run's store."""
+    meta = json.loads((source / "world.json").read_text())
+    if meta.get("sequential_source") != sequential:
+        raise SystemExit(f"{source} serves the sequential source {meta.get('sequential_source')!r}, not {sequential!r}")
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    home = workdir / "home"
+    shutil.copytree(Path(meta["home"]), home, symlinks=True)
+    bundle_dir = home / Path(meta["bundle"]).relative_to(Path(meta["home"]))
+    products = sorted(int(p) for p in pd_products(home / Path(meta["db"]).relative_to(Path(meta["home"]))))
+    return {"bundle": bundle_dir, "db": home / Path(meta["db"]).relative_to(Path(meta["home"])),
+            "home": home, "customers": meta["customers"], "products": products, "n_products": meta["n_products"],
+            "interactions": meta.get("interactions", 0), "pool_size": meta["pool_size"], "sources": meta["sources"],
+            "fitted_mode": meta.get("fitted_mode", "ranker"),
+            "ranker_valid_ndcg_at_10": meta.get("ranker_valid_ndcg_at_10", float("nan"))}
+
+
+def pd_products(db: Path) -> list[int]:
+    """Every product id in a store."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM products")]
+
+
 # ---------------------------------------------------------------- servers
 class Gunicorn:
     """A gunicorn process group on a free port; stopped with SIGTERM to its group."""
@@ -371,6 +398,9 @@ def _row(common: dict[str, Any], metric: str, value: float, unit: str, baseline:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/api_bench"))
+    parser.add_argument("--reuse-world", type=Path, default=None,
+                        help="serve the world `python -m bench.api_cpu --workdir DIR` built (its bundle and a copy of its "
+                             "store) instead of building one: the same shop, recommender and sources")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--products", type=int, default=10_000)
@@ -392,7 +422,8 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed; apt-get install wrk")
 
-    world = build_world(args.workdir, args.events, args.users, args.products, args.sequential)
+    world = (reused_world(args.reuse_world, args.workdir, args.sequential) if args.reuse_world
+             else build_world(args.workdir, args.events, args.users, args.products, args.sequential))
     # Other work on the machine shares the 2 cores; record how busy it was.
     load_at_start = round(os.getloadavg()[0], 2)
     log.info("world: %s", {k: v for k, v in world.items() if k not in ("customers", "products")})

@@ -35,12 +35,16 @@ class ItemScorer(Protocol):
     def score(self, history: sp.csr_matrix) -> np.ndarray: ...
 
 
-def _as_matrix(matrix: sp.spmatrix, n_items: int | None = None, what: str = "interactions") -> sp.csr_matrix:
-    """CSR float32 copy of `matrix`, checked against the fitted catalogue width."""
+def _as_matrix(matrix: sp.spmatrix, n_items: int | None = None, what: str = "interactions",
+               copy: bool = True) -> sp.csr_matrix:
+    """CSR float32 copy of `matrix`, checked against the fitted catalogue width. copy=False returns
+    `matrix` itself when it is that already, with sorted indices and no duplicates (read-only use)."""
     if not sp.issparse(matrix) or matrix.ndim != 2:
         raise ModelError(f"{what} must be a 2-D scipy.sparse matrix (rows, items); got {type(matrix).__name__}")
     if n_items is not None and matrix.shape[1] != n_items:
         raise ModelError(f"{what} has {matrix.shape[1]} item columns; the scorer was fitted on {n_items}")
+    if not copy and isinstance(matrix, sp.csr_matrix) and matrix.dtype == np.float32 and matrix.has_canonical_format:
+        return matrix
     csr = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
     csr.sum_duplicates()
     return csr
@@ -48,7 +52,7 @@ def _as_matrix(matrix: sp.spmatrix, n_items: int | None = None, what: str = "int
 
 def _one_row(history: sp.csr_matrix, n_items: int) -> sp.csr_matrix:
     """One history row (1, n_items) as CSR float32, for per-customer contributions."""
-    row = _as_matrix(history, n_items, "history")
+    row = _as_matrix(history, n_items, "history", copy=False)
     if row.shape[0] != 1:
         raise ModelError(f"contributions explain one history row at a time; got {row.shape[0]}")
     return row
@@ -66,17 +70,33 @@ class Popularity:
     name: str = field(default="popularity", init=False)
     n_items: int = field(default=0, init=False)
     _weights: np.ndarray | None = field(default=None, init=False, repr=False)
+    _order: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # `order`, once
 
     def fit(self, interactions: sp.csr_matrix) -> Popularity:
         matrix = _as_matrix(interactions)
         self.n_items = matrix.shape[1]
         self._weights = np.asarray(matrix.sum(axis=0), dtype=np.float32).ravel()
+        self._order = None
         return self
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
         _check_fitted(self, self._weights)
-        rows = _as_matrix(history, self.n_items, "history").shape[0]
+        rows = _as_matrix(history, self.n_items, "history", copy=False).shape[0]
         return np.tile(self._weights, (rows, 1))
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(n_items,) float32: every row's score of each item."""
+        _check_fitted(self, self._weights)
+        return self._weights
+
+    def order(self) -> np.ndarray:
+        """Item indices best first, ties to the lower index (`top_k`'s order): every row's scores are the
+        same, so `top_k_in_order(order)` is their `top_k` without scanning the catalogue per row."""
+        _check_fitted(self, self._weights)
+        if self._order is None:
+            self._order = np.argsort(-self._weights, kind="stable")
+        return self._order
 
 
 @dataclass(eq=False)
@@ -96,6 +116,12 @@ class ItemKNN:
     name: str = field(default="item_knn", init=False)
     n_items: int = field(default=0, init=False)
     _similarity: sp.csr_matrix | None = field(default=None, init=False, repr=False)
+    _by_candidate: sp.csr_matrix | None = field(default=None, init=False, repr=False, compare=False)  # S^T, for `contributions`
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_by_candidate"] = None  # rebuilt from _similarity on first use: pickles carry S once
+        return state
 
     def fit(self, interactions: sp.csr_matrix) -> ItemKNN:
         if self.neighbours < 1 or self.shrink < 0:
@@ -128,6 +154,7 @@ class ItemKNN:
             (np.concatenate(vals), (np.concatenate(neighbours), np.concatenate(targets))),
             shape=(n_items, n_items),
         )
+        self._by_candidate = None
         return self
 
     def similarity(self) -> sp.csr_matrix:
@@ -137,7 +164,7 @@ class ItemKNN:
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
         _check_fitted(self, self._similarity)
-        rows = _as_matrix(history, self.n_items, "history")
+        rows = _as_matrix(history, self.n_items, "history", copy=False)
         return np.asarray((rows @ self._similarity).toarray(), dtype=np.float32)
 
     def contributions(self, history: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +172,20 @@ class ItemKNN:
         one row's history items adds to `score` of each of `items`; columns sum to the scores."""
         _check_fitted(self, self._similarity)
         row = _one_row(history, self.n_items)
-        sim = self._similarity[row.indices][:, np.asarray(items, dtype=np.int64)].toarray()
+        items = np.asarray(items, dtype=np.int64)
+        if self._by_candidate is None:  # S^T: a candidate's column (its <= `neighbours` cells) is one slice
+            self._by_candidate = self._similarity.T.tocsr()
+            self._by_candidate.sort_indices()
+        by_candidate = self._by_candidate
+        starts, ends = by_candidate.indptr[items], by_candidate.indptr[items + 1]
+        lengths = ends - starts
+        column = np.repeat(np.arange(len(items)), lengths)  # which of `items` each cell belongs to
+        flat = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        seen = by_candidate.indices[flat]  # the history-side item of each cell
+        at = np.clip(np.searchsorted(row.indices, seen), 0, max(len(row.indices) - 1, 0))
+        hit = (row.indices[at] == seen) if len(row.indices) else np.zeros(len(seen), dtype=bool)
+        sim = np.zeros((len(row.indices), len(items)), dtype=np.float32)
+        sim[at[hit], column[hit]] = by_candidate.data[flat[hit]]
         return row.indices.astype(np.int64), (row.data[:, None] * sim).astype(np.float32)
 
 
@@ -182,7 +222,7 @@ class EASE:
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
         _check_fitted(self, self._weights)
-        rows = _as_matrix(history, self.n_items, "history")
+        rows = _as_matrix(history, self.n_items, "history", copy=False)
         return np.asarray(rows @ self._weights, dtype=np.float32)
 
     def contributions(self, history: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -253,7 +293,7 @@ class ALS:
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
         _check_fitted(self, self._model)
-        rows = _as_matrix(history, self.n_items, "history")
+        rows = _as_matrix(history, self.n_items, "history", copy=False)
         item_factors = self._model.item_factors  # (items, factors)
         if rows.shape[0] == 0:
             return np.zeros((0, self.n_items), dtype=np.float32)
@@ -310,7 +350,7 @@ class MultDAE:
     name: str = field(default="mult_dae", init=False)
     n_items: int = field(default=0, init=False)
     _state: dict | None = field(default=None, init=False, repr=False)
-    _scoring: Any = field(default=None, init=False, repr=False, compare=False)  # the eval net `score` reuses
+    _scoring: Any = field(default=None, init=False, repr=False, compare=False)  # `score`'s weight arrays
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -361,21 +401,24 @@ class MultDAE:
         return self
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
+        """The decoder's logits of each L2-normalised history row: the net's eval forward pass, in numpy
+        over the row's stored cells (an encoder product over the history items only, not the catalogue)."""
         _check_fitted(self, self._state)
-        rows = _as_matrix(history, self.n_items, "history")
-        if self._scoring is None:  # built once: a fresh net would initialise 2 x n_items x hidden weights per call
-            net = self._net(self.n_items)
-            net.load_state_dict(self._state)
-            self._scoring = net.eval()
-        net = self._scoring
+        rows = _as_matrix(history, self.n_items, "history", copy=False)
+        if self._scoring is None:  # built once: the weights as float32 arrays laid out for the products below
+            self._scoring = tuple(np.ascontiguousarray(self._state[k].detach().numpy().T if k.endswith("weight")
+                                                       else self._state[k].detach().numpy(), dtype=np.float32)
+                                  for k in ("0.weight", "0.bias", "2.weight", "2.bias"))
+        encoder, encoder_bias, decoder, decoder_bias = self._scoring  # (items, hidden), (hidden,), (hidden, items), (items,)
+        owner = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))  # the row of each stored cell
+        norms = np.sqrt(np.bincount(owner, weights=rows.data.astype(np.float64) ** 2, minlength=rows.shape[0]))
+        unit = sp.csr_matrix((rows.data / np.maximum(norms, 1e-12).astype(np.float32)[owner], rows.indices,
+                              rows.indptr), shape=rows.shape)  # F.normalize's rows
         out = np.empty(rows.shape, dtype=np.float32)
-        with torch.no_grad():
-            for start in range(0, rows.shape[0], 1024):
-                x = torch.from_numpy(rows[start:start + 1024].toarray())
-                out[start:start + len(x)] = net(F.normalize(x, dim=1)).numpy()
+        for start in range(0, rows.shape[0], 1024):
+            part = unit if rows.shape[0] <= 1024 else unit[start:start + 1024]  # a slice copies: only when needed
+            hidden = np.tanh(part @ encoder + encoder_bias)
+            out[start:start + len(hidden)] = hidden @ decoder + decoder_bias
         return out
 
 
@@ -412,30 +455,83 @@ def top_k(scores: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> np.ndarr
     if np.isnan(scores).any():
         raise ModelError("top_k: scores contain NaN; a scorer produced an undefined score")
     n_rows, n_items = scores.shape
-    work = np.array(scores, dtype=np.result_type(scores.dtype, np.float32))  # a copy: -inf marks excluded
-    if exclude is not None:
-        if exclude.shape != scores.shape:
-            raise ModelError(f"top_k: exclude has shape {exclude.shape}, scores {scores.shape}")
-        if isinstance(exclude, np.ndarray) and exclude.dtype == bool:
-            work[exclude] = -np.inf
-        else:
+    dtype = np.result_type(scores.dtype, np.float32)
+    if exclude is not None and exclude.shape != scores.shape:
+        raise ModelError(f"top_k: exclude has shape {exclude.shape}, scores {scores.shape}")
+    if isinstance(exclude, np.ndarray) and exclude.dtype == bool:
+        work = np.where(exclude, np.asarray(-np.inf, dtype=dtype), scores).astype(dtype, copy=False)  # -inf: excluded
+    else:
+        work = np.array(scores, dtype=dtype)  # a copy: -inf marks excluded
+        if exclude is not None:
             work[exclude.nonzero()] = -np.inf
     take = min(k, n_items)
     result = np.full((n_rows, k), -1, dtype=np.int64)
     if take == 0 or n_rows == 0:
         return result
-    # The take-th largest score per row; argpartition alone would break ties at it arbitrarily.
-    threshold = np.partition(work, n_items - take, axis=1)[:, n_items - take][:, None]
-    above = work > threshold
-    at = work == threshold
-    room = take - above.sum(axis=1, keepdims=True)
-    if np.any(at.sum(axis=1, keepdims=True) > room):  # more ties at the threshold than room: lowest indices first
-        at &= np.cumsum(at, axis=1) <= room
-    items = np.nonzero(above | at)[1].reshape(n_rows, take)  # ascending index within each row
-    values = np.take_along_axis(work, items, axis=1)
-    order = np.argsort(-values, axis=1, kind="stable")  # stable keeps lower index first on ties
-    items, values = np.take_along_axis(items, order, axis=1), np.take_along_axis(values, order, axis=1)
-    result[:, :take] = np.where(np.isneginf(values), -1, items)
+    sampled = np.zeros(n_rows, dtype=bool)
+    stride = n_items // (16 * take)  # rows much longer than k: bound each row's k-th largest from a sample
+    if stride >= 2:
+        sample = work[:, ::stride]
+        q = min(sample.shape[1], 2 * -(-take // stride) + 2)  # ~twice the sample's expected share of the top k
+        bound = np.partition(sample, sample.shape[1] - q, axis=1)[:, sample.shape[1] - q][:, None]
+        rows, items = np.nonzero(work >= bound)
+        counts = np.bincount(rows, minlength=n_rows)
+        # Exact where the bound kept at least k (then it is at or below the k-th largest, so every top item and
+        # every tie of the k-th is a candidate) and few enough to sort; other rows (a sample that missed, ties
+        # en masse) take the full pass below.
+        sampled = (counts >= take) & (counts <= 8 * take)
+        keep = sampled[rows]
+        result[sampled, :take] = _first_per_row(work, rows[keep], items[keep], int(sampled.sum()), take)
+    rest = np.flatnonzero(~sampled)
+    if len(rest):
+        part = work[rest]
+        threshold = np.partition(part, n_items - take, axis=1)[:, n_items - take][:, None]  # the k-th largest
+        above = part > threshold
+        at = part == threshold
+        room = take - above.sum(axis=1, keepdims=True)
+        if np.any(at.sum(axis=1, keepdims=True) > room):  # more ties at the threshold than room: lowest indices first
+            at &= np.cumsum(at, axis=1) <= room
+        rows, items = np.nonzero(above | at)  # exactly k per row
+        result[rest, :take] = _first_per_row(part, rows, items, len(rest), take)
+    return result
+
+
+def _first_per_row(work: np.ndarray, rows: np.ndarray, items: np.ndarray, n_rows: int, take: int) -> np.ndarray:
+    """(n_rows, take) item indices: of each row's candidate cells (row-major, at least `take` per row, from
+    the rows of `work` that appear, in order), the `take` best by score descending then index ascending;
+    -1 for an excluded (-inf) score."""
+    values = work[rows, items]
+    order = np.lexsort((items, -values, rows))
+    sorted_rows = rows[order]
+    starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])  # where each row begins
+    position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    keep = order[position < take]
+    items, values = items[keep].reshape(n_rows, take), values[keep].reshape(n_rows, take)
+    return np.where(np.isneginf(values), -1, items)
+
+
+def top_k_in_order(order: np.ndarray, exclude: sp.csr_matrix | np.ndarray | None, n_rows: int, k: int) -> np.ndarray:
+    """`top_k` of `n_rows` rows that share one score vector, from its `order` (every item, best first,
+    ties to the lower index: `np.argsort(-scores, kind="stable")`): each row's first k items of `order`
+    not stored in `exclude`, -1 padded. Only the head of `order` that can hold them is read."""
+    n_items = len(order)
+    take = min(k, n_items)
+    result = np.full((n_rows, k), -1, dtype=np.int64)
+    if take == 0 or n_rows == 0:
+        return result
+    if exclude is None:
+        result[:, :take] = order[:take]
+        return result
+    if exclude.shape != (n_rows, n_items):
+        raise ModelError(f"top_k_in_order: exclude has shape {exclude.shape}, expected {(n_rows, n_items)}")
+    if sp.issparse(exclude):
+        exclude = exclude.toarray()
+    exclude = np.asarray(exclude, dtype=bool)
+    head = order[:min(n_items, take + int(exclude.sum(axis=1).max()))]  # holds `take` free items, or all there are
+    free = ~exclude[:, head]
+    rank = np.cumsum(free, axis=1)  # 1-based position among the row's free items
+    r, c = np.nonzero(free & (rank <= take))
+    result[r, rank[r, c] - 1] = head[c]
     return result
 
 

@@ -21,7 +21,7 @@ customer did with the first evidence item (viewed, added to the cart, bought).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -52,7 +52,9 @@ class Explanation:
     category_id: int | None = None  # the category of a popular_in_category explanation
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # By hand, not dataclasses.asdict (which deep-copies field by field): ten per response.
+        return {"source": self.source, "kind": self.kind, "reason": self.reason, "evidence": list(self.evidence),
+                "category_id": self.category_id}
 
 
 class Decomposable(Protocol):
@@ -84,28 +86,52 @@ def catalogue(source: str, category_id: int | None, in_category: list[int],
 
 
 def origins(scores: Mapping[str, np.ndarray], blocked: np.ndarray, items: np.ndarray,
-            shares: Mapping[str, float] | None = None) -> list[str]:
+            shares: Mapping[str, float] | None = None,
+            ranked: Mapping[str, np.ndarray] | None = None) -> list[str]:
     """The source that ranks each of `items` (indices into one row) best among the non-blocked items.
 
     scores: source -> (n_items,) one row's scores; blocked: (n_items,) bool. Rank = items scored
     higher, plus equal ones at a lower index (the order `models.classic.top_k` breaks ties in).
     Equal ranks go to a personal source before popularity, then to the larger pool share.
+    ranked: source -> that row's `top_k` list under the same `blocked` (what the pool was built from,
+    `Recommender.ranked`), optional: an item's rank is then its position in the list, and the
+    catalogue is counted only for a source whose list lacks the item where that could still matter.
     """
     shares = shares or {}
     names = [s for s in sorted(scores) if shares.get(s, 1.0) > 0] or sorted(scores)
-    eligible = ~np.asarray(blocked, dtype=bool).reshape(-1)
     items = np.asarray(items, dtype=np.int64).reshape(-1)
-    index = np.flatnonzero(eligible)
-    best: list[tuple[int, bool, float, str] | None] = [None] * len(items)
-    for name in names:
-        row = np.asarray(scores[name]).reshape(-1)
-        values = row[index]  # the eligible items' scores, one (len(items), n_eligible) comparison per source
-        target = row[items][:, None]
-        ranks = np.count_nonzero((values > target) | ((values == target) & (index < items[:, None])), axis=1)
-        for i, rank in enumerate(ranks.tolist()):
-            key = (rank, name == POPULARITY, -shares.get(name, 0.0), name)
-            best[i] = key if best[i] is None or key < best[i] else best[i]  # type: ignore[operator]
-    return [key[3] for key in best if key is not None]
+    if not names:
+        return []
+    ranks = np.full((len(names), len(items)), -1, dtype=np.int64)  # -1: not known yet
+    floor = np.zeros((len(names), 1), dtype=np.int64)  # a rank not in a source's list is at least this
+    for j, name in enumerate(names):
+        top = None if ranked is None else ranked.get(name)
+        if top is not None:
+            top = np.asarray(top).reshape(-1)
+            hit = top[None, :] == items[:, None]  # (len(items), list length); lists hold distinct items
+            ranks[j] = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+            floor[j] = np.count_nonzero(top >= 0)  # the list's items are exactly the ones ranked before
+    best_known = np.where(ranks >= 0, ranks, np.iinfo(np.int64).max).min(axis=0)
+    # Count where the rank is unknown and might not lose: no list, or a list no longer than the best known rank.
+    count = (ranks < 0) & (floor <= best_known[None, :])
+    if count.any():
+        eligible = ~np.asarray(blocked, dtype=bool).reshape(-1)
+        index = np.flatnonzero(eligible)
+        for j, name in enumerate(names):
+            at = np.flatnonzero(count[j])
+            if not len(at):
+                continue
+            row = np.asarray(scores[name]).reshape(-1)
+            values = row[index]  # the eligible items' scores, one (len(at), n_eligible) comparison per source
+            target = row[items[at]][:, None]
+            ranks[j, at] = np.count_nonzero((values > target) | ((values == target) & (index < items[at, None])),
+                                            axis=1)
+    ranks = np.where(ranks >= 0, ranks, np.iinfo(np.int64).max)  # not counted: it cannot win
+    out = []
+    for i in range(len(items)):
+        keys = [(int(ranks[j, i]), name == POPULARITY, -shares.get(name, 0.0), name) for j, name in enumerate(names)]
+        out.append(min(keys)[3])
+    return out
 
 
 def evidence(source: Decomposable, history: sp.csr_matrix, item: int,
@@ -148,14 +174,16 @@ def _reason(kind: str, ids: list[int], verb: str) -> str:
 def explain(sources: Mapping[str, object], item_ids: np.ndarray, history: sp.csr_matrix,
             scores: Mapping[str, np.ndarray], blocked: np.ndarray, items: np.ndarray,
             shares: Mapping[str, float] | None = None, events: Mapping[int, str] | None = None,
-            category_id: int | None = None, mode: str = "ranker") -> list[Explanation]:
+            category_id: int | None = None, mode: str = "ranker",
+            ranked: Mapping[str, np.ndarray] | None = None) -> list[Explanation]:
     """One explanation per recommended item index in `items` (one customer; -1 entries are skipped).
 
     sources: name -> fitted source; item_ids: (n_items,) product ids of the columns; history: (1,
     n_items) the customer's weighted row; scores: name -> (1, n_items) or (n_items,) each source's
     scores the path ranked with; blocked: the request's (1, n_items) exclusions and filters; events:
     product id -> the customer's strongest event type on it (for the reason's verb); category_id: the
-    request's category filter; mode: a source name when that source alone orders the served list.
+    request's category filter; mode: a source name when that source alone orders the served list;
+    ranked: the row's top list per source under `blocked`, when the caller has them (see `origins`).
     """
     items = np.asarray(items, dtype=np.int64).reshape(-1)
     items = items[items >= 0]
@@ -163,7 +191,7 @@ def explain(sources: Mapping[str, object], item_ids: np.ndarray, history: sp.csr
     if mode in row_scores:
         named = [mode] * len(items)
     else:
-        named = origins(row_scores, blocked, items, shares)
+        named = origins(row_scores, blocked, items, shares, ranked)
     found: dict[int, np.ndarray] = {}  # position in `items` -> evidence, one contributions call per source
     for name in set(named) - {POPULARITY}:
         if hasattr(sources.get(name), "contributions"):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from models.classic import ItemScorer, index_of, top_k
+from models.classic import ItemScorer, Popularity, index_of, top_k, top_k_in_order
 from serving.sequences import Sequences, sequence_of
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 # dense (n_pairs, n_dense) float32, sparse (n_pairs, n_sparse) int64 -> (n_pairs,) scores
 PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 RECOMMENDER_FILE = "recommender.pkl"
+_STACKED_CELLS = 1 << 22  # `Recommender.ranked` stacks the sources' score rows up to this many cells (16 MiB float32)
 N_ITEM_STATS = 3
 # Optional user-history feature groups (`Recommender.history_features`): name -> its dense columns.
 HISTORY_FEATURES: dict[str, tuple[str, ...]] = {
@@ -120,10 +121,13 @@ class Recommender:
         cols = index_of(self.items, np.asarray(product_ids, dtype=np.int64))
         weights = np.array([self.event_weights.get(str(t), 0.0) for t in event_types], dtype=np.float32)
         keep = (cols >= 0) & (weights > 0)
-        row = sp.csr_matrix((weights[keep], (np.zeros(int(keep.sum()), dtype=np.int64), cols[keep])),
-                            shape=(1, self.n_items), dtype=np.float32)
-        row.sum_duplicates()
-        return row
+        cols, weights = cols[keep], weights[keep]
+        order = np.argsort(cols, kind="stable")  # each product's events together, in the order they came
+        cols, weights = cols[order], weights[order]
+        first = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]]) if len(cols) else np.zeros(0, dtype=np.int64)
+        # canonical CSR built directly (sorted, summed duplicates): no COO conversion per request
+        return sp.csr_matrix((np.add.reduceat(weights, first) if len(cols) else weights, cols[first],
+                              np.array([0, len(first)])), shape=(1, self.n_items))
 
     def sequences(self, product_ids: np.ndarray, event_types: np.ndarray) -> Sequences:
         """(1, length) ordered latest events of one customer (ids in time order), for the sequential source."""
@@ -150,15 +154,42 @@ class Recommender:
                 out[name] = np.asarray(source.score(history), dtype=np.float32)
         return out
 
-    def pool(self, scores: dict[str, np.ndarray], blocked: sp.csr_matrix | np.ndarray) -> np.ndarray:
+    def ranked(self, scores: dict[str, np.ndarray], blocked: sp.csr_matrix | np.ndarray) -> dict[str, np.ndarray]:
+        """Each pooled source's (n_rows, min(pool_size, n_items)) best non-blocked items (`top_k`): what
+        `pool` draws from, and what `explain` reads an item's rank by each source from."""
+        take = min(self.pool_size, self.n_items)
+        out, scored = {}, []
+        for name in self._quota():  # a source with no share adds nothing
+            source = self.sources.get(name)
+            if isinstance(source, Popularity) and np.array_equal(scores[name], np.broadcast_to(
+                    source.weights, scores[name].shape)):  # its scores, the same in every row: one fixed order
+                out[name] = top_k_in_order(source.order(), blocked, len(scores[name]), take)
+            else:
+                scored.append(name)
+        n = len(scores[scored[0]]) if scored else 0
+        if scored and len(scored) * n * self.n_items <= _STACKED_CELLS:
+            # One top_k over all these sources' rows (top_k works row by row: the same lists as a call per
+            # source, for a fraction of the calls' fixed cost, which is most of it for one customer).
+            dense_blocked = blocked.toarray() if sp.issparse(blocked) else np.asarray(blocked, dtype=bool)
+            tops = top_k(np.concatenate([scores[name] for name in scored]), np.tile(dense_blocked, (len(scored), 1)),
+                         take)
+            out.update({name: tops[j * n:(j + 1) * n] for j, name in enumerate(scored)})
+        else:
+            out.update({name: top_k(scores[name], blocked, take) for name in scored})
+        return {name: out[name] for name in self._quota()}
+
+    def _quota(self) -> dict[str, int]:
+        return {s: max(1, int(round(self.shares.get(s, 0.0) * self.pool_size))) for s in self.source_names
+                if self.shares.get(s, 0.0) > 0}
+
+    def pool(self, scores: dict[str, np.ndarray], blocked: sp.csr_matrix | np.ndarray,
+             ranked: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """(n_rows, pool_size) distinct item indices, -1 padded: each source's best non-blocked items
         in turn up to its share, then any source's next best, then popularity, so a pool is short
-        only when fewer items are eligible."""
+        only when fewer items are eligible. `ranked`: `self.ranked(scores, blocked)` when the caller has it."""
         n = next(iter(scores.values())).shape[0]
-        quota = {s: max(1, int(round(self.shares.get(s, 0.0) * self.pool_size))) for s in self.source_names
-                 if self.shares.get(s, 0.0) > 0}
-        take = min(self.pool_size, self.n_items)
-        ranked = {s: top_k(scores[s], blocked, take) for s in quota}  # a source with no share adds nothing
+        quota = self._quota()
+        ranked = self.ranked(scores, blocked) if ranked is None else ranked
         out = np.full((n, self.pool_size), -1, dtype=np.int64)
         chosen = np.zeros((n, self.n_items + 1), dtype=bool)  # column n_items: the -1 padding, never free
         chosen[:, -1] = True
@@ -186,17 +217,12 @@ class Recommender:
     def _popular_pool(self, blocked: sp.csr_matrix | np.ndarray, n: int) -> np.ndarray:
         """(n_rows, min(pool_size, n_items)) the most popular non-blocked items per row, -1 padded:
         `top_k` of `popularity`, from an order computed once per recommender."""
-        take = min(self.pool_size, self.n_items)
-        order = self._popularity_order
-        if sp.issparse(blocked):
-            blocked = blocked.toarray()
-        free = ~np.asarray(blocked, dtype=bool)[:, order] if n else np.zeros((0, len(order)), dtype=bool)
-        free = np.broadcast_to(free, (n, len(order)))
-        out = np.full((n, take), -1, dtype=np.int64)
-        rank = np.cumsum(free, axis=1)
-        r, c = np.nonzero(free & (rank <= take))
-        out[r, rank[r, c] - 1] = order[c]
-        return out
+        return top_k_in_order(self._popularity_order, blocked, n, min(self.pool_size, self.n_items))
+
+    @functools.cached_property
+    def _log_popularity(self) -> np.ndarray:
+        """The ranker's log_popularity input of every item, computed once per recommender."""
+        return _relative_log(self.popularity)
 
     @functools.cached_property
     def _popularity_order(self) -> np.ndarray:
@@ -218,18 +244,17 @@ class Recommender:
         safe = np.where(valid, pool, 0)
         rows = np.arange(n)[:, None]
         dense = np.zeros((n, c, self.n_dense), dtype=np.float32)
-        for j, name in enumerate(self.source_names):
-            s = np.where(valid, scores[name][rows, safe], np.nan)
-            mean = np.nanmean(np.where(valid, s, np.nan), axis=1, keepdims=True) if valid.any() else 0.0
-            std = np.nanstd(s, axis=1, keepdims=True)
-            z = np.nan_to_num((s - mean) / np.where(std > 0, std, 1.0))
-            order = np.argsort(-np.nan_to_num(s, nan=-np.inf), axis=1, kind="stable")
-            rank = np.empty_like(order)
-            np.put_along_axis(rank, order, np.arange(c)[None, :].repeat(n, 0), axis=1)
-            dense[:, :, 2 * j] = z
-            dense[:, :, 2 * j + 1] = 1.0 / (1.0 + rank)
         base = 2 * len(self.source_names)
-        dense[:, :, base] = _relative_log(self.popularity)[safe]
+        if base:  # every source at once: (n_sources, n, c), each row's statistics along the last axis
+            s = np.stack([scores[name][rows, safe] for name in self.source_names])
+            mean, std = _masked_mean_std(s, valid)
+            z = np.nan_to_num((s - mean) / np.where(std > 0, std, 1.0))  # padding cells: zeroed below
+            order = np.argsort(-np.where(valid, s, -np.inf), axis=2, kind="stable")
+            rank = np.empty_like(order)
+            np.put_along_axis(rank, order, np.broadcast_to(np.arange(c), order.shape), axis=2)
+            dense[:, :, 0:base:2] = z.transpose(1, 2, 0)
+            dense[:, :, 1:base:2] = 1.0 / (1.0 + rank.transpose(1, 2, 0))
+        dense[:, :, base] = self._log_popularity[safe]
         dense[:, :, base + 1] = np.log1p(np.diff(history.indptr))[:, None]
         dense[:, :, base + 2:base + 2 + N_ITEM_STATS] = self.item_stats[safe]
         at = base + 2 + N_ITEM_STATS
@@ -264,7 +289,8 @@ class Recommender:
     # ------------------------------------------------------------------------------ the path
     def recommend(self, history: sp.csr_matrix, blocked: sp.csr_matrix | np.ndarray, k: int,
                   ranker: PairScorer | None, scores: dict[str, np.ndarray] | None = None,
-                  sequences: Sequences | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  sequences: Sequences | None = None,
+                  ranked: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(n_rows, k) item indices best first (-1 where fewer than k are eligible) and their scores.
 
         history: (n_rows, n_items) weighted interactions; blocked: (n_rows, n_items) bool of items not
@@ -272,13 +298,14 @@ class Recommender:
         source mode, the pool is ordered by that source (or the first source by share). `scores`: the
         `source_scores` of `history` when the caller already has them (to explain the list after).
         sequences: the same rows' latest events in order (`serving.sequences`), read by a sequential source.
+        ranked: `self.ranked(scores, blocked)` when the caller has it (to explain the list after).
         """
         scores = self.source_scores(history, sequences) if scores is None else scores
         if self.mode != "ranker" or ranker is None:
             name = self.mode if self.mode in self.sources else max(self.shares, key=self.shares.get)
             items = top_k(scores[name], blocked, k)
             return items, _gather(scores[name], items)
-        pool = self.pool(scores, blocked)
+        pool = self.pool(scores, blocked, ranked)
         dense, sparse = self.features(history, scores, pool)
         ranked = np.asarray(ranker(dense, sparse), dtype=np.float32).reshape(pool.shape)
         if self.blend_weight and self.blend_source in self.sources:
@@ -296,14 +323,17 @@ class Recommender:
 
     def explain(self, history: sp.csr_matrix, blocked: sp.csr_matrix | np.ndarray, items: np.ndarray,
                 scores: dict[str, np.ndarray], events: dict[int, str] | None = None,
-                category_id: int | None = None) -> list["Explanation"]:
+                category_id: int | None = None,
+                ranked: dict[str, np.ndarray] | None = None) -> list["Explanation"]:
         """Why each of one customer's recommended `items` (indices, -1 skipped) is there
-        (`serving.explain`): the source that ranks it best, and the history items behind its score."""
+        (`serving.explain`): the source that ranks it best, and the history items behind its score.
+        ranked: `self.ranked(scores, blocked)` when the caller has it (the ranks are then read off it)."""
         from serving.explain import explain
 
         row = blocked[:1].toarray() if sp.issparse(blocked) else np.asarray(blocked)[:1]
         return explain(self.sources, self.items, history, {n: s[0] for n, s in scores.items()},
-                       row[0], items, self.shares, events, category_id, self.mode)
+                       row[0], items, self.shares, events, category_id, self.mode,
+                       None if ranked is None else {n: r[0] for n, r in ranked.items()})
 
     # ------------------------------------------------------------------------------ files
     def save(self, folder: Path) -> Path:
@@ -330,11 +360,29 @@ def blend(probability: np.ndarray, source_z: np.ndarray, valid: np.ndarray, weig
     source's score standardised within the pool (`features`' score_z). Scale-free, so a weight chosen on
     held-out users means the same on any data set."""
     p = np.clip(probability.astype(np.float64), 1e-7, 1 - 1e-7)
-    logit = np.where(valid, np.log(p) - np.log1p(-p), np.nan)
-    mean = np.nanmean(logit, axis=1, keepdims=True)
-    std = np.nanstd(logit, axis=1, keepdims=True)
-    z = np.nan_to_num((logit - mean) / np.where(std > 0, std, 1.0))
+    logit = np.log(p) - np.log1p(-p)
+    mean, std = _masked_mean_std(logit, valid)
+    z = np.where(valid, np.nan_to_num((logit - mean) / np.where(std > 0, std, 1.0)), 0.0)
     return (z + weight * source_z).astype(np.float32)
+
+
+def _masked_mean_std(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation along the last axis (kept) over the cells where `valid` (broadcast
+    against `values`): NaN where a row has none. The operations of np.nanmean / np.nanstd on `values`
+    with NaN in the other cells, in their order and dtypes (so the same floats), without their
+    per-call copies and checks, which cost more than the arithmetic on a pool of 100."""
+    valid = np.broadcast_to(valid, values.shape)
+    cells = np.where(valid, values, 0)
+    count = np.sum(valid, axis=-1, dtype=np.intp, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.sum(cells, axis=-1, keepdims=True)
+        np.divide(mean, count, out=mean, casting="unsafe")
+        deviation = np.where(valid, cells - mean, 0)
+        np.multiply(deviation, deviation, out=deviation)
+        var = np.sum(deviation, axis=-1, keepdims=True)
+        np.divide(var, count, out=var, casting="unsafe")
+    var[count <= 0] = np.nan
+    return mean, np.sqrt(var)
 
 
 def _gather(scores: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -396,10 +444,12 @@ class TritonRecommender:
         scorer = None if rec.mode != "ranker" else self.client.score
         history, blocked = rec.history(product_ids, event_types), rec.blocked(allowed, excluded_ids)
         scores = rec.source_scores(history, rec.sequences(product_ids, event_types))
-        items, out_scores = rec.recommend(history, blocked, k, scorer, scores)
+        # each source's top list: the pool's input, and where explain reads each item's rank
+        ranked = rec.ranked(scores, blocked) if scorer is not None else None
+        items, out_scores = rec.recommend(history, blocked, k, scorer, scores, ranked=ranked)
         keep = items[0] >= 0
         why = rec.explain(history, blocked, items[0][keep], scores,
-                          strongest_events(product_ids, event_types, rec.event_weights), category_id)
+                          strongest_events(product_ids, event_types, rec.event_weights), category_id, ranked)
         return [(int(p), float(s), e) for p, s, e in zip(rec.items[items[0][keep]], out_scores[0][keep], why)]
 
     def is_ready(self) -> bool:

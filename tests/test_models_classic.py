@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from models import ModelError
-from models.classic import ALS, CLASSIC, EASE, ItemKNN, MultDAE, Popularity, fit_all, top_k
+from models.classic import ALS, CLASSIC, EASE, ItemKNN, MultDAE, Popularity, fit_all, top_k, top_k_in_order
 
 # Small enough that every scorer fits in well under a second on a shared 2-core box.
 SMALL = {"als": {"factors": 4, "iterations": 5}, "item_knn": {"neighbours": 3}, "ease": {"l2": 10.0},
@@ -167,3 +167,62 @@ def test_top_k_equals_sorting_every_eligible_item_by_score_then_index() -> None:
                 want[r, :len(ranked)] = ranked
             np.testing.assert_array_equal(top_k(scores, blocked, k), want)
             np.testing.assert_array_equal(top_k(scores, sp.csr_matrix(blocked), k), want)
+
+
+@pytest.mark.parametrize("kind", ["normal", "few_values", "mostly_zero", "ordered", "mostly_excluded"])
+def test_top_k_on_long_rows_equals_the_reference_order(kind: str) -> None:
+    """Rows far longer than k take top_k's sampled bound; ties en masse and heavy exclusion its full pass:
+    both give the reference order (eligible items by score, ties to the lower index, -1 after)."""
+    rng = np.random.default_rng(len(kind))
+    n, m = 3, 5000
+    scores = {"normal": rng.normal(size=(n, m)), "few_values": rng.integers(0, 3, (n, m)),
+              "mostly_zero": np.where(rng.random((n, m)) < 0.99, 0.0, rng.random((n, m))),
+              "ordered": np.sort(rng.normal(size=(n, m)), axis=1),
+              "mostly_excluded": rng.normal(size=(n, m))}[kind].astype(np.float32)
+    blocked = rng.random((n, m)) < (0.995 if kind == "mostly_excluded" else 0.02)
+    for k in (1, 10, 100):
+        want = np.full((n, k), -1, dtype=np.int64)
+        for r in range(n):
+            eligible = np.flatnonzero(~blocked[r])
+            ranked = eligible[np.lexsort((eligible, -scores[r, eligible]))][:k]
+            want[r, :len(ranked)] = ranked
+        np.testing.assert_array_equal(top_k(scores, blocked, k), want)
+        np.testing.assert_array_equal(top_k(scores, sp.csr_matrix(blocked), k), want)
+
+
+def test_top_k_in_order_equals_top_k_of_the_shared_scores(interactions: sp.csr_matrix) -> None:
+    popularity = Popularity().fit(interactions)
+    rng = np.random.default_rng(5)
+    blocked = rng.random((4, interactions.shape[1])) < 0.5
+    blocked[0] = True  # nothing eligible
+    scores = popularity.score(sp.csr_matrix((4, interactions.shape[1]), dtype=np.float32))
+    for k in (1, 5, 20):
+        np.testing.assert_array_equal(top_k_in_order(popularity.order(), blocked, 4, k), top_k(scores, blocked, k))
+        np.testing.assert_array_equal(top_k_in_order(popularity.order(), None, 4, k), top_k(scores, None, k))
+
+
+def test_item_knn_contributions_are_the_history_weights_times_the_similarities(interactions: sp.csr_matrix) -> None:
+    knn = ItemKNN(neighbours=4).fit(interactions)
+    history = interactions[3]
+    items = np.array([5, 0, 11, 5, 2])  # repeated on purpose
+    seen, parts = knn.contributions(history, items)
+    dense = knn.similarity().toarray()
+    np.testing.assert_array_equal(seen, history.indices)
+    np.testing.assert_array_equal(parts, (history.data[:, None] * dense[history.indices][:, items]).astype(np.float32))
+    np.testing.assert_allclose(parts.sum(axis=0), knn.score(history)[0, items], rtol=1e-6)
+
+
+def test_mult_dae_scores_are_the_torch_nets_forward_pass(interactions: sp.csr_matrix) -> None:
+    """`score` runs the fitted net in numpy over the history's cells: the torch eval pass up to float32 rounding."""
+    import torch
+    import torch.nn.functional as F
+
+    dae = MultDAE(**SMALL["mult_dae"]).fit(interactions)
+    net = dae._net(interactions.shape[1])
+    net.load_state_dict(dae._state)
+    rows = sp.vstack([interactions, sp.csr_matrix((1, interactions.shape[1]))]).tocsr()  # an empty row too
+    with torch.no_grad():
+        want = net.eval()(F.normalize(torch.from_numpy(rows.toarray().astype(np.float32)), dim=1)).numpy()
+    got = dae.score(rows)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -135,3 +135,33 @@ def test_origins_equal_the_per_item_count_they_replace() -> None:
         want.append(min(keys)[3])
     assert origins(scores, blocked, items, shares) == want
     assert len(set(want)) > 1  # the case exercises more than one source
+
+
+def test_origins_read_off_the_top_lists_equal_counting_the_catalogue() -> None:
+    """With each source's top list (what the pool was built from), ranks come from the lists; the catalogue is
+    counted only where a list cannot settle it. The answer is the same as counting everything."""
+    from models.classic import top_k
+
+    rng = np.random.default_rng(9)
+    n = 400
+    for trial in range(30):
+        scores = {name: (rng.integers(0, 5, n) if trial % 2 else rng.normal(size=n)).astype(np.float32)
+                  for name in ("als", "item_knn", "popularity", "sequential")}
+        shares = {"als": 0.4, "item_knn": 0.3, "popularity": 0.2, "sequential": 0.0 if trial % 3 == 0 else 0.1}
+        blocked = rng.random(n) < 0.3
+        take = int(rng.choice([3, 20, 100]))  # short lists leave items of the pool unranked by some sources
+        ranked = {name: top_k(s[None, :], blocked[None, :], take)[0] for name, s in scores.items()
+                  if shares[name] > 0}
+        pooled = np.unique(np.concatenate([r[r >= 0] for r in ranked.values()]))
+        items = rng.choice(np.concatenate([pooled, np.flatnonzero(~blocked)[:5]]), size=10, replace=False)
+        assert origins(scores, blocked, items, shares, ranked) == origins(scores, blocked, items, shares)
+
+
+def test_an_explanation_as_a_dict_holds_every_field() -> None:
+    from dataclasses import asdict
+
+    from serving.explain import Explanation
+
+    why = Explanation("item_knn", "because_you_viewed", "Because you viewed product 3", [3, 4], None)
+    assert why.as_dict() == asdict(why)
+    assert why.as_dict()["evidence"] is not why.evidence  # a copy: the response cannot change the explanation

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from etl import SyntheticConfig, generate
 from models.classic import top_k
@@ -184,3 +185,63 @@ def test_repeated_and_reloaded_scoring_gives_the_same_lists_and_scores(fitted, t
     for items, scores in (again, reloaded):
         np.testing.assert_array_equal(items, first[0])
         np.testing.assert_array_equal(scores, first[1])
+
+
+def test_masked_mean_and_deviation_are_numpys_nan_functions_bit_for_bit() -> None:
+    """`features` and `blend` standardise within each pool with `_masked_mean_std`: the same floats as
+    np.nanmean / np.nanstd on the pool with NaN in its padding (what they computed before)."""
+    from serving.recommender import _masked_mean_std
+
+    rng = np.random.default_rng(2)
+    for dtype in (np.float32, np.float64):
+        values = (rng.normal(size=(3, 5, 100)) * 7).astype(dtype)
+        valid = rng.random((5, 100)) < 0.8
+        valid[1] = True
+        valid[2, 3:] = False  # a short pool
+        valid[4] = False  # an empty one: NaN, as numpy says
+        mean, std = _masked_mean_std(values, valid)
+        with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+            padded = np.where(valid, values, np.nan)
+            want_mean, want_std = np.nanmean(padded, axis=2, keepdims=True), np.nanstd(padded, axis=2, keepdims=True)
+        np.testing.assert_array_equal(mean, want_mean)
+        np.testing.assert_array_equal(std, want_std)
+        assert mean.dtype == want_mean.dtype == dtype
+
+
+def test_ranked_lists_are_each_sources_top_k(fitted) -> None:  # type: ignore[no-untyped-def]
+    """One top_k over all sources' rows (and popularity's fixed order) gives each source's own top_k."""
+    import serving.recommender as served
+
+    model, split = fitted
+    rec, task = model.recommender, build_task(split)
+    scores = rec.source_scores(task.history)
+    take = min(rec.pool_size, rec.n_items)
+    for blocked in (task.excluded, np.random.default_rng(1).random((len(task.users), rec.n_items)) < 0.9):
+        want = {name: top_k(scores[name], blocked, take) for name in rec.source_names if rec.shares.get(name, 0) > 0}
+        got = rec.ranked(scores, blocked)
+        assert list(got) == list(want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+        stacked, served._STACKED_CELLS = served._STACKED_CELLS, 0  # one call per source instead
+        try:
+            for name, lists in rec.ranked(scores, blocked).items():
+                np.testing.assert_array_equal(lists, want[name])
+        finally:
+            served._STACKED_CELLS = stacked
+
+
+def test_a_history_row_is_canonical_with_each_products_events_summed(fitted) -> None:  # type: ignore[no-untyped-def]
+    model, _ = fitted
+    rec = model.recommender
+    pids = rec.items[[4, 1, 4, 9, 1, 4]].tolist() + [-5]  # repeats, and a product outside the catalogue
+    kinds = np.array(["view", "cart", "purchase", "remove_from_cart", "view", "view", "view"], dtype=object)
+    row = rec.history(np.array(pids), kinds)
+    weight = {k: rec.event_weights.get(k, 0.0) for k in kinds}
+    want = sp.csr_matrix(([weight[k] for k in kinds[:-1]], (np.zeros(6, dtype=int), [4, 1, 4, 9, 1, 4])),
+                         shape=(1, rec.n_items), dtype=np.float32)
+    want.sum_duplicates()
+    want.eliminate_zeros()  # remove_from_cart weighs 0: not part of the row
+    assert row.has_canonical_format and row.dtype == np.float32
+    np.testing.assert_array_equal(row.indices, want.indices)
+    np.testing.assert_array_equal(row.data, want.data)
+    assert rec.history(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object)).nnz == 0
