@@ -31,6 +31,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pandas as pd
 
@@ -72,7 +73,7 @@ SPLIT_LABELS = {"user_holdout": "user_holdout(0.2 of sessions)",
 
 
 def run(name: str, max_users: int | None, k: int, sha: str | None = None,
-        split_kind: str = "user_holdout") -> list[dict]:
+        split_kind: str = "user_holdout", sequential_epochs: int | None = None) -> list[dict]:
     from training.compare import BASELINES, SERVED, compare, oracle_scorer
     from training.quality import before_last_session, build_task, session_rest_split, user_holdout
     from training.ranker import SEQUENTIAL, RankerConfig, fit_recommender
@@ -83,6 +84,8 @@ def run(name: str, max_users: int | None, k: int, sha: str | None = None,
     split = session_rest_split(events) if split_kind == "session_rest" else user_holdout(events, test_fraction=0.2)
     task = build_task(split, exclude="seen", max_users=max_users)
     config = RankerConfig(k=k, split=split_kind)
+    if sequential_epochs is not None:  # a variant of the sequential source's training length, recorded below
+        config = replace(config, sequential=replace(config.sequential, epochs=sequential_epochs))
     # The session split's training part ends with the half sessions being asked about; the recommender is
     # fitted on the events before them (whole sessions, as a nightly run sees them), so its own held-out
     # cuts are whole last sessions too (279 ranker users on the synthetic shop instead of 75). The half
@@ -112,7 +115,8 @@ def run(name: str, max_users: int | None, k: int, sha: str | None = None,
                    "relevant": list(task.relevant_events), "k": k, "users": len(task.users),
                    "items": task.n_items, "events": len(events), "served_mode": fitted.recommender.mode,
                    "shares": fitted.recommender.shares, "evidence": fitted.recommender.evidence,
-                   "sequential_served": SEQUENTIAL in fitted.recommender.sources},
+                   "sequential_served": SEQUENTIAL in fitted.recommender.sources,
+                   "sequential_epochs": config.sequential.epochs},
     }
     rows = []
     for method, result in comparison.results.items():
@@ -134,6 +138,8 @@ def main() -> int:
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {sorted(DATASETS)}")
     parser.add_argument("--splits", default=",".join(SPLIT_LABELS), help=f"comma list of {sorted(SPLIT_LABELS)}")
     parser.add_argument("--max-users", type=int, default=None, help="subsample evaluated users (seeded)")
+    parser.add_argument("--sequential-epochs", type=int, default=None,
+                        help="train the sequential source this many epochs instead of SequentialConfig's default")
     parser.add_argument("--k", type=int, default=10)
     add_common_options(parser, RESULTS / "quality.json")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -146,7 +152,7 @@ def main() -> int:
         parser.error(f"unknown split or data set: {unknown}")
     for name in args.datasets.split(","):
         for split_kind in splits:
-            new = run(name.strip(), args.max_users, args.k, args.git_sha, split_kind)
+            new = run(name.strip(), args.max_users, args.k, args.git_sha, split_kind, args.sequential_epochs)
             rows += new
             for row in new:
                 ci = row["figures"].get(f"ndcg_at_{args.k}_ci_low"), row["figures"].get(f"ndcg_at_{args.k}_ci_high")
