@@ -80,6 +80,11 @@ class SyntheticConfig:
     session_length_mean: float = 4.0  # impressions per session
     preference_mix: float = 0.5  # share of impressions picked by affinity, rest by popularity
     candidates: int = 8  # affinity picks the best of this many popularity-drawn products
+    # Session intent: each session picks one category by the user's taste (its share of the user's
+    # affinity-weighted popularity) and this share of the session's impressions is drawn within it
+    # (same popularity / affinity mix). 0 (default): every impression is drawn independently, as
+    # before, with the same random draws; REES46-like browsing that follows a category is about 0.5-0.8.
+    session_focus: float = 0.0
     zipf_exponent: float = 1.0
     null_category_code_rate: float = 0.05  # share of products with no category_code
     null_brand_rate: float = 0.03  # share of products with no brand
@@ -89,6 +94,8 @@ class SyntheticConfig:
             raise SyntheticDataError(f"n_events must be >= 1, got {self.n_events}")
         if self.days < 1:
             raise SyntheticDataError(f"days must be >= 1, got {self.days}")
+        if not 0.0 <= self.session_focus <= 1.0:
+            raise SyntheticDataError(f"session_focus must be in [0, 1], got {self.session_focus}")
         if isinstance(self.start_date, date):  # keep the manifest JSON-friendly
             object.__setattr__(self, "start_date", self.start_date.isoformat()[:10])
         try:
@@ -150,6 +157,7 @@ class GroundTruth:
     price_z: np.ndarray  # (n_products,) z-score of log price
     user_activity: np.ndarray  # (n_users,) probabilities that a session belongs to the user
     product_popularity: np.ndarray  # (n_products,) Zipf probabilities
+    product_category: np.ndarray  # (n_products,) category index of each product
 
     @classmethod
     def from_config(cls, config: SyntheticConfig) -> "GroundTruth":
@@ -176,10 +184,26 @@ class GroundTruth:
         """(n_users, n_products) chance that one impression drawn for the user is a cart or purchase of
         each product (columns in `product_ids` order): the oracle a top-k list is compared with.
 
+        The impression is drawn as `view_probability` says; it converts with the planted purchase
+        probability, or is carted without a purchase (`cart_noise`).
+        """
+        c = self.config
+        ui = self.user_index(user_id)
+        affinity = c.interaction_scale * (self.user_vec[ui] @ self.product_vec.T)
+        logit = (c.base_logit + self.user_bias[ui][:, None] + self.product_bias[None, :] + affinity
+                 + c.price_coef * self.price_z[None, :])
+        bought = _sigmoid(logit)
+        return self.view_probability(user_id) * (bought + (1 - bought) * cart_noise)
+
+    def view_probability(self, user_id: np.ndarray) -> np.ndarray:
+        """(n_users, n_products) chance that one impression drawn for the user shows each product.
+
         An impression picks a product by popularity, or (share `preference_mix`) the best of several
         popularity draws by affinity with Gumbel noise, which is close to the softmax
-        pop_j * exp(scale * <u, v_j>) / Z_u (exact as the number of draws grows); the impression
-        converts with the planted purchase probability, or is carted without a purchase (`cart_noise`).
+        pop_j * exp(scale * <u, v_j>) / Z_u (exact as the number of draws grows). With `session_focus`
+        f, a share f of impressions is drawn the same way within the session's category, itself picked
+        with probability W_uc / sum_c W_uc (W_uc: the category's part of Z_u); the chance is averaged
+        over the user's sessions (this oracle does not know today's category).
         """
         c = self.config
         ui = self.user_index(user_id)
@@ -187,10 +211,39 @@ class GroundTruth:
         weighted = self.product_popularity[None, :] * np.exp(affinity - affinity.max(axis=1, keepdims=True))
         view = (1 - c.preference_mix) * self.product_popularity[None, :] + c.preference_mix * weighted / weighted.sum(
             axis=1, keepdims=True)
-        logit = (c.base_logit + self.user_bias[ui][:, None] + self.product_bias[None, :] + affinity
-                 + c.price_coef * self.price_z[None, :])
-        bought = _sigmoid(logit)
-        return view * (bought + (1 - bought) * cart_noise)
+        if c.session_focus > 0:
+            taste = self._per_category(weighted)  # (n, n_categories) W_uc
+            cat = self.product_category
+            cat_pop = self._per_category(self.product_popularity[None, :])[0]
+            within = ((1 - c.preference_mix) * self.product_popularity[None, :] / cat_pop[cat][None, :]
+                      + c.preference_mix * weighted / taste[:, cat])
+            in_session = taste[:, cat] / taste.sum(axis=1, keepdims=True) * within
+            view = (1 - c.session_focus) * view + c.session_focus * in_session
+        return view
+
+    def _per_category(self, per_product: np.ndarray) -> np.ndarray:
+        """(n, n_products) -> (n, n_categories): sums over each category's products."""
+        n_c = self.config.n_categories
+        assert n_c  # resolved
+        order = np.argsort(self.product_category, kind="stable")
+        present, starts = np.unique(self.product_category[order], return_index=True)
+        out = np.zeros((per_product.shape[0], n_c))
+        out[:, present] = np.add.reduceat(per_product[:, order], starts, axis=1)
+        return out
+
+    def session_categories(self, rng: np.random.Generator, users: np.ndarray) -> np.ndarray:
+        """One category per session of the user indices `users`, drawn by taste W_uc (see `interest`)."""
+        c = self.config
+        out = np.empty(len(users), dtype=np.int64)
+        for start in range(0, len(users), 10_000):  # bounds the (rows, n_products) temporary
+            rows = users[start:start + 10_000]
+            affinity = c.interaction_scale * (self.user_vec[rows] @ self.product_vec.T)
+            taste = self._per_category(self.product_popularity[None, :]
+                                       * np.exp(affinity - affinity.max(axis=1, keepdims=True)))
+            cum = np.cumsum(taste, axis=1)
+            draw = rng.random(len(rows))[:, None] * cum[:, -1:]
+            out[start:start + len(rows)] = np.minimum((cum <= draw).sum(axis=1), taste.shape[1] - 1)
+        return out
 
     def purchase_probability(self, user_id: np.ndarray, product_id: np.ndarray) -> np.ndarray:
         """True probability (float64 in (0, 1)) that the user buys the product on an impression."""
@@ -264,7 +317,7 @@ def _build_world(config: SyntheticConfig) -> tuple[GroundTruth, pd.DataFrame]:
         user_bias=rng.normal(0.0, config.user_bias_std, n_u),
         product_bias=rng.normal(0.0, config.product_bias_std, n_p),
         user_vec=user_vec, product_vec=product_vec, price_z=price_z,
-        user_activity=activity, product_popularity=popularity,
+        user_activity=activity, product_popularity=popularity, product_category=cat_of_product,
     )
     products = pd.DataFrame({
         "product_id": product_ids,
@@ -297,6 +350,31 @@ def _pick_products(truth: GroundTruth, rng: np.random.Generator, users: np.ndarr
     return picked
 
 
+def _pick_in_category(truth: GroundTruth, rng: np.random.Generator, users: np.ndarray,
+                      categories: np.ndarray) -> np.ndarray:
+    """`_pick_products` restricted to each row's category: popularity draws within it, a share
+    `preference_mix` of rows the best of `candidates` such draws by affinity (Gumbel-max)."""
+    c = truth.config
+    order = np.argsort(truth.product_category, kind="stable")  # products grouped by category
+    cum = np.cumsum(truth.product_popularity[order])
+    ends = np.searchsorted(truth.product_category[order], np.arange(c.n_categories or 0), side="right")
+    starts = np.r_[0, ends[:-1]]
+    mass_before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
+
+    def draw(cats: np.ndarray) -> np.ndarray:
+        u = mass_before[cats] + rng.random(cats.shape) * (cum[ends[cats] - 1] - mass_before[cats])
+        at = np.clip(np.searchsorted(cum, u, side="right"), starts[cats], ends[cats] - 1)
+        return order[at]
+
+    picked = draw(categories)
+    by_pref = np.flatnonzero(rng.random(len(users)) < c.preference_mix)
+    cand = draw(np.repeat(categories[by_pref][:, None], c.candidates, axis=1))
+    affinity = np.einsum("nd,nkd->nk", truth.user_vec[users[by_pref]], truth.product_vec[cand])
+    score = c.interaction_scale * affinity + rng.gumbel(size=cand.shape)
+    picked[by_pref] = cand[np.arange(len(by_pref)), score.argmax(axis=1)]
+    return picked
+
+
 def _generate_day(truth: GroundTruth, products: pd.DataFrame, day_index: int) -> pd.DataFrame:
     """Exactly `events_on_day` events; redraws larger when a small catalogue repeats products
     within sessions (repeats collapse into one impression) and the first draw falls short."""
@@ -324,6 +402,10 @@ def _draw_day(truth: GroundTruth, products: pd.DataFrame, day_index: int, target
     session_start = rng.uniform(0.0, 86_400.0 - 3_600.0, n_sessions)
     users = session_user[session]
     items = _pick_products(truth, rng, users)
+    if c.session_focus > 0:  # drawn after the independent picks, so focus 0 keeps every draw as it was
+        session_category = truth.session_categories(rng, session_user)
+        focused = np.flatnonzero(rng.random(len(users)) < c.session_focus)
+        items[focused] = _pick_in_category(truth, rng, users[focused], session_category[session[focused]])
 
     imp = pd.DataFrame({"session": session, "u": users, "p": items})
     keep = ~imp.duplicated(["session", "p"]).to_numpy()  # one impression per (session, product)

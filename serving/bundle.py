@@ -47,6 +47,8 @@ class Deployment:
     source: str  # the model directory the bundle was built from
     retrieval: str | None = None  # bundle-relative dir of the two-tower candidate model, if shipped
     recommender: str | None = None  # bundle-relative dir of the served recommender (every bundle built now)
+    # Triton model of the recommender's sequential source (same version as the ranker), if shipped
+    sequential_model: str | None = None
 
 
 def find_weights(model_dir: Path) -> Path:
@@ -96,14 +98,17 @@ def build_bundle(
 
     A model dir without `recommender/` is refused (BundleError). An optional `model_dir/retrieval/`
     (two_tower.pt, catalogue.parquet) is copied as `retrieval/` and named in deployment.json; the
-    request path does not read it (the served recommender's sources are its candidates).
+    request path does not read it (the served recommender's sources are its candidates). A served
+    recommender (`model_dir/recommender/`) that keeps the sequential source adds the Triton model
+    `sequential` beside the ranker, at the ranker's version.
 
     The Triton model version is `triton_version`, else `version` when it is a positive integer
     (a registry version), else 1.
     `repository_options` go to `serving.triton_repo.build_repository` (max_batch_size, ...).
     """
     from serving.export import export_onnx
-    from serving.triton_repo import build_repository
+    from serving.sequential_export import SEQUENTIAL_ONNX
+    from serving.triton_repo import SEQUENTIAL_MODEL, build_repository, build_sequential_repository
 
     model_dir = Path(model_dir)
     schema_path = model_dir / SCHEMA_FILE
@@ -129,6 +134,11 @@ def build_bundle(
         recommender = _copy_recommender(model_dir, staging)
         build_repository(onnx_path, schema_path, staging / REPO_DIR, model_name=model_name,
                          version=triton_version, **repository_options)
+        sequential_onnx = staging / RECOMMENDER_DIR / SEQUENTIAL_ONNX
+        sequential = SEQUENTIAL_MODEL if recommender is not None and sequential_onnx.is_file() else None
+        if sequential is not None:  # the recommender keeps the sequential source: Triton serves it too
+            build_sequential_repository(sequential_onnx, staging / REPO_DIR, version=triton_version,
+                                        instance_kind=repository_options.get("instance_kind", "KIND_CPU"))
         deployment = Deployment(
             version=str(version),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -141,6 +151,7 @@ def build_bundle(
             source=str(model_dir),
             retrieval=retrieval,
             recommender=recommender,
+            sequential_model=sequential,
         )
         (staging / DEPLOYMENT_FILE).write_text(json.dumps(asdict(deployment), indent=2))
         # A rename, so a reader never sees a half-written bundle.

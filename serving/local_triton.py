@@ -4,7 +4,9 @@ The server is the `tritonserver` binary that PyTriton's wheel ships, started dir
 backend: `start_server` writes a Python-backend twin of the repository's model (serving.triton_repo.
 build_python_repository; the model runs onnxruntime inside Triton's backend stub, numpy in and out) and
 spawns `tritonserver` in its own session, so the server outlives the caller (the deploy task starts it,
-the API uses it later); `stop_server` ends it. The ONNX Runtime repository itself, which SageMaker's
+the API uses it later); `stop_server` ends it. A repository that ships the sequential model
+(serving.triton_repo.SEQUENTIAL_MODEL) gets its twin too, so the server holds ranker and sequential
+model at the same version. The ONNX Runtime repository itself, which SageMaker's
 stock Triton image serves, is left as it is.
 
 State lives in `state_dir`: `server.json` (pid, URLs, model), `triton.log`, and the generated
@@ -19,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,7 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from serving.errors import ServerStartError
-from serving.triton_repo import RepositoryModel, build_python_repository, read_repository
+from serving.triton_repo import (SEQUENTIAL_MODEL, RepositoryModel, SequentialRepositoryModel, build_python_repository,
+                                 build_python_sequential, read_repository, read_sequential)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,11 @@ def server_command(model: RepositoryModel, state_dir: Path, http_port: int, grpc
     state_dir = Path(state_dir).resolve()
     model_repository = state_dir / MODEL_REPOSITORY
     build_python_repository(model, model_repository, also=also)
+    sequential = sequential_models(model, also)
+    if sequential:
+        build_python_sequential(sequential, model_repository)
+    else:  # an earlier deploy's twin must not be served beside a ranker that has none
+        shutil.rmtree(model_repository / SEQUENTIAL_MODEL, ignore_errors=True)
     command = [
         str(_distribution() / "bin" / "tritonserver"),
         f"--model-repository={model_repository}",
@@ -125,6 +134,12 @@ def server_command(model: RepositoryModel, state_dir: Path, http_port: int, grpc
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH", "")) if p)
     return command, env
+
+
+def sequential_models(model: RepositoryModel, also: Sequence[RepositoryModel] = ()) -> list[SequentialRepositoryModel]:
+    """The sequential models shipped beside `model` and the `also` rankers, in that order (bundles without one skipped)."""
+    found = [read_sequential(m.config_path.parents[1]) for m in (model, *also)]
+    return [m for m in found if m is not None]
 
 
 def serve(
@@ -259,14 +274,16 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _ready(http_url: str, model_name: str, versions: Sequence[int] = ()) -> bool:
+def _ready(http_url: str, model_name: str, versions: Sequence[int] = (),
+           sequential_versions: Sequence[int] = ()) -> bool:
     import tritonclient.http as httpclient
 
     try:
         client = httpclient.InferenceServerClient(http_url, connection_timeout=2.0, network_timeout=2.0)
         try:
             return bool(client.is_server_ready() and client.is_model_ready(model_name)
-                        and all(client.is_model_ready(model_name, str(v)) for v in versions))
+                        and all(client.is_model_ready(model_name, str(v)) for v in versions)
+                        and all(client.is_model_ready(SEQUENTIAL_MODEL, str(v)) for v in sequential_versions))
         finally:
             client.close()
     except Exception:  # refused connections etc. simply mean "not yet" while polling
@@ -312,7 +329,8 @@ def start_server(
     (state_dir / STATE_FILE).write_text(json.dumps(asdict(handle), indent=2))
     deadline = time.monotonic() + timeout_s
     versions = sorted({model.version, *(m.version for m in extra)}) if extra else []
-    while not _ready(handle.http_url, model.name, versions):
+    sequential_versions = sorted({m.version for m in sequential_models(model, extra)})
+    while not _ready(handle.http_url, model.name, versions, sequential_versions):
         if process.poll() is not None or time.monotonic() > deadline:
             reason = (f"exited with code {process.returncode}" if process.poll() is not None
                       else f"was not ready after {timeout_s:.0f}s")

@@ -409,15 +409,23 @@ class TritonRecommender:
         from serving.triton_client import TritonClient as Client
 
         from serving.sequential_export import SEQUENTIAL_ONNX, OnnxSequentialScorer
+        from serving.triton_client import TritonSequentialScorer
 
         bundle = ServingBundle.load(Path(bundle_dir))
-        folder = Path(bundle_dir) / (bundle.deployment.recommender or RECOMMENDER_DIR)
+        deployment = bundle.deployment
+        folder = Path(bundle_dir) / (deployment.recommender or RECOMMENDER_DIR)
         recommender = Recommender.load(folder)
         sequential = recommender.sources.get("sequential")
-        if sequential is not None and (folder / SEQUENTIAL_ONNX).is_file():  # ONNX Runtime in the worker, not torch
+        if sequential is not None and deployment.sequential_model:  # Triton, beside the ranker, same version
+            recommender.sources["sequential"] = TritonSequentialScorer(
+                Client(triton_url, deployment.sequential_model, protocol, timeout_s,  # type: ignore[arg-type]
+                       model_version=str(deployment.triton_version)), sequential.n_items, sequential.max_len)
+        elif sequential is not None and (folder / SEQUENTIAL_ONNX).is_file():
+            # Fallback for bundles built before the sequential model shipped in the Triton repository:
+            # ONNX Runtime in the worker, not torch.
             recommender.sources["sequential"] = OnnxSequentialScorer.replacing(sequential, folder / SEQUENTIAL_ONNX)
-        version = str(bundle.deployment.triton_version) if pin_version else ""  # pinned: an experiment's arm
-        return cls(recommender, Client(triton_url, bundle.deployment.model_name, protocol, timeout_s,  # type: ignore[arg-type]
+        version = str(deployment.triton_version) if pin_version else ""  # pinned: an experiment's arm
+        return cls(recommender, Client(triton_url, deployment.model_name, protocol, timeout_s,  # type: ignore[arg-type]
                                        model_version=version))
 
     def recommend(self, product_ids: np.ndarray, event_types: np.ndarray, allowed: np.ndarray,
@@ -457,3 +465,6 @@ class TritonRecommender:
 
     def close(self) -> None:
         self.client.close()
+        sequential = self.recommender.sources.get("sequential")
+        if hasattr(sequential, "close"):  # the Triton sequential model's connection
+            sequential.close()

@@ -1,4 +1,4 @@
-"""Scores (dense, sparse) batches on a Triton server over HTTP or gRPC."""
+"""Scores (dense, sparse) batches on a Triton server over HTTP or gRPC; and the sequential source's sequences."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import threading
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 
-from serving.errors import RankerUnavailable
+from models.sequential import history_tokens
+from serving.errors import ExportError, RankerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +102,16 @@ class TritonClient:
         return np.concatenate(parts)
 
     def _infer(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        return self.infer({"dense": dense, "sparse": sparse}, "score").reshape(-1)
+
+    def infer(self, tensors: dict[str, np.ndarray], output: str) -> np.ndarray:
+        """One inference request of named float32/int64 arrays; the named output as numpy."""
         module = self._module()
-        inputs = [module.InferInput("dense", list(dense.shape), "FP32"), module.InferInput("sparse", list(sparse.shape), "INT64")]
-        inputs[0].set_data_from_numpy(dense)
-        inputs[1].set_data_from_numpy(sparse)
-        outputs = [module.InferRequestedOutput("score")]
+        inputs = []
+        for name, array in tensors.items():
+            inputs.append(module.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64"))
+            inputs[-1].set_data_from_numpy(array)
+        outputs = [module.InferRequestedOutput(output)]
         try:
             if self.protocol == "http":
                 result = self._connect().infer(self.model_name, inputs, model_version=self.model_version, outputs=outputs)
@@ -113,7 +120,7 @@ class TritonClient:
                                                client_timeout=self.timeout_s)
         except Exception as exc:  # transport errors differ per protocol; all mean "unavailable"
             raise self._unavailable(exc) from exc
-        return result.as_numpy("score").reshape(-1)
+        return result.as_numpy(output)
 
     def close(self) -> None:
         """Drop this thread's connection (a later call reconnects)."""
@@ -129,3 +136,41 @@ class TritonClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class TritonSequentialScorer:
+    """The sequential candidate source scored by the Triton model beside the ranker (`sequential`).
+
+    `score_sequences` is what `serving.recommender.Recommender.source_scores` calls: one inference per
+    request (a customer's latest `max_len` steps), which Triton's dynamic batcher runs together with
+    concurrent customers'. Errors become `RankerUnavailable`, as the ranker's do.
+    """
+
+    name = "sequential"
+
+    def __init__(self, client: TritonClient, n_items: int, max_len: int) -> None:
+        self.client, self.n_items, self.max_len = client, n_items, max_len
+
+    def score_sequences(self, items: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+        """(rows, L) tokens and event codes, latest last -> (rows, n_items) float32 next-item scores."""
+        items = np.ascontiguousarray(np.asarray(items, dtype=np.int64)[:, -self.max_len:])
+        kinds = np.ascontiguousarray(np.asarray(kinds, dtype=np.int64)[:, -self.max_len:])
+        if items.shape != kinds.shape or items.ndim != 2:
+            raise ValueError(f"sequences must be two (rows, length) arrays; got {items.shape} and {kinds.shape}")
+        if len(items) == 0:
+            return np.empty((0, self.n_items), dtype=np.float32)
+        step = self.client.max_batch_size()
+        parts = [self.client.infer({"items": items[i:i + step], "kinds": kinds[i:i + step]}, "scores")
+                 for i in range(0, len(items), step)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def score(self, history: sp.spmatrix) -> np.ndarray:
+        """Without ordered events: the history's items as steps of unknown type (as the ONNX scorer does)."""
+        items = history_tokens(history.tocsr(), self.max_len)
+        return self.score_sequences(items, np.zeros_like(items))
+
+    def fit(self, interactions: sp.spmatrix) -> "TritonSequentialScorer":
+        raise ExportError("a served sequential model is not refitted; train it with training.sequential")
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,4 +1,4 @@
-"""Triton Python-backend model that runs the repository's ONNX ranker with onnxruntime inside the backend stub.
+"""Triton Python-backend model that runs a repository's ONNX model with onnxruntime inside the backend stub.
 
 The local Triton (serving.local_triton) copies this file as `<version>/model.py` of a generated
 Python-backend repository, so it must import nothing from this project: the stub process has only
@@ -6,7 +6,9 @@ numpy, onnxruntime and Triton's `triton_python_backend_utils`. The ONNX file and
 settings come from the model config's `parameters` (written by serving.triton_repo.build_python_repository).
 
 Dynamic batching hands `execute` several requests at once: their rows are concatenated into one
-onnxruntime run and the scores split back, so concurrent API requests share one inference.
+onnxruntime run and the outputs split back, so concurrent API requests share one inference. Inputs and
+outputs are the ones the config names (the ranker's dense, sparse -> score; the sequential model's
+items, kinds -> scores), so one file serves every model of the repository.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ def _parameter(config: dict[str, Any], key: str, default: str) -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
+_NUMPY = {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64}
+
+
 class TritonPythonModel:
-    """dense FP32 (B, n_dense), sparse INT64 (B, n_sparse) -> score FP32 (B, 1), per request of a batch."""
+    """The config's inputs (B, ...) -> its outputs (B, ...), per request of a batch."""
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
+        self.inputs = [(t["name"], _NUMPY[t["data_type"]]) for t in config["input"]]
+        self.outputs = [t["name"] for t in config["output"]]
         # One server may hold several versions (an experiment's arms): each reads its own file.
         onnx_path = _parameter(config, f"onnx_path_{args.get('model_version', '')}", _parameter(config, "onnx_path", ""))
         options = ort.SessionOptions()
@@ -47,16 +54,16 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"cannot load ONNX model {onnx_path}: {exc}") from exc
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        dense = [pb_utils.get_input_tensor_by_name(r, "dense").as_numpy() for r in requests]
-        sparse = [pb_utils.get_input_tensor_by_name(r, "sparse").as_numpy() for r in requests]
-        feeds = {"dense": np.concatenate(dense).astype(np.float32, copy=False),
-                 "sparse": np.concatenate(sparse).astype(np.int64, copy=False)}
-        (score,) = self.session.run(["score"], feeds)
-        score = score.reshape(-1, 1)
+        parts = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
+                 for name, _ in self.inputs}
+        feeds = {name: np.concatenate(parts[name]).astype(dtype, copy=False) for name, dtype in self.inputs}
+        results = self.session.run(self.outputs, feeds)
+        results = [r.reshape(len(r), -1) for r in results]  # the ranker's (B,) score becomes (B, 1)
         responses = []
         start = 0
-        for part in dense:
+        for part in parts[self.inputs[0][0]]:
             end = start + len(part)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("score", score[start:end])]))
+            responses.append(pb_utils.InferenceResponse(
+                [pb_utils.Tensor(name, np.ascontiguousarray(r[start:end])) for name, r in zip(self.outputs, results)]))
             start = end
         return responses

@@ -3,6 +3,10 @@
 `build_repository` writes the ONNX Runtime repository that is shipped (SageMaker, the stock Triton image);
 `build_python_repository` derives from it the Python-backend twin that the local Triton serves with the
 binary and Python backend PyTriton's wheel ships (which has no onnxruntime backend).
+
+A repository holds the ranker (`dlrm`: dense, sparse -> score) and, when the served recommender keeps
+the sequential source, `sequential` (items, kinds -> scores over the catalogue;
+`build_sequential_repository`) with the same version number, so one deploy ships and loads both.
 """
 
 from __future__ import annotations
@@ -43,6 +47,21 @@ class RepositoryModel:
 
 
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")  # becomes <version>/model.py
+SEQUENTIAL_MODEL = "sequential"  # the sequential source's Triton model, next to the ranker
+
+
+@dataclass(frozen=True)
+class SequentialRepositoryModel:
+    """The sequential model of a repository: the newest version and its batching."""
+
+    name: str
+    version: int
+    onnx_path: Path
+    max_batch_size: int
+
+    @property
+    def config_path(self) -> Path:
+        return self.onnx_path.parents[1] / "config.pbtxt"
 
 
 def model_config(
@@ -70,6 +89,82 @@ def model_config(
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     config.instance_group.add(kind=pb.ModelInstanceGroup.Kind.Value(instance_kind), count=instance_count)
     return config
+
+
+def sequential_model_config(model_name: str, max_batch_size: int, instance_kind: InstanceKind,
+                            instance_count: int, preferred_batch_sizes: Sequence[int],
+                            max_queue_delay_us: int) -> pb.ModelConfig:
+    """Triton config: items, kinds INT64 [-1, L] (left-padded, latest last) -> scores FP32 [-1, n_items].
+
+    Lengths and the catalogue size are the ONNX graph's (`serving.sequential_export`); clients send
+    the model's `max_len` steps, so requests share a shape and dynamic batching runs them together.
+    """
+    if max_batch_size < 1:
+        raise RepositoryError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    config = pb.ModelConfig(name=model_name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
+    config.input.add(name="items", data_type=pb.TYPE_INT64, dims=[-1])
+    config.input.add(name="kinds", data_type=pb.TYPE_INT64, dims=[-1])
+    config.output.add(name="scores", data_type=pb.TYPE_FP32, dims=[-1])
+    config.dynamic_batching.preferred_batch_size.extend(
+        sorted(size for size in preferred_batch_sizes if 1 <= size <= max_batch_size))
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    config.instance_group.add(kind=pb.ModelInstanceGroup.Kind.Value(instance_kind), count=instance_count)
+    return config
+
+
+def build_sequential_repository(
+    onnx_path: Path,
+    out_dir: Path,
+    version: int = 1,
+    model_name: str = SEQUENTIAL_MODEL,
+    max_batch_size: int = 64,
+    instance_kind: InstanceKind = "KIND_CPU",
+    preferred_batch_sizes: Sequence[int] = (8, 32),
+    max_queue_delay_us: int = 500,
+    instance_count: int = 1,
+) -> Path:
+    """Add `version` of the sequential model (`serving.sequential_export`'s ONNX file) to the repository
+    at `out_dir`, beside the ranker; returns the model's directory. One request is one customer, so
+    batches are requests that arrived together (at most `max_batch_size`, each a full catalogue of scores)."""
+    if version < 1:
+        raise RepositoryError(f"Triton versions are positive integers, got {version}")
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise RepositoryError(f"ONNX file {onnx_path} does not exist; run serving.sequential_export first")
+    config = sequential_model_config(model_name, max_batch_size, instance_kind, instance_count,
+                                     preferred_batch_sizes, max_queue_delay_us)
+    return _write_model(Path(out_dir) / model_name, version, onnx_path, config)
+
+
+def read_sequential(repo_dir: Path, model_name: str = SEQUENTIAL_MODEL) -> SequentialRepositoryModel | None:
+    """The repository's sequential model (newest version), or None when it ships without one."""
+    config_path = Path(repo_dir) / model_name / "config.pbtxt"
+    if not config_path.is_file():
+        return None
+    config = _read_config(config_path)
+    inputs = sorted(tensor.name for tensor in config.input)
+    if inputs != ["items", "kinds"]:
+        raise RepositoryError(f"{config_path} inputs are {inputs}, expected ['items', 'kinds']")
+    version = _newest_version(config_path)
+    return SequentialRepositoryModel(model_name, version, config_path.parent / str(version) / "model.onnx",
+                                     config.max_batch_size)
+
+
+def _write_model(model_dir: Path, version: int, onnx_path: Path, config: pb.ModelConfig) -> Path:
+    version_dir = model_dir / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_path, version_dir / "model.onnx")
+    # Written last so a reader never sees a config pointing at a half-copied version.
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+    log.info("triton repository %s: model %s version %d", model_dir.parent, model_dir.name, version)
+    return model_dir
+
+
+def _newest_version(config_path: Path) -> int:
+    versions = sorted(int(p.parent.name) for p in config_path.parent.glob("*/model.onnx") if p.parent.name.isdigit())
+    if not versions:
+        raise RepositoryError(f"{config_path.parent} has no <version>/model.onnx")
+    return versions[-1]
 
 
 def build_repository(
@@ -104,21 +199,15 @@ def build_repository(
         [size for size in preferred_batch_sizes if size <= max_batch_size],
         max_queue_delay_us,
     )
-    model_dir = Path(out_dir) / model_name
-    version_dir = model_dir / str(version)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_path, version_dir / "model.onnx")
-    # Written last so a reader never sees a config pointing at a half-copied version.
-    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
-    log.info("triton repository %s: model %s version %d", out_dir, model_name, version)
-    return model_dir
+    return _write_model(Path(out_dir) / model_name, version, onnx_path, config)
 
 
 def read_repository(repo_dir: Path, model_name: str | None = None) -> RepositoryModel:
-    """The newest version of `model_name` (or of the repository's only model) and its config."""
+    """The newest version of `model_name` (or of the repository's only ranker) and its config."""
     repo_dir = Path(repo_dir)
-    if model_name is None:
-        names = sorted(p.name for p in repo_dir.iterdir() if (p / "config.pbtxt").is_file()) if repo_dir.is_dir() else []
+    if model_name is None:  # the sequential model rides along with the ranker; it is not "the" model
+        names = sorted(p.name for p in repo_dir.iterdir()
+                       if (p / "config.pbtxt").is_file() and p.name != SEQUENTIAL_MODEL) if repo_dir.is_dir() else []
         if len(names) != 1:
             raise RepositoryError(f"repository {repo_dir} holds models {names}; name the one to serve")
         model_name = names[0]
@@ -126,9 +215,7 @@ def read_repository(repo_dir: Path, model_name: str | None = None) -> Repository
     if not config_path.is_file():
         raise RepositoryError(f"{config_path} does not exist; build the repository with build_repository")
     config = _read_config(config_path)
-    versions = sorted(int(p.parent.name) for p in config_path.parent.glob("*/model.onnx") if p.parent.name.isdigit())
-    if not versions:
-        raise RepositoryError(f"{config_path.parent} has no <version>/model.onnx")
+    versions = [_newest_version(config_path)]
     inputs = {tensor.name: list(tensor.dims) for tensor in config.input}
     if set(inputs) != {"dense", "sparse"}:
         raise RepositoryError(f"{config_path} inputs are {sorted(inputs)}, expected ['dense', 'sparse']")
@@ -160,24 +247,43 @@ def build_python_repository(model: RepositoryModel, out_dir: Path, onnx_threads:
     version is written (Triton's default version policy serves the newest one anyway). Replaces an
     earlier twin of the same model. Returns the model's directory.
     """
-    config = _read_config(model.config_path)
-    config.ClearField("platform")
-    config.backend = "python"
-    config.parameters["onnx_path"].string_value = str(Path(model.onnx_path).resolve())
-    config.parameters["intra_op_threads"].string_value = str(onnx_threads)
-    versions = {model.version: model}
+    versions = {model.version: Path(model.onnx_path)}
     for other in also:  # more versions of the same model in one server: the arms of an experiment
         if (other.name, other.n_dense, other.n_sparse) != (model.name, model.n_dense, model.n_sparse):
             raise RepositoryError(f"{other.name} v{other.version} ({other.n_dense} dense, {other.n_sparse} sparse) "
                                   f"cannot be served as a version of {model.name} ({model.n_dense}, {model.n_sparse})")
         if other.version in versions and Path(other.onnx_path).resolve() != Path(model.onnx_path).resolve():
             raise RepositoryError(f"two bundles are both version {other.version} of {model.name}")
-        versions[other.version] = other
+        versions[other.version] = Path(other.onnx_path)
+    return _python_twin(model.config_path, model.name, versions, out_dir, onnx_threads)
+
+
+def build_python_sequential(models: Sequence[SequentialRepositoryModel], out_dir: Path, onnx_threads: int = 1) -> Path:
+    """The Python-backend twin of the sequential model: one version per bundle served (the deployed one
+    first, then an experiment's other arms that ship one), each the version number of its ranker."""
+    if not models:
+        raise RepositoryError("no sequential model to serve")
+    versions: dict[int, Path] = {}
+    for m in models:
+        if m.version in versions and versions[m.version].resolve() != Path(m.onnx_path).resolve():
+            raise RepositoryError(f"two bundles are both version {m.version} of {m.name}")
+        versions[m.version] = Path(m.onnx_path)
+    return _python_twin(models[0].config_path, models[0].name, versions, out_dir, onnx_threads)
+
+
+def _python_twin(config_path: Path, name: str, versions: dict[int, Path], out_dir: Path, onnx_threads: int) -> Path:
+    """Write `out_dir/<name>/`: the config at `config_path` on the Python backend, one model.py per version."""
+    config = _read_config(config_path)
+    config.ClearField("platform")
+    config.backend = "python"
+    # The first version's file (the deployed bundle's) is the default; each version also gets its own below.
+    config.parameters["onnx_path"].string_value = str(Path(next(iter(versions.values()))).resolve())
+    config.parameters["intra_op_threads"].string_value = str(onnx_threads)
     if len(versions) > 1:
         config.version_policy.specific.versions.extend(sorted(versions))
-        for version, m in versions.items():  # serving/triton_model.py reads its own version's file
-            config.parameters[f"onnx_path_{version}"].string_value = str(Path(m.onnx_path).resolve())
-    model_dir = Path(out_dir) / model.name
+        for version, path in versions.items():  # serving/triton_model.py reads its own version's file
+            config.parameters[f"onnx_path_{version}"].string_value = str(Path(path).resolve())
+    model_dir = Path(out_dir) / name
     if model_dir.exists():
         shutil.rmtree(model_dir)
     for version in versions:

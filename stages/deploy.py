@@ -125,6 +125,7 @@ def _deploy_local(packaged: Stage, settings: Settings) -> Stage:
     )
     try:
         smoke_test(Path(packaged["bundle"]), handle.http_url, settings.triton_model_name)
+        smoke_test_sequential(Path(packaged["bundle"]), handle.http_url)
     except Exception as exc:
         if previous is not None and previous != Path(packaged["bundle"]).resolve():
             start_server(
@@ -194,6 +195,35 @@ def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64, mode
         worst = float(np.max(np.abs(served - expected)))
         raise DeployError(f"Triton scores differ from the exported model by up to {worst:.2e}")
     log.info("smoke test: %d rows scored by Triton at %s match onnxruntime", rows, url)
+
+
+def smoke_test_sequential(bundle_dir: Path, url: str, rows: int = 8, length: int = 5) -> None:
+    """When the bundle ships the sequential model: random sequences scored by Triton (that bundle's
+    version) against onnxruntime on the same file; nothing to do for a bundle without one."""
+    import onnxruntime as ort
+
+    from serving.sequential_export import PARITY_TOLERANCE
+    from serving.triton_client import TritonClient, TritonSequentialScorer
+    from serving.triton_repo import read_sequential
+
+    model = read_sequential(bundle_dir / "triton_repo")
+    if model is None:
+        return
+    session = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
+    n_items = session.get_outputs()[0].shape[1]
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, n_items + 1, size=(rows, length)).astype(np.int64)
+    kinds = np.where(items > 0, rng.integers(1, 5, size=(rows, length)), 0).astype(np.int64)
+    client = TritonClient(url, model.name, model_version=str(model.version))
+    try:
+        served = TritonSequentialScorer(client, n_items, length).score_sequences(items, kinds)
+    finally:
+        client.close()
+    expected = session.run(["scores"], {"items": items, "kinds": kinds})[0]
+    worst = float(np.max(np.abs(served - expected)))
+    if served.shape != expected.shape or not worst < PARITY_TOLERANCE:
+        raise DeployError(f"Triton's sequential scores differ from the exported model by up to {worst:.2e}")
+    log.info("smoke test: %d sequences scored by Triton's %s v%d match onnxruntime", rows, model.name, model.version)
 
 
 def _point_current(link: Path, target: Path) -> None:

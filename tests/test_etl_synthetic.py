@@ -153,3 +153,31 @@ def test_planted_model_overrides_are_typed_and_unknown_names_refused():
     for bad in ("n_events=5", "bogus=1", "latent_dim=x", "price_coef", "preference_mix="):
         with pytest.raises(SyntheticDataError):
             SyntheticConfig.parse_override(bad)
+
+
+def _top_category_share(events: pd.DataFrame) -> float:
+    """Mean share of a session's views in its most viewed category, over sessions of >= 4 views."""
+    views = events[events["event_type"] == "view"]
+    by_session = views.groupby("user_session")["category_id"]
+    share = by_session.agg(lambda c: c.value_counts().iloc[0] / len(c))
+    return float(share[by_session.size() >= 4].mean())
+
+
+def _view_log_likelihood(events: pd.DataFrame, truth: GroundTruth) -> float:
+    views = events[events["event_type"] == "view"]
+    users = np.unique(views["user_id"].to_numpy())
+    rows = np.searchsorted(users, views["user_id"].to_numpy())
+    return float(np.log(truth.view_probability(users)[rows, truth.product_index(views["product_id"].to_numpy())]).mean())
+
+
+def test_session_focus_keeps_a_session_in_one_category_and_its_oracle_knows_it():
+    config = SyntheticConfig(n_events=60_000, n_users=200, n_products=300, days=7, seed=3)
+    plain, focused = generate(config), generate(dataclasses.replace(config, session_focus=0.8))
+    assert _top_category_share(focused.events) > _top_category_share(plain.events) + 0.3
+    # each oracle explains its own shop's impressions better than the other one does
+    plain_truth, focused_truth = plain.truth, focused.truth
+    assert _view_log_likelihood(focused.events, focused_truth) > _view_log_likelihood(focused.events, plain_truth)
+    assert _view_log_likelihood(plain.events, plain_truth) > _view_log_likelihood(plain.events, focused_truth)
+    np.testing.assert_allclose(focused_truth.view_probability(focused_truth.user_ids[:5]).sum(axis=1), 1.0)
+    with pytest.raises(SyntheticDataError, match="session_focus"):
+        SyntheticConfig(session_focus=1.5)

@@ -184,3 +184,20 @@ def test_smoke_check_accepts_only_probability_scores() -> None:
 def test_resource_names_fit_sagemaker_limits() -> None:
     name = resource_name("a" * 80, "12", "20261124154200123")
     assert len(name) <= 63 and name.endswith("-v12-20261124154200123")
+
+
+def test_the_archive_ships_the_sequential_model_beside_the_ranker(aws: str, repo: Path, tmp_path: Path) -> None:
+    sequential = repo / "sequential"
+    (sequential / "1").mkdir(parents=True)
+    (sequential / "config.pbtxt").write_text('name: "sequential"\nplatform: "onnxruntime_onnx"\n')
+    (sequential / "1" / "model.onnx").write_bytes(b"sequential-onnx-bytes")
+    queue_replies(aws, json.dumps(GOOD_REPLY).encode())
+    result = deploy(repo, "7", config(aws), smoke_request)
+    key = result.model_data_url.removeprefix(f"s3://{BUCKET}/")
+    client(aws, "s3").download_file(BUCKET, key, str(tmp_path / "model.tar.gz"))
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        assert {"dlrm/1/model.onnx", "dlrm/config.pbtxt", "sequential/1/model.onnx",
+                "sequential/config.pbtxt"} <= set(tar.getnames())
+    # the endpoint's default model (what an invocation without a target reaches) stays the ranker
+    container = client(aws, "sagemaker").describe_model(ModelName=result.model_name)["PrimaryContainer"]
+    assert container["Environment"] == {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": "dlrm"}

@@ -17,6 +17,7 @@ from api import create_app
 from api.seed import seed
 from etl import SyntheticConfig
 from serving.bundle import build_bundle
+from serving.triton_client import TritonSequentialScorer
 from serving.recommender import TritonRecommender
 from tests.conftest import free_port
 from tests.serving_world import build_served_world, running_triton
@@ -49,7 +50,10 @@ def triton(world: dict) -> Iterator:
 def test_the_api_serves_the_evaluators_lists(world: dict, triton, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     app = create_app(make_config(tmp_path, SERVING_DIR=str(world["root"] / "serving"), TRITON_URL=triton.http_url))
     seed(app.extensions["recsys_store"], world["train_file"])
-    assert isinstance(app.extensions["recsys_ranker"].get(), TritonRecommender)
+    served_rec = app.extensions["recsys_ranker"].get()
+    assert isinstance(served_rec, TritonRecommender)
+    # the bundle ships the sequential model beside the ranker: the API's sequential source is Triton's
+    assert isinstance(served_rec.recommender.sources["sequential"], TritonSequentialScorer)
     fitted, split = world["fitted"], world["split"]
     task = build_task(split, exclude="seen")
     offline = served_lists(fitted.recommender, fitted.scorer(), task, K)  # the nightly evaluator's code

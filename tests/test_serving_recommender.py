@@ -13,6 +13,7 @@ from etl import SyntheticConfig, generate
 from models.classic import top_k
 from serving.recommender import Recommender, blend
 from training.compare import compare, served_lists
+from training.errors import DataError
 from training.quality import build_task, last_days_split
 from training.ranker import FittedRecommender, RankerConfig, fit_recommender
 
@@ -245,3 +246,25 @@ def test_a_history_row_is_canonical_with_each_products_events_summed(fitted) -> 
     np.testing.assert_array_equal(row.indices, want.indices)
     np.testing.assert_array_equal(row.data, want.data)
     assert rec.history(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object)).nnz == 0
+
+
+def test_the_session_split_decides_on_the_rest_of_each_users_last_session() -> None:
+    """RankerConfig.split='session_rest': the first cut's users (whose held-out users decide whether the
+    sequential source stays) are those with targets in the rest of their last session."""
+    from training.quality import session_rest_split
+    from training.sequential import SequentialConfig
+
+    events = generate(SyntheticConfig(n_events=80_000, n_users=400, n_products=300, days=14, seed=2,
+                                      session_focus=0.8)).events
+    config = RankerConfig(epochs=1, cuts=1, pool_size=30, split="session_rest",
+                          sources=("popularity", "item_knn", "sequential"),
+                          sequential=SequentialConfig(epochs=1, min_steps=1))
+    items = np.unique(events["product_id"].to_numpy(np.int64))
+    rec = fit_recommender(events, items, config).recommender
+    first_cut = build_task(session_rest_split(events))
+    valid = int((np.random.default_rng(config.seed).random(len(first_cut.users)) < config.valid_fraction).sum())
+    assert rec.evidence["valid_users"] == valid
+    decided = {k for k in rec.evidence if k.startswith(("valid_ndcg", "dropped_valid_ndcg"))}
+    assert any(k.endswith(".sequential") for k in decided)  # measured on those users, kept or dropped
+    with pytest.raises(DataError, match="split must be one of"):
+        RankerConfig(split="last_day")

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from training.errors import DataError
-from training.quality import (EventWeights, bootstrap, build_task, last_days_split, list_metrics, user_holdout,
-                              window_split)
+from training.quality import (EventWeights, before_last_session, bootstrap, build_task, last_days_split, list_metrics,
+                              session_rest_split, user_holdout, window_split)
 
 
 def _events(rows: list[tuple[int, int, str, str, str]]) -> pd.DataFrame:
@@ -83,3 +83,41 @@ def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_users() -> Non
 def test_a_split_without_test_events_is_refused(shop: pd.DataFrame) -> None:
     with pytest.raises(DataError, match="test"):
         window_split(shop, pd.Timestamp("2030-01-01", tz="UTC"))
+
+
+def test_session_rest_split_holds_out_the_second_half_of_each_users_last_session() -> None:
+    events = _events([
+        (1, 10, "view", "2026-01-01 10:00", "a"),
+        (1, 11, "view", "2026-01-03 09:00", "b"), (1, 12, "view", "2026-01-03 09:01", "b"),
+        (1, 13, "cart", "2026-01-03 09:02", "b"), (1, 14, "purchase", "2026-01-03 09:03", "b"),
+        (1, 15, "cart", "2026-01-03 09:04", "b"),
+        (2, 11, "view", "2026-01-02 11:00", "c"), (2, 16, "cart", "2026-01-02 11:01", "c"),
+        (3, 10, "view", "2026-01-01 08:00", "d"), (3, 12, "purchase", "2026-01-04 08:00", "e"),
+    ])
+    split = session_rest_split(events)
+    assert split.kind == "session_rest"
+    test = set(zip(split.test["user_id"], split.test["product_id"]))
+    # user 1: 5 events in the last session, the first 2 are history, the last 3 are to be predicted;
+    # user 2: a session of 2 events, 1 and 1; user 3: a last session of one event stays in train
+    assert test == {(1, 13), (1, 14), (1, 15), (2, 16)}
+    assert len(split.train) + len(split.test) == len(events)
+    task = build_task(split, exclude="seen")
+    relevant = {int(u): set(split.items[task.relevant[i].indices].tolist()) for i, u in enumerate(task.users)}
+    assert relevant == {1: {13, 14, 15}, 2: {16}}
+    # the sequences the sequential source reads end with the session's first half, in time order
+    last = task.sequences.items[0][-3:] - 1
+    assert split.items[last].tolist() == [10, 11, 12]
+    earlier = before_last_session(events)
+    assert set(earlier["user_session"]) == {"a", "d"}
+
+
+def test_session_rest_split_uses_calendar_days_without_session_ids(shop: pd.DataFrame) -> None:
+    split = session_rest_split(shop.drop(columns="user_session"))
+    # user 1's last day (2026-01-05) has two events: the cart of 13 is history, the purchase of 10 test
+    assert set(zip(split.test["user_id"], split.test["product_id"])) == {(1, 10)}
+
+
+def test_session_rest_split_needs_a_session_of_two_events() -> None:
+    single = _events([(1, 10, "view", "2026-01-01 10:00", "a"), (2, 11, "view", "2026-01-02 10:00", "b")])
+    with pytest.raises(DataError, match="session_rest split left"):
+        session_rest_split(single)

@@ -37,7 +37,7 @@ class Split:
     train: pd.DataFrame  # columns user_id, product_id, event_type, event_time (+ anything else)
     test: pd.DataFrame
     items: np.ndarray  # (n_items,) int64 raw product ids, sorted
-    kind: str  # "user_holdout" or "window"
+    kind: str  # "user_holdout", "session_rest" or "window"
 
     def item_index(self, product_ids: np.ndarray) -> np.ndarray:
         """Column of each product id in `items`, -1 for products outside the catalogue."""
@@ -60,7 +60,7 @@ def user_holdout(events: pd.DataFrame, test_fraction: float = 0.2, min_sessions:
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     ev = events.sort_values(["user_id", "event_time"], kind="stable").reset_index(drop=True)
-    session = ev["user_session"] if "user_session" in ev else ev["event_time"].dt.floor("D").astype(str)
+    session = _sessions_of(ev)
     # Order of each session within its user by first event time.
     first = ev.assign(_s=session).groupby(["user_id", "_s"], sort=False)["event_time"].min().rename("_t").reset_index()
     first["_rank"] = first.groupby("user_id")["_t"].rank(method="first")
@@ -70,6 +70,50 @@ def user_holdout(events: pd.DataFrame, test_fraction: float = 0.2, min_sessions:
     flag = ev.assign(_s=session).merge(first[["user_id", "_s", "_test"]], on=["user_id", "_s"], how="left")["_test"]
     is_test = flag.fillna(False).to_numpy(dtype=bool)
     return _split(ev[~is_test], ev[is_test], "user_holdout")
+
+
+def _sessions_of(ev: pd.DataFrame) -> pd.Series:
+    """Each event's session: `user_session` where the data has it, else the calendar day (UTC)."""
+    return ev["user_session"] if "user_session" in ev else ev["event_time"].dt.floor("D").astype(str)
+
+
+def _last_session_positions(events: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """Events sorted by (user, time); per event: in the user's last session?, its place in that session
+    (0 = first event) and the session's event count (both 0 outside the last session)."""
+    ev = events.sort_values(["user_id", "event_time"], kind="stable").reset_index(drop=True)
+    session = _sessions_of(ev)
+    start = ev.assign(_s=session).groupby(["user_id", "_s"], sort=False)["event_time"].transform("min")
+    # The last session is the one that starts last (two starting at the same instant count as one).
+    last_start = start.groupby(ev["user_id"]).transform("max")
+    in_last = (start == last_start).to_numpy()
+    keys = pd.Series(np.where(in_last, ev["user_id"].to_numpy(np.int64), -1))
+    position = np.where(in_last, keys.groupby(keys).cumcount().to_numpy(), 0)
+    size = np.where(in_last, keys.groupby(keys).transform("size").to_numpy(), 0)
+    return ev, in_last, position, size
+
+
+def session_rest_split(events: pd.DataFrame) -> Split:
+    """Next items within a session: each user's last session is cut after its first half of events.
+
+    Train holds every event before the user's last session plus the first half (at least one event,
+    in time order) of that session; test is the rest of the session, which `build_task` turns into
+    the relevant items (its carts and purchases by default). A last session of a single event stays
+    in train. This is the real-time question: given what the customer did so far today, what next?
+    """
+    _check_events(events)
+    ev, in_last, position, size = _last_session_positions(events)
+    is_test = in_last & (size >= 2) & (position >= np.maximum(1, size // 2))
+    return _split(ev[~is_test], ev[is_test], "session_rest")
+
+
+def before_last_session(events: pd.DataFrame) -> pd.DataFrame:
+    """Every user's events before their last session (the history an earlier `session_rest_split` cut sees)."""
+    _check_events(events)
+    ev, in_last, _, _ = _last_session_positions(events)
+    return ev[~in_last].reset_index(drop=True)
+
+
+SPLITS: tuple[str, ...] = ("user_holdout", "session_rest")
 
 
 def window_split(events: pd.DataFrame, test_start: pd.Timestamp) -> Split:

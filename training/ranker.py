@@ -28,8 +28,8 @@ from serving.recommender import HISTORY_FEATURES, PairScorer, Recommender, blend
 from serving.sequential_export import SEQUENTIAL_ONNX, export_sequential
 from training.errors import DataError
 from training.sequential import SequentialConfig, fit_sequential
-from training.quality import (EventWeights, Exclude, ListMetrics, Split, Task, build_task, interaction_matrix,
-                              list_metrics, user_holdout)
+from training.quality import (SPLITS, EventWeights, Exclude, ListMetrics, Split, Task, before_last_session,
+                              build_task, interaction_matrix, list_metrics, session_rest_split, user_holdout)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ class RankerConfig:
     # "held_out": the sequential source stays only if, alone, it beats every classic source on the
     # held-out users of the first cut (else the ranker is trained and served without it); "always": kept.
     keep_sequential: str = "held_out"
+    # The ranker's targets and every held-out decision (sequential kept, served mode, blend) use this
+    # split of the training events, the same kind the evaluation measures: "user_holdout" (each user's
+    # last `holdout_fraction` of sessions) or "session_rest" (the rest of the last session from its
+    # first half: the real-time, next-in-session question; training.quality.session_rest_split).
+    split: str = "user_holdout"
     pool_size: int = 100  # 100 and 200 tied on the synthetic shop (bench/quality.py); 100 costs half
     holdout_fraction: float = 0.2  # of each user's training sessions: the ranker's targets
     valid_fraction: float = 0.25  # of the ranker's users: held out to choose the served mode
@@ -73,6 +78,8 @@ class RankerConfig:
             raise DataError(f"unknown candidate sources {unknown}; choose from {sorted([*CLASSIC, SEQUENTIAL])}")
         if self.keep_sequential not in ("held_out", "always"):
             raise DataError(f"keep_sequential must be 'held_out' or 'always', got {self.keep_sequential!r}")
+        if self.split not in SPLITS:
+            raise DataError(f"split must be one of {SPLITS}, got {self.split!r}")
         bad = [g for g in self.history_features if g not in HISTORY_FEATURES]
         needs = {"als_affinity": "als", "knn_max": "item_knn"}
         bad += [g for g in self.history_features if g in needs and needs[g] not in self.sources]
@@ -174,7 +181,11 @@ def _cut_lists(events: pd.DataFrame, items: np.ndarray, config: RankerConfig, we
                exclude: Exclude, relevant_events: tuple[str, ...],
                shares: dict[str, float] | None) -> tuple[_Lists, Recommender, pd.DataFrame]:
     """Sources fitted on each user's earlier sessions, pools for the later ones; and the earlier events."""
-    inner = user_holdout(events, config.holdout_fraction)
+    if config.split == "session_rest":
+        inner, earlier = session_rest_split(events), before_last_session(events)
+    else:
+        inner = user_holdout(events, config.holdout_fraction)
+        earlier = inner.train
     inner = Split(inner.train, inner.test, items, "ranker")
     task = build_task(inner, weights, exclude, relevant_events)
     sources, popularity = fit_sources(inner.train, inner, config, weights)
@@ -188,7 +199,7 @@ def _cut_lists(events: pd.DataFrame, items: np.ndarray, config: RankerConfig, we
     c = pool.shape[1]
     lists = _Lists(task, pool, torch.from_numpy(dense).view(len(pool), c, -1),
                    torch.from_numpy(sparse).view(len(pool), c, -1), _pool_labels(task, pool), scores)
-    return lists, rec, inner.train
+    return lists, rec, earlier
 
 
 def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: RankerConfig = RankerConfig(),
