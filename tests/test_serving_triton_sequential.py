@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from models.dlrm import DLRM, DLRMConfig
 from models.saved import save_model
 from models.sequential import SASRec, SASRecConfig, SequentialScorer
-from plugins.deploy import DeployError, smoke_test_sequential
+from stages.deploy import DeployError, smoke_test_sequential
 from serving.errors import RankerUnavailable, RepositoryError
 from serving.export import export_onnx
 from serving.local_triton import ServerHandle, start_server, stop_server
