@@ -22,6 +22,8 @@ Checks (choose on held-out/validation figures, report the test figures; never tu
 - sources: Mult-DAE variants on the validation split (sources fitted on the first cut's earlier sessions,
   scored on its later ones, all its users): hidden size, bagging of seeds, carts+purchases as the
   reconstruction target, and "later new items" as the target.
+- taste (synthetic shop only, `--checks taste`): the planted interest with every item parameter exact and
+  each test user's 2-d taste estimated from their training views: what history alone allows.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from bench.quality import DATASETS
 from bench.report import REPO, RESULTS, add_common_options, append_results, stamp
 from contracts import EventWeights
-from models.classic import MultDAE, top_k
+from models.classic import MultDAE, index_of, top_k
 from models.dlrm import DLRM, DLRMConfig
 from models.logreg import LogisticRegression, LogisticRegressionConfig
 from serving.recommender import Recommender
@@ -360,6 +362,8 @@ def _headline(row: dict) -> dict:
     if row["check"] == "ranker":  # test NDCG@10 against Mult-DAE alone on the same users
         value, baseline = row["test_ndcg"], row["test_ndcg"] - row["minus_mult_dae"]
         metric = f"{row['variant']} seed {row['seed']} test ndcg@{K}"
+    elif row["check"] == "taste":  # against nothing: a ceiling
+        value, baseline, metric = row["test_ndcg"], None, f"{row['variant']} test ndcg@{K}"
     elif row["check"] == "source":  # validation NDCG@10 against the served Mult-DAE's
         value, baseline, metric = row["validation_ndcg"], None, f"{row['variant']} validation ndcg@{K}"
     else:  # relevant items per user in the set's lists
@@ -368,10 +372,69 @@ def _headline(row: dict) -> dict:
             "baseline": baseline, "ratio": value / baseline if baseline else None}
 
 
+def taste_check(lab: Lab, steps: int = 300) -> list[dict]:
+    """Synthetic shop only: how far history can take a ranker. The planted interest scored with every planted
+    item parameter exact and each test user's 2-d taste estimated from their training views (maximum a
+    posteriori under the planted view model, N(0, 1) prior; user bias left at its mean), beside the oracle."""
+    from etl.synthetic import GroundTruth
+
+    _, truth = DATASETS["synthetic"]()
+    if not isinstance(truth, GroundTruth):
+        raise ValueError("the taste check needs the synthetic shop's planted truth")
+    task, c = lab.task, truth.config
+    order = np.argsort(truth.product_ids)
+    cols = index_of(truth.product_ids[order], task.split.items)  # task column -> truth row (sorted ids)
+    pop, vec = truth.product_popularity[order][cols], truth.product_vec[order][cols]
+    bias, price = truth.product_bias[order][cols], truth.price_z[order][cols]
+    train = task.split.train[task.split.train["event_type"] == "view"]
+    rows = index_of(task.users, train["user_id"].to_numpy(np.int64))
+    items = index_of(task.split.items, train["product_id"].to_numpy(np.int64))
+    ok = (rows >= 0) & (items >= 0)
+    views = torch.from_numpy(sp.csr_matrix((np.ones(int(ok.sum())), (rows[ok], items[ok])),
+                                           shape=(len(task.users), task.n_items)).toarray())
+    p, v = torch.from_numpy(pop), torch.from_numpy(vec)
+    mix = c.preference_mix
+
+    def view_probability(u: torch.Tensor) -> torch.Tensor:  # GroundTruth.interest's view part
+        a = c.interaction_scale * u @ v.T
+        w = p[None] * torch.exp(a - a.max(dim=1, keepdim=True).values)
+        return (1 - mix) * p[None] + mix * w / w.sum(dim=1, keepdim=True)
+
+    taste = torch.zeros(len(task.users), vec.shape[1], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([taste], lr=0.05)
+    for _ in range(steps):
+        loss = (-(views * torch.log(view_probability(taste))).sum() + 0.5 * (taste ** 2).sum()) / len(task.users)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    estimated = taste.detach().numpy()
+    user = truth.user_index(task.users)
+
+    def interest(u: np.ndarray, user_bias: np.ndarray) -> np.ndarray:
+        view = view_probability(torch.from_numpy(u)).numpy()
+        logit = (c.base_logit + user_bias[:, None] + bias[None] + c.interaction_scale * u @ vec.T
+                 + c.price_coef * price[None])
+        bought = 1.0 / (1.0 + np.exp(-logit))
+        return (view * (bought + (1 - bought) * 0.06)).astype(np.float32)
+
+    out = []
+    for name, u, user_bias in (("oracle", truth.user_vec[user], truth.user_bias[user]),
+                               ("true taste, mean user bias", truth.user_vec[user], np.zeros(len(user))),
+                               ("taste estimated from training views", estimated, np.zeros(len(user))),
+                               ("no taste (item part only)", np.zeros_like(estimated), np.zeros(len(user)))):
+        value = float(list_metrics(task, top_k(interest(u, user_bias), task.excluded, K), K).ndcg.mean())
+        out.append({"check": "taste", "variant": name, "test_ndcg": value})
+        print(f"taste {name:40s} test ndcg {value:.4f}", flush=True)
+    corr = [float(np.corrcoef(estimated[:, d], truth.user_vec[user][:, d])[0, 1]) for d in range(estimated.shape[1])]
+    print(f"taste estimated vs planted, correlation per dimension {np.round(corr, 3).tolist()}", flush=True)
+    out[2]["taste_correlation"] = corr
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="synthetic", choices=sorted(DATASETS))
-    parser.add_argument("--checks", default="features,ranker,sources")
+    parser.add_argument("--checks", default="features,ranker,sources", help="comma list of features, ranker, sources, taste")
     parser.add_argument("--variants", default=",".join([*RANKER_VARIANTS, "ensemble"]),
                         help=f"comma list of {sorted(RANKER_VARIANTS)} and ensemble (5 seeds, one held-out split)")
     parser.add_argument("--seeds", type=int, default=3)
@@ -393,6 +456,8 @@ def main() -> int:
         rows += ranker_checks(lab, args.variants.split(","), args.seeds)
     if "sources" in checks:
         rows += source_checks(lab)
+    if "taste" in checks:
+        rows += taste_check(lab)
     common = {"benchmark": "ranker_lab", "dataset": args.dataset, "device": f"cpu-{os.cpu_count()}core",
               **stamp("bench.ranker_lab", args.git_sha, modules=("numpy", "torch"))}
     if not args.no_write:
