@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -25,8 +25,13 @@ from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.integration
 
-RUN_DATE = date(2026, 11, 20)
+RUN_DATE = date(2026, 11, 20)  # the killed-worker test's synthetic shop
 DATA = ["--events", "80000", "--users", "300", "--products", "1500"]
+# The promotion test runs on real data on which the served path beats every classic baseline with an
+# interval above 0 (README, "The production topology"): the Instacart sample (etl.public_data), every
+# user's last order on its last day (the nightly's test day), cut to its most purchased products so
+# that a night trains in minutes.
+INSTACART_PRODUCTS = 3000
 POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
@@ -127,28 +132,45 @@ def _airflow(env: dict[str, str]) -> AirflowClient:
                          json.loads(passwords.read_text())["admin"], timeout_s=60)
 
 
-def test_scheduler_runs_the_nightly_on_celery_deploys_and_the_api_answers(stack_env: dict[str, str]) -> None:
-    env, home = stack_env, Path(stack_env["RECSYS_HOME"])
-    made = cli(env, "generate", *DATA, "--end", RUN_DATE.isoformat(), "--days", "6")
-    assert made.returncode == 0, made.stderr[-3000:]
+def _write_instacart(raw_dir: Path, products: int) -> tuple[date, int]:
+    """The Instacart sample as raw day partitions, limited to its `products` most purchased products, every
+    user's last order on its last day; returns (the nightly's run date, the window that sees every event)."""
+    from etl.public_data import INSTACART_END, read_instacart_sample, window_days_needed
+    from etl.synthetic import write_events
+
+    events = read_instacart_sample(end=INSTACART_END, spread_days=1)
+    kept = events["product_id"].value_counts().index[:products]
+    events = events[events["product_id"].isin(kept)].reset_index(drop=True)
+    write_events(events, raw_dir, generator="etl.public_data.read_instacart_sample",
+                 source={"dataset": "instacart", "spread_days": 1, "products": products})
+    run_date = INSTACART_END + timedelta(days=1)
+    return run_date, window_days_needed(events, run_date)
+
+
+def test_scheduler_runs_the_nightly_on_celery_promotes_deploys_and_the_api_answers(
+        stack_env: dict[str, str]) -> None:
+    home = Path(stack_env["RECSYS_HOME"])
+    run_date, window = _write_instacart(home / "raw", INSTACART_PRODUCTS)
+    env = stack_env | {"RECSYS_WINDOW_DAYS": str(window)}
 
     started = cli(env, "stack", "up", timeout=420)
     assert started.returncode == 0, started.stdout + started.stderr[-4000:]
     assert "generated Airflow password for 'admin'" in started.stdout
     assert oct((home / "stack" / "airflow-passwords.json").stat().st_mode & 0o777) == "0o600"
-    shown = cli(env, "stack", "status", timeout=60)
+    shown = cli(env, "stack", "status", timeout=60)  # asks the API's /health: no model is deployed yet
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert all(f"{part} " in shown.stdout and "healthy" in line
                for part in ("mlflow", "dask-workers", "airflow-scheduler", "worker-gpu", "api")
                for line in shown.stdout.splitlines() if line.startswith(f"{part} "))
     assert "answers: 2 workers" in next(line for line in shown.stdout.splitlines() if line.startswith("dask-workers "))
+    api_pid = json.loads((home / "stack" / "pids" / "api.json").read_text())["pid"]
 
     airflow = _airflow(env)
     assert requests.get(f"{airflow.url}/api/v2/dags", timeout=60).status_code == 401  # login is on
     airflow.wait_for_dags({"nightly_training", "deploy_model"}, timeout_s=120)  # parsed after start
     run_id = "stack-test"
-    airflow.trigger("nightly_training", run_id, RUN_DATE.isoformat(), {"deploy": True})
-    state = airflow.wait("nightly_training", run_id, timeout_s=600)
+    airflow.trigger("nightly_training", run_id, run_date.isoformat(), {"deploy": True})
+    state = airflow.wait("nightly_training", run_id, timeout_s=840)
     tasks = airflow.tasks("nightly_training", run_id)
     assert state == "success", {t: (v["state"], v["try_number"]) for t, v in tasks.items()}
     assert tasks["train"]["queue"] == "gpu" and tasks["ingest"]["queue"] == "default"
@@ -156,33 +178,34 @@ def test_scheduler_runs_the_nightly_on_celery_deploys_and_the_api_answers(stack_
                                                                 "/task_id=fit_workflow/attempt=*.log"))
     assert "ETL on the dask cluster" in etl_log.read_text()
 
-    from mlflow import MlflowClient
-
-    # The gate asks for evidence, and on this data it keeps no champion: the served path ties or trails
-    # the best classic baseline (EASE) here, and no synthetic size or planted signal measured so far made
-    # its interval lie above 0 reliably (README, "The production topology"). Assert that what the DAG
-    # decided is what the registry records, and that only a promotion triggers the deploy DAG.
+    # The gate's own decision, on evidence: the served path beats the best classic baseline with its
+    # paired interval above 0, over at least RECSYS_MIN_EVAL_USERS (100) users.
     decision = airflow.xcom("nightly_training", run_id, "promote")
     version = str(decision["version"])
+    assert decision["promoted"] is True, decision["reason"]
+    assert decision["evidence"]["users"] >= 100 and decision["evidence"]["vs_baseline_ci_low"] > 0, decision
+
+    from mlflow import MlflowClient
+
     mlflow = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['RECSYS_MLFLOW_UI_PORT']}")
     model = mlflow.get_registered_model("dlrm-ranker")
     night = mlflow.get_model_version("dlrm-ranker", version)
-    assert night.tags["promotion.decision"] == ("promoted" if decision["promoted"] else "rejected")
-    assert model.aliases["challenger"] == version
-    assert model.aliases.get("champion") == (version if decision["promoted"] else None)
+    assert night.tags["promotion.decision"] == "promoted"
+    assert model.aliases == {"challenger": version, "champion": version}
+
+    # The promotion, not a person, triggered the deploy DAG: one run, by the nightly's TriggerDagRunOperator.
+    assert tasks["promoted"]["state"] == "success" and tasks["trigger_deploy"]["state"] == "success"
     deploys = airflow.runs("deploy_model")
-    assert [(r["conf"]["version"], r["triggered_by"]) for r in deploys] == (
-        [("champion", "operator")] if decision["promoted"] else [])
-    if not decision["promoted"]:  # an operator deploys the night's version by hand, through the REST API
-        deploys = [airflow.trigger("deploy_model", "deploy-by-hand", RUN_DATE.isoformat(),
-                                   {"version": version, "target": "local"})]
+    assert [(r["conf"], r["triggered_by"], r["run_type"]) for r in deploys] == [
+        ({"version": "champion", "target": "local"}, "operator", "operator_triggered")]
     assert airflow.wait("deploy_model", deploys[0]["dag_run_id"], timeout_s=300) == "success"
     assert str(airflow.xcom("deploy_model", deploys[0]["dag_run_id"], "record")["version"]) == version
-    assert (home / "serving" / "current").resolve().name == version
+    bundle = (home / "serving" / "current").resolve()
+    assert bundle.name == version
 
-    # The API under gunicorn on PostgreSQL, started before the deploy, serves the new model without a
-    # reload: its workers notice serving/current moved (RECSYS_API_DEPLOY_CHECK_S).
-    validated = home / "runs" / RUN_DATE.isoformat() / "validation" / "valid" / "events.parquet"
+    # The API under gunicorn on PostgreSQL, started before the deploy, serves the promoted version without
+    # a restart: its workers notice serving/current moved (RECSYS_API_DEPLOY_CHECK_S) and build its ranker.
+    validated = home / "runs" / run_date.isoformat() / "validation" / "valid" / "events.parquet"
     api_env = env | {"RECSYS_DATABASE_URL": f"{POSTGRES}/{env['RECSYS_STACK_DB_PREFIX']}_api"}
     seeded = subprocess.run([sys.executable, "-m", "api", "seed", "--events", str(validated)], cwd=REPO,
                             env=api_env, capture_output=True, text=True, timeout=300)
@@ -195,6 +218,9 @@ def test_scheduler_runs_the_nightly_on_celery_deploys_and_the_api_answers(stack_
         assert time.monotonic() < deadline, body
         time.sleep(1)
     assert len(body["items"]) == 10 and body["fallback"] is False
+    api_log = (home / "stack" / "logs" / "api.log").read_text()
+    assert f"new deployment at {home / 'serving' / 'current'} ({bundle})" in api_log
+    assert json.loads((home / "stack" / "pids" / "api.json").read_text())["pid"] == api_pid  # no restart
 
     stopped = cli(env, "stack", "down", timeout=180)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
@@ -224,17 +250,19 @@ def test_a_killed_celery_worker_is_retried_without_a_duplicate_registration(stac
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "45",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
         "RECSYS_TRAIN_EPOCHS": "6",  # long enough a train task to be killed in the middle of it
+        # More users than the shop has: the gate must refuse (not enough evidence), so this run also shows
+        # the negative path under the scheduler: no champion, trigger_deploy skipped, no deploy run.
+        "RECSYS_MIN_EVAL_USERS": "100000",
     }
     home = Path(env["RECSYS_HOME"])
-    made = cli(env, "generate", "--events", "80000", "--users", "300", "--products", "1500",
-               "--end", RUN_DATE.isoformat(), "--days", "6")
+    made = cli(env, "generate", *DATA, "--end", RUN_DATE.isoformat(), "--days", "6")
     assert made.returncode == 0, made.stderr[-3000:]
     started = cli(env, "stack", "up", timeout=420)
     assert started.returncode == 0, started.stdout + started.stderr[-4000:]
     airflow = _airflow(env)
     airflow.wait_for_dags({"nightly_training"}, timeout_s=120)
     run_id = "worker-killed"
-    airflow.trigger("nightly_training", run_id, RUN_DATE.isoformat(), {"deploy": False})
+    airflow.trigger("nightly_training", run_id, RUN_DATE.isoformat(), {"deploy": True})
 
     deadline = time.monotonic() + 300
     while airflow.tasks("nightly_training", run_id)["train"]["state"] != "running":
@@ -262,6 +290,13 @@ def test_a_killed_celery_worker_is_retried_without_a_duplicate_registration(stac
     assert len(versions) == 1 and len(runs) == 1
     assert versions[0].run_id == runs[0].info.run_id
     assert airflow.xcom("nightly_training", run_id, "register")["version"] == versions[0].version
+
+    decision = airflow.xcom("nightly_training", run_id, "promote")
+    assert decision["promoted"] is False and decision["reason"].startswith("not enough evidence"), decision
+    assert tasks["promoted"]["state"] == "success" and tasks["trigger_deploy"]["state"] == "skipped"
+    assert airflow.runs("deploy_model") == []
+    assert mlflow.get_registered_model("dlrm-ranker").aliases == {"challenger": versions[0].version}
+    assert versions[0].tags["promotion.decision"] == "rejected"
 
 
 def test_mlflow_server_of_the_stack_keeps_artifacts_in_s3(tmp_path: Path, moto_url: str,
