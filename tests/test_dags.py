@@ -38,6 +38,22 @@ def test_nightly_dag_follows_the_declared_stage_list(dagbag) -> None:
     assert dag.get_task("validate").retries == 0  # fail closed, no retry on bad data
 
 
+@pytest.mark.parametrize(("promoted", "deploy", "triggers"), [
+    (True, True, True),     # a promotion deploys the champion (observed under the scheduler: tests/test_stack.py)
+    (False, True, False),   # the gate kept the champion: trigger_deploy is skipped, no deploy run
+    (True, False, False),   # a run triggered with {"deploy": false} promotes without deploying
+])
+def test_only_a_promotion_lets_the_nightly_trigger_the_deploy(dagbag, promoted: bool, deploy: bool,
+                                                               triggers: bool) -> None:
+    dag = dagbag.dags["nightly_training"]
+    gate = dag.get_task("promoted")
+    assert type(gate).__name__ == "_ShortCircuitDecoratedOperator"  # False skips everything downstream
+    decision = {"promoted": promoted, "reason": "...", "version": "3"}
+    assert gate.python_callable(decision, params={"deploy": deploy}) is triggers
+    trigger = dag.get_task("trigger_deploy")
+    assert trigger.trigger_dag_id == "deploy_model" and trigger.conf["version"] == "champion"
+
+
 def test_deploy_dag_is_manual_and_takes_version_and_target(dagbag) -> None:
     dag = dagbag.dags["deploy_model"]
     assert type(dag.timetable).__name__ == "NullTimetable"  # triggered by hand or by promotion only
