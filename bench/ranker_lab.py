@@ -38,18 +38,18 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 from bench.quality import DATASETS
 from bench.report import REPO, RESULTS, add_common_options, append_results, stamp
 from contracts import EventWeights
-from models.classic import MultDAE, index_of, top_k
+from models.classic import MultDAE, index_of, multinomial_loss, top_k
 from models.dlrm import DLRM, DLRMConfig
 from models.logreg import LogisticRegression, LogisticRegressionConfig
 from serving.recommender import Recommender
 from training.quality import (ListMetrics, Split, Task, build_task, interaction_matrix, list_metrics,
                               paired_difference, user_holdout)
-from training.ranker import RankerConfig, _cut_lists, _Lists, _pool_labels, _rank, _sub_metrics, fit_sources, item_stats_of
+from training.ranker import (RankerConfig, _cut_lists, _Lists, _pool_labels, _rank, _sub_metrics, fit_sources, item_stats_of,
+                             listwise_loss)
 
 log = logging.getLogger("bench.ranker_lab")
 CACHE = REPO / "var" / "bench"
@@ -194,9 +194,7 @@ def train_ranker(lab: Lab, variant: RankerVariant, seed: int, split_seed: int | 
             rows = torch.from_numpy(order[start:start + config.batch_users])
             logits = model(dense[rows].reshape(-1, len(keep)), sparse[rows].reshape(-1, 1)).view(len(rows), c)
             logits = logits.masked_fill(~valid_mask[rows], float("-inf"))
-            target = labels[rows].float()
-            target = target / target.sum(dim=1, keepdim=True)
-            loss = -(target * F.log_softmax(logits, dim=1).nan_to_num(neginf=0.0)).sum(dim=1).mean()
+            loss = listwise_loss(logits, labels[rows])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -289,22 +287,14 @@ class _TargetDAE(MultDAE):
             order = rows[torch.randperm(len(rows), generator=generator)].numpy()
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
-                x_in, y = unit[batch].tocoo(), targets[batch].tocoo()
-                keep = (torch.rand(x_in.nnz, generator=generator) >= self.dropout).float() / (1.0 - self.dropout)
-                sparse_in = torch.sparse_coo_tensor(np.vstack([x_in.row, x_in.col]), torch.from_numpy(x_in.data) * keep,
-                                                    x_in.shape, check_invariants=False)
-                logits = decoder(torch.tanh(torch.sparse.mm(sparse_in, encoder.weight.T) + encoder.bias))
+                logits = decoder(self.dropped_hidden(unit[batch], encoder, generator))
                 if masked is not None:
                     logits = logits.masked_fill(torch.from_numpy(masked[batch].toarray()), -1e9)
-                log_p = F.log_softmax(logits, dim=1)
-                picked = log_p[torch.from_numpy(y.row.astype(np.int64)), torch.from_numpy(y.col.astype(np.int64))]
-                loss = -(picked * torch.from_numpy(y.data.astype(np.float32))).sum() / len(batch)
+                loss = multinomial_loss(logits, targets[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-        self._state, self.n_items = {k: v.detach().clone() for k, v in net.state_dict().items()}, n_items
-        self._scoring = None
-        return self
+        return self.keep(net, n_items)
 
 
 def source_checks(lab: Lab) -> list[dict]:

@@ -327,6 +327,18 @@ class ALS:
         return row.indices.astype(np.int64), (confidence[:, None] * (seen @ metric)).astype(np.float32)
 
 
+def multinomial_loss(logits, targets: sp.csr_matrix):  # type: ignore[no-untyped-def]
+    """Mult-DAE's objective: minus the weighted log-likelihood of each row's target cells under the
+    softmax over the catalogue, per row (Liang et al. 2018)."""
+    import torch
+    import torch.nn.functional as F
+
+    y = targets.tocoo()
+    log_p = F.log_softmax(logits, dim=1)
+    picked = log_p[torch.from_numpy(y.row.astype(np.int64)), torch.from_numpy(y.col.astype(np.int64))]
+    return -(picked * torch.from_numpy(y.data.astype(np.float32))).sum() / logits.shape[0]
+
+
 @dataclass(eq=False)
 class MultDAE:
     """Denoising autoencoder with a multinomial likelihood (Liang et al. 2018, "Variational Autoencoders for
@@ -363,9 +375,19 @@ class MultDAE:
         return torch.nn.Sequential(torch.nn.Linear(n_items, self.hidden), torch.nn.Tanh(),
                                    torch.nn.Linear(self.hidden, n_items))
 
+    def dropped_hidden(self, unit_rows: sp.csr_matrix, encoder, generator):  # type: ignore[no-untyped-def]
+        """The training pass's hidden layer of L2-normalised rows, with input dropout. The encoder's input
+        stays sparse: dropping out a zero changes nothing, so only stored cells are dropped."""
+        import torch
+
+        x_in = unit_rows.tocoo()
+        keep = (torch.rand(x_in.nnz, generator=generator) >= self.dropout).float() / (1.0 - self.dropout)
+        sparse_in = torch.sparse_coo_tensor(np.vstack([x_in.row, x_in.col]), torch.from_numpy(x_in.data) * keep,
+                                            x_in.shape, check_invariants=False)
+        return torch.tanh(torch.sparse.mm(sparse_in, encoder.weight.T) + encoder.bias)
+
     def fit(self, interactions: sp.csr_matrix) -> MultDAE:
         import torch
-        import torch.nn.functional as F
 
         matrix = _as_matrix(interactions)
         n_users, n_items = matrix.shape
@@ -383,19 +405,15 @@ class MultDAE:
             order = rows[torch.randperm(len(rows), generator=generator)].numpy()
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
-                # Sparse encoder input: dropping out a zero changes nothing, so only stored cells are dropped.
-                x_in, x = unit[batch].tocoo(), matrix[batch].tocoo()
-                keep = (torch.rand(x_in.nnz, generator=generator) >= self.dropout).float() / (1.0 - self.dropout)
-                sparse_in = torch.sparse_coo_tensor(np.vstack([x_in.row, x_in.col]),
-                                                    torch.from_numpy(x_in.data) * keep, x_in.shape,
-                                                    check_invariants=False)
-                hidden = torch.tanh(torch.sparse.mm(sparse_in, encoder.weight.T) + encoder.bias)
-                log_p = F.log_softmax(decoder(hidden), dim=1)
-                picked = log_p[torch.from_numpy(x.row.astype(np.int64)), torch.from_numpy(x.col.astype(np.int64))]
-                loss = -(picked * torch.from_numpy(x.data)).sum() / len(batch)
+                logits = decoder(self.dropped_hidden(unit[batch], encoder, generator))
+                loss = multinomial_loss(logits, matrix[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+        return self.keep(net, n_items)
+
+    def keep(self, net, n_items: int) -> MultDAE:  # type: ignore[no-untyped-def]
+        """Keeps a trained net's weights as this model's state; scoring arrays are rebuilt on first use."""
         self._state, self.n_items = {k: v.detach().clone() for k, v in net.state_dict().items()}, n_items
         self._scoring = None
         return self

@@ -256,9 +256,7 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
             logits = model(dense[rows].reshape(-1, dense.shape[2]),
                            sparse[rows].reshape(-1, sparse.shape[2])).view(len(rows), c)
             logits = logits.masked_fill(~valid_mask[rows], float("-inf"))
-            target = labels_t[rows].float()
-            target = target / target.sum(dim=1, keepdim=True)
-            loss = -(target * F.log_softmax(logits, dim=1).nan_to_num(neginf=0.0)).sum(dim=1).mean()
+            loss = listwise_loss(logits, labels_t[rows])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -338,6 +336,14 @@ def _choose_blend(model: DLRM, lists: _Lists, rows: np.ndarray, rec: Recommender
                 best = (name, float(weight), value)
     log.info("blend: %s weight %.2f (held-out ndcg@%d %.4f)", best[0], best[1], config.k, best[2])
     return best
+
+
+def listwise_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The ranker's objective: cross-entropy of the softmax over each pool (padding at -inf) against the
+    pool's relevant items, spread evenly over them: next interactions, the pool's other items as negatives."""
+    target = labels.float()
+    target = target / target.sum(dim=1, keepdim=True)
+    return -(target * F.log_softmax(logits, dim=1).nan_to_num(neginf=0.0)).sum(dim=1).mean()
 
 
 def _pool_labels(task: Task, pool: np.ndarray) -> np.ndarray:
