@@ -391,7 +391,8 @@ def _gather(scores: np.ndarray, items: np.ndarray) -> np.ndarray:
 
 
 class TritonRecommender:
-    """What the API holds for a bundle that ships a recommender: its `Recommender`, ranked on Triton.
+    """What the API holds for a bundle that ships a recommender: its `Recommender`, ranked on Triton
+    (the `serving.request_path.ServedRecommender` of every deployment).
 
     `recommend` is the request-time call of the path the evaluator runs in batch: one customer's
     events -> weighted history row -> `Recommender.recommend` with Triton as the pair scorer.
@@ -427,6 +428,11 @@ class TritonRecommender:
         version = str(deployment.triton_version) if pin_version else ""  # pinned: an experiment's arm
         return cls(recommender, Client(triton_url, deployment.model_name, protocol, timeout_s,  # type: ignore[arg-type]
                                        model_version=version))
+
+    @property
+    def items(self) -> np.ndarray:
+        """The product ids it can recommend (`Recommender.items`): what `allowed` masks."""
+        return self.recommender.items
 
     def recommend(self, product_ids: np.ndarray, event_types: np.ndarray, allowed: np.ndarray,
                   excluded_ids: np.ndarray, k: int) -> list[tuple[int, float]]:
