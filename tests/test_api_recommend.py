@@ -1,4 +1,5 @@
-"""Recommendations: candidates, filters, exclusion of purchases, popular fallback, similar and popular products."""
+"""Recommendations: the served recommender's list, filters, exclusion of purchases, popular fallback and top-up,
+similar and popular products."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import pytest
 from flask.testing import FlaskClient
 
 from api import create_app
-from serving.catalogue import ProductFilter
-from tests import sql_reference
 from tests.recommenders import TableRecommender
 from tests.test_api_support import DownRanker, PriceRanker, add_catalogue, app, client, make_config  # noqa: F401
 
@@ -111,17 +110,6 @@ def test_without_ranker_recommendations_use_popularity(client: FlaskClient) -> N
     assert body["ranker"] == "popular" and body["fallback"] is False
     # Product 6: cart + purchase (0.5 + 1) outweighs product 3 (purchase 1); product 1 is bought by customer 1.
     assert _ids_of(body) == [6, 3]
-
-
-def test_candidate_sources_find_session_mates_and_category_products(client: FlaskClient, app) -> None:  # noqa: F811
-    add_catalogue(client)
-    where = ProductFilter()
-    with app.extensions["recsys_store"].session() as session:
-        # Customer 1 touched 1, 2, 5; sessions holding those also hold 3 and 6 (s3).
-        assert set(sql_reference.co_occurring(session, 1, 50, where)) == {3, 6}
-        # Customer 1 touched categories 1 and 2: every available product there.
-        assert set(sql_reference.in_customer_categories(session, 1, 50, where)) == {1, 2, 3, 4, 5, 6, 7, 8}
-        assert sql_reference.co_occurring(session, 4, 50, where) == []
 
 
 def test_popular_products_order_by_weighted_events(client: FlaskClient) -> None:
