@@ -88,7 +88,8 @@ class RankerSlot:
     API started is served without restarting it. Other requests meanwhile keep the ranker they had.
     """
 
-    def __init__(self, ranker: ServedRecommender | None, serving_dir: Path, triton_url: str, check_s: float = 5.0) -> None:
+    def __init__(self, ranker: ServedRecommender | None, serving_dir: Path, triton_url: str,
+                 check_s: float = 5.0) -> None:
         self._ranker = ranker
         self._fixed = ranker is not None  # a ranker handed in (tests, embedding) is never replaced
         self._resolved = self._fixed

@@ -77,7 +77,8 @@ def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dic
 PRODUCTS = ([{"id": i, "name": f"p{i}", "category_id": 1, "brand": "a", "price": 10.0 * i} for i in range(1, 5)]
             + [{"id": i, "name": f"p{i}", "category_id": 2, "brand": "b", "price": 10.0 * (i - 4) - 5}
                for i in range(5, 9)]
-            + [{"id": 9, "category_id": 3, "price": 50.0}, {"id": 10, "category_id": 3, "price": 60.0, "available": False}])
+            + [{"id": 9, "category_id": 3, "price": 50.0},
+               {"id": 10, "category_id": 3, "price": 60.0, "available": False}])
 
 
 class PriceRanker(TableRecommender):
