@@ -22,11 +22,11 @@ from api.store import Interaction, Store, normalise_url
 from contracts import RECOMMENDER_DIR, EventWeights
 from serving.catalogue import CacheConfig, CatalogueCache, ProductFilter
 from serving.errors import BundleError
-from serving.request_path import History, Ranker, Request, RequestRecommender
+from serving.request_path import History, Request, RequestRecommender, ServedRecommender
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_app", "default_config", "warm_up", "Ranker", "RankerSlot"]
+__all__ = ["create_app", "default_config", "warm_up", "RankerSlot", "ServedRecommender"]
 
 
 def default_config() -> dict[str, Any]:
@@ -88,7 +88,8 @@ class RankerSlot:
     API started is served without restarting it. Other requests meanwhile keep the ranker they had.
     """
 
-    def __init__(self, ranker: Ranker | None, serving_dir: Path, triton_url: str, check_s: float = 5.0) -> None:
+    def __init__(self, ranker: ServedRecommender | None, serving_dir: Path, triton_url: str,
+                 check_s: float = 5.0) -> None:
         self._ranker = ranker
         self._fixed = ranker is not None  # a ranker handed in (tests, embedding) is never replaced
         self._resolved = self._fixed
@@ -109,7 +110,7 @@ class RankerSlot:
             return None
         return target, info.st_ino, info.st_mtime_ns
 
-    def get(self) -> Ranker | None:
+    def get(self) -> ServedRecommender | None:
         if self._fixed:
             return self._ranker
         due = time.monotonic() - self._checked_at >= self._check_s
@@ -136,7 +137,7 @@ class RankerSlot:
         # A bundle that failed to build is tried again at the next check, not remembered as served.
         self._stamp = stamp if (self._ranker is not None or stamp is None) else None
 
-    def _build_default(self) -> Ranker | None:
+    def _build_default(self) -> ServedRecommender | None:
         bundle = self._serving_dir / "current"
         if not bundle.exists():
             log.info("no serving bundle at %s; recommendations use popular items", bundle)
@@ -145,7 +146,7 @@ class RankerSlot:
         # version (the treatment), which an unpinned client would be served by default.
         return self._build(bundle, pin_version=True)
 
-    def _build(self, bundle: Path, pin_version: bool) -> Ranker | None:
+    def _build(self, bundle: Path, pin_version: bool) -> ServedRecommender | None:
         try:
             if not (bundle / RECOMMENDER_DIR).is_dir():
                 raise BundleError(f"{bundle} has no {RECOMMENDER_DIR}/ (the served recommender every nightly run "
@@ -158,7 +159,7 @@ class RankerSlot:
             log.error("could not build the Triton ranker from %s: %s", bundle, exc)
             return None
 
-    def for_version(self, version: str) -> Ranker | None:
+    def for_version(self, version: str) -> ServedRecommender | None:
         """The ranker of bundle `<serving_dir>/<version>` (an experiment's arm), on the Triton version that
         bundle was built as (both arms are loaded in the one server); the deployed ranker when it is the
         bundle `current` points at."""
@@ -172,7 +173,7 @@ class RankerSlot:
         return self._build(bundle, pin_version=True)
 
 
-def create_app(config: dict[str, Any] | None = None, ranker: Ranker | None = None,
+def create_app(config: dict[str, Any] | None = None, ranker: ServedRecommender | None = None,
                arm_rankers: experiments.ArmRankerFactory | None = None) -> Flask:
     """Build the app; `config` overrides keys of `default_config()`, `ranker` replaces the Triton ranker,
     `arm_rankers` (bundle version -> ranker) replaces how experiment arms build theirs."""

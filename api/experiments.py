@@ -93,7 +93,7 @@ class Assignment:
 
 
 NO_EXPERIMENT = Assignment(None, DEFAULT_ARM, None)
-ArmRankerFactory = Callable[[str], Any]  # bundle version -> Ranker (or None when it cannot be built)
+ArmRankerFactory = Callable[[str], Any]  # bundle version -> ServedRecommender (or None when it cannot be built)
 
 
 class Experiments:

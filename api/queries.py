@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, aliased
 
 from api.store import Interaction, Product, Store
+from serving.catalogue import InteractionRow
 
 FETCH_CHUNK = 20_000
 HISTORY = select(Interaction.product_id, Interaction.event_type).where(
@@ -45,10 +46,9 @@ def product_rows(conn: Connection) -> list[tuple]:
     return [tuple(row) for row in conn.execute(stmt).all()]
 
 
-def interactions_after(conn: Connection, after_id: int) -> Iterable[tuple[int, int, int, str, str | None]]:
+def interactions_after(conn: Connection, after_id: int) -> Iterable[InteractionRow]:
     """Interactions with id > after_id in id order, streamed in chunks (Core, no ORM objects)."""
-    stmt = (select(Interaction.id, Interaction.customer_id, Interaction.product_id, Interaction.event_type,
-                   Interaction.session)
+    stmt = (select(Interaction.id, Interaction.product_id, Interaction.event_type)
             .where(Interaction.id > after_id).order_by(Interaction.id))
     result = conn.execute(stmt)
     while chunk := result.fetchmany(FETCH_CHUNK):
@@ -67,7 +67,7 @@ class _ConnectionReads:
     def products(self) -> list[tuple]:
         return product_rows(self.conn)
 
-    def interactions(self, after_id: int) -> Iterable[tuple[int, int, int, str, str | None]]:
+    def interactions(self, after_id: int) -> Iterable[InteractionRow]:
         return interactions_after(self.conn, after_id)
 
 

@@ -260,15 +260,15 @@ class ScoredItem(BaseModel):
 
 
 ExplanationKind = Literal["because_you_viewed", "goes_with_your_items", "similar_to_history", "popular",
-                          "popular_in_category", "viewed_together", "recommended"]  # serving.explain.ALL_KINDS
+                          "popular_in_category", "recommended"]  # serving.explain.ALL_KINDS
 
 
 class Explanation(BaseModel):
     """Why an item is recommended (serving.explain): the candidate source that put it in the pool, a kind
     the front end renders, a readable reason and the customer's own products behind it."""
 
-    source: str = Field(description="candidate source: item_knn, ease, als, popularity, or the catalogue "
-                                    "path's co_occurring, in_categories, popular")
+    source: str = Field(description="candidate source: item_knn, ease, als, sequential, popularity, or "
+                                    "popular for the popular fallback and top-up")
     kind: ExplanationKind
     reason: str
     evidence: list[int] = Field(max_length=3, description="product ids from the customer's history that add "

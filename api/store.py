@@ -113,7 +113,7 @@ class Interaction(Base):
         CheckConstraint(
             f"event_type IN ({','.join(repr(t) for t in EVENT_TYPES)})", name="ck_interactions_event_type"
         ),
-        # Recommendations read a customer's history, a product's popularity and session co-occurrence.
+        # Recommendations read a customer's history; /products/<id>/similar a product's sessions and customers.
         Index("ix_interactions_customer_event", "customer_id", "event_type", "product_id"),
         Index("ix_interactions_product_event", "product_id", "event_type"),
         Index("ix_interactions_session_product", "session", "product_id"),

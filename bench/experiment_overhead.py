@@ -77,7 +77,8 @@ def main() -> None:
     common = {"device": f"cpu-{len(os.sched_getaffinity(0))}core",
               **stamp("bench.experiment_overhead", args.git_sha, ("numpy", "flask", "sqlalchemy"))}
     config = {"transport": "in-process Flask test client, sequential", "database": "sqlite (WAL)",
-              "requests_per_app": args.requests, "k": 10, "ranker": "tests.shop.PreferenceRanker (no Triton)",
+              "requests_per_app": args.requests, "k": 10,
+              "ranker": "tests.shop.PreferenceRanker (served path, no Triton)",
               "baseline": "same path without experiment lookup or impression row (pre-experiment behaviour)"}
     rows = []
     for q in (50, 99):

@@ -36,7 +36,7 @@ KINDS: dict[str, str] = {
     POPULARITY: "popular",
 }
 ALL_KINDS = ("because_you_viewed", "goes_with_your_items", "similar_to_history", "popular", "popular_in_category",
-             "viewed_together", "recommended")
+             "recommended")
 VERBS = {"purchase": "bought", "cart": "added to your cart", "view": "viewed"}
 
 
@@ -68,21 +68,6 @@ def popular(category_id: int | None = None, source: str = POPULARITY) -> Explana
     if category_id is not None:
         return Explanation(source, "popular_in_category", f"Popular in category {category_id}", [], int(category_id))
     return Explanation(source, "popular", "Popular with other customers", [])
-
-
-def catalogue(source: str, category_id: int | None, in_category: list[int],
-              filtered: int | None = None) -> Explanation:
-    """The catalogue path (a ranker other than the served recommender): `source` is the list that
-    brought the item into the pool (serving.request_path._pool): "co_occurring" (shares sessions
-    with the customer's products), "in_categories" (popular in a category of the customer's
-    products; `in_category`: those products, latest first) or "popular"."""
-    if source == "co_occurring":
-        return Explanation(source, "viewed_together", "Seen in the same sessions as products you interacted with", [])
-    if source == "in_categories" and category_id is not None:
-        ids = [int(p) for p in in_category[:MAX_EVIDENCE]]
-        reason = f"Popular in category {category_id}" + (f", where you looked at {_names(ids)}" if ids else "")
-        return Explanation(source, "popular_in_category", reason, ids, int(category_id))
-    return popular(filtered, source)
 
 
 def origins(scores: Mapping[str, np.ndarray], blocked: np.ndarray, items: np.ndarray,

@@ -391,10 +391,11 @@ def _gather(scores: np.ndarray, items: np.ndarray) -> np.ndarray:
 
 
 class TritonRecommender:
-    """What the API holds for a bundle that ships a recommender: its `Recommender`, ranked on Triton.
+    """What the API holds for a bundle that ships a recommender: its `Recommender`, ranked on Triton
+    (the `serving.request_path.ServedRecommender` of every deployment).
 
-    `recommend` is the request-time call of the path the evaluator runs in batch: one customer's
-    events -> weighted history row -> `Recommender.recommend` with Triton as the pair scorer.
+    `recommend_explained` is the request-time call of the path the evaluator runs in batch: one
+    customer's events -> weighted history row -> `Recommender.recommend` with Triton as the pair scorer.
     Raises `serving.errors.RankerUnavailable` when Triton cannot answer (the API then falls back).
     """
 
@@ -428,24 +429,20 @@ class TritonRecommender:
         return cls(recommender, Client(triton_url, deployment.model_name, protocol, timeout_s,  # type: ignore[arg-type]
                                        model_version=version))
 
-    def recommend(self, product_ids: np.ndarray, event_types: np.ndarray, allowed: np.ndarray,
-                  excluded_ids: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """Up to k (product_id, score) best first; `allowed` masks `recommender.items` (available,
-        passing the request's filters), `excluded_ids` are never returned. The score is the ranker's
-        probability that the customer interacts with the product next, its blend with a source (see
-        `blend`) when `blend_weight` is set, or the serving source's score in a source mode."""
-        rec = self.recommender
-        scorer = None if rec.mode != "ranker" else self.client.score
-        items, scores = rec.recommend(rec.history(product_ids, event_types), rec.blocked(allowed, excluded_ids), k,
-                                      scorer, sequences=rec.sequences(product_ids, event_types))
-        keep = items[0] >= 0
-        return [(int(p), float(s)) for p, s in zip(rec.items[items[0][keep]], scores[0][keep])]
+    @property
+    def items(self) -> np.ndarray:
+        """The product ids it can recommend (`Recommender.items`): what `allowed` masks."""
+        return self.recommender.items
 
     def recommend_explained(self, product_ids: np.ndarray, event_types: np.ndarray, allowed: np.ndarray,
                             excluded_ids: np.ndarray, k: int,
                             category_id: int | None = None) -> list[tuple[int, float, "Explanation"]]:
-        """`recommend`, each item with its `serving.explain.Explanation` (computed for these k only);
-        category_id: the request's category filter, named by popular items' explanations."""
+        """Up to k (product_id, score, explanation) best first; `allowed` masks `items` (available,
+        passing the request's filters), `excluded_ids` are never returned. The score is the ranker's
+        probability that the customer interacts with the product next, its blend with a source (see
+        `blend`) when `blend_weight` is set, or the serving source's score in a source mode. Each item's
+        `serving.explain.Explanation` is computed for these k only; category_id: the request's category
+        filter, named by popular items' explanations."""
         from serving.explain import strongest_events
 
         rec = self.recommender

@@ -1,13 +1,12 @@
 """One recommendation request: the customer's history -> candidates -> filter -> rank -> top k, popular
-items as the fallback. What the API's `/customers/<id>/recommendations` calls.
+items as the fallback and the top-up. What the API's `/customers/<id>/recommendations` calls.
 
-With the deployed served recommender (`serving.recommender.TritonRecommender`, every bundle the
-nightly run builds, an experiment's arms included) the candidates, filters and ranking are that
-recommender's, as the nightly evaluator runs it in batch. Any other `Ranker` (no deployed bundle
-makes one: the tests' rankers) scores a pool from the per-worker catalogue index
-(`serving.catalogue`: session co-occurrence, the customer's categories, popularity): the catalogue
-path. The history is read by the caller on every request
-(`api.queries.history`), so a purchase is excluded from the very next recommendation.
+The candidates, filters and ranking are the `ServedRecommender`'s (every bundle the nightly run
+builds, an experiment's arms included, is served by `serving.recommender.TritonRecommender`), as the
+nightly evaluator runs them in batch; this module masks the recommender's items by the per-worker
+catalogue (`serving.catalogue`: availability, the request's filters) and tops a short list up with
+popular items. The history is read by the caller on every request (`api.queries.history`), so a
+purchase is excluded from the very next recommendation.
 """
 
 from __future__ import annotations
@@ -15,29 +14,36 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import zip_longest
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import pandas as pd
 
-from serving.catalogue import NO_CATEGORY, CatalogueCache, CatalogueIndex, ProductFilter, Products
+from serving.catalogue import CatalogueCache, ProductFilter, Products
 from serving.errors import RankerUnavailable
 
 if TYPE_CHECKING:
-    from serving.recommender import TritonRecommender
+    from serving.explain import Explanation
 
 log = logging.getLogger(__name__)
 
-CANDIDATES = 200  # products the ranker scores per request
-CATALOGUE_SOURCES = ("co_occurring", "in_categories", "popular")  # _pool's lists, in its order
 
+class ServedRecommender(Protocol):
+    """What the request path asks of a recommender: `serving.recommender.TritonRecommender` in every
+    deployment (the tests' recommenders implement it too)."""
 
-class Ranker(Protocol):
-    """Scores products for a customer; raises serving.errors.RankerUnavailable when it cannot."""
+    @property
+    def items(self) -> np.ndarray:
+        """(n_items,) int64 product ids it can recommend, in the order `recommend_explained`'s `allowed` masks.
+        The same array object while the recommender lives (the path caches its catalogue rows by identity)."""
+        ...
 
-    def score(self, customer_id: int, products: pd.DataFrame) -> np.ndarray:
-        """products: columns product_id, category_id, brand, price; returns (len(products),) float scores."""
+    def recommend_explained(self, product_ids: np.ndarray, event_types: np.ndarray, allowed: np.ndarray,
+                            excluded_ids: np.ndarray, k: int,
+                            category_id: int | None = None) -> list[tuple[int, float, Explanation]]:
+        """Up to k (product_id, score, explanation), best first, distinct, from the customer's events
+        (product_ids, event_types in id order); only items where `allowed` (over `items`) is True and
+        never `excluded_ids`; category_id: the request's category filter, for the explanations.
+        Raises serving.errors.RankerUnavailable when it cannot rank now."""
         ...
 
 
@@ -98,54 +104,12 @@ class History:
         return {"seen": self.touched, "purchased": self.purchased}.get(exclude, set())
 
 
-def _pool(index: CatalogueIndex, history: History, req: Request, exclude: set[int],
-          origin: dict[int, str] | None = None) -> list[int]:
-    """Up to CANDIDATES distinct products from the three catalogue sources in turn (most personal
-    first), so each is represented however long the others' lists are; excluded products left out.
-    `origin`, when given, gets each product's source (its first list)."""
-    ids: dict[int, None] = {}
-    sources = [
-        index.co_occurring(history.touched, CANDIDATES, req.where),
-        index.in_categories(index.categories_of(history.touched), CANDIDATES, req.where),
-        [pid for pid, _ in index.popular(CANDIDATES, req.where, exclude)],
-    ]
-    # insertion-ordered dict keeps candidates distinct
-    for batch in zip_longest(*sources):
-        if len(ids) >= CANDIDATES:
-            break
-        for name, pid in zip(CATALOGUE_SOURCES, batch):
-            if pid is not None and pid not in exclude:
-                ids[pid] = None
-                if origin is not None:
-                    origin.setdefault(pid, name)
-    return list(ids)[:CANDIDATES]
-
-
-def _catalogue_why(ranked: list[tuple[int, float]], origin: dict[int, str], products: Products,
-                   history: History, where: ProductFilter) -> list[dict]:
-    """Explanations of the catalogue path's items by the list that brought each into the pool
-    (serving.explain.catalogue): a category's items name the customer's products in that category."""
-    from serving.explain import catalogue
-
-    rows, found = products.rows_of(np.asarray([p for p, _ in ranked], dtype=np.int64))
-    category = np.where(found, products.category[np.where(found, rows, 0)], NO_CATEGORY)
-    touched = np.fromiter(dict.fromkeys(p for p, _ in reversed(history.events)), dtype=np.int64)  # latest first
-    t_rows, t_found = products.rows_of(touched)
-    t_category = np.where(t_found, products.category[np.where(t_found, t_rows, 0)], NO_CATEGORY)
-    out = []
-    for (pid, _), cat in zip(ranked, category.tolist()):
-        name = origin.get(pid, "popular")
-        same = touched[t_category == cat].tolist() if name == "in_categories" and cat != NO_CATEGORY else []
-        out.append(catalogue(name, None if cat == NO_CATEGORY else int(cat), same, where.category_id).as_dict())
-    return out
-
-
 class RequestRecommender:
-    """Ties the catalogue cache, the customer's history and the ranker together for one app."""
+    """Ties the catalogue cache, the customer's history and the served recommender together for one app."""
 
     def __init__(self, cache: CatalogueCache) -> None:
         self.cache = cache
-        # (catalogue snapshot, served items, rows, found) of the last served-path request
+        # (catalogue snapshot, recommender items, rows, found) of the last request
         self._rows_cache: tuple[Products, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def popular(self, k: int, where: ProductFilter = ProductFilter(),
@@ -153,53 +117,17 @@ class RequestRecommender:
         with self.cache.lock:
             return self.cache.index().popular(k, where, exclude)
 
-    def recommend(self, req: Request, history: History, ranker: Ranker | None) -> Result:
-        """req's top k for the customer whose history is given; popular items without a ranker or history."""
+    def recommend(self, req: Request, history: History, served: ServedRecommender | None) -> Result:
+        """req's top k for the customer whose history is given: the served recommender's candidates,
+        exclusions and filters, ranking (as the evaluator runs them); a list short of k (few eligible
+        products known to the model) is topped up with popular ones. Popular items without a
+        recommender or history, and (flagged as a fallback) when it cannot rank now."""
         exclude = history.excluded(req.exclude)
-        if ranker is None or not history.touched:
+        if served is None or not history.touched:
             return _popular_result(self.popular(req.k, req.where, exclude), req.where, False)
-        if hasattr(ranker, "recommender"):  # serving.recommender.TritonRecommender: the evaluated path
-            return self._recommend_served(req, ranker, history, exclude)
         with self.cache.lock:
-            index = self.cache.index()
-            origin: dict[int, str] = {}
-            pool = _pool(index, history, req, exclude, origin)
-            if not pool:
-                return _popular_result(self.popular(req.k, req.where, exclude), req.where, False)
-            products = index.products  # an immutable snapshot: safe to use once the lock is released
-            rows, _ = products.rows_of(np.asarray(pool, dtype=np.int64))
-        try:
-            scores = self._score(ranker, req.customer_id, products, rows)
-        except RankerUnavailable as exc:
-            log.warning("ranker unavailable for customer %s, serving popular items: %s", req.customer_id, exc)
-            return _popular_result(self.popular(req.k, req.where, exclude), req.where, True)
-        if scores.shape[0] != len(rows):
-            raise ValueError(f"ranker returned {scores.shape[0]} scores for {len(rows)} products")
-        order = np.argsort(-scores, kind="stable")[: req.k]
-        ids = products.ids[rows]
-        ranked = [(int(ids[i]), float(scores[i])) for i in order]
-        why = _catalogue_why(ranked, origin, products, history, req.where)
-        return self._explained_top_up(ranked, why, req, exclude)
-
-    def _explained_top_up(self, ranked: list[tuple[int, float]], why: list[dict], req: Request,
-                          exclude: set[int]) -> Result:
-        """A ranked Result, topped up with popular items (explained as popular) when short of k."""
-        items = self._top_up(ranked, req, exclude)
-        return Result(items, "triton", False, why + _popular_why(len(items) - len(ranked), req.where))
-
-    def _top_up(self, ranked: list[tuple[int, float]], req: Request, exclude: set[int]) -> list[tuple[int, float]]:
-        """A list short of k while eligible products remain gets the most popular of them appended."""
-        if len(ranked) >= req.k:
-            return ranked
-        return ranked + self.popular(req.k - len(ranked), req.where, exclude | {p for p, _ in ranked})
-
-    def _recommend_served(self, req: Request, served: "TritonRecommender", history: History,
-                          exclude: set[int]) -> Result:
-        """Candidates, exclusions and filters, ranking: `serving.recommender`, as the evaluator runs it;
-        a list short of k (few eligible products known to the model) is topped up with popular ones."""
-        with self.cache.lock:
-            products = self.cache.index().products
-        rows, found = self._served_rows(products, served.recommender.items)
+            products = self.cache.index().products  # an immutable snapshot: safe to use once the lock is released
+        rows, found = self._served_rows(products, served.items)
         allowed = found.copy()
         allowed[found] = products.mask(rows[found], req.where)
         pids = np.fromiter((p for p, _ in history.events), dtype=np.int64, count=len(history.events))
@@ -210,8 +138,16 @@ class RequestRecommender:
         except RankerUnavailable as exc:
             log.warning("ranker unavailable for customer %s, serving popular items: %s", req.customer_id, exc)
             return _popular_result(self.popular(req.k, req.where, exclude), req.where, True)
-        return self._explained_top_up([(p, s) for p, s, _ in explained], [e.as_dict() for _, _, e in explained],
-                                      req, exclude)
+        ranked = [(p, s) for p, s, _ in explained]
+        items = self._top_up(ranked, req, exclude)
+        why = [e.as_dict() for _, _, e in explained] + _popular_why(len(items) - len(ranked), req.where)
+        return Result(items, "triton", False, why)
+
+    def _top_up(self, ranked: list[tuple[int, float]], req: Request, exclude: set[int]) -> list[tuple[int, float]]:
+        """A list short of k while eligible products remain gets the most popular of them appended."""
+        if len(ranked) >= req.k:
+            return ranked
+        return ranked + self.popular(req.k - len(ranked), req.where, exclude | {p for p, _ in ranked})
 
     def _served_rows(self, products: Products, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`products.rows_of(items)`, found once per catalogue snapshot and recommender (both immutable)."""
@@ -219,8 +155,3 @@ class RequestRecommender:
         if cached is None or cached[0] is not products or cached[1] is not items:
             cached = self._rows_cache = (products, items, *products.rows_of(items))  # one tuple: thread-safe swap
         return cached[2], cached[3]
-
-    @staticmethod
-    def _score(ranker: Ranker, customer_id: int, products: Products, rows: np.ndarray) -> np.ndarray:
-        scores = ranker.score(customer_id, products.features(products.ids[rows]))
-        return np.asarray(scores, dtype=np.float64).reshape(-1)

@@ -5,8 +5,9 @@ reacts to each item as `ops.shopper.Behaviour` says (a click more likely for an 
 discounted by position; a click maybe carted, a cart maybe bought): the demo's shoppers' behaviour.
 Every event is posted to POST /interactions with the response's recommendation_id and the position.
 
-Rankers: `PreferenceRanker` knows the truth (scores the customer's category first), `ContraryRanker`
-ranks it last; both are deterministic, so two arms with the same ranker form an A/A test.
+Rankers (served recommenders, tests.recommenders): `PreferenceRanker` knows the truth (scores the
+customer's category first), `ContraryRanker` ranks it last; both are deterministic, so two arms with
+the same ranker form an A/A test.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from flask.testing import FlaskClient
 
 from ops.shopper import Behaviour
+from tests.recommenders import TableRecommender
 
 
 @dataclass(frozen=True)
@@ -35,22 +36,27 @@ class ShopTruth:
         return 1 + (product_id - 1) // self.per_category
 
 
-class PreferenceRanker:
-    """Ranks the customer's preferred category first (the planted truth); ties broken by product id."""
+class PreferenceRanker(TableRecommender):
+    """Ranks the customer's preferred category first (the planted truth, read off the customer's first
+    event: `open_shop`'s view in that category); ties broken by product id. A served recommender
+    (`serving.request_path.ServedRecommender`) over every product of the shop."""
 
     def __init__(self, truth: ShopTruth) -> None:
+        super().__init__(np.arange(1, truth.n_categories * truth.per_category + 1))
         self.truth = truth
+        self.category = np.array([truth.category(p) for p in self.items.tolist()])
 
-    def score(self, customer_id: int, products: pd.DataFrame) -> np.ndarray:
-        match = products["category_id"].to_numpy() == self.truth.preference(customer_id)
-        return match.astype(np.float64) + 1e-4 * (products["product_id"].to_numpy() % 97)
+    def scores(self, product_ids: np.ndarray, event_types: np.ndarray) -> np.ndarray:
+        preferred = self.truth.category(int(product_ids[0]))
+        match = self.category == preferred
+        return match.astype(np.float64) + 1e-4 * (self.items % 97)
 
 
 class ContraryRanker(PreferenceRanker):
     """Ranks the customer's preferred category last: a worse model."""
 
-    def score(self, customer_id: int, products: pd.DataFrame) -> np.ndarray:
-        return 1.0 - super().score(customer_id, products)
+    def scores(self, product_ids: np.ndarray, event_types: np.ndarray) -> np.ndarray:
+        return 1.0 - super().scores(product_ids, event_types)
 
 
 def _bulk(client: FlaskClient, path: str, items: list[dict], size: int = 50) -> None:

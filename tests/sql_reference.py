@@ -1,16 +1,16 @@
-"""The SQL reference of the API's in-memory catalogue index (serving.catalogue.CatalogueIndex): popularity,
-the customer's categories and session co-occurrence computed by aggregating the interactions table.
-Test-only: the index must give the same lists (tests/test_api_cache.py, tests/test_api_recommend.py)."""
+"""The SQL reference of the API's in-memory catalogue index (serving.catalogue.CatalogueIndex): popularity
+computed by aggregating the interactions table. Test-only: the index must give the same lists
+(tests/test_api_cache.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from sqlalchemy import Select, case, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from api.store import Interaction, Product
-from serving.catalogue import DEFAULT_WEIGHTS, MAX_SESSIONS, ProductFilter
+from serving.catalogue import DEFAULT_WEIGHTS, ProductFilter
 
 
 def _filtered(stmt: Select, where: ProductFilter) -> Select:
@@ -60,50 +60,3 @@ def purchased(session: Session, customer_id: int) -> set[int]:
         Interaction.customer_id == customer_id, Interaction.event_type == "purchase"
     ).distinct()
     return {int(p) for p in session.scalars(stmt)}
-
-
-def in_customer_categories(session: Session, customer_id: int, limit: int, where: ProductFilter,
-                           weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> list[int]:
-    """Popular products from the categories the customer interacted with."""
-    categories = (
-        select(Product.category_id)
-        .join(Interaction, Interaction.product_id == Product.id)
-        .where(Interaction.customer_id == customer_id, Product.category_id.is_not(None))
-        .distinct()
-    )
-    pop = _popularity(weights)
-    score = func.coalesce(pop.c.score, 0.0)
-    stmt = (
-        select(Product.id)
-        .outerjoin(pop, pop.c.product_id == Product.id)
-        .where(Product.category_id.in_(categories))
-        .order_by(score.desc(), Product.id)
-    )
-    return [int(p) for p in session.scalars(_filtered(stmt, where).limit(limit))]
-
-
-def co_occurring(session: Session, customer_id: int, limit: int, where: ProductFilter) -> list[int]:
-    """Products seen in the same sessions as the customer's products, by number of shared sessions."""
-    mine = aliased(Interaction)
-    other = aliased(Interaction)
-    # Products the customer touched, then other products that share any session with them.
-    touched = select(mine.product_id).where(mine.customer_id == customer_id).distinct().subquery()
-    sessions_with_touched = (
-        select(other.session)
-        .where(other.product_id.in_(select(touched.c.product_id)), other.session.is_not(None))
-        .distinct()
-        .limit(MAX_SESSIONS)
-        .subquery()
-    )
-    shared = func.count(func.distinct(Interaction.session))
-    stmt = (
-        select(Product.id)
-        .join(Interaction, Interaction.product_id == Product.id)
-        .where(
-            Interaction.session.in_(select(sessions_with_touched.c.session)),
-            Product.id.not_in(select(touched.c.product_id)),
-        )
-        .group_by(Product.id)
-        .order_by(shared.desc(), Product.id)
-    )
-    return [int(p) for p in session.scalars(_filtered(stmt, where).limit(limit))]

@@ -1,15 +1,16 @@
-"""Recommendations: candidates, filters, exclusion of purchases, popular fallback, similar and popular products."""
+"""Recommendations: the served recommender's list, filters, exclusion of purchases, popular fallback and top-up,
+similar and popular products."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
 from api import create_app
-from serving.catalogue import ProductFilter
-from tests import sql_reference
+from tests.recommenders import TableRecommender
 from tests.test_api_support import DownRanker, PriceRanker, add_catalogue, app, client, make_config  # noqa: F401
 
 
@@ -37,8 +38,8 @@ def test_recommendations_are_k_distinct_ranked_by_the_ranker(ranked: FlaskClient
     assert len(ids) == 4 and len(set(ids)) == 4
     scores = [item["score"] for item in body["items"]]
     assert scores == sorted(scores, reverse=True)
-    customer_id, frame = ranker.calls[-1]
-    assert customer_id == 2 and list(frame.columns) == ["product_id", "category_id", "brand", "price"]
+    # The recommender got customer 2's events, in the order they happened.
+    assert ranker.calls[-1] == [(1, "view"), (3, "purchase"), (6, "cart")]
     # Cheapest available, not seen by customer 2 (product 3), wins under the price ranker.
     assert ids[0] == 5 and 3 not in ids
 
@@ -111,17 +112,6 @@ def test_without_ranker_recommendations_use_popularity(client: FlaskClient) -> N
     assert _ids_of(body) == [6, 3]
 
 
-def test_candidate_sources_find_session_mates_and_category_products(client: FlaskClient, app) -> None:  # noqa: F811
-    add_catalogue(client)
-    where = ProductFilter()
-    with app.extensions["recsys_store"].session() as session:
-        # Customer 1 touched 1, 2, 5; sessions holding those also hold 3 and 6 (s3).
-        assert set(sql_reference.co_occurring(session, 1, 50, where)) == {3, 6}
-        # Customer 1 touched categories 1 and 2: every available product there.
-        assert set(sql_reference.in_customer_categories(session, 1, 50, where)) == {1, 2, 3, 4, 5, 6, 7, 8}
-        assert sql_reference.co_occurring(session, 4, 50, where) == []
-
-
 def test_popular_products_order_by_weighted_events(client: FlaskClient) -> None:
     add_catalogue(client)
     items = client.get("/products/popular?k=3").json["items"]
@@ -177,13 +167,22 @@ def test_default_ranker_is_absent_without_a_serving_bundle(tmp_path: Path) -> No
     assert broken.test_client().get("/customers/1/recommendations").json["ranker"] == "popular"
 
 
-def test_catalogue_path_explains_each_item_by_the_list_that_brought_it(ranked: FlaskClient) -> None:
-    """Customer 3 touched 6, 7 (category 2), 9, 10 (category 3) in session s4; 6 shares s3 with 1 and 3."""
-    items = ranked.get("/customers/3/recommendations?k=10").json["items"]
-    why = {i["product_id"]: i["explanation"] for i in items}
-    assert {p: e["source"] for p, e in why.items()} == {1: "co_occurring", 3: "co_occurring", 5: "in_categories",
-                                                        8: "in_categories", 2: "popular", 4: "popular"}
-    assert {why[p]["kind"] for p in (1, 3)} == {"viewed_together"} and {why[p]["kind"] for p in (2, 4)} == {"popular"}
-    for pid in (5, 8):  # popular in category 2, because of the customer's own category-2 products, latest first
-        assert why[pid]["kind"] == "popular_in_category" and why[pid]["category_id"] == 2
-        assert why[pid]["evidence"] == [7, 6] and "product 7" in why[pid]["reason"]
+class _KnowsFew(TableRecommender):
+    """A recommender trained on few products: 4, 2 and 99 (not in the catalogue), in that order."""
+
+    def __init__(self) -> None:
+        super().__init__([4, 2, 99])
+
+    def scores(self, product_ids: np.ndarray, event_types: np.ndarray) -> np.ndarray:
+        return np.array([3.0, 2.0, 1.0])
+
+
+def test_a_short_list_is_topped_up_with_popular_products_not_excluded(tmp_path: Path) -> None:
+    c = create_app(make_config(tmp_path), ranker=_KnowsFew()).test_client()
+    add_catalogue(c)
+    body = c.get("/customers/2/recommendations?k=4").json  # customer 2 saw 1, 3 and 6
+    assert body["ranker"] == "triton" and body["fallback"] is False
+    popular = [i["product_id"] for i in c.get("/products/popular?k=20").json["items"]]
+    top_up = [p for p in popular if p not in {1, 3, 6, 4, 2}][:2]
+    assert _ids_of(body) == [4, 2] + top_up  # 99 is not in the catalogue, so never recommended
+    assert [i["explanation"]["kind"] for i in body["items"]] == ["recommended"] * 2 + ["popular"] * 2

@@ -1,4 +1,4 @@
-"""Fixtures and helpers shared by the API tests: apps on a temporary SQLite store, test rankers, a catalogue."""
+"""Fixtures and helpers shared by the API tests: apps on a temporary SQLite store, test recommenders, a catalogue."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -16,6 +15,7 @@ from sqlalchemy import create_engine, text
 
 from api import create_app
 from api.store import Store
+from tests.recommenders import TableRecommender
 
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379"
@@ -72,21 +72,36 @@ def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dic
         store.dispose()
 
 
-class PriceRanker:
-    """Deterministic ranker: cheaper products score higher; records what it was asked."""
+# add_catalogue's products: category 1: products 1-4 (prices 10, 20, 30, 40); category 2: products 5-8
+# (5, 15, 25, 35); category 3: products 9-10 (50, 60), product 10 unavailable.
+PRODUCTS = ([{"id": i, "name": f"p{i}", "category_id": 1, "brand": "a", "price": 10.0 * i} for i in range(1, 5)]
+            + [{"id": i, "name": f"p{i}", "category_id": 2, "brand": "b", "price": 10.0 * (i - 4) - 5}
+               for i in range(5, 9)]
+            + [{"id": 9, "category_id": 3, "price": 50.0},
+               {"id": 10, "category_id": 3, "price": 60.0, "available": False}])
+
+
+class PriceRanker(TableRecommender):
+    """Deterministic served recommender over add_catalogue's products: cheaper products score higher;
+    records the events it was given per request."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[int, pd.DataFrame]] = []
+        super().__init__([p["id"] for p in PRODUCTS])
+        self.prices = np.array([p["price"] for p in PRODUCTS], dtype=np.float64)
+        self.calls: list[list[tuple[int, str]]] = []
 
-    def score(self, customer_id: int, products: pd.DataFrame) -> np.ndarray:
-        self.calls.append((customer_id, products.copy()))
-        return 1.0 / (1.0 + products["price"].to_numpy(dtype=np.float64))
+    def scores(self, product_ids: np.ndarray, event_types: np.ndarray) -> np.ndarray:
+        self.calls.append(list(zip(product_ids.tolist(), event_types.tolist())))
+        return 1.0 / (1.0 + self.prices)
 
 
-class DownRanker:
-    """A ranker whose server is gone: raises the serving package's RankerUnavailable."""
+class DownRanker(TableRecommender):
+    """A served recommender whose Triton is gone: raises the serving package's RankerUnavailable."""
 
-    def score(self, customer_id: int, products: pd.DataFrame) -> np.ndarray:
+    def __init__(self) -> None:
+        super().__init__([p["id"] for p in PRODUCTS])
+
+    def scores(self, product_ids: np.ndarray, event_types: np.ndarray) -> np.ndarray:
         from serving.errors import RankerUnavailable
 
         raise RankerUnavailable("127.0.0.1:1", "dlrm", "connection refused")
@@ -105,17 +120,8 @@ def client(app: Flask) -> FlaskClient:
 
 
 def add_catalogue(client: FlaskClient, headers: dict[str, str] | None = None) -> None:
-    """Three categories of products, four customers and sessions with known co-occurrence.
-
-    category 1: products 1-4 (prices 10, 20, 30, 40); category 2: products 5-8 (5, 15, 25, 35);
-    category 3: products 9-10 (50, 60), product 10 unavailable.
-    """
-    products = [{"id": i, "name": f"p{i}", "category_id": 1, "brand": "a", "price": 10.0 * i} for i in range(1, 5)]
-    products += [{"id": i, "name": f"p{i}", "category_id": 2, "brand": "b", "price": 10.0 * (i - 4) - 5}
-                 for i in range(5, 9)]
-    products += [{"id": 9, "category_id": 3, "price": 50.0},
-                 {"id": 10, "category_id": 3, "price": 60.0, "available": False}]
-    assert client.post("/products/bulk", json={"items": products}, headers=headers).status_code == 201
+    """PRODUCTS (three categories), four customers and sessions with known co-occurrence."""
+    assert client.post("/products/bulk", json={"items": PRODUCTS}, headers=headers).status_code == 201
     customers = [{"id": i, "name": f"c{i}"} for i in range(1, 5)]
     assert client.post("/customers/bulk", json={"items": customers}, headers=headers).status_code == 201
     events = [
