@@ -159,7 +159,8 @@ def test_scheduler_runs_the_nightly_on_celery_deploys_and_the_api_answers(stack_
 
     # The gate asks for evidence (the served path above the best classic baseline with its paired interval
     # above 0, over at least RECSYS_MIN_EVAL_USERS users). On this shop it keeps no champion today: no data
-    # measured so far made it promote within a test's minutes (README, "The production topology"). What the
+    # measured so far made it promote within a test's minutes, the nightly's session split (RECSYS_EVAL_SPLIT)
+    # on the intent shop included (README, "The production topology"). What the
     # DAG decided must be what the registry records, and only a promotion triggers the deploy DAG (the
     # refusal under the scheduler is asserted by the killed-worker test below, the short-circuit by
     # tests/test_dags.py).
