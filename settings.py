@@ -94,6 +94,10 @@ class Settings:
     dask_scheduler: str = ""  # dask.distributed scheduler the ETL runs on; empty = threads in-process
     drift_warn: float = 0.1  # PSI between nights (registry.drift) at which the run is tagged drift=warn
     drift_block: float = 0.25  # PSI at which the promotion gate refuses the night's model
+    # How the nightly asks its held-out days: "window" (every cart/purchase in them is a target) or
+    # "session_rest" (each user's last session in them: first half history, the rest targets; the
+    # ranker's own cuts too). training.quality.last_days_split.
+    eval_split: str = "window"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -146,6 +150,7 @@ class Settings:
             dask_scheduler=_env("RECSYS_DASK_SCHEDULER", ""),
             experiment_ttl_s=_env_float("RECSYS_EXPERIMENT_TTL_S", 5.0),
             impressions=_env_choice("RECSYS_IMPRESSIONS", "all", ("all", "experiment")),
+            eval_split=_env_choice("RECSYS_EVAL_SPLIT", "window", ("window", "session_rest")),
             experiment_alpha=_env_float("RECSYS_EXPERIMENT_ALPHA", 0.05),
             experiment_min_impressions=_env_int("RECSYS_EXPERIMENT_MIN_IMPRESSIONS", 1000),
             experiment_max_days=_env_float("RECSYS_EXPERIMENT_MAX_DAYS", 14.0),

@@ -57,6 +57,7 @@ class PromotionDecision:
     baseline: float
     champion_version: str | None = None  # the champion before this decision
     evidence: dict[str, float] = field(default_factory=dict)
+    eval_split: str = "window"  # how the held-out days were asked (the run's tag eval.split; RECSYS_EVAL_SPLIT)
 
 
 def register_model(tracking_uri: str, run_id: str, model_name: str) -> str:
@@ -82,6 +83,7 @@ def register_model(tracking_uri: str, run_id: str, model_name: str) -> str:
 
 
 RUN_KEY_TAG = "registration.key"  # what makes a registration the same one when a task is retried
+EVAL_SPLIT_TAG = "eval.split"  # the run's evaluation split ("window" or "session_rest"), recorded with the decision
 
 
 def registered_for(tracking_uri: str, model_name: str, key: str) -> tuple[str, str] | None:
@@ -157,6 +159,7 @@ def _record(client: MlflowClient, name: str, mv: ModelVersion, decision: Promoti
         "promotion.champion": "" if decision.champion is None else f"{decision.champion:.6f}",
         "promotion.champion_version": decision.champion_version or "",
         "promotion.decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "promotion.eval_split": decision.eval_split,
     } | {f"promotion.evidence.{k}": f"{v:.6g}" for k, v in decision.evidence.items()}
     for key, value in tags.items():
         client.set_model_version_tag(name, mv.version, key, value)
@@ -206,6 +209,7 @@ def promote(
             decision = PromotionDecision(
                 promoted, reason, str(mv.version), metric, score, champion, baseline,
                 None if champion_mv is None else str(champion_mv.version), dict(evidence),
+                run.data.tags.get(EVAL_SPLIT_TAG, "window"),
             )
             if promoted:
                 client.set_registered_model_alias(model_name, CHAMPION, mv.version)

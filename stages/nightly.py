@@ -127,26 +127,30 @@ def fit_workflow(run_date: str, validated: Stage, settings: Settings) -> Stage:
 
 
 def _nightly_task(validated: Stage, settings: Settings, with_task: bool = True):  # type: ignore[no-untyped-def]
-    """The night's held-out split (the last `test_days` days of the window) and its evaluation task."""
+    """The night's held-out split (the last `test_days` days of the window, asked as `eval_split` says),
+    the events the recommender is fitted on (those before the held-out days), and the evaluation task."""
     import pandas as pd
 
-    from training.quality import EventWeights, build_task, last_days_split
+    from training.quality import EventWeights, build_task, held_out_start, last_days_split
 
     events = pd.read_parquet(validated["events"], columns=["user_id", "product_id", "event_type", "event_time",
                                                            "user_session"])
-    split = last_days_split(events, settings.test_days)
+    split = last_days_split(events, settings.test_days, by=settings.eval_split)
+    fit_events = split.train[(split.train["event_time"] < held_out_start(events, settings.test_days)).to_numpy()]
     weights = EventWeights.parse(settings.event_weights)
     task = build_task(split, weights, settings.exclude) if with_task else None  # type: ignore[arg-type]
-    return split, weights, task
+    return split, fit_events, weights, task
 
 
 def train(run_date: str, validated: Stage, settings: Settings) -> Stage:
     """Fit the served recommender (candidate sources + DLRM ranker) on the window before the test days."""
     from training.ranker import MODEL_FILE, SCHEMA_FILE, RankerConfig, fit_recommender
 
-    split, weights, _ = _nightly_task(validated, settings, with_task=False)
-    config = RankerConfig(epochs=max(settings.train_epochs, 1) * 5)
-    fitted = fit_recommender(split.train, split.items, config, weights, settings.exclude)  # type: ignore[arg-type]
+    split, fit_events, weights, _ = _nightly_task(validated, settings, with_task=False)
+    # The ranker's held-out cuts ask the question the night is evaluated on.
+    config = RankerConfig(epochs=max(settings.train_epochs, 1) * 5,
+                          split="session_rest" if settings.eval_split == "session_rest" else "user_holdout")
+    fitted = fit_recommender(fit_events, split.items, config, weights, settings.exclude)  # type: ignore[arg-type]
     out = fitted.save(settings.run_dir(run_date) / "model")
     log.info("train: served mode %s, shares %s", fitted.recommender.mode,
              {k: round(v, 3) for k, v in fitted.recommender.shares.items()})
@@ -157,7 +161,7 @@ def train(run_date: str, validated: Stage, settings: Settings) -> Stage:
         "history": fitted.history,
         "mode": fitted.recommender.mode,
         "config": _jsonable(asdict(config)) | {"event_weights": settings.event_weights, "exclude": settings.exclude,
-                                               "test_days": settings.test_days},
+                                               "test_days": settings.test_days, "eval_split": settings.eval_split},
     }
 
 
@@ -190,7 +194,7 @@ def evaluate(run_date: str, validated: Stage, trained: Stage, settings: Settings
     from training.compare import SERVED, compare, oracle_scorer
     from training.ranker import FittedRecommender
 
-    _, _, task = _nightly_task(validated, settings)
+    _, _, _, task = _nightly_task(validated, settings)
     fitted = FittedRecommender.load(Path(trained["model_dir"]))
     truth = planted_truth(settings)
     extra = {"oracle": oracle_scorer(truth, task)} if truth is not None else None
@@ -312,7 +316,7 @@ def register(
     """Log the run to MLflow (params, curves, the comparison with intervals and plots, lineage,
     artifacts) and register the ranker, with the recommender it ranks for, as a new version."""
     from registry import Lineage, data_hash, git_sha, log_training_run, register_model
-    from registry.promotion import RUN_KEY_TAG, registered_for
+    from registry.promotion import EVAL_SPLIT_TAG, RUN_KEY_TAG, registered_for
     from contracts import RECOMMENDER_DIR
 
     artifacts = {
@@ -331,7 +335,8 @@ def register(
     lineage = Lineage(
         git_sha=git_sha(),
         data_hash=data_hash([Path(validated["events"])]),
-        eval_set_hash=data_hash([Path(validated["events"])]) + f":last{settings.test_days}d",
+        eval_set_hash=data_hash([Path(validated["events"])]) + f":last{settings.test_days}d"
+        + ("" if settings.eval_split == "window" else f":{settings.eval_split}"),
         run_date=run_date,
         input_paths=[validated["events"]],
     )
@@ -354,6 +359,7 @@ def register(
         artifact_root=settings.mlflow_artifact_root,
         tags={"n_in": str(validated["n_in"]), "n_quarantined": str(validated["n_quarantined"]),
               "eval.best_baseline": evaluated["best_baseline"], "served_mode": trained["mode"],
+              EVAL_SPLIT_TAG: settings.eval_split,
               RUN_KEY_TAG: key, **evaluated.get("drift", {}),
               **unreadable_tags(validated.get("unreadable_files", []))},
     )

@@ -215,3 +215,39 @@ def test_evaluate_scores_the_champion_and_the_gate_decides_on_those_numbers(recs
     assert not kept["promoted"] and f"champion v{first['version']}" in kept["reason"]
     moved = nightly.promote(later, evaluated | {"champion": better}, second, settings)
     assert moved["promoted"] and moved["evidence"]["vs_champion_ci_low"] == pytest.approx(0.1)
+
+
+def test_the_session_split_setting_trains_evaluates_and_records_the_nights_question(recsys_home: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                                    tmp_path: Path) -> None:
+    """RECSYS_EVAL_SPLIT=session_rest: the ranker's cuts use the session split, the evaluation's targets are the
+    rest of each user's last session in the held-out day, and the split is in the run's params, tags and the
+    gate's decision."""
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from training.quality import build_task, last_days_split
+
+    monkeypatch.setenv("RECSYS_WINDOW_DAYS", "4")
+    monkeypatch.setenv("RECSYS_TRAIN_EPOCHS", "1")
+    monkeypatch.setenv("RECSYS_EVAL_SPLIT", "session_rest")
+    settings = Settings.from_env()
+    assert settings.eval_split == "session_rest"
+    cli.generate(settings, 12000, date.fromisoformat(RUN_DATE), days=4, seed=3, corrupt=0, users=120, products=200)
+    validated = nightly.validate(RUN_DATE, nightly.ingest(RUN_DATE, settings), settings)
+    trained = nightly.train(RUN_DATE, validated, settings)
+    assert trained["config"]["split"] == "session_rest" and trained["config"]["eval_split"] == "session_rest"
+    evaluated = nightly.evaluate(RUN_DATE, validated, trained, settings)
+
+    events = pd.read_parquet(validated["events"])
+    session, window = (build_task(last_days_split(events, 1, by=by)) for by in ("session_rest", "window"))
+    assert evaluated["metrics"]["eval_users"] == len(session.users) != len(window.users)
+    assert session.relevant.sum() < window.relevant.sum()  # only the rest of one session per user is asked
+
+    _, features, _, _ = _stage_outputs(tmp_path / "stages")
+    registered = nightly.register(RUN_DATE, validated, features, trained, evaluated, None, settings)
+    decision = nightly.promote(RUN_DATE, evaluated, registered, settings)
+    assert decision["eval_split"] == "session_rest"
+    run = MlflowClient(settings.mlflow_tracking_uri).get_run(registered["run_id"])
+    assert run.data.params["eval_split"] == "session_rest" and run.data.tags["eval.split"] == "session_rest"
+    assert run.data.tags["promotion.eval_split"] == "session_rest"

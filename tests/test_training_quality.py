@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from training.errors import DataError
-from training.quality import (EventWeights, before_last_session, bootstrap, build_task, last_days_split, list_metrics,
-                              session_rest_split, user_holdout, window_split)
+from training.quality import (EventWeights, before_last_session, bootstrap, build_task, interaction_matrix,
+                              last_days_split, list_metrics, session_rest_split, user_holdout, window_split)
 
 
 def _events(rows: list[tuple[int, int, str, str, str]]) -> pd.DataFrame:
@@ -109,6 +109,37 @@ def test_session_rest_split_holds_out_the_second_half_of_each_users_last_session
     assert split.items[last].tolist() == [10, 11, 12]
     earlier = before_last_session(events)
     assert set(earlier["user_session"]) == {"a", "d"}
+
+
+def test_the_nightly_session_split_asks_the_rest_of_each_users_last_session_in_the_held_out_days() -> None:
+    events = _events([
+        (1, 10, "view", "2026-01-01 10:00", "a"),
+        (1, 11, "cart", "2026-01-05 08:00", "b"),  # an earlier session in the held-out day: neither side
+        (1, 12, "view", "2026-01-05 09:00", "c"), (1, 13, "view", "2026-01-05 09:01", "c"),
+        (1, 14, "cart", "2026-01-05 09:02", "c"), (1, 15, "purchase", "2026-01-05 09:03", "c"),
+        (2, 11, "view", "2026-01-02 11:00", "d"), (2, 16, "view", "2026-01-05 11:00", "e"),
+        (2, 17, "cart", "2026-01-05 11:01", "e"),
+        (3, 10, "purchase", "2026-01-03 08:00", "f"),  # nothing in the held-out day
+    ])
+    split = last_days_split(events, 1, by="session_rest")
+    assert split.kind == "window_session_rest"
+    assert set(zip(split.test["user_id"], split.test["product_id"])) == {(1, 14), (1, 15), (2, 17)}
+    # history: everything before the day, plus the first half of each user's last session in it
+    assert set(zip(split.train["user_id"], split.train["product_id"])) == {(1, 10), (1, 12), (1, 13), (2, 11),
+                                                                            (2, 16), (3, 10)}
+    task = build_task(split, exclude="seen")
+    relevant = {int(u): set(split.items[task.relevant[i].indices].tolist()) for i, u in enumerate(task.users)}
+    assert relevant == {1: {14, 15}, 2: {17}}
+    # the baselines (training.compare) score the task's history: it holds the half session, as the served path's does
+    first_user = interaction_matrix(split.train, task.users, split, task.weights)[0]
+    assert set(split.items[first_user.indices].tolist()) == {10, 12, 13}
+    assert (task.history != interaction_matrix(split.train, task.users, split, task.weights)).nnz == 0
+    assert split.items[task.sequences.items[0][-3:] - 1].tolist() == [10, 12, 13]
+    # the window split, the default, keeps today's behaviour: every relevant event of the day is a target
+    window = last_days_split(events, 1)
+    assert window.kind == "window" and (1, 11) in set(zip(window.test["user_id"], window.test["product_id"]))
+    with pytest.raises(DataError, match="evaluation split must be one of"):
+        last_days_split(events, 1, by="sessions")
 
 
 def test_session_rest_split_uses_calendar_days_without_session_ids(shop: pd.DataFrame) -> None:

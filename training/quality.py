@@ -37,7 +37,7 @@ class Split:
     train: pd.DataFrame  # columns user_id, product_id, event_type, event_time (+ anything else)
     test: pd.DataFrame
     items: np.ndarray  # (n_items,) int64 raw product ids, sorted
-    kind: str  # "user_holdout", "session_rest" or "window"
+    kind: str  # "user_holdout", "session_rest", "window" or "window_session_rest"
 
     def item_index(self, product_ids: np.ndarray) -> np.ndarray:
         """Column of each product id in `items`, -1 for products outside the catalogue."""
@@ -123,13 +123,42 @@ def window_split(events: pd.DataFrame, test_start: pd.Timestamp) -> Split:
     return _split(events[~is_test], events[is_test], "window")
 
 
-def last_days_split(events: pd.DataFrame, days: int) -> Split:
-    """The last `days` calendar days (UTC) of the events are test."""
+def window_session_split(events: pd.DataFrame, test_start: pd.Timestamp) -> Split:
+    """The held-out window asked the real-time question (`session_rest_split` inside the window).
+
+    Train holds every event before `test_start` plus, for each user, the first half (at least one
+    event) of their last session in the window; test is the rest of that session. The window's other
+    events (a user's earlier sessions in it) are neither history nor target: they are dropped, so the
+    recommender fitted on the events before `test_start` meets the same history as at serving time,
+    where the API receives the session's latest events with the request.
+    """
+    _check_events(events)
+    before = events[(events["event_time"] < test_start).to_numpy()]
+    held = events[(events["event_time"] >= test_start).to_numpy()]
+    ev, in_last, position, size = _last_session_positions(held)
+    is_test = in_last & (size >= 2) & (position >= np.maximum(1, size // 2))
+    first_half = in_last & ~is_test
+    return _split(pd.concat([before, ev[first_half]], ignore_index=True), ev[is_test], "window_session_rest")
+
+
+EVAL_SPLITS: tuple[str, ...] = ("window", "session_rest")  # how the nightly asks its held-out days
+
+
+def held_out_start(events: pd.DataFrame, days: int) -> pd.Timestamp:
+    """Midnight (UTC) starting the last `days` calendar days of the events."""
+    return events["event_time"].max().floor("D") - pd.Timedelta(days=days - 1)
+
+
+def last_days_split(events: pd.DataFrame, days: int, by: str = "window") -> Split:
+    """The last `days` calendar days (UTC) of the events are held out: all of them are test (`window`),
+    or each user's last session in them is cut after its first half (`session_rest`, window_session_split)."""
     _check_events(events)
     if days < 1:
         raise DataError(f"test days must be >= 1, got {days}")
-    end = events["event_time"].max().floor("D")
-    return window_split(events, end - pd.Timedelta(days=days - 1))
+    if by not in EVAL_SPLITS:
+        raise DataError(f"evaluation split must be one of {EVAL_SPLITS}, got {by!r}")
+    start = held_out_start(events, days)
+    return window_split(events, start) if by == "window" else window_session_split(events, start)
 
 
 def _split(train: pd.DataFrame, test: pd.DataFrame, kind: str) -> Split:
