@@ -207,6 +207,9 @@ def normalise_url(url: str) -> str:
     return url
 
 
+_SCHEMA_LOCK_KEY = 0x7265637379730001  # pg_advisory_xact_lock key of init_db ("recsys" + 1)
+
+
 class Store:
     """Owns the engine and hands out sessions; `schema` puts all tables in one PostgreSQL schema."""
 
@@ -238,10 +241,16 @@ class Store:
         return self.engine.dialect.name
 
     def init_db(self) -> None:
-        """Create the schema (PostgreSQL) and all tables if missing; safe to call repeatedly."""
+        """Create the schema (PostgreSQL) and all tables if missing; safe to call repeatedly, and from
+        several processes at once: gunicorn's workers all call it on a fresh database. Creators take
+        turns (SQLite: the write lock; PostgreSQL: a transaction-scoped advisory lock), because
+        create_all's check-then-create is not atomic: a second creator could fail on any table the
+        first one is still creating."""
         for attempt in (1, 2):
             try:
-                with self.engine.begin() as conn:
+                with self.write() as conn:
+                    if self.dialect == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
                     if self.schema:
                         conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
                     Base.metadata.create_all(conn)

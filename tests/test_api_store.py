@@ -48,6 +48,24 @@ def test_crud_and_recommendations_behave_the_same_on_each_database(store_client:
     assert store_client.post("/customers", json={"id": 9_000_000_000}).status_code == 201  # BIGINT ids
 
 
+def test_schema_creation_from_several_processes_at_once_succeeds(store_config: dict) -> None:
+    """gunicorn's workers all call init_db on a fresh database: creating the tables must not race
+    (a lost check-then-create race once stopped a worker from booting: "table interactions already exists")."""
+    start_at = time.time() + 3  # every process imports first, then all create at the same moment
+    code = ("import sys, time; from api.store import Store; store = Store(sys.argv[1], schema=sys.argv[2] or None); "
+            "time.sleep(max(0.0, float(sys.argv[3]) - time.time())); store.init_db(); store.dispose()")
+    args = [store_config["DATABASE_URL"], store_config.get("DATABASE_SCHEMA") or "", str(start_at)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, "\n".join(e[-1500:] for e in errors if e)
+    store = Store(store_config["DATABASE_URL"], schema=store_config.get("DATABASE_SCHEMA"))
+    store.init_db()
+    with store.session() as session:
+        session.add(Product(id=1, price=1.0))  # the tables are there and usable
+    store.dispose()
+
+
 def test_database_rejects_negative_price_even_past_the_api(store_config: dict) -> None:
     store = Store(store_config["DATABASE_URL"], schema=store_config.get("DATABASE_SCHEMA"))
     store.init_db()
