@@ -199,7 +199,7 @@ def test_sagemaker_target_serves_the_champion_and_is_recorded_in_mlflow(pipeline
     prefix = container["ModelDataUrl"]
     assert prefix.startswith(f"s3://{BUCKET}/") and prefix.endswith("/")
     # one archive per model of the deployed bundle: the ranker, and the sequential model when it ships one
-    bundle = json.loads((settings.serving_dir / champion.version / "deployment.json").read_text())
+    bundle = json.loads((settings.serving_dir / str(champion.version) / "deployment.json").read_text())
     expected = sorted(["dlrm.tar.gz"] + (["sequential.tar.gz"] if bundle.get("sequential_model") else []))
     s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=pipeline_home["moto_url"],
                       aws_access_key_id="testing", aws_secret_access_key="testing")
