@@ -1,12 +1,23 @@
 """Deploy a Triton model repository to a SageMaker real-time endpoint, blue/green by config.
 
-Steps of `deploy`: tar the repository as `model.tar.gz` -> upload to S3 -> create a SageMaker
-Model (the sagemaker-tritonserver image, `SAGEMAKER_TRITON_DEFAULT_MODEL_NAME`) -> create a new
-EndpointConfig for this version -> create the endpoint, or point the existing one at the new
-config -> wait for InService -> smoke test with `invoke_endpoint` -> register Application Auto
-Scaling (target tracking on SageMakerVariantInvocationsPerInstance). When the wait or the smoke
-test fails the endpoint is pointed back at the config it had before (or deleted when it is new)
-and `DeployFailed` is raised.
+The endpoint is a multi-model endpoint (MME) of the sagemaker-tritonserver image, so it serves every
+model of the repository: the ranker (`dlrm`) and, when the bundle ships it, `sequential`. The image in
+single-model mode starts Triton with `--load-model=$SAGEMAKER_TRITON_DEFAULT_MODEL_NAME` and routes
+every `/invocations` to that one model; an ensemble does not fit either (its inputs share one batch
+axis, and the ranker's batch is candidates where the sequential model's is customers). In MME mode
+(`Mode="MultiModel"`) the container's `ModelDataUrl` is an S3 prefix, each `<model>.tar.gz` under it
+holds one model directory, and `invoke_endpoint(TargetModel="<model>.tar.gz")` reaches that model
+(loaded from S3 on its first invocation).
+
+Steps of `deploy`: tar each model directory as `<model>.tar.gz` -> upload them under a prefix of
+their own for this version -> create a SageMaker Model (the Triton image, MultiModel mode, that
+prefix) -> create a new EndpointConfig for this version -> create the endpoint, or point the
+existing one at the new config -> wait for InService -> smoke test every model with
+`invoke_endpoint(TargetModel=...)` -> register Application Auto Scaling (target tracking on
+SageMakerVariantInvocationsPerInstance). An MME pings "live", not "ready": InService says nothing
+about the models, so the smoke tests are what load and check each of them. When the wait or a smoke
+test fails the endpoint is pointed back at the config it had before (whose Model still names the
+previous version's prefix) or deleted when it is new, and `DeployFailed` is raised.
 
 Emulators: moto (used by the tests through `endpoint_url`) does not implement UpdateEndpoint; it
 answers HTTP 500 with an HTML page (botocore reports error code "500"), or raises
@@ -14,8 +25,9 @@ NotImplementedError in-process. That case, and only that one, is detected explic
 switch falls back to delete + create of the endpoint with the new config, logged as a warning.
 On real AWS an UpdateEndpoint failure is raised, never turned into a delete (that would drop
 traffic). moto's sagemaker-runtime answers `invoke_endpoint` with canned bodies (b"body" unless
-results are queued at /moto-api/static/sagemaker/endpoint-results), so the smoke check is a
-function of the response body and fails closed on anything that is not a valid Triton reply.
+results are queued at /moto-api/static/sagemaker/endpoint-results; one per new (endpoint,
+TargetModel, body)), so each smoke check is a function of the response body and fails closed on
+anything that is not a valid Triton reply of that model.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ import re
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +49,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from serving.errors import ServingError
+from serving.triton_repo import SEQUENTIAL_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +179,12 @@ class SageMakerConfig:
 
 @dataclass(frozen=True)
 class DeployResult:
-    """What now serves: the endpoint, its config for this version, and how the switch was done."""
+    """What now serves: the endpoint, its config for this version, and how the switch was done.
+
+    model_data_url is the S3 prefix of this version's archives (the Model's ModelDataUrl);
+    target_models maps each Triton model to the TargetModel that reaches it on the endpoint, and
+    smoke_responses each Triton model to the reply of its smoke test.
+    """
 
     endpoint_name: str
     endpoint_config_name: str
@@ -175,7 +193,21 @@ class DeployResult:
     version: str
     previous_endpoint_config: str | None
     switch: str  # "create", "update" or "recreate" (delete + create, emulators only)
-    smoke_response: str
+    target_models: dict[str, str]
+    smoke_responses: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SmokeCheck:
+    """One model's smoke test: the body of the request sent to it, and whether a reply is right."""
+
+    request: Callable[[], bytes]
+    accept: Callable[[bytes], bool]
+
+
+def target_model(model: str) -> str:
+    """The TargetModel of a Triton model on the endpoint: its archive's name under the prefix."""
+    return f"{model}.tar.gz"
 
 
 # ---------------------------------------------------------------- smoke test helpers
@@ -203,7 +235,7 @@ def schema_smoke_request(schema_path: Path, rows: int = 2) -> Callable[[], bytes
         n_dense, n_sparse = len(schema["continuous"]), len(schema["categorical"])
     except (OSError, ValueError, KeyError) as exc:
         raise SageMakerError(
-            f"cannot build the smoke request from {schema_path}: {exc}; pass build_request= or "
+            f"cannot build the smoke request from {schema_path}: {exc}; pass checks= or "
             f"deploy a bundle's triton_repo (schema.json sits next to it)"
         ) from exc
     return lambda: triton_request([[0.0] * n_dense] * rows, [[0] * n_sparse] * rows)
@@ -220,6 +252,49 @@ def triton_scores_ok(body: bytes) -> bool:
     return bool(scores) and all(
         isinstance(s, (int, float)) and math.isfinite(s) and 0.0 <= s <= 1.0 for s in scores
     )
+
+
+SEQUENTIAL_SMOKE_ROWS = 2
+
+
+def sequential_request(rows: int = SEQUENTIAL_SMOKE_ROWS) -> bytes:
+    """KServe v2 JSON body for the `sequential` model: `rows` histories of one step, item token 1
+    (the catalogue's first product) with event kind 1, so it is valid for any catalogue size and
+    any `max_len` (shorter histories are right-aligned by the model)."""
+    step = [[1]] * rows
+    body = {
+        "inputs": [
+            {"name": name, "shape": [rows, 1], "datatype": "INT64",
+             "data": [x for row in step for x in row]}
+            for name in ("items", "kinds")
+        ],
+        "outputs": [{"name": "scores"}],
+    }
+    return json.dumps(body).encode()
+
+
+def sequential_scores_ok(body: bytes, rows: int = SEQUENTIAL_SMOKE_ROWS) -> bool:
+    """True when `body` is a KServe v2 reply whose `scores` output is (rows, n_items) finite logits."""
+    try:
+        scores = {o["name"]: o for o in json.loads(body)["outputs"]}["scores"]
+        shape, data = [int(n) for n in scores["shape"]], scores["data"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return (
+        len(shape) == 2 and shape[0] == rows and shape[1] >= 1 and len(data) == rows * shape[1]
+        and all(isinstance(s, (int, float)) and math.isfinite(s) for s in data)
+    )
+
+
+def default_smoke_checks(repo_dir: Path, ranker: str) -> dict[str, SmokeCheck]:
+    """A check per model the repository ships: the ranker scored on a schema-shaped batch
+    (`repo_dir/../schema.json`, the serving bundle layout) and, when shipped, the sequential model
+    on one-step histories."""
+    checks = {ranker: SmokeCheck(schema_smoke_request(Path(repo_dir).parent / "schema.json"),
+                                 triton_scores_ok)}
+    if (Path(repo_dir) / SEQUENTIAL_MODEL / "config.pbtxt").is_file():
+        checks[SEQUENTIAL_MODEL] = SmokeCheck(sequential_request, sequential_scores_ok)
+    return checks
 
 
 # ---------------------------------------------------------------- AWS steps
@@ -243,19 +318,28 @@ def resource_name(endpoint: str, version: str, stamp: str) -> str:
     return _slug(endpoint)[: _NAME_MAX - len(suffix)].rstrip("-") + suffix
 
 
-def package_repository(repo_dir: Path, out: Path) -> Path:
-    """tar.gz of the repository's model directories at the archive root, as Triton expects."""
+def repository_models(repo_dir: Path) -> list[str]:
+    """Names of the repository's models (directories holding a config.pbtxt), sorted."""
     repo_dir = Path(repo_dir)
-    models = sorted(p for p in repo_dir.iterdir() if p.is_dir())
-    if not any((m / "config.pbtxt").is_file() for m in models):
+    models = sorted(p.name for p in repo_dir.iterdir() if (p / "config.pbtxt").is_file()) \
+        if repo_dir.is_dir() else []
+    if not models:
         raise SageMakerError(
             f"{repo_dir} is not a Triton model repository (no <model>/config.pbtxt); build it "
             f"with serving.triton_repo first"
         )
-    with tarfile.open(out, "w:gz") as tar:
-        for model in models:
-            tar.add(model, arcname=model.name)
-    return out
+    return models
+
+
+def package_models(repo_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """One `<model>.tar.gz` per model of the repository, each holding the model's directory at its
+    root: the layout the Triton image's MME mode loads (one model directory per archive)."""
+    archives = {}
+    for model in repository_models(repo_dir):
+        archives[model] = Path(out_dir) / target_model(model)
+        with tarfile.open(archives[model], "w:gz") as tar:
+            tar.add(Path(repo_dir) / model, arcname=model)
+    return archives
 
 
 def _current_config(sm: Any, endpoint: str) -> str | None:
@@ -323,17 +407,17 @@ def wait_in_service(sm: Any, config: SageMakerConfig) -> None:
         time.sleep(config.poll_interval_s)
 
 
-def _smoke_test(
-    runtime: Any, config: SageMakerConfig, build_request: Callable[[], bytes],
-    check: Callable[[bytes], bool],
-) -> str:
+def _smoke_test(runtime: Any, config: SageMakerConfig, model: str, check: SmokeCheck) -> str:
+    """Invoke `model` on the endpoint (its first invocation loads it from S3) and check the reply."""
     reply = runtime.invoke_endpoint(
-        EndpointName=config.endpoint_name, ContentType="application/json", Body=build_request()
+        EndpointName=config.endpoint_name, TargetModel=target_model(model),
+        ContentType="application/json", Body=check.request(),
     )
     body = reply["Body"].read()
-    if not check(body):
+    if not check.accept(body):
         raise SageMakerError(
-            f"smoke test of {config.endpoint_name} failed: unexpected reply {body[:200]!r}"
+            f"smoke test of model {model} on {config.endpoint_name} failed: unexpected reply "
+            f"{body[:200]!r}"
         )
     return body.decode(errors="replace")
 
@@ -378,11 +462,9 @@ def _create_model_and_config(
     tags = [{"Key": k, "Value": v} for k, v in config.tags.items()]
     sm.create_model(
         ModelName=name,
-        PrimaryContainer={
-            "Image": config.image,
-            "ModelDataUrl": model_data_url,
-            "Environment": {"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME": config.triton_model_name},
-        },
+        # MultiModel: ModelDataUrl is the prefix of the models' archives, each reached by its
+        # TargetModel; SageMaker sets SAGEMAKER_MULTI_MODEL=true, which starts Triton in MME mode.
+        PrimaryContainer={"Image": config.image, "Mode": "MultiModel", "ModelDataUrl": model_data_url},
         ExecutionRoleArn=config.role_arn,
         **({"Tags": tags} if tags else {}),
     )
@@ -420,30 +502,36 @@ def deploy(
     repo_dir: Path,
     version: str,
     config: SageMakerConfig,
-    build_request: Callable[[], bytes] | None = None,
-    check_response: Callable[[bytes], bool] = triton_scores_ok,
+    checks: Mapping[str, SmokeCheck] | None = None,
 ) -> DeployResult:
-    """Deploy the Triton repository `repo_dir` as model `version`; see the module docstring.
+    """Deploy every model of the Triton repository `repo_dir` as `version`; see the module docstring.
 
-    build_request: body of the smoke-test request; default `schema_smoke_request` on the
-    bundle's schema.json (`repo_dir/../schema.json`, the serving bundle layout).
-    check_response: True when the endpoint's reply is acceptable (default `triton_scores_ok`).
-    Raises `SageMakerNotConfigured` before touching AWS, `DeployFailed` after rolling back.
+    checks: the smoke test of each model, by Triton model name; default `default_smoke_checks`
+    (the ranker `config.triton_model_name` and, when shipped, `sequential`). Every model the
+    repository ships needs one, and every check names a shipped model.
+    Raises `SageMakerNotConfigured` or `SageMakerError` before touching AWS, `DeployFailed` after
+    rolling back.
     """
     config.require()
-    if build_request is None:
-        build_request = schema_smoke_request(Path(repo_dir).parent / "schema.json")
+    models = repository_models(Path(repo_dir))
+    if checks is None:
+        checks = default_smoke_checks(Path(repo_dir), config.triton_model_name)
+    if sorted(checks) != models:
+        raise SageMakerError(
+            f"{repo_dir} ships models {models} but smoke checks are given for {sorted(checks)}; "
+            f"every deployed model is smoke-tested"
+        )
     clients = _clients(config)
     sm = clients["sagemaker"]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S%f")[:-3]
     name = resource_name(config.endpoint_name, version, stamp)
-    key = f"{config.s3_prefix.strip('/')}/{config.endpoint_name}/{name}/model.tar.gz"
+    prefix = f"{config.s3_prefix.strip('/')}/{config.endpoint_name}/{name}/"
 
     with tempfile.TemporaryDirectory() as tmp:
-        archive = package_repository(Path(repo_dir), Path(tmp) / "model.tar.gz")
-        clients["s3"].upload_file(str(archive), config.bucket, key)
-    model_data_url = f"s3://{config.bucket}/{key}"
-    logger.info("uploaded %s to %s", repo_dir, model_data_url)
+        for archive in package_models(Path(repo_dir), Path(tmp)).values():
+            clients["s3"].upload_file(str(archive), config.bucket, prefix + archive.name)
+    model_data_url = f"s3://{config.bucket}/{prefix}"
+    logger.info("uploaded models %s of %s to %s", models, repo_dir, model_data_url)
 
     _create_model_and_config(sm, config, name, model_data_url)
     previous = _current_config(sm, config.endpoint_name)
@@ -464,13 +552,14 @@ def deploy(
 
     try:
         wait_in_service(sm, config)
-        smoke = _smoke_test(clients["sagemaker-runtime"], config, build_request, check_response)
+        smoke = {m: _smoke_test(clients["sagemaker-runtime"], config, m, checks[m]) for m in models}
     except (SageMakerError, ClientError) as exc:
         raise _roll_back(clients, config, previous, exc) from exc
     register_autoscaling(clients["application-autoscaling"], config)
-    logger.info("endpoint %s serves version %s (config %s)", config.endpoint_name, version, name)
+    logger.info("endpoint %s serves version %s of %s (config %s)", config.endpoint_name, version,
+                models, name)
     return DeployResult(
         endpoint_name=config.endpoint_name, endpoint_config_name=name, model_name=name,
         model_data_url=model_data_url, version=version, previous_endpoint_config=previous,
-        switch=switch, smoke_response=smoke,
+        switch=switch, target_models={m: target_model(m) for m in models}, smoke_responses=smoke,
     )

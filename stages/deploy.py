@@ -166,12 +166,15 @@ def _experiment_bundles(settings: Settings, deployed: Path) -> list[Path]:
 
 
 def _deploy_sagemaker(packaged: Stage, settings: Settings) -> Stage:
+    """Every model of the bundle's repository (the ranker and, when shipped, `sequential`) on the
+    multi-model endpoint, each smoke-tested; `target_models` says which TargetModel reaches which."""
     from serving.sagemaker import SageMakerConfig, deploy as sagemaker_deploy
 
     result = sagemaker_deploy(
         Path(packaged["repo"]), packaged["version"], SageMakerConfig.from_settings(settings)
     )
-    return {"version": packaged["version"], "target": "sagemaker", "endpoint": result.endpoint_name}
+    return {"version": packaged["version"], "target": "sagemaker", "endpoint": result.endpoint_name,
+            "target_models": result.target_models}
 
 
 def smoke_test(bundle_dir: Path, url: str, model_name: str, rows: int = 64, model_version: str = "") -> None:

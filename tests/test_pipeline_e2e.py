@@ -43,12 +43,15 @@ def pipeline_home(tmp_path_factory: pytest.TempPathFactory, moto_url: str):
     }
     boto3.client("s3", region_name="us-east-1", endpoint_url=moto_url,
                  aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
-    # moto's runtime answers invoke_endpoint from this queue: one valid Triton reply for the smoke test.
-    reply = {"model_name": "dlrm", "outputs": [{"name": "score", "datatype": "FP32", "shape": [2, 1],
-                                                "data": [0.2, 0.7]}]}
+    # moto's runtime answers invoke_endpoint from this queue, in the order of the smoke tests: a valid
+    # Triton reply of the ranker, then one of the sequential model (left unused if the bundle has none).
+    replies = [{"model_name": "dlrm", "outputs": [{"name": "score", "datatype": "FP32", "shape": [2, 1],
+                                                   "data": [0.2, 0.7]}]},
+               {"model_name": "sequential", "outputs": [{"name": "scores", "datatype": "FP32",
+                                                         "shape": [2, 2], "data": [0.1, -0.3, 0.1, -0.3]}]}]
     requests.post(f"{moto_url}/moto-api/static/sagemaker/endpoint-results", timeout=5,
-                  json={"region": "us-east-1", "results": [{"Body": json.dumps(reply),
-                                                            "ContentType": "application/json"}]})
+                  json={"region": "us-east-1", "results": [{"Body": json.dumps(r), "ContentType": "application/json"}
+                                                           for r in replies]})
     env = os.environ | aws | {
         "RECSYS_HOME": str(home),
         "RECSYS_WINDOW_DAYS": "6",
@@ -191,5 +194,14 @@ def test_sagemaker_target_serves_the_champion_and_is_recorded_in_mlflow(pipeline
     assert champion.tags["deployment.local.endpoint"].endswith(settings.triton_http_port.__str__())
     config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
-    archive = model["PrimaryContainer"]["ModelDataUrl"]
-    assert archive.startswith(f"s3://{BUCKET}/") and archive.endswith("model.tar.gz")
+    container = model["PrimaryContainer"]
+    assert container["Mode"] == "MultiModel"
+    prefix = container["ModelDataUrl"]
+    assert prefix.startswith(f"s3://{BUCKET}/") and prefix.endswith("/")
+    # one archive per model of the deployed bundle: the ranker, and the sequential model when it ships one
+    bundle = json.loads((settings.serving_dir / str(champion.version) / "deployment.json").read_text())
+    expected = sorted(["dlrm.tar.gz"] + (["sequential.tar.gz"] if bundle.get("sequential_model") else []))
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=pipeline_home["moto_url"],
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix.removeprefix(f"s3://{BUCKET}/"))["Contents"]
+    assert sorted(o["Key"].rsplit("/", 1)[1] for o in listed) == expected
