@@ -299,19 +299,19 @@ def bayes_ceiling(truth, task, grid: Grid | None = None, exact: bool = True) -> 
 
 
 # ------------------------------------------------------------------------------------------ the benchmark
-def run(n_events: int, taste_points: int, bias_points: int, baselines: tuple[str, ...]) -> list[dict]:
+def run(n_events: int, taste_points: int, bias_points: int, baselines: tuple[str, ...],
+        sha: str | None = None) -> list[dict]:
     """The benchmark's shop (bench.quality.synthetic_events: 2,000 users, 3,000 products, 28 days, seed 7) with
     `n_events` events: oracle, exact-view oracle, Bayes ceiling, the view-only MAP heuristic's item part, and
     `baselines` (training.compare's) on bench.quality's split and users."""
-    from etl.synthetic import SyntheticConfig, generate
+    from bench.quality import synthetic_events
     from models.classic import top_k
     from training.compare import compare, oracle_scorer
     from training.quality import build_task, list_metrics, paired_difference, user_holdout
 
     started = time.perf_counter()
-    data = generate(SyntheticConfig(n_events=n_events, n_users=2_000, n_products=3_000, days=28, seed=7))
-    truth = data.truth
-    task = build_task(user_holdout(data.events, test_fraction=0.2), exclude="seen")
+    events, truth = synthetic_events(n_events=n_events)
+    task = build_task(user_holdout(events, test_fraction=0.2), exclude="seen")
     items = PlantedItems.of(truth, task.split.items)
     user = truth.user_index(task.users)
     grid = Grid.of(truth.config, taste_points, bias_points)
@@ -334,7 +334,7 @@ def run(n_events: int, taste_points: int, bias_points: int, baselines: tuple[str
     oracle = float(metrics["oracle"].ndcg.mean())
     ceiling = float(metrics["bayes_ceiling"].ndcg.mean())
     common = {"benchmark": "bayes_ceiling", "unit": "ndcg@10", "device": f"cpu-{os.cpu_count()}core",
-              **stamp("bench.bayes_ceiling", None, modules=("numpy", "torch")),
+              **stamp("bench.bayes_ceiling", sha, modules=("numpy", "torch")),
               "config": {"dataset": "synthetic", "events": n_events, "users": len(task.users),
                          "items": task.n_items, "split": "user_holdout(0.2 of sessions)", "exclude": "seen",
                          "train_impressions_per_user": impressions, "grid": [len(grid.taste), len(grid.bias)]}}
@@ -371,9 +371,9 @@ def main() -> int:
     rows = []
     for n_events in (int(e) for e in args.events.split(",")):
         rows += run(n_events, args.taste_points, args.bias_points,
-                    tuple(b for b in args.baselines.split(",") if b))
+                    tuple(b for b in args.baselines.split(",") if b), args.git_sha)
     if not args.no_write:
-        append_results(args.out, [row | {"git_sha": args.git_sha or row.get("git_sha")} for row in rows])
+        append_results(args.out, rows)
     return 0
 
 
