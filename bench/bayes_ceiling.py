@@ -224,10 +224,11 @@ class Posterior:
 
 
 def posterior(history: Histories, items: PlantedItems, config, grid: Grid, exact: bool = True,
-              repeats: bool = True, chunk: int = 48) -> Posterior:
+              repeats: bool = True, outcomes: bool = True, chunk: int = 48) -> Posterior:
     """The grid posterior of each user's (taste, bias) given their training impressions (module docstring),
     and the expectations under it; `chunk` tastes at a time (x every bias). `exact=False`: the softmax view
-    probability; `repeats=False`: every impression an independent draw (no `repeat_correction`)."""
+    probability; `repeats=False`: every impression an independent draw (no `repeat_correction`);
+    `outcomes=False`: which products were viewed only, not what became of the views."""
     n_users, n = history.impressions.shape
     vec, constant, bias = torch.from_numpy(items.vec), torch.from_numpy(items.constant), torch.from_numpy(grid.bias)
     h = len(bias)
@@ -246,7 +247,8 @@ def posterior(history: Histories, items: PlantedItems, config, grid: Grid, exact
                  + config.interaction_scale * (u @ vec.T)[:, None, :]).reshape(m * h, n)
         log_buy = torch.nn.functional.logsigmoid(logit).numpy()
         log_miss = torch.nn.functional.logsigmoid(-logit).numpy()
-        ll = (history.bought @ log_buy.T + history.not_bought @ log_miss.T).reshape(n_users, m, h)
+        ll = (history.bought @ log_buy.T + history.not_bought @ log_miss.T).reshape(n_users, m, h) if outcomes \
+            else np.zeros((n_users, m, h))
         ll += (history.impressions @ np.log(view.numpy()).T)[:, :, None]
         if repeats:
             ll += repeat_correction(view.numpy(), history, config.session_length_mean)[:, :, None]
@@ -287,23 +289,31 @@ def ceiling_scorer(truth, task, grid: Grid | None = None) -> Callable[[np.ndarra
     return score
 
 
-def bayes_ceiling(truth, task, grid: Grid | None = None, exact: bool = True) -> Posterior:
-    """The posterior of every task user from the task's training events (`task.split.train`)."""
+def bayes_ceiling(truth, task, grid: Grid | None = None, **likelihood: bool) -> Posterior:
+    """The posterior of every task user from the task's training events (`task.split.train`); `likelihood`:
+    `posterior`'s switches (exact, repeats, outcomes)."""
     c = truth.config
     if c.session_focus > 0:
         raise ValueError("the Bayes ceiling models the independent impressions of session_focus 0 only")
     items = PlantedItems.of(truth, task.split.items)
     history = histories_of(task.split.train[task.split.train["user_id"].isin(task.users)], task.users,
                            task.split.items)
-    return posterior(history, items, c, grid or Grid.of(c), exact)
+    return posterior(history, items, c, grid or Grid.of(c), **likelihood)
 
 
 # ------------------------------------------------------------------------------------------ the benchmark
+VARIANTS: dict[str, dict[str, bool]] = {  # the ceiling's likelihood less one part: what each part is worth
+    "views_only": {"outcomes": False},
+    "softmax_views": {"exact": False},
+    "no_repeats": {"repeats": False},
+}
+
+
 def run(n_events: int, taste_points: int, bias_points: int, baselines: tuple[str, ...],
-        sha: str | None = None) -> list[dict]:
+        sha: str | None = None, variants: tuple[str, ...] = ()) -> list[dict]:
     """The benchmark's shop (bench.quality.synthetic_events: 2,000 users, 3,000 products, 28 days, seed 7) with
-    `n_events` events: oracle, exact-view oracle, Bayes ceiling, the view-only MAP heuristic's item part, and
-    `baselines` (training.compare's) on bench.quality's split and users."""
+    `n_events` events: bench.quality's oracle, the oracle with the exact view probability, the Bayes ceiling, its
+    `variants` (VARIANTS) and `baselines` (training.compare's), on bench.quality's split and users (NDCG@10)."""
     from bench.quality import synthetic_events
     from models.classic import top_k
     from training.compare import compare, oracle_scorer
@@ -323,6 +333,8 @@ def run(n_events: int, taste_points: int, bias_points: int, baselines: tuple[str
         "oracle_exact_view": interest(truth.user_vec[user], truth.user_bias[user], items, truth.config).astype(np.float32),
         "bayes_ceiling": post.expected_interest,
     }
+    for variant in variants:
+        scores[f"bayes_ceiling_{variant}"] = bayes_ceiling(truth, task, grid, **VARIANTS[variant]).expected_interest
     metrics = {name: list_metrics(task, top_k(s, task.excluded, 10), 10) for name, s in scores.items()}
     if baselines:
         comparison = compare(task, None, None, k=10, baselines=baselines, n_boot=200)
@@ -364,6 +376,7 @@ def main() -> int:
     parser.add_argument("--taste-points", type=int, default=61, help="grid points per taste dimension")
     parser.add_argument("--bias-points", type=int, default=25, help="grid points of the user bias")
     parser.add_argument("--baselines", default="popularity,ease", help="training.compare baselines to add ('' none)")
+    parser.add_argument("--variants", default="", help=f"comma list of ceiling variants to add, of {sorted(VARIANTS)}")
     add_common_options(parser, RESULTS / "bayes_ceiling.json")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -371,7 +384,8 @@ def main() -> int:
     rows = []
     for n_events in (int(e) for e in args.events.split(",")):
         rows += run(n_events, args.taste_points, args.bias_points,
-                    tuple(b for b in args.baselines.split(",") if b), args.git_sha)
+                    tuple(b for b in args.baselines.split(",") if b), args.git_sha,
+                    tuple(v for v in args.variants.split(",") if v))
     if not args.no_write:
         append_results(args.out, rows)
     return 0
