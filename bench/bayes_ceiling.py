@@ -18,14 +18,14 @@ user's interest given those events:
   a cart (and maybe a removal) with the generator's 6% noise, else a view only.
 
 Which users shop, how many sessions they have and which sessions fall in the test part do not depend on
-u or b (activity and the per-user holdout are independent of taste), so they carry no information. Not
-modelled: the generator collapses a product drawn twice in one session into one impression (a second
-draw of a popular item is not seen); every observed impression is treated as one independent draw.
+u or b (activity and the per-user holdout are independent of taste), so they carry no information. The
+generator shows a product drawn twice in one session once (`repeat_correction` adds that to the likelihood).
+Not modelled: the end-of-day truncation of the event stream (whole impressions, independent of taste).
 
 The posterior is evaluated on a grid (u on a square grid over +-4 prior std inside the disk of that
 radius, b on a line over +-4 prior std) and the expected interest is accumulated chunk by chunk with a
-running maximum, so memory stays bounded: for 2,000 users x 3,000 products the work is three
-(users x products) x (products x grid) products. Ranked with seen items excluded and scored with
+running maximum, so memory stays bounded: for 2,000 users x 3,000 products the work is the sparse histories
+times (products x grid) log-likelihood tables and one dense (users x grid) x (grid x products) product. Ranked with seen items excluded and scored with
 bench.quality's split, users and metric (`training.quality`: per-user holdout of the last 20% of sessions,
 relevant = test carts and purchases, NDCG@10).
 """
