@@ -11,7 +11,9 @@ training excluded (the API's default), relevant = test carts and purchases. The 
 is fitted with the same kind of split for its held-out decisions (`RankerConfig.split`). The served recommender
 (`training.ranker.fit_recommender` on the training part only) and every baseline (`training.compare`)
 rank the whole catalogue for the same users; the synthetic shops add their oracle (the planted truth,
-which does not know the session's category). The sequential source alone is reported on every split,
+which does not know the session's category), and the plain shop its Bayes ceiling (`bench.bayes_ceiling`:
+the planted model's posterior expectation from each customer's training history, the best any recommender
+can do in expectation). The sequential source alone is reported on every split,
 fitted for the row when the served recommender dropped it.
 Mult-DAE (models.classic.MultDAE, one of the served path's sources) is reported alone too; it is not a
 classic baseline, so `baseline` below stays the best of popularity, item-kNN, ALS and EASE.
@@ -43,18 +45,23 @@ log = logging.getLogger("bench.quality")
 INTENT_FOCUS = 0.7  # synthetic_intent's session_focus, fixed before its first run
 
 
-def synthetic_events(seed: int = 7, session_focus: float = 0.0) -> tuple[pd.DataFrame, Callable | None]:
-    """A shop of 2,000 customers and 3,000 products over 28 days, with the oracle's scorer."""
+SYNTHETIC_EVENTS = 400_000  # the synthetic shops' default size
+
+
+def synthetic_events(seed: int = 7, session_focus: float = 0.0,
+                     n_events: int = SYNTHETIC_EVENTS) -> tuple[pd.DataFrame, Callable | None]:
+    """A shop of 2,000 customers and 3,000 products over 28 days, with its planted truth; `n_events` above the
+    default gives the same customers and products longer histories."""
     from etl.synthetic import SyntheticConfig, generate
 
-    data = generate(SyntheticConfig(n_events=400_000, n_users=2_000, n_products=3_000, days=28, seed=seed,
+    data = generate(SyntheticConfig(n_events=n_events, n_users=2_000, n_products=3_000, days=28, seed=seed,
                                     session_focus=session_focus))
     return data.events, data.truth
 
 
-def synthetic_intent_events() -> tuple[pd.DataFrame, Callable | None]:
+def synthetic_intent_events(n_events: int = SYNTHETIC_EVENTS) -> tuple[pd.DataFrame, Callable | None]:
     """The same shop whose sessions follow a category (`INTENT_FOCUS` of their impressions)."""
-    return synthetic_events(session_focus=INTENT_FOCUS)
+    return synthetic_events(session_focus=INTENT_FOCUS, n_events=n_events)
 
 
 def instacart_events() -> tuple[pd.DataFrame, None]:
@@ -63,7 +70,8 @@ def instacart_events() -> tuple[pd.DataFrame, None]:
     return read_instacart_sample(), None
 
 
-DATASETS: dict[str, Callable[[], tuple[pd.DataFrame, object]]] = {
+SYNTHETIC = ("synthetic", "synthetic_intent")  # the shops with a planted truth (and a size)
+DATASETS: dict[str, Callable[..., tuple[pd.DataFrame, object]]] = {
     "synthetic": synthetic_events,
     "instacart": instacart_events,
     "synthetic_intent": synthetic_intent_events,
@@ -73,14 +81,15 @@ SPLIT_LABELS = {"user_holdout": "user_holdout(0.2 of sessions)",
 
 
 def run(name: str, max_users: int | None, k: int, sha: str | None = None,
-        split_kind: str = "user_holdout", sequential_epochs: int | None = None) -> list[dict]:
+        split_kind: str = "user_holdout", sequential_epochs: int | None = None,
+        synthetic_size: int = SYNTHETIC_EVENTS) -> list[dict]:
     from training.compare import BASELINES, SERVED, compare, oracle_scorer
     from training.quality import before_last_session, build_task, session_rest_split, user_holdout
     from training.ranker import SEQUENTIAL, RankerConfig, fit_recommender
     from training.sequential import fit_sequential
 
     started = time.perf_counter()
-    events, truth = DATASETS[name]()
+    events, truth = DATASETS[name](n_events=synthetic_size) if name in SYNTHETIC else DATASETS[name]()
     split = session_rest_split(events) if split_kind == "session_rest" else user_holdout(events, test_fraction=0.2)
     task = build_task(split, exclude="seen", max_users=max_users)
     config = RankerConfig(k=k, split=split_kind)
@@ -95,6 +104,10 @@ def run(name: str, max_users: int | None, k: int, sha: str | None = None,
     fitted = fit_recommender(fit_events, split.items, config)
     fit_seconds = time.perf_counter() - fit_start
     extra = {"oracle": oracle_scorer(truth, task)} if truth is not None else {}
+    if truth is not None and truth.config.session_focus == 0:  # its posterior models independent impressions
+        from bench.bayes_ceiling import ceiling_scorer
+
+        extra["bayes_ceiling"] = ceiling_scorer(truth, task)  # the best any recommender can do from the history
     sequential = fitted.recommender.sources.get(SEQUENTIAL)
     if sequential is None:  # dropped by the held-out rule: fitted here so its row is still reported
         sequential = fit_sequential(fit_events, split.items, config.sequential)
@@ -140,6 +153,8 @@ def main() -> int:
     parser.add_argument("--max-users", type=int, default=None, help="subsample evaluated users (seeded)")
     parser.add_argument("--sequential-epochs", type=int, default=None,
                         help="train the sequential source this many epochs instead of SequentialConfig's default")
+    parser.add_argument("--synthetic-events", type=int, default=SYNTHETIC_EVENTS,
+                        help="events of the synthetic shops (the same customers and products: longer histories)")
     parser.add_argument("--k", type=int, default=10)
     add_common_options(parser, RESULTS / "quality.json")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -152,7 +167,8 @@ def main() -> int:
         parser.error(f"unknown split or data set: {unknown}")
     for name in args.datasets.split(","):
         for split_kind in splits:
-            new = run(name.strip(), args.max_users, args.k, args.git_sha, split_kind, args.sequential_epochs)
+            new = run(name.strip(), args.max_users, args.k, args.git_sha, split_kind, args.sequential_epochs,
+                      args.synthetic_events)
             rows += new
             for row in new:
                 ci = row["figures"].get(f"ndcg_at_{args.k}_ci_low"), row["figures"].get(f"ndcg_at_{args.k}_ci_high")

@@ -23,7 +23,12 @@ Checks (choose on held-out/validation figures, report the test figures; never tu
   scored on its later ones, all its users): hidden size, bagging of seeds, carts+purchases as the
   reconstruction target, and "later new items" as the target.
 - taste (synthetic shop only, `--checks taste`): the planted interest with every item parameter exact and
-  each test user's 2-d taste estimated from their training views: what history alone allows.
+  each test user's 2-d taste estimated from their training views: what history alone allows; and the Bayes
+  ceiling (`bench.bayes_ceiling`: the posterior expectation of the interest given the user's views, carts and
+  purchases under the exact generative model), the best any recommender can do in expectation.
+- factorised (`--checks factorised`): the ceiling's form, interest = P(view | user) x P(cart or purchase |
+  view, item), with both parts learned (no planted parameter): Mult-DAE fitted on impressions times each
+  item's smoothed conversion rate, against the served Mult-DAE, on the test users.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from bench.bayes_ceiling import bayes_ceiling
 from bench.quality import DATASETS
 from bench.report import REPO, RESULTS, add_common_options, append_results, stamp
 from contracts import EventWeights
@@ -349,9 +355,9 @@ def source_checks(lab: Lab) -> list[dict]:
 
 def _headline(row: dict) -> dict:
     """The results file's common fields (metric, value, unit, baseline, ratio) of one check's row."""
-    if row["check"] == "ranker":  # test NDCG@10 against Mult-DAE alone on the same users
+    if row["check"] in ("ranker", "factorised"):  # test NDCG@10 against Mult-DAE alone on the same users
         value, baseline = row["test_ndcg"], row["test_ndcg"] - row["minus_mult_dae"]
-        metric = f"{row['variant']} seed {row['seed']} test ndcg@{K}"
+        metric = f"{row['variant']} seed {row.get('seed', 0)} test ndcg@{K}"
     elif row["check"] == "taste":  # against nothing: a ceiling
         value, baseline, metric = row["test_ndcg"], None, f"{row['variant']} test ndcg@{K}"
     elif row["check"] == "source":  # validation NDCG@10 against the served Mult-DAE's
@@ -418,13 +424,58 @@ def taste_check(lab: Lab, steps: int = 300) -> list[dict]:
     corr = [float(np.corrcoef(estimated[:, d], truth.user_vec[user][:, d])[0, 1]) for d in range(estimated.shape[1])]
     print(f"taste estimated vs planted, correlation per dimension {np.round(corr, 3).tolist()}", flush=True)
     out[2]["taste_correlation"] = corr
+    ceiling = bayes_ceiling(truth, task)
+    value = float(list_metrics(task, top_k(ceiling.expected_interest, task.excluded, K), K).ndcg.mean())
+    out.append({"check": "taste", "variant": "bayes ceiling (posterior expectation from views, carts, purchases)",
+                "test_ndcg": value})
+    print(f"taste {out[-1]['variant']:40s} test ndcg {value:.4f}", flush=True)
     return out
+
+
+def factorised_check(lab: Lab, prior: float = 10.0) -> list[dict]:
+    """Interest = P(view | user) x P(cart or purchase | view, item), both learned: Mult-DAE (the served
+    hyperparameters) fitted on every training user's impressions (views; every event where the data has no
+    views), times each item's conversion rate (impressions that became a cart or purchase, shrunk to the
+    catalogue's rate with `prior` pseudo-impressions); the served Mult-DAE on the weighted history, and that
+    times the same rate, beside it. Test NDCG@10 of the benchmark's users against the served Mult-DAE."""
+    task = lab.task
+    train, split = task.split.train, task.split
+    users = np.unique(train["user_id"].to_numpy(np.int64))
+    has_views = bool(train["event_type"].eq("view").any())
+    seen = EventWeights(view=1.0, cart=0.0 if has_views else 1.0, purchase=0.0 if has_views else 1.0,
+                        remove_from_cart=0.0)
+    impression = train.groupby(["user_session", "product_id"])["event_type"].agg(
+        lambda kinds: bool(kinds.isin(["cart", "purchase"]).any()))
+    cols = split.item_index(impression.index.get_level_values("product_id").to_numpy(np.int64))
+    ok = cols >= 0
+    shown = np.bincount(cols[ok], minlength=task.n_items).astype(np.float64)
+    converted = np.bincount(cols[ok], weights=impression.to_numpy()[ok].astype(np.float64), minlength=task.n_items)
+    rate = (converted + prior * converted.sum() / shown.sum()) / (shown + prior)
+
+    def log_softmax(logits: np.ndarray) -> np.ndarray:
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+    served = lab.scores["mult_dae"]
+    views = MultDAE().fit(interaction_matrix(train, users, split, seen)).score(
+        interaction_matrix(train, task.users, split, seen))
+    reference = list_metrics(task, top_k(served, task.excluded, K), K)
+    rows = []
+    for name, scores in (("mult_dae weighted x conversion", log_softmax(served) + np.log(rate)[None]),
+                         ("mult_dae impressions", views),
+                         ("mult_dae impressions x conversion", log_softmax(views) + np.log(rate)[None])):
+        row = {"check": "factorised", "variant": name,
+               **_versus(list_metrics(task, top_k(scores, task.excluded, K), K), reference)}
+        rows.append(row)
+        print(f"factorised {name:35s} test {row['test_ndcg']:.4f} vs Mult-DAE {row['minus_mult_dae']:+.4f} "
+              f"[{row['minus_mult_dae_ci'][0]:+.4f}, {row['minus_mult_dae_ci'][1]:+.4f}]", flush=True)
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="synthetic", choices=sorted(DATASETS))
-    parser.add_argument("--checks", default="features,ranker,sources", help="comma list of features, ranker, sources, taste")
+    parser.add_argument("--checks", default="features,ranker,sources", help="comma list of features, ranker, sources, taste, factorised")
     parser.add_argument("--variants", default=",".join([*RANKER_VARIANTS, "ensemble"]),
                         help=f"comma list of {sorted(RANKER_VARIANTS)} and ensemble (5 seeds, one held-out split)")
     parser.add_argument("--seeds", type=int, default=3)
@@ -448,6 +499,8 @@ def main() -> int:
         rows += source_checks(lab)
     if "taste" in checks:
         rows += taste_check(lab)
+    if "factorised" in checks:
+        rows += factorised_check(lab)
     common = {"benchmark": "ranker_lab", "dataset": args.dataset, "device": f"cpu-{os.cpu_count()}core",
               **stamp("bench.ranker_lab", args.git_sha, modules=("numpy", "torch"))}
     if not args.no_write:
