@@ -150,6 +150,13 @@ def read_sequential(repo_dir: Path, model_name: str = SEQUENTIAL_MODEL) -> Seque
                                      config.max_batch_size)
 
 
+def instance_kind(repo_dir: Path, model_name: str) -> InstanceKind:
+    """Where the repository's `model_name` runs: KIND_GPU when any of its instance groups is on a GPU, else KIND_CPU."""
+    config = _read_config(Path(repo_dir) / model_name / "config.pbtxt")
+    gpu = pb.ModelInstanceGroup.Kind.Value("KIND_GPU")
+    return "KIND_GPU" if any(group.kind == gpu for group in config.instance_group) else "KIND_CPU"
+
+
 def _write_model(model_dir: Path, version: int, onnx_path: Path, config: pb.ModelConfig) -> Path:
     version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
