@@ -1,6 +1,7 @@
 """bench.api_latency's open-loop client against a real HTTP/1.1 server: every request answered once over
 keep-alive connections (Content-Length, chunked and `Connection: close` responses), checks see each body,
-and latency counts from the scheduled start, so a stalled server shows in it (no coordinated omission)."""
+latency counts from the scheduled start, so a stalled server shows in it (no coordinated omission), and a
+request never answered fails the run instead of hanging it."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class _Handler(BaseHTTPRequestHandler):
             first = sum(self.seen.values()) == 1
         if first and self.stall_s:
             time.sleep(self.stall_s)
+        if self.path.startswith("/hang"):
+            time.sleep(2.0)
         body = json.dumps({"path": self.path}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -94,3 +97,10 @@ def test_latency_counts_from_the_schedule_not_from_when_a_connection_was_free(se
     # so at least 5 of the 50 took >= 250 ms, whatever the machine's speed (a closed-loop client would have
     # sent them late and timed them from then)
     assert stats["max_ms"] >= 300 and stats["p90_ms"] >= 200
+
+
+def test_requests_left_unanswered_when_nothing_moves_fail_the_run(server: tuple[str, type[_Handler]]) -> None:
+    url, _ = server
+    stats = open_loop(url, lambda i: "/hang" if i == 3 else f"/plain/{i}", rate=100, duration_s=0.1,
+                      check=lambda s, b: None, stall_s=0.5)
+    assert stats["requests"] == 10 and stats["errors"] == 1  # the other nine answered
