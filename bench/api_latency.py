@@ -244,6 +244,8 @@ function response(status, headers, body)
   if status == 201 then
     created = created + 1
     ids:write(string.match(body, '"id":%s*(%d+)'), "\n")
+  elseif status == 200 and mode == "recommend" and not string.find(body, '"ranker":%s*"triton"') then
+    other = other + 1  -- answered, but not ranked on Triton (the popular fallback): not what is measured
   elseif status == 200 then ok = ok + 1 else other = other + 1 end
 end
 function done(summary, latency, requests)
