@@ -98,6 +98,10 @@ class Settings:
     # "session_rest" (each user's last session in them: first half history, the rest targets; the
     # ranker's own cuts too). training.quality.last_days_split.
     eval_split: str = "window"
+    # Where the API runs the served recommender's sequential model: "triton" (beside the ranker), "worker"
+    # (ONNX Runtime in each API worker) or "auto" (Triton only when it runs the model on a GPU).
+    # serving.recommender.sequential_runs_on.
+    sequential_on: str = "auto"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -151,6 +155,7 @@ class Settings:
             experiment_ttl_s=_env_float("RECSYS_EXPERIMENT_TTL_S", 5.0),
             impressions=_env_choice("RECSYS_IMPRESSIONS", "all", ("all", "experiment")),
             eval_split=_env_choice("RECSYS_EVAL_SPLIT", "window", ("window", "session_rest")),
+            sequential_on=_env_choice("RECSYS_SEQUENTIAL_ON", "auto", ("auto", "triton", "worker")),
             experiment_alpha=_env_float("RECSYS_EXPERIMENT_ALPHA", 0.05),
             experiment_min_impressions=_env_int("RECSYS_EXPERIMENT_MIN_IMPRESSIONS", 1000),
             experiment_max_days=_env_float("RECSYS_EXPERIMENT_MAX_DAYS", 14.0),

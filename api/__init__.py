@@ -75,6 +75,8 @@ def default_config() -> dict[str, Any]:
         "IMPRESSIONS": st.impressions,
         # How often (seconds, per worker at most) the ranker looks for a new deployment at serving/current.
         "DEPLOY_CHECK_S": st.api_deploy_check_s,
+        # Where the sequential source's model runs: "auto", "triton" or "worker" (RECSYS_SEQUENTIAL_ON).
+        "SEQUENTIAL_ON": st.sequential_on,
     }
 
 
@@ -89,13 +91,14 @@ class RankerSlot:
     """
 
     def __init__(self, ranker: ServedRecommender | None, serving_dir: Path, triton_url: str,
-                 check_s: float = 5.0) -> None:
+                 check_s: float = 5.0, sequential_on: str = "auto") -> None:
         self._ranker = ranker
         self._fixed = ranker is not None  # a ranker handed in (tests, embedding) is never replaced
         self._resolved = self._fixed
         self._serving_dir = serving_dir
         self._triton_url = triton_url
         self._check_s = check_s
+        self._sequential_on = sequential_on  # serving.recommender.sequential_runs_on
         self._checked_at = -float("inf")
         self._stamp: tuple[str, int, int] | None = None
         self._lock = threading.Lock()
@@ -154,7 +157,8 @@ class RankerSlot:
             # Imported here: torch and the Triton client load only once a bundle is deployed.
             from serving.recommender import TritonRecommender
 
-            return TritonRecommender.from_bundle(bundle, self._triton_url, pin_version=pin_version)
+            return TritonRecommender.from_bundle(bundle, self._triton_url, pin_version=pin_version,
+                                                 sequential_on=self._sequential_on)  # type: ignore[arg-type]
         except Exception as exc:  # a broken bundle must not take the API down; popular items still work
             log.error("could not build the Triton ranker from %s: %s", bundle, exc)
             return None
@@ -191,7 +195,7 @@ def create_app(config: dict[str, Any] | None = None, ranker: ServedRecommender |
         store.init_db()
     app.extensions["recsys_store"] = store
     slot = RankerSlot(ranker, Path(app.config.get("SERVING_DIR", "var/serving")), app.config.get("TRITON_URL", ""),
-                      float(app.config.get("DEPLOY_CHECK_S", 5.0)))
+                      float(app.config.get("DEPLOY_CHECK_S", 5.0)), str(app.config.get("SEQUENTIAL_ON", "auto")))
     app.extensions["recsys_ranker"] = slot
     app.extensions["recsys_experiments"] = experiments.Experiments(
         store, float(app.config.get("EXPERIMENT_TTL_S", 5.0)), arm_rankers or slot.for_version,

@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     repo.add_argument("--version", type=int, default=1)
     repo.add_argument("--max-batch-size", type=int, default=1024)
     repo.add_argument("--instance-kind", choices=["KIND_CPU", "KIND_GPU"], default="KIND_CPU")
-    repo.add_argument("--max-queue-delay-us", type=int, default=500)
+    repo.add_argument("--max-queue-delay-us", type=int, default=None,
+                      help="dynamic batcher queue delay (default: 0 on KIND_CPU, 500 on KIND_GPU)")
 
     bundle = sub.add_parser("bundle", help="build <serving_dir>/<version>/ from a model dir")
     bundle.add_argument("model_dir", type=Path)

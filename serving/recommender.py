@@ -19,7 +19,7 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -390,6 +390,35 @@ def _gather(scores: np.ndarray, items: np.ndarray) -> np.ndarray:
     return np.where(items >= 0, np.take_along_axis(scores, safe, axis=1), np.nan)
 
 
+SequentialOn = Literal["auto", "triton", "worker"]
+SEQUENTIAL_ON: tuple[str, ...] = ("auto", "triton", "worker")
+
+
+def sequential_runs_on(choice: str, repo_dir: Path, triton_model: str | None, has_onnx: bool) -> str | None:
+    """Where a served bundle's sequential source runs: "triton", "worker" (ONNX Runtime in the API
+    process), or None (neither ships: the pickled PyTorch scorer stays).
+
+    The model is small (one customer's sequence costs ~0.1 ms of ONNX Runtime on one CPU thread), while a
+    Triton round trip costs ~0.5 ms of Triton's CPU (HTTP, the dynamic batcher, the Python-backend stub)
+    and ~0.4 ms of the client's, measured on the benchmark's world (README, "Latency"). So "auto" sends it to
+    Triton only where Triton runs it on a GPU (the repository's instance group is KIND_GPU), where batching
+    customers together pays; on CPU it runs in the worker. An explicit choice is kept where the bundle
+    ships what it needs, else the other place serves.
+    """
+    if choice not in SEQUENTIAL_ON:
+        raise ValueError(f"sequential_on must be one of {SEQUENTIAL_ON}, got {choice!r}")
+    on_triton = triton_model is not None
+    if choice == "auto" and on_triton:
+        from serving.triton_repo import instance_kind
+
+        choice = "triton" if instance_kind(repo_dir, triton_model) == "KIND_GPU" else "worker"
+    if choice == "worker" and has_onnx:
+        return "worker"
+    if on_triton:
+        return "triton"
+    return "worker" if has_onnx else None
+
+
 class TritonRecommender:
     """What the API holds for a bundle that ships a recommender: its `Recommender`, ranked on Triton
     (the `serving.request_path.ServedRecommender` of every deployment).
@@ -405,8 +434,13 @@ class TritonRecommender:
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, triton_url: str, protocol: str = "http",
-                    timeout_s: float = 5.0, pin_version: bool = False) -> "TritonRecommender":
-        from serving.bundle import RECOMMENDER_DIR, ServingBundle
+                    timeout_s: float = 5.0, pin_version: bool = False,
+                    sequential_on: SequentialOn = "auto") -> "TritonRecommender":
+        """The bundle's recommender ranked by its Triton model. sequential_on: where the sequential source's
+        model runs (`sequential_runs_on`): "triton" (the repository's `sequential` model, beside the ranker),
+        "worker" (ONNX Runtime on the same ONNX file in this process) or "auto" (Triton when that model's
+        instance group is on a GPU, else the worker)."""
+        from serving.bundle import RECOMMENDER_DIR, REPO_DIR, ServingBundle
         from serving.triton_client import TritonClient as Client
 
         from serving.sequential_export import SEQUENTIAL_ONNX, OnnxSequentialScorer
@@ -417,14 +451,15 @@ class TritonRecommender:
         folder = Path(bundle_dir) / (deployment.recommender or RECOMMENDER_DIR)
         recommender = Recommender.load(folder)
         sequential = recommender.sources.get("sequential")
-        if sequential is not None and deployment.sequential_model:  # Triton, beside the ranker, same version
-            recommender.sources["sequential"] = TritonSequentialScorer(
-                Client(triton_url, deployment.sequential_model, protocol, timeout_s,  # type: ignore[arg-type]
-                       model_version=str(deployment.triton_version)), sequential.n_items, sequential.max_len)
-        elif sequential is not None and (folder / SEQUENTIAL_ONNX).is_file():
-            # Fallback for bundles built before the sequential model shipped in the Triton repository:
-            # ONNX Runtime in the worker, not torch.
-            recommender.sources["sequential"] = OnnxSequentialScorer.replacing(sequential, folder / SEQUENTIAL_ONNX)
+        if sequential is not None:
+            where = sequential_runs_on(sequential_on, Path(bundle_dir) / REPO_DIR, deployment.sequential_model,
+                                       (folder / SEQUENTIAL_ONNX).is_file())
+            if where == "triton":  # beside the ranker, same version
+                recommender.sources["sequential"] = TritonSequentialScorer(
+                    Client(triton_url, deployment.sequential_model, protocol, timeout_s,  # type: ignore[arg-type]
+                           model_version=str(deployment.triton_version)), sequential.n_items, sequential.max_len)
+            elif where == "worker":  # ONNX Runtime in the worker, not torch
+                recommender.sources["sequential"] = OnnxSequentialScorer.replacing(sequential, folder / SEQUENTIAL_ONNX)
         version = str(deployment.triton_version) if pin_version else ""  # pinned: an experiment's arm
         return cls(recommender, Client(triton_url, deployment.model_name, protocol, timeout_s,  # type: ignore[arg-type]
                                        model_version=version))

@@ -17,6 +17,7 @@ from api import create_app
 from api.seed import seed
 from etl import SyntheticConfig
 from serving.bundle import build_bundle
+from serving.sequential_export import OnnxSequentialScorer
 from serving.triton_client import TritonSequentialScorer
 from serving.recommender import TritonRecommender
 from tests.conftest import free_port
@@ -47,13 +48,18 @@ def triton(world: dict) -> Iterator:
     yield from running_triton(world["root"] / "serving" / "1", world["root"] / "triton")
 
 
-def test_the_api_serves_the_evaluators_lists(world: dict, triton, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    app = create_app(make_config(tmp_path, SERVING_DIR=str(world["root"] / "serving"), TRITON_URL=triton.http_url))
+@pytest.mark.parametrize("sequential_on", ["triton", "auto"])
+def test_the_api_serves_the_evaluators_lists(world: dict, triton, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                            sequential_on: str) -> None:
+    app = create_app(make_config(tmp_path, SERVING_DIR=str(world["root"] / "serving"), TRITON_URL=triton.http_url,
+                                 SEQUENTIAL_ON=sequential_on))
     seed(app.extensions["recsys_store"], world["train_file"])
     served_rec = app.extensions["recsys_ranker"].get()
     assert isinstance(served_rec, TritonRecommender)
-    # the bundle ships the sequential model beside the ranker: the API's sequential source is Triton's
-    assert isinstance(served_rec.recommender.sources["sequential"], TritonSequentialScorer)
+    # the bundle ships the sequential model beside the ranker (on CPU): Triton's when asked for, else the
+    # same ONNX file in the worker ("auto" sends it to Triton only on a GPU)
+    expected = TritonSequentialScorer if sequential_on == "triton" else OnnxSequentialScorer
+    assert isinstance(served_rec.recommender.sources["sequential"], expected)
     fitted, split = world["fitted"], world["split"]
     task = build_task(split, exclude="seen")
     offline = served_lists(fitted.recommender, fitted.scorer(), task, K)  # the nightly evaluator's code
@@ -65,6 +71,21 @@ def test_the_api_serves_the_evaluators_lists(world: dict, triton, tmp_path: Path
         served = [item["product_id"] for item in body["items"]]
         want = split.items[offline[row][offline[row] >= 0]].tolist()
         assert served[:len(want)] == want, f"customer {task.users[row]}"
+
+
+def test_the_sequential_model_in_the_worker_answers_as_on_triton(world: dict, triton, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The same ONNX file on one CPU thread, in the worker or in Triton's stub: the same lists, scores
+    and explanations (one request at a time, so Triton batches nothing)."""
+    bodies = {}
+    for where in ("triton", "worker"):
+        app = create_app(make_config(tmp_path / where, SERVING_DIR=str(world["root"] / "serving"),
+                                     TRITON_URL=triton.http_url, SEQUENTIAL_ON=where))
+        seed(app.extensions["recsys_store"], world["train_file"])
+        client = app.test_client()
+        customers = world["split"].train.user_id.drop_duplicates().iloc[:10].tolist()
+        bodies[where] = [client.get(f"/customers/{int(c)}/recommendations?k={K}").json["items"] for c in customers]
+    assert all(len(items) == K for items in bodies["worker"])
+    assert bodies["worker"] == bodies["triton"]
 
 
 def test_a_new_event_changes_the_next_answer(world: dict, triton, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,10 @@ import torch
 
 from serving.errors import RepositoryError
 from serving.export import export_onnx
-from serving.triton_repo import build_repository, read_repository
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from serving.triton_repo import QUEUE_DELAY_US, build_repository, read_repository
 from models.dlrm import DLRM, DLRMConfig, save_model
 
 
@@ -44,6 +47,15 @@ def test_repository_has_config_and_versioned_model(tmp_path: Path, exported: tup
     assert "dynamic_batching" in text and "max_queue_delay_microseconds: 250" in text
     assert "preferred_batch_size: 16" in text and "preferred_batch_size: 64" in text
     assert "kind: KIND_CPU" in text
+
+
+def test_the_batcher_waits_for_more_requests_only_on_a_gpu(tmp_path: Path, exported: tuple[Path, Path]) -> None:
+    onnx_path, schema_path = exported
+    for kind, delay in (("KIND_CPU", 0), ("KIND_GPU", 500)):
+        build_repository(onnx_path, schema_path, tmp_path / kind, instance_kind=kind)  # type: ignore[arg-type]
+        config = text_format.Parse((tmp_path / kind / "dlrm" / "config.pbtxt").read_text(), pb.ModelConfig())
+        assert config.HasField("dynamic_batching")  # queued requests are still batched together on CPU
+        assert config.dynamic_batching.max_queue_delay_microseconds == delay == QUEUE_DELAY_US[kind]
 
 
 def test_adding_a_version_keeps_the_old_one_and_serves_the_newest(tmp_path: Path, exported: tuple[Path, Path]) -> None:

@@ -23,8 +23,9 @@ from serving.export import export_onnx
 from serving.local_triton import ServerHandle, start_server, stop_server
 from serving.sequential_export import PARITY_TOLERANCE, export_sequential, random_sequences
 from serving.triton_client import TritonClient, TritonSequentialScorer
-from serving.triton_repo import (SEQUENTIAL_MODEL, build_repository, build_sequential_repository, read_repository,
-                                 read_sequential)
+from serving.recommender import sequential_runs_on
+from serving.triton_repo import (SEQUENTIAL_MODEL, build_repository, build_sequential_repository, instance_kind,
+                                 read_repository, read_sequential)
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -83,6 +84,23 @@ def test_a_missing_export_or_a_bad_version_is_refused(tmp_path: Path) -> None:
     export_sequential(sequential_scorer(seed=0), tmp_path / "s.onnx")
     with pytest.raises(RepositoryError, match="positive"):
         build_sequential_repository(tmp_path / "s.onnx", tmp_path / "repo", version=0)
+
+
+def test_auto_runs_the_sequential_model_on_triton_only_where_triton_has_a_gpu(tmp_path: Path) -> None:
+    export_sequential(sequential_scorer(seed=0), tmp_path / "s.onnx")
+    for kind, auto in (("KIND_CPU", "worker"), ("KIND_GPU", "triton")):
+        repo = tmp_path / kind
+        build_sequential_repository(tmp_path / "s.onnx", repo, instance_kind=kind)  # type: ignore[arg-type]
+        assert instance_kind(repo, SEQUENTIAL_MODEL) == kind
+        assert sequential_runs_on("auto", repo, SEQUENTIAL_MODEL, has_onnx=True) == auto
+        assert sequential_runs_on("triton", repo, SEQUENTIAL_MODEL, has_onnx=True) == "triton"
+        assert sequential_runs_on("worker", repo, SEQUENTIAL_MODEL, has_onnx=True) == "worker"
+        # an explicit choice the bundle cannot serve falls to the place that can
+        assert sequential_runs_on("worker", repo, SEQUENTIAL_MODEL, has_onnx=False) == "triton"
+    assert sequential_runs_on("triton", tmp_path / "none", None, has_onnx=True) == "worker"
+    assert sequential_runs_on("auto", tmp_path / "none", None, has_onnx=False) is None
+    with pytest.raises(ValueError, match="sequential_on"):
+        sequential_runs_on("gpu", tmp_path / "none", None, has_onnx=True)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
