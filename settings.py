@@ -51,7 +51,7 @@ class Settings:
     train_epochs: int
     train_batch_size: int
     train_device: str  # "auto", "cpu", "cuda"
-    event_weights: str  # "view=0.25,cart=0.5,purchase=1": interest per event type (contracts.EventWeights)
+    event_weights: str  # "view=0.125,cart=0.5,purchase=1": interest per event type (contracts.EventWeights)
     exclude: str  # "seen", "purchased" or "none": what the API leaves out by default, and the evaluation too
     test_days: int  # last days of the window held out to evaluate the night's model
     min_eval_users: int  # fewer evaluated users than this: the gate keeps the champion ("not enough evidence")
@@ -116,7 +116,7 @@ class Settings:
             train_epochs=_env_int("RECSYS_TRAIN_EPOCHS", 3),
             train_batch_size=_env_int("RECSYS_TRAIN_BATCH_SIZE", 4096),
             train_device=_env("RECSYS_TRAIN_DEVICE", "auto"),
-            event_weights=_env("RECSYS_EVENT_WEIGHTS", "view=0.25,cart=0.5,purchase=1,remove_from_cart=0"),
+            event_weights=_env("RECSYS_EVENT_WEIGHTS", "view=0.125,cart=0.5,purchase=1,remove_from_cart=0"),
             exclude=_env("RECSYS_EXCLUDE", "seen"),
             test_days=_env_int("RECSYS_TEST_DAYS", 1),
             min_eval_users=_env_int("RECSYS_MIN_EVAL_USERS", 100),

@@ -115,10 +115,10 @@ def test_without_ranker_recommendations_use_popularity(client: FlaskClient) -> N
 def test_popular_products_order_by_weighted_events(client: FlaskClient) -> None:
     add_catalogue(client)
     items = client.get("/products/popular?k=3").json["items"]
-    # RECSYS_EVENT_WEIGHTS' defaults (view 0.25, cart 0.5, purchase 1): 6: cart + purchase, 1: purchase + view,
+    # RECSYS_EVENT_WEIGHTS' defaults (view 0.125, cart 0.5, purchase 1): 6: cart + purchase, 1: purchase + view,
     # 3: purchase (10 is unavailable)
     assert [i["product_id"] for i in items] == [6, 1, 3]
-    assert [i["score"] for i in items] == [1.5, 1.25, 1.0]
+    assert [i["score"] for i in items] == [1.5, 1.125, 1.0]
 
 
 def test_similar_products_share_sessions_or_customers(client: FlaskClient) -> None:
