@@ -236,12 +236,17 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
         config = replace(config, sources=tuple(s for s in config.sources if s != SEQUENTIAL))
         first, rec, earlier = _cut_lists(train_events, items, config, weights, exclude, relevant_events, None)
     training = [(first, np.flatnonzero(~is_valid))]
+    # Each cut's lists of the stop and of the decide users (their lists in every cut: more evidence).
+    stop_users, decide_users = first.task.users[stop_rows], first.task.users[decide_rows]
+    stop, decide = [(first, stop_rows)], [(first, decide_rows)]
     for _ in range(config.cuts - 1):
         try:
             more, _, earlier = _cut_lists(earlier, items, config, weights, exclude, relevant_events, rec.shares)
         except DataError:  # too little history left for another cut
             break
         training.append((more, np.flatnonzero([u not in valid_users for u in more.task.users.tolist()])))
+        stop.append((more, np.flatnonzero(np.isin(more.task.users, stop_users))))
+        decide.append((more, np.flatnonzero(np.isin(more.task.users, decide_users))))
     dense = torch.cat([t.dense[rows] for t, rows in training])
     sparse = torch.cat([t.sparse[rows] for t, rows in training])
     labels = np.concatenate([t.labels[rows] for t, rows in training])
@@ -254,8 +259,7 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
     c = first.pool.shape[1]
 
     def valid_ndcg() -> float:  # the stop users': early stopping
-        top = _rank(model, first.dense[stop_rows], first.sparse[stop_rows], first.pool[stop_rows], config.k)
-        return float(_sub_metrics(first.task, stop_rows, top, config.k).ndcg.mean())
+        return float(_blend_ndcg(stop, _probabilities(model, stop), rec, None, 0.0, config.k).mean())
 
     best, best_state, stale, history = -1.0, None, 0, []
     for epoch in range(config.epochs):
@@ -286,16 +290,17 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
     # chosen with each source alone, and the ranker is served only where it beats every one of them.
     blend_source, blend_weight, blended = None, 0.0, best
     if config.blend_weights:
-        blend_source, blend_weight, blended = _choose_blend(model, first, stop_rows, rec, config)
-    evidence = {"ranker": _ranker_ndcg(model, first, decide_rows, rec, blend_source, blend_weight, config.k)}
-    for name in rec.source_names:
-        top = top_k(first.scores[name][decide_rows], first.task.excluded[decide_rows], config.k)
-        evidence[name] = float(_sub_metrics(first.task, decide_rows, top, config.k).ndcg.mean())
+        blend_source, blend_weight, blended = _choose_blend(model, stop, rec, config)
+    per_list = {"ranker": _blend_ndcg(decide, _probabilities(model, decide), rec, blend_source, blend_weight, config.k)}
+    per_list |= {name: _source_ndcg(decide, name, config.k) for name in rec.source_names}
+    evidence = {name: float(values.mean()) for name, values in per_list.items()}
     mode = max(evidence, key=evidence.get)
     if mode != "ranker":
         blend_source, blend_weight = None, 0.0
-    log.info("served mode %s (decide users' ndcg@%d: %s)", mode, config.k,
-             {k: round(v, 4) for k, v in evidence.items()})
+    runner_up = max((n for n in evidence if n != "ranker"), key=evidence.get)
+    margin = per_list["ranker"] - per_list[runner_up]  # paired, per list: how sure the decision is
+    log.info("served mode %s (decide users' ndcg@%d over %d lists: %s; ranker - %s %.4f +- %.4f)", mode, config.k,
+             len(margin), {k: round(v, 4) for k, v in evidence.items()}, runner_up, margin.mean(), _se(margin))
 
     split = Split(train_events, train_events.iloc[:0], items, "full")
     full_sources, full_popularity = fit_sources(train_events, split, config, weights)
@@ -306,7 +311,11 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
                         | {f"dropped_valid_ndcg_at_{config.k}.{k}": v for k, v in sequential_evidence.items()}
                         | {"ranker_lists": float(len(trainable)), "valid_users": float(len(valid_rows)),
                            "stop_users": float(len(stop_rows)), "decide_users": float(len(decide_rows)),
-                           f"stop_ndcg_at_{config.k}.ranker": best, "cuts": float(len(training))},
+                           "stop_lists": float(sum(len(r) for _, r in stop)),
+                           "decide_lists": float(sum(len(r) for _, r in decide)),
+                           f"stop_ndcg_at_{config.k}.ranker": best, "cuts": float(len(training)),
+                           "ranker_minus_best_source": float(margin.mean()),
+                           "ranker_minus_best_source_se": _se(margin)},
                         asdict(weights), tuple(config.history_features), blend_source, blend_weight)
     if config.blend_weights:
         final.evidence.update({"blend_weight": blend_weight, f"blend_valid_ndcg_at_{config.k}": blended}
@@ -337,48 +346,61 @@ def _sequential_loses(first: _Lists, valid_rows: np.ndarray, config: RankerConfi
     return ndcg if ndcg[SEQUENTIAL] <= best_other else {}
 
 
-def _choose_blend(model: DLRM, lists: _Lists, rows: np.ndarray, rec: Recommender,
-                  config: RankerConfig) -> tuple[str | None, float, float]:
-    """The (source, weight) whose blend with the ranker orders the held-out users' pools best; weight 0
+Held = list[tuple[_Lists, np.ndarray]]  # held-out lists: (a cut's lists, the rows of the held-out users in it)
+
+
+def _choose_blend(model: DLRM, held: Held, rec: Recommender, config: RankerConfig) -> tuple[str | None, float, float]:
+    """The (source, weight) whose blend with the ranker orders the held-out pools best; weight 0
     (ranker alone) unless a blend beats it."""
-    probability = _probability(model, lists, rows)
-    best = (None, 0.0, _blend_ndcg(lists, rows, probability, rec, None, 0.0, config.k))
+    probabilities = _probabilities(model, held)
+    best = (None, 0.0, float(_blend_ndcg(held, probabilities, rec, None, 0.0, config.k).mean()))
     for name in rec.source_names:
         for weight in config.blend_weights:
-            value = _blend_ndcg(lists, rows, probability, rec, name, weight, config.k)
+            value = float(_blend_ndcg(held, probabilities, rec, name, weight, config.k).mean())
             if value > best[2]:
                 best = (name, float(weight), value)
     log.info("blend: %s weight %.2f (stop users' ndcg@%d %.4f)", best[0], best[1], config.k, best[2])
     return best
 
 
-def _ranker_ndcg(model: DLRM, lists: _Lists, rows: np.ndarray, rec: Recommender, source: str | None,
-                 weight: float, k: int) -> float:
-    """Mean NDCG@k on `rows` of the ranker as served: its probability, blended with `source` at `weight`."""
-    return _blend_ndcg(lists, rows, _probability(model, lists, rows), rec, source, weight, k)
-
-
-def _probability(model: DLRM, lists: _Lists, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), pool_size) the ranker's probability of each candidate (padding included)."""
+def _probabilities(model: DLRM, held: Held) -> list[np.ndarray]:
+    """Per held-out part, (len(rows), pool_size): the ranker's probability of each candidate."""
     model.eval()
-    n, c = lists.pool[rows].shape
+    out = []
     with torch.no_grad():
-        logits = model(lists.dense[rows].reshape(n * c, -1), lists.sparse[rows].reshape(n * c, -1))
-    return torch.sigmoid(logits).view(n, c).numpy()
+        for lists, rows in held:
+            n, c = lists.pool[rows].shape
+            logits = model(lists.dense[rows].reshape(n * c, -1), lists.sparse[rows].reshape(n * c, -1))
+            out.append(torch.sigmoid(logits).view(n, c).numpy())
+    return out
 
 
-def _blend_ndcg(lists: _Lists, rows: np.ndarray, probability: np.ndarray, rec: Recommender, source: str | None,
-                weight: float, k: int) -> float:
-    """Mean NDCG@k on `rows` of the pools ordered by `serving.recommender.blend` (the ranker alone when
-    `source` is None or `weight` 0)."""
-    pool = lists.pool[rows]
-    valid = pool >= 0
-    values = probability
-    if source is not None and weight:
-        source_z = lists.dense[rows][:, :, 2 * rec.source_names.index(source)].numpy()
-        values = blend(probability, source_z, valid, weight)
-    order = np.argsort(-np.where(valid, values, -np.inf), axis=1, kind="stable")[:, :k]
-    return float(_sub_metrics(lists.task, rows, np.take_along_axis(pool, order, axis=1), k).ndcg.mean())
+def _blend_ndcg(held: Held, probabilities: list[np.ndarray], rec: Recommender, source: str | None,
+                weight: float, k: int) -> np.ndarray:
+    """NDCG@k of each held-out list ordered as served: by the ranker's probability, or by
+    `serving.recommender.blend` with `source` at `weight`."""
+    out = []
+    for (lists, rows), probability in zip(held, probabilities):
+        pool = lists.pool[rows]
+        valid = pool >= 0
+        values = probability
+        if source is not None and weight:
+            values = blend(probability, lists.dense[rows][:, :, 2 * rec.source_names.index(source)].numpy(),
+                           valid, weight)
+        order = np.argsort(-np.where(valid, values, -np.inf), axis=1, kind="stable")[:, :k]
+        out.append(_sub_metrics(lists.task, rows, np.take_along_axis(pool, order, axis=1), k).ndcg)
+    return np.concatenate(out)
+
+
+def _source_ndcg(held: Held, name: str, k: int) -> np.ndarray:
+    """NDCG@k of each held-out list ordered by the source `name` alone over the whole catalogue."""
+    return np.concatenate([_sub_metrics(lists.task, rows, top_k(lists.scores[name][rows], lists.task.excluded[rows], k),
+                                        k).ndcg for lists, rows in held])
+
+
+def _se(values: np.ndarray) -> float:
+    """Standard error of the mean of `values`."""
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
 def listwise_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
