@@ -245,8 +245,10 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
         except DataError:  # too little history left for another cut
             break
         training.append((more, np.flatnonzero([u not in valid_users for u in more.task.users.tolist()])))
-        stop.append((more, np.flatnonzero(np.isin(more.task.users, stop_users))))
-        decide.append((more, np.flatnonzero(np.isin(more.task.users, decide_users))))
+        for held, users in ((stop, stop_users), (decide, decide_users)):
+            in_cut = np.flatnonzero(np.isin(more.task.users, users))
+            if len(in_cut):
+                held.append((more, in_cut))
     dense = torch.cat([t.dense[rows] for t, rows in training])
     sparse = torch.cat([t.sparse[rows] for t, rows in training])
     labels = np.concatenate([t.labels[rows] for t, rows in training])
