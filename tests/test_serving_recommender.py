@@ -14,7 +14,7 @@ from models.classic import top_k
 from serving.recommender import Recommender, blend
 from training.compare import compare, served_lists
 from training.errors import DataError
-from training.quality import build_task, last_days_split
+from training.quality import EventWeights, build_task, last_days_split
 from training.ranker import FittedRecommender, RankerConfig, fit_recommender
 
 
@@ -84,6 +84,63 @@ def test_evidence_names_the_served_mode_and_every_source(fitted) -> None:  # typ
     assert scored == {"ranker", *rec.sources} and rec.mode in scored
     assert rec.evidence[f"valid_ndcg_at_10.{rec.mode}"] == max(rec.evidence[f"valid_ndcg_at_10.{s}"] for s in scored)
     assert sum(rec.shares.values()) == pytest.approx(1.0)
+
+
+def test_validation_users_split_into_disjoint_stop_and_decide_users() -> None:
+    from training.ranker import split_validation
+
+    valid = np.flatnonzero(np.random.default_rng(4).random(400) < 0.25)
+    stop, decide = split_validation(valid, 0.5, seed=0)
+    assert not set(stop.tolist()) & set(decide.tolist())
+    np.testing.assert_array_equal(np.sort(np.concatenate([stop, decide])), valid)
+    assert abs(len(decide) - len(valid) / 2) <= 1
+    stop_again, decide_again = split_validation(valid, 0.5, seed=0)
+    np.testing.assert_array_equal(decide_again, decide)  # seeded
+    assert not np.array_equal(split_validation(valid, 0.5, seed=1)[1], decide)
+    few_stop, few_decide = split_validation(valid[:3], 0.01, seed=0)
+    assert len(few_decide) == 1 and len(few_stop) == 2  # at least one of each
+    with pytest.raises(DataError, match="validation users"):
+        split_validation(valid[:1], 0.5, seed=0)
+    with pytest.raises(DataError, match="decide_fraction"):
+        RankerConfig(decide_fraction=1.0)
+
+
+def test_the_served_mode_is_decided_on_users_not_used_for_early_stopping(fitted) -> None:  # type: ignore[no-untyped-def]
+    model, _ = fitted
+    rec = model.recommender
+    assert rec.evidence["stop_users"] > 0 and rec.evidence["decide_users"] > 0
+    assert rec.evidence["stop_users"] + rec.evidence["decide_users"] == rec.evidence["valid_users"]
+    # Their lists in the further cuts count too (never their training: valid users' lists are held out).
+    assert rec.evidence["cuts"] > 1 and rec.evidence["decide_lists"] > rec.evidence["decide_users"]
+    assert rec.evidence["stop_lists"] > rec.evidence["stop_users"]
+    # Early stopping kept the best epoch on the stop users; the decision's ranker figure is another set's.
+    assert rec.evidence["stop_ndcg_at_10.ranker"] == max(h["valid_ndcg_at_10"] for h in model.history)
+
+
+def test_a_source_that_beats_the_ranker_on_the_decide_users_is_served() -> None:
+    """An untrained ranker (random order within the pool, no blend to rescue it) loses to a source on
+    the decide users: that source is served, unblended, and its figure is the one measured on them."""
+    from training.ranker import _cut_lists, _sub_metrics, split_validation
+
+    events = generate(SyntheticConfig(n_events=30_000, n_users=200, n_products=300, days=6, seed=5)).events
+    items = np.unique(events["product_id"].to_numpy(np.int64))
+    config = RankerConfig(epochs=0, cuts=1, pool_size=50, sources=("popularity", "item_knn"), blend_weights=())
+    rec = fit_recommender(events, items, config).recommender
+    assert rec.mode in ("popularity", "item_knn") and rec.blend_weight == 0.0 and rec.blend_source is None
+    assert rec.evidence["valid_ndcg_at_10.ranker"] < rec.evidence[f"valid_ndcg_at_10.{rec.mode}"]
+    # The figures are those of the decide users (not the stop users) of the first cut.
+    first, _, _ = _cut_lists(events, items, config, EventWeights(), "seen", ("cart", "purchase"), None)
+    is_valid = np.random.default_rng(config.seed).random(len(first.task.users)) < config.valid_fraction
+    stop, decide = split_validation(np.flatnonzero(is_valid), config.decide_fraction, config.seed)
+    assert rec.evidence["decide_users"] == len(decide) and rec.evidence["stop_users"] == len(stop)
+
+    def ndcg(name: str, rows: np.ndarray) -> float:
+        top = top_k(first.scores[name][rows], first.task.excluded[rows], 10)
+        return float(_sub_metrics(first.task, rows, top, 10).ndcg.mean())
+
+    for name in ("popularity", "item_knn"):
+        assert rec.evidence[f"valid_ndcg_at_10.{name}"] == pytest.approx(ndcg(name, decide))
+    assert any(ndcg(n, stop) != pytest.approx(ndcg(n, decide)) for n in ("popularity", "item_knn"))
 
 
 def test_comparison_holds_every_method_on_the_same_users(fitted) -> None:  # type: ignore[no-untyped-def]
