@@ -7,8 +7,9 @@ construction items being the negatives) to put the items the user went on to int
 Held-out users decide whether the ranker is served at all: if one source alone orders its list
 better, that source is served (`Recommender.mode`). They are split in two: "stop" users pick the
 ranker's epoch, its blend and whether the sequential source stays; "decide" users, untouched by those
-choices, compare the ranker so chosen with each source alone (a figure maximised over epochs and
-blends on the same users would favour the ranker). The sources are then refitted on all events.
+choices, compare the ranker so chosen with the best source alone (picked on every held-out user: a
+source's figure is maximised over nothing), since a figure maximised over epochs and blends on the
+users that then judge it would favour the ranker. The sources are then refitted on all events.
 """
 
 from __future__ import annotations
@@ -291,21 +292,25 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
     if best_state is not None:
         model.load_state_dict(best_state)
 
-    # The ranker's blend is chosen on the stop users too; the decide users then compare the ranker so
-    # chosen with each source alone, and the ranker is served only where it beats every one of them.
+    # The ranker's blend is chosen on the stop users too. The best source alone is chosen on every held-out
+    # user (a source's figure is not maximised over anything, so the stop users add evidence, not bias); the
+    # decide users alone then compare the ranker so chosen with that source, the ranker served only if it wins.
     blend_source, blend_weight, blended = None, 0.0, best
     if config.blend_weights:
         blend_source, blend_weight, blended = _choose_blend(model, stop, rec, config)
     per_list = {"ranker": _blend_ndcg(decide, _probabilities(model, decide), rec, blend_source, blend_weight, config.k)}
     per_list |= {name: _source_ndcg(decide, name, config.k) for name in rec.source_names}
     evidence = {name: float(values.mean()) for name, values in per_list.items()}
-    mode = max(evidence, key=evidence.get)
+    held_out = {name: float(np.concatenate([_source_ndcg(stop, name, config.k), per_list[name]]).mean())
+                for name in rec.source_names}
+    best_source = max(held_out, key=held_out.get)
+    mode = "ranker" if evidence["ranker"] > evidence[best_source] else best_source
     if mode != "ranker":
         blend_source, blend_weight = None, 0.0
-    runner_up = max((n for n in evidence if n != "ranker"), key=evidence.get)
-    margin = per_list["ranker"] - per_list[runner_up]  # paired, per list: how sure the decision is
-    log.info("served mode %s (decide users' ndcg@%d over %d lists: %s; ranker - %s %.4f +- %.4f)", mode, config.k,
-             len(margin), {k: round(v, 4) for k, v in evidence.items()}, runner_up, margin.mean(), _se(margin))
+    margin = per_list["ranker"] - per_list[best_source]  # paired, per list: how sure the decision is
+    log.info("served mode %s (decide users' ndcg@%d over %d lists: %s; best source on every held-out user: %s "
+             "%s; ranker - %s %.4f +- %.4f)", mode, config.k, len(margin), {k: round(v, 4) for k, v in evidence.items()},
+             best_source, {k: round(v, 4) for k, v in held_out.items()}, best_source, margin.mean(), _se(margin))
 
     split = Split(train_events, train_events.iloc[:0], items, "full")
     full_sources, full_popularity = fit_sources(train_events, split, config, weights)
@@ -314,6 +319,7 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
                         {f"valid_ndcg_at_{config.k}.{k}": v for k, v in evidence.items()}
                         | {f"share.{k}": v for k, v in rec.shares.items()}
                         | {f"dropped_valid_ndcg_at_{config.k}.{k}": v for k, v in sequential_evidence.items()}
+                        | {f"held_out_ndcg_at_{config.k}.{k}": v for k, v in held_out.items()}
                         | {"ranker_lists": float(len(trainable)), "valid_users": float(len(valid_rows)),
                            "stop_users": float(len(stop_rows)), "decide_users": float(len(decide_rows)),
                            "stop_lists": float(sum(len(r) for _, r in stop)),
