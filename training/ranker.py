@@ -6,10 +6,11 @@ and the DLRM is trained listwise (softmax over each user's candidate pool, the p
 construction items being the negatives) to put the items the user went on to interact with first.
 Held-out users decide whether the ranker is served at all: if one source alone orders its list
 better, that source is served (`Recommender.mode`). They are split in two: "stop" users pick the
-ranker's epoch, its blend and whether the sequential source stays; "decide" users, untouched by those
-choices, compare the ranker so chosen with the best source alone (picked on every held-out user: a
-source's figure is maximised over nothing), since a figure maximised over epochs and blends on the
-users that then judge it would favour the ranker. The sources are then refitted on all events.
+ranker's epoch and its blend; "decide" users, untouched by those choices, compare the ranker so chosen
+with the best source alone, since a figure maximised over epochs and blends on the users that then judge
+it would favour the ranker. Sources alone (which is best, whether the sequential one stays) are compared
+on every held-out user: a source's figure is maximised over nothing. The sources are then refitted on
+all events.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ class RankerConfig:
     # decide): 0.25 left 60 decide users on Instacart; served NDCG@10 at 0.5 vs 0.25 (bench.quality):
     # synthetic 0.1212 vs 0.1196, at 1.6M events 0.1261 vs 0.1254, Instacart 0.0589 vs 0.0586.
     valid_fraction: float = 0.5
-    # Of those validation users: the "decide" users, who choose the served mode alone; the rest ("stop")
-    # choose the ranker's epoch, its blend and the sequential source, so the decision is not biased by them.
+    # Of those validation users: the "decide" users, who alone judge the ranker against the best source; the
+    # rest ("stop") choose the ranker's epoch and its blend, so that judgement is not biased by them. Sources
+    # alone (which is best, whether the sequential one stays) are compared on every validation user.
     decide_fraction: float = 0.5
     cuts: int = 3  # holdouts stacked back in time, each a list per user for the ranker
     epochs: int = 30
@@ -234,7 +236,7 @@ def fit_recommender(train_events: pd.DataFrame, items: np.ndarray, config: Ranke
     valid_users = set(first.task.users[is_valid].tolist())
     valid_rows = np.flatnonzero(is_valid)
     stop_rows, decide_rows = split_validation(valid_rows, config.decide_fraction, config.seed)
-    sequential_evidence = _sequential_loses(first, stop_rows, config)
+    sequential_evidence = _sequential_loses(first, valid_rows, config)  # sources alone: every held-out user
     if sequential_evidence:  # refit the cut without it: the ranker's features must match what is served
         log.info("sequential source dropped: held-out ndcg@%d %s", config.k, sequential_evidence)
         config = replace(config, sources=tuple(s for s in config.sources if s != SEQUENTIAL))
